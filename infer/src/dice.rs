@@ -1,0 +1,154 @@
+//! The competition metric: Dice per image, its mean, and the mean per organ.
+
+use crate::mask::Mask;
+use crate::organ::Organ;
+use crate::rle::Run;
+
+/// Dice of two run lists over the same pixels, computed on the runs without building masks.
+/// Both empty counts as a perfect match, as the competition scored it.
+pub fn dice_runs(a: &[Run], b: &[Run]) -> f64 {
+    let area = |runs: &[Run]| runs.iter().map(|r| r.len).sum::<usize>();
+    let total = area(a) + area(b);
+    if total == 0 {
+        return 1.0;
+    }
+    let (mut i, mut j, mut both) = (0, 0, 0usize);
+    while i < a.len() && j < b.len() {
+        let lo = a[i].start.max(b[j].start);
+        let hi = a[i].end().min(b[j].end());
+        both += hi.saturating_sub(lo);
+        if a[i].end() < b[j].end() {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    2.0 * both as f64 / total as f64
+}
+
+/// Dice of two masks of the same size.
+pub fn dice_masks(a: &Mask, b: &Mask) -> f64 {
+    assert_eq!(
+        (a.height(), a.width()),
+        (b.height(), b.width()),
+        "dice of masks of different sizes"
+    );
+    let (mut both, mut total) = (0usize, 0usize);
+    for (&x, &y) in a.data().iter().zip(b.data()) {
+        both += (x & y) as usize;
+        total += (x + y) as usize;
+    }
+    if total == 0 {
+        1.0
+    } else {
+        2.0 * both as f64 / total as f64
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageScore {
+    pub id: String,
+    pub organ: Organ,
+    pub dice: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OrganScore {
+    pub organ: Organ,
+    pub count: usize,
+    pub dice: f64,
+}
+
+/// Per-image scores with the summaries the competition reported.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scores {
+    pub images: Vec<ImageScore>,
+}
+
+impl Scores {
+    /// Mean Dice over images; NaN when there are none.
+    pub fn mean(&self) -> f64 {
+        self.images.iter().map(|s| s.dice).sum::<f64>() / self.images.len() as f64
+    }
+
+    /// Mean Dice per organ that has images, in the order of [`Organ::ALL`].
+    pub fn per_organ(&self) -> Vec<OrganScore> {
+        Organ::ALL
+            .into_iter()
+            .filter_map(|organ| {
+                let ds: Vec<f64> = self
+                    .images
+                    .iter()
+                    .filter(|s| s.organ == organ)
+                    .map(|s| s.dice)
+                    .collect();
+                (!ds.is_empty()).then(|| OrganScore {
+                    organ,
+                    count: ds.len(),
+                    dice: ds.iter().sum::<f64>() / ds.len() as f64,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rle;
+    use proptest::prelude::*;
+
+    #[test]
+    fn known_values() {
+        let r = |s: usize, l: usize| Run { start: s, len: l };
+        assert_eq!(dice_runs(&[], &[]), 1.0);
+        assert_eq!(dice_runs(&[r(0, 4)], &[]), 0.0);
+        assert_eq!(dice_runs(&[r(0, 4)], &[r(0, 4)]), 1.0);
+        // |P|=4, |T|=4, overlap 2 → 0.5.
+        assert_eq!(dice_runs(&[r(0, 4)], &[r(2, 4)]), 0.5);
+        // Overlap split across runs on both sides: P={0..3, 5..8}, T={2..6}: overlap {2,5} → 2·2/(6+4).
+        assert!((dice_runs(&[r(0, 3), r(5, 3)], &[r(2, 4)]) - 0.4).abs() < 1e-12);
+    }
+
+    #[test]
+    fn per_organ_means_and_counts() {
+        let s = |organ, dice| ImageScore {
+            id: String::new(),
+            organ,
+            dice,
+        };
+        let scores = Scores {
+            images: vec![
+                s(Organ::Lung, 0.5),
+                s(Organ::Kidney, 1.0),
+                s(Organ::Lung, 0.0),
+            ],
+        };
+        assert!((scores.mean() - 0.5).abs() < 1e-12);
+        let per = scores.per_organ();
+        assert_eq!(per.len(), 2);
+        assert_eq!(
+            (per[0].organ, per[0].count, per[0].dice),
+            (Organ::Kidney, 1, 1.0)
+        );
+        assert_eq!(
+            (per[1].organ, per[1].count, per[1].dice),
+            (Organ::Lung, 2, 0.25)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn runs_and_masks_agree(h in 1usize..20, w in 1usize..20, a in any::<u64>(), b in any::<u64>()) {
+            let make = |seed: u64| {
+                let data = (0..h * w).map(|i| ((seed.rotate_left(i as u32 % 64) ^ i as u64) & 1) as u8).collect();
+                Mask::from_row_major(h, w, data).unwrap()
+            };
+            let (ma, mb) = (make(a), make(b));
+            let by_runs = dice_runs(&rle::runs(&ma), &rle::runs(&mb));
+            prop_assert!((by_runs - dice_masks(&ma, &mb)).abs() < 1e-12);
+            prop_assert!((0.0..=1.0).contains(&by_runs));
+            prop_assert_eq!(dice_runs(&rle::runs(&ma), &rle::runs(&ma)), 1.0);
+        }
+    }
+}

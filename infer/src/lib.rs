@@ -1,0 +1,18 @@
+//! ftu-infer: the inference engine of ftu and the formats every part of ftu shares — RLE in the
+//! competition's convention, the CSV schemas, slide reading, TIFF writing and the Dice metric.
+//! No Candle here: the trainer depends on this crate, never the other way.
+
+pub mod atomic;
+pub mod dice;
+pub mod mask;
+pub mod mask_image;
+pub mod organ;
+pub mod rle;
+pub mod schema;
+pub mod score;
+pub mod slide;
+pub mod tiff_write;
+
+pub use mask::Mask;
+pub use organ::{DataSource, Organ};
+pub use slide::{read_slide, RgbImage, SlideLimits};

@@ -1,0 +1,404 @@
+//! The competition's CSV files (train.csv, test.csv, submissions), read into typed rows and
+//! validated at the boundary: every error names the file and line.
+
+use crate::atomic::{write_atomic, WriteError};
+use crate::organ::{DataSource, Organ};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What ftu knows about a slide before predicting: the columns of test.csv.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestRow {
+    pub id: String,
+    pub organ: Organ,
+    pub data_source: DataSource,
+    pub img_height: u32,
+    pub img_width: u32,
+    pub pixel_size: f64,
+    pub tissue_thickness: f64,
+}
+
+/// A row of train.csv: the slide's metadata, its ground-truth RLE and the donor's age and sex.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainRow {
+    pub id: String,
+    pub organ: Organ,
+    pub data_source: DataSource,
+    pub img_height: u32,
+    pub img_width: u32,
+    pub pixel_size: f64,
+    pub tissue_thickness: f64,
+    pub rle: String,
+    pub age: Option<f64>,
+    pub sex: Option<String>,
+}
+
+/// A row of a submission (or of a truth file in the same shape): id and RLE, empty for no mask.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmissionRow {
+    pub id: String,
+    pub rle: String,
+}
+
+impl TrainRow {
+    pub fn meta(&self) -> TestRow {
+        TestRow {
+            id: self.id.clone(),
+            organ: self.organ,
+            data_source: self.data_source,
+            img_height: self.img_height,
+            img_width: self.img_width,
+            pixel_size: self.pixel_size,
+            tissue_thickness: self.tissue_thickness,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CsvError {
+    #[error("cannot read {path}: {source}")]
+    Open { path: PathBuf, source: csv::Error },
+    #[error("{path}: missing column `{column}` (the header has: {header})")]
+    MissingColumn {
+        path: PathBuf,
+        column: &'static str,
+        header: String,
+    },
+    #[error("{path} line {line}: {message}")]
+    Row {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+    #[error("{path} line {line}: duplicate id `{id}` (first on line {first_line})")]
+    DuplicateId {
+        path: PathBuf,
+        line: u64,
+        id: String,
+        first_line: u64,
+    },
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// A CSV row type: its required columns and the checks serde cannot express.
+pub trait Record: DeserializeOwned {
+    const COLUMNS: &'static [&'static str];
+    fn id(&self) -> &str;
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn check_meta(height: u32, width: u32, pixel_size: f64, thickness: f64) -> Result<(), String> {
+    if height == 0 || width == 0 {
+        return Err(format!(
+            "img_height and img_width must be positive, got {height}×{width}"
+        ));
+    }
+    if !(pixel_size.is_finite() && pixel_size > 0.0) {
+        return Err(format!(
+            "pixel_size must be a positive number, got {pixel_size}"
+        ));
+    }
+    if !(thickness.is_finite() && thickness >= 0.0) {
+        return Err(format!(
+            "tissue_thickness must be a non-negative number, got {thickness}"
+        ));
+    }
+    Ok(())
+}
+
+impl Record for TestRow {
+    const COLUMNS: &'static [&'static str] = &[
+        "id",
+        "organ",
+        "data_source",
+        "img_height",
+        "img_width",
+        "pixel_size",
+        "tissue_thickness",
+    ];
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn check(&self) -> Result<(), String> {
+        check_meta(
+            self.img_height,
+            self.img_width,
+            self.pixel_size,
+            self.tissue_thickness,
+        )
+    }
+}
+
+impl Record for TrainRow {
+    const COLUMNS: &'static [&'static str] = &[
+        "id",
+        "organ",
+        "data_source",
+        "img_height",
+        "img_width",
+        "pixel_size",
+        "tissue_thickness",
+        "rle",
+    ];
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn check(&self) -> Result<(), String> {
+        check_meta(
+            self.img_height,
+            self.img_width,
+            self.pixel_size,
+            self.tissue_thickness,
+        )?;
+        let total = self.img_height as usize * self.img_width as usize;
+        crate::rle::parse(&self.rle, total)
+            .map(drop)
+            .map_err(|e| format!("rle: {e}"))
+    }
+}
+
+impl Record for SubmissionRow {
+    const COLUMNS: &'static [&'static str] = &["id", "rle"];
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Reads every row of a CSV file, checking columns, each row's values and id uniqueness.
+pub fn read_rows<T: Record>(path: &Path) -> Result<Vec<T>, CsvError> {
+    let open_err = |source| CsvError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(open_err)?;
+    let header = reader.headers().map_err(open_err)?.clone();
+    for &column in T::COLUMNS {
+        if !header.iter().any(|h| h == column) {
+            let header = header.iter().collect::<Vec<_>>().join(",");
+            return Err(CsvError::MissingColumn {
+                path: path.to_owned(),
+                column,
+                header,
+            });
+        }
+    }
+    let mut rows = Vec::new();
+    let mut first_line: HashMap<String, u64> = HashMap::new();
+    let mut record = csv::StringRecord::new();
+    loop {
+        let line = reader.position().line();
+        let row_err = |message: String| CsvError::Row {
+            path: path.to_owned(),
+            line,
+            message,
+        };
+        match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => return Err(row_err(csv_message(&e, &header))),
+        }
+        let row: T = record
+            .deserialize(Some(&header))
+            .map_err(|e| row_err(csv_message(&e, &header)))?;
+        row.check().map_err(row_err)?;
+        if let Some(&first_line) = first_line.get(row.id()) {
+            return Err(CsvError::DuplicateId {
+                path: path.to_owned(),
+                line,
+                id: row.id().to_string(),
+                first_line,
+            });
+        }
+        first_line.insert(row.id().to_string(), line);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn deserialize_message(e: &csv::DeserializeError, header: &csv::StringRecord) -> String {
+    match e.field().and_then(|i| header.get(i as usize)) {
+        Some(column) => format!("column `{column}`: {}", e.kind()),
+        None => e.kind().to_string(),
+    }
+}
+
+fn csv_message(e: &csv::Error, header: &csv::StringRecord) -> String {
+    match e.kind() {
+        csv::ErrorKind::Deserialize { err, .. } => deserialize_message(err, header),
+        csv::ErrorKind::UnequalLengths {
+            len, expected_len, ..
+        } => {
+            format!("{len} fields, expected {expected_len} as in the header")
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// Names the columns of a CSV file, for callers that accept more than one schema.
+pub fn read_header(path: &Path) -> Result<Vec<String>, CsvError> {
+    let open_err = |source| CsvError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(open_err)?;
+    Ok(reader
+        .headers()
+        .map_err(open_err)?
+        .iter()
+        .map(str::to_string)
+        .collect())
+}
+
+/// Writes rows with a header, atomically (temp file, then rename).
+pub fn write_rows<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), CsvError> {
+    write_atomic(path, |w| {
+        let mut writer = csv::Writer::from_writer(w);
+        for row in rows {
+            writer.serialize(row).map_err(io::Error::other)?;
+        }
+        writer.flush()
+    })?;
+    Ok(())
+}
+
+pub fn read_train(path: &Path) -> Result<Vec<TrainRow>, CsvError> {
+    read_rows(path)
+}
+
+pub fn read_test(path: &Path) -> Result<Vec<TestRow>, CsvError> {
+    read_rows(path)
+}
+
+pub fn read_submission(path: &Path) -> Result<Vec<SubmissionRow>, CsvError> {
+    read_rows(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRAIN_HEAD: &str =
+        "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness,rle,age,sex\n";
+
+    fn file(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn reads_a_kaggle_train_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = file(&dir, "train.csv", &format!("{TRAIN_HEAD}10044,prostate,HPA,3000,3000,0.4,4,1 2 10 3,76.0,Male\n1168,lung,HPA,3000,3000,0.4,4,,,\n"));
+        let rows = read_train(&p).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].organ, Organ::Prostate);
+        assert_eq!(rows[0].age, Some(76.0));
+        assert_eq!(rows[1].rle, "");
+        assert_eq!(rows[1].sex, None);
+        assert_eq!(rows[0].meta().img_width, 3000);
+    }
+
+    #[test]
+    fn bad_rows_name_file_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad_organ = file(
+            &dir,
+            "a.csv",
+            &format!("{TRAIN_HEAD}1,kidney,HPA,3,3,0.4,4,,,\n2,heart,HPA,3,3,0.4,4,,,\n"),
+        );
+        let e = read_train(&bad_organ).unwrap_err().to_string();
+        assert!(
+            e.contains("a.csv line 3") && e.contains("organ") && e.contains("`heart`"),
+            "{e}"
+        );
+
+        let bad_size = file(
+            &dir,
+            "b.csv",
+            &format!("{TRAIN_HEAD}1,kidney,HPA,big,3,0.4,4,,,\n"),
+        );
+        let e = read_train(&bad_size).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("img_height"), "{e}");
+
+        let zero = file(
+            &dir,
+            "c.csv",
+            &format!("{TRAIN_HEAD}1,kidney,HPA,0,3,0.4,4,,,\n"),
+        );
+        assert!(read_train(&zero)
+            .unwrap_err()
+            .to_string()
+            .contains("must be positive"));
+
+        let bad_rle = file(
+            &dir,
+            "d.csv",
+            &format!("{TRAIN_HEAD}1,kidney,HPA,3,3,0.4,4,5 9,,\n"),
+        );
+        let e = read_train(&bad_rle).unwrap_err().to_string();
+        assert!(
+            e.contains("line 2") && e.contains("rle") && e.contains("past"),
+            "{e}"
+        );
+
+        let dup = file(&dir, "e.csv", "id,rle\n7,\n8,1 1\n7,2 1\n");
+        let e = read_submission(&dup).unwrap_err().to_string();
+        assert!(
+            e.contains("line 4") && e.contains("`7`") && e.contains("line 2"),
+            "{e}"
+        );
+
+        let missing = file(&dir, "f.csv", "id,organ\n1,kidney\n");
+        let e = read_test(&missing).unwrap_err().to_string();
+        assert!(e.contains("missing column `data_source`"), "{e}");
+
+        let ragged = file(&dir, "g.csv", "id,rle\n1,1 1,extra\n");
+        let e = read_submission(&ragged).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("3 fields"), "{e}");
+
+        let source = file(&dir, "h.csv", "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness\n1,kidney,GTEx,3,3,0.4,4\n");
+        assert!(read_test(&source)
+            .unwrap_err()
+            .to_string()
+            .contains("`GTEx`"));
+        assert!(read_test(&dir.path().join("none.csv"))
+            .unwrap_err()
+            .to_string()
+            .contains("none.csv"));
+    }
+
+    #[test]
+    fn submission_round_trips_with_empty_rle() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("submission.csv");
+        let rows = vec![
+            SubmissionRow {
+                id: "1".into(),
+                rle: "1 5 9 2".into(),
+            },
+            SubmissionRow {
+                id: "2".into(),
+                rle: String::new(),
+            },
+        ];
+        write_rows(&p, &rows).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "id,rle\n1,1 5 9 2\n2,\n"
+        );
+        assert_eq!(read_submission(&p).unwrap(), rows);
+    }
+}
