@@ -6,11 +6,10 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write {path}: {source}")]
+#[error("cannot write {path}: {cause}")]
 pub struct WriteError {
     pub path: PathBuf,
-    #[source]
-    pub source: io::Error,
+    pub cause: io::Error,
 }
 
 /// `dir/name.ext` → `dir/name.ext.tmp`.
@@ -34,11 +33,11 @@ pub fn write_atomic(
         w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
-    result.map_err(|source| {
+    result.map_err(|cause| {
         let _ = std::fs::remove_file(&tmp);
         WriteError {
             path: path.to_owned(),
-            source,
+            cause,
         }
     })
 }

@@ -59,8 +59,8 @@ impl TrainRow {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CsvError {
-    #[error("cannot read {path}: {source}")]
-    Open { path: PathBuf, source: csv::Error },
+    #[error("cannot read {path}: {cause}")]
+    Open { path: PathBuf, cause: csv::Error },
     #[error("{path}: missing column `{column}` (the header has: {header})")]
     MissingColumn {
         path: PathBuf,
@@ -172,9 +172,9 @@ impl Record for SubmissionRow {
 
 /// Reads every row of a CSV file, checking columns, each row's values and id uniqueness.
 pub fn read_rows<T: Record>(path: &Path) -> Result<Vec<T>, CsvError> {
-    let open_err = |source| CsvError::Open {
+    let open_err = |cause| CsvError::Open {
         path: path.to_owned(),
-        source,
+        cause,
     };
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
@@ -245,9 +245,9 @@ fn csv_message(e: &csv::Error, header: &csv::StringRecord) -> String {
 
 /// Names the columns of a CSV file, for callers that accept more than one schema.
 pub fn read_header(path: &Path) -> Result<Vec<String>, CsvError> {
-    let open_err = |source| CsvError::Open {
+    let open_err = |cause| CsvError::Open {
         path: path.to_owned(),
-        source,
+        cause,
     };
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
@@ -369,8 +369,8 @@ mod tests {
         let e = read_submission(&ragged).unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("3 fields"), "{e}");
 
-        let source = file(&dir, "h.csv", "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness\n1,kidney,GTEx,3,3,0.4,4\n");
-        assert!(read_test(&source)
+        let bad_source = file(&dir, "h.csv", "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness\n1,kidney,GTEx,3,3,0.4,4\n");
+        assert!(read_test(&bad_source)
             .unwrap_err()
             .to_string()
             .contains("`GTEx`"));

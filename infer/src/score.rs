@@ -26,11 +26,11 @@ pub enum ScoreError {
         count: usize,
         ids: Vec<String>,
     },
-    #[error("{path}, id `{id}`: {source}")]
+    #[error("{path}, id `{id}`: {cause}")]
     Rle {
         path: PathBuf,
         id: String,
-        source: RleError,
+        cause: RleError,
     },
 }
 
@@ -137,7 +137,7 @@ pub fn score(
         let rle_err = |path: &Path| {
             let id = t.meta.id.clone();
             let path = path.to_owned();
-            move |source| ScoreError::Rle { path, id, source }
+            move |cause| ScoreError::Rle { path, id, cause }
         };
         let truth_runs = rle::parse(&t.rle, total).map_err(rle_err(truth_path))?;
         let pred_runs =

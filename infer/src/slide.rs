@@ -52,10 +52,10 @@ impl Default for SlideLimits {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SlideError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: not a TIFF, PNG or JPEG file (first bytes {magic:02x?})")]
     UnknownFormat { path: PathBuf, magic: Vec<u8> },
@@ -69,15 +69,15 @@ pub enum SlideError {
     },
     #[error("{path}: unsupported {what}")]
     Unsupported { path: PathBuf, what: String },
-    #[error("{path}: corrupt or truncated TIFF: {source}")]
+    #[error("{path}: corrupt or truncated TIFF: {cause}")]
     Tiff {
         path: PathBuf,
-        source: tiff::TiffError,
+        cause: tiff::TiffError,
     },
-    #[error("{path}: corrupt or truncated image: {source}")]
+    #[error("{path}: corrupt or truncated image: {cause}")]
     Image {
         path: PathBuf,
-        source: image::ImageError,
+        cause: image::ImageError,
     },
     #[error("{path}: the decoder failed on this file ({message})")]
     DecoderPanic { path: PathBuf, message: String },
@@ -101,9 +101,9 @@ fn sniff(magic: &[u8]) -> Option<Format> {
 
 /// Reads a slide from a file into RGB8.
 pub fn read_slide(path: &Path, limits: SlideLimits) -> Result<RgbImage, SlideError> {
-    let io_err = |source| SlideError::Io {
+    let io_err = |cause| SlideError::Io {
         path: path.to_owned(),
-        source,
+        cause,
     };
     let mut file = File::open(path).map_err(io_err)?;
     let mut magic = Vec::with_capacity(8);
@@ -178,17 +178,17 @@ fn read_tiff<R: Read + Seek>(
     path: &Path,
     limits: SlideLimits,
 ) -> Result<RgbImage, SlideError> {
-    let tiff_err = |source| SlideError::Tiff {
+    let tiff_err = |cause| SlideError::Tiff {
         path: path.to_owned(),
-        source,
+        cause,
     };
     let unsupported = |what: String| SlideError::Unsupported {
         path: path.to_owned(),
         what,
     };
-    let io_err = |source| SlideError::Io {
+    let io_err = |cause| SlideError::Io {
         path: path.to_owned(),
-        source,
+        cause,
     };
     let mut order = [0u8; 2];
     reader.read_exact(&mut order).map_err(io_err)?;
@@ -286,16 +286,13 @@ fn read_lzw_image<R: Read + Seek>(
     channels: usize,
     little_endian: bool,
 ) -> Result<DecodingResult, SlideError> {
-    let tiff_err = |source| SlideError::Tiff {
+    let tiff_err = |cause| SlideError::Tiff {
         path: path.to_owned(),
-        source,
+        cause,
     };
     let corrupt = |what: String| SlideError::Tiff {
         path: path.to_owned(),
-        source: tiff::TiffError::IoError(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            what,
-        )),
+        cause: tiff::TiffError::IoError(std::io::Error::new(std::io::ErrorKind::InvalidData, what)),
     };
     let (width, height) = decoder.dimensions().map_err(tiff_err)?;
     let (width, height) = (width as usize, height as usize);
@@ -348,9 +345,9 @@ fn read_lzw_image<R: Read + Seek>(
         compressed.resize(counts[i] as usize, 0);
         reader
             .seek(std::io::SeekFrom::Start(offsets[i]))
-            .map_err(|source| SlideError::Io {
+            .map_err(|cause| SlideError::Io {
                 path: path.to_owned(),
-                source,
+                cause,
             })?;
         reader
             .read_exact(&mut compressed)
@@ -464,13 +461,13 @@ fn read_other<R: Read + Seek + std::io::BufRead>(
     path: &Path,
     limits: SlideLimits,
 ) -> Result<RgbImage, SlideError> {
-    let image_err = |source| SlideError::Image {
+    let image_err = |cause| SlideError::Image {
         path: path.to_owned(),
-        source,
+        cause,
     };
-    let io_err = |source| SlideError::Io {
+    let io_err = |cause| SlideError::Io {
         path: path.to_owned(),
-        source,
+        cause,
     };
     let mut reader = image::ImageReader::new(reader)
         .with_guessed_format()

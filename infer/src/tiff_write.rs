@@ -116,7 +116,7 @@ pub fn write_tiff(
 ) -> Result<(), WriteError> {
     let invalid = |msg: &str| WriteError {
         path: path.to_owned(),
-        source: io::Error::new(io::ErrorKind::InvalidInput, msg.to_string()),
+        cause: io::Error::new(io::ErrorKind::InvalidInput, msg.to_string()),
     };
     if spec.width == 0 || spec.height == 0 {
         return Err(invalid("image has zero width or height"));
@@ -151,7 +151,7 @@ pub fn write_tiff_image(path: &Path, spec: &TiffSpec, data: &[u8]) -> Result<(),
     if data.len() != row_bytes * spec.height as usize {
         return Err(WriteError {
             path: path.to_owned(),
-            source: io::Error::new(
+            cause: io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "image buffer does not match width × height × pixel size",
             ),

@@ -33,10 +33,10 @@ pub struct SynthConfig {
 pub enum SynthError {
     #[error("--size must be at least 64 pixels, got {0}")]
     TooSmall(u32),
-    #[error("cannot create {path}: {source}")]
+    #[error("cannot create {path}: {cause}")]
     CreateDir {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(transparent)]
     Write(#[from] WriteError),
@@ -217,9 +217,9 @@ pub fn generate(
         out.join("train_images"),
         out.join("test_images"),
     ] {
-        std::fs::create_dir_all(&dir).map_err(|source| SynthError::CreateDir {
+        std::fs::create_dir_all(&dir).map_err(|cause| SynthError::CreateDir {
             path: dir.clone(),
-            source,
+            cause,
         })?;
     }
     let write_all = |plans: &[SlidePlan], folder: &str| -> Result<Vec<String>, SynthError> {

@@ -1,0 +1,193 @@
+//! The ftu-infer binary on good and bad input: right output, clear errors, never a panic.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn ftu_infer(args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ftu-infer"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Fails cleanly: non-zero exit, the expected words on stderr, and no panic.
+fn fails_with(out: &Output, words: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should have failed");
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    for w in words {
+        assert!(err.contains(w), "stderr lacks {w:?}: {err}");
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn rle_decode_then_encode_round_trips_through_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("m.png");
+    let png = png.to_str().unwrap();
+    ok(&ftu_infer(
+        &[
+            "rle", "decode", "--height", "3", "--width", "2", "--out", png, "2 1 4 2",
+        ],
+        None,
+    ));
+    assert_eq!(
+        ok(&ftu_infer(&["rle", "encode", png], None)).trim(),
+        "2 1 4 2"
+    );
+    // From stdin, larger.
+    ok(&ftu_infer(
+        &[
+            "rle", "decode", "--height", "50", "--width", "40", "--out", png,
+        ],
+        Some("5 10 100 300 1999 2\n"),
+    ));
+    assert_eq!(
+        ok(&ftu_infer(&["rle", "encode", png], None)).trim(),
+        "5 10 100 300 1999 2"
+    );
+}
+
+#[test]
+fn rle_bad_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("m.png");
+    let png = png.to_str().unwrap();
+    let decode = |rle: &str| {
+        ftu_infer(
+            &[
+                "rle", "decode", "--height", "3", "--width", "2", "--out", png, rle,
+            ],
+            None,
+        )
+    };
+    fails_with(&decode("1 2 3"), &["even number", "3 tokens"]);
+    fails_with(&decode("1 x"), &["token 2", "`x`"]);
+    fails_with(&decode("1 0"), &["length 0"]);
+    fails_with(&decode("0 1"), &["below 1"]);
+    fails_with(&decode("6 2"), &["past"]);
+    fails_with(&decode("4 1 1 1"), &["sorted"]);
+    assert!(!png_exists(png), "no output is written for bad input");
+    fails_with(
+        &ftu_infer(
+            &[
+                "rle", "decode", "--height", "0", "--width", "2", "--out", png, "1 1",
+            ],
+            None,
+        ),
+        &["positive"],
+    );
+    let junk = write(dir.path(), "junk.png", "not a png");
+    fails_with(&ftu_infer(&["rle", "encode", &junk], None), &["junk.png"]);
+    fails_with(
+        &ftu_infer(&["rle", "encode", "/nonexistent/m.png"], None),
+        &["/nonexistent/m.png"],
+    );
+}
+
+fn png_exists(p: &str) -> bool {
+    Path::new(p).exists()
+}
+
+const META: &str = "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness\n\
+    1,kidney,HPA,10,10,0.4,4\n2,lung,Hubmap,10,10,0.7562,4\n3,lung,HPA,10,10,0.4,4\n";
+
+#[test]
+fn score_prints_mean_and_per_organ_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let meta = write(d, "test.csv", META);
+    let truth = write(d, "truth.csv", "id,rle\n1,1 20\n2,50 10\n3,1 100\n");
+    let out = ok(&ftu_infer(
+        &[
+            "score", "--truth", &truth, "--pred", &truth, "--meta", &meta,
+        ],
+        None,
+    ));
+    assert!(out.starts_with("mean dice 1.0000 over 3 images"), "{out}");
+    let empty = write(d, "empty.csv", "id,rle\n3,\n2,\n1,\n");
+    let out = ok(&ftu_infer(
+        &[
+            "score", "--truth", &truth, "--pred", &empty, "--meta", &meta,
+        ],
+        None,
+    ));
+    assert!(out.starts_with("mean dice 0.0000"), "{out}");
+    assert!(
+        out.contains("kidney") && out.contains("lung") && out.contains("     2   0.0000"),
+        "{out}"
+    );
+    // Half of image 1 right: dice 2·10/(20+10) for kidney; lung perfect.
+    let half = write(d, "half.csv", "id,rle\n1,1 10\n2,50 10\n3,1 100\n");
+    let out = ok(&ftu_infer(
+        &["score", "--truth", &truth, "--pred", &half, "--meta", &meta],
+        None,
+    ));
+    assert!(out.contains("kidney               1   0.6667"), "{out}");
+}
+
+#[test]
+fn score_bad_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let meta = write(d, "test.csv", META);
+    let truth = write(d, "truth.csv", "id,rle\n1,1 20\n2,\n3,\n");
+    let short = write(d, "short.csv", "id,rle\n1,\n2,\n");
+    fails_with(
+        &ftu_infer(
+            &[
+                "score", "--truth", &truth, "--pred", &short, "--meta", &meta,
+            ],
+            None,
+        ),
+        &["only in", "3"],
+    );
+    let bad = write(d, "bad.csv", "id,rle\n1,1 2 3\n2,\n3,\n");
+    fails_with(
+        &ftu_infer(
+            &["score", "--truth", &truth, "--pred", &bad, "--meta", &meta],
+            None,
+        ),
+        &["bad.csv", "`1`", "even number"],
+    );
+    fails_with(
+        &ftu_infer(&["score", "--truth", &truth, "--pred", &truth], None),
+        &["--meta"],
+    );
+    let organ = write(d, "organ.csv", "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness\n1,liver,HPA,10,10,0.4,4\n");
+    fails_with(
+        &ftu_infer(
+            &[
+                "score", "--truth", &truth, "--pred", &truth, "--meta", &organ,
+            ],
+            None,
+        ),
+        &["organ.csv line 2", "`liver`"],
+    );
+}
