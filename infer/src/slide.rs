@@ -3,6 +3,7 @@
 //! A pixel-count guard rejects oversized headers before anything is allocated.
 
 use crate::tiff_write::YCBCR_SUBSAMPLING;
+use rayon::prelude::*;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
@@ -335,14 +336,12 @@ fn read_lzw_image<R: Read + Seek>(
         )));
     }
     let row_bytes = width * pixel_bytes;
-    let mut out = vec![0u8; height * row_bytes];
-    let mut compressed = Vec::new();
-    let mut chunk = vec![0u8; cw * ch * pixel_bytes];
+    // Sequential reads, then decompression of bands of chunk rows in parallel: chunks are
+    // independent and LZW decoding, not I/O, is what a 3000² slide waits for.
+    let mut compressed = Vec::with_capacity(chunks);
     for i in 0..chunks {
-        let (x0, y0) = ((i % across) * cw, (i / across) * ch);
-        let (data_w, data_h) = (cw.min(width - x0), ch.min(height - y0));
         let reader = decoder.inner();
-        compressed.resize(counts[i] as usize, 0);
+        let mut bytes = vec![0u8; counts[i] as usize];
         reader
             .seek(std::io::SeekFrom::Start(offsets[i]))
             .map_err(|cause| SlideError::Io {
@@ -350,41 +349,40 @@ fn read_lzw_image<R: Read + Seek>(
                 cause,
             })?;
         reader
-            .read_exact(&mut compressed)
+            .read_exact(&mut bytes)
             .map_err(|_| corrupt(format!("chunk {i} runs past the end of the file")))?;
-        // Strips hold only their data rows; tiles are stored padded to full size.
-        let needed = if cw == width {
-            data_h * row_bytes
-        } else {
-            cw * ch * pixel_bytes
-        };
-        let mut lzw = weezl::decode::Decoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8);
-        let (mut consumed, mut filled) = (0, 0);
-        while filled < needed {
-            let step = lzw.decode_bytes(&compressed[consumed..], &mut chunk[filled..needed]);
-            consumed += step.consumed_in;
-            filled += step.consumed_out;
-            match step.status {
-                Err(e) => return Err(corrupt(format!("chunk {i}: {e}"))),
-                Ok(weezl::LzwStatus::Ok) if step.consumed_in + step.consumed_out > 0 => {}
-                Ok(_) => break, // end code, or no input left
-            }
-        }
-        if filled < needed {
-            return Err(corrupt(format!(
-                "chunk {i} decompresses to {filled} bytes, expected {needed}"
-            )));
-        }
-        let chunk_row = cw * pixel_bytes;
-        for y in 0..data_h {
-            let row = &mut chunk[y * chunk_row..(y + 1) * chunk_row];
-            if predictor == 2 {
-                undo_horizontal_predictor(row, channels, bytes_per_sample, little_endian);
-            }
-            let dst = (y0 + y) * row_bytes + x0 * pixel_bytes;
-            out[dst..dst + data_w * pixel_bytes].copy_from_slice(&row[..data_w * pixel_bytes]);
-        }
+        compressed.push(bytes);
     }
+    let mut out = vec![0u8; height * row_bytes];
+    out.par_chunks_mut(ch * row_bytes)
+        .enumerate()
+        .try_for_each(|(band, out_band)| {
+            let mut chunk = vec![0u8; cw * ch * pixel_bytes];
+            for col in 0..across {
+                let i = band * across + col;
+                let (x0, y0) = (col * cw, band * ch);
+                let (data_w, data_h) = (cw.min(width - x0), ch.min(height - y0));
+                // Strips hold only their data rows; tiles are stored padded to full size.
+                let needed = if cw == width {
+                    data_h * row_bytes
+                } else {
+                    cw * ch * pixel_bytes
+                };
+                lzw_decompress(&compressed[i], &mut chunk[..needed])
+                    .map_err(|e| corrupt(format!("chunk {i}: {e}")))?;
+                let chunk_row = cw * pixel_bytes;
+                for y in 0..data_h {
+                    let row = &mut chunk[y * chunk_row..(y + 1) * chunk_row];
+                    if predictor == 2 {
+                        undo_horizontal_predictor(row, channels, bytes_per_sample, little_endian);
+                    }
+                    let dst = y * row_bytes + x0 * pixel_bytes;
+                    out_band[dst..dst + data_w * pixel_bytes]
+                        .copy_from_slice(&row[..data_w * pixel_bytes]);
+                }
+            }
+            Ok::<(), SlideError>(())
+        })?;
     let result = if bytes_per_sample == 2 {
         let from = if little_endian {
             u16::from_le_bytes
@@ -404,6 +402,29 @@ fn read_lzw_image<R: Read + Seek>(
         }
         (r, _) => r,
     })
+}
+
+/// Fills `out` from a TIFF LZW stream; a stream that ends early is an error.
+fn lzw_decompress(compressed: &[u8], out: &mut [u8]) -> Result<(), String> {
+    let mut lzw = weezl::decode::Decoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8);
+    let (mut consumed, mut filled) = (0, 0);
+    while filled < out.len() {
+        let step = lzw.decode_bytes(&compressed[consumed..], &mut out[filled..]);
+        consumed += step.consumed_in;
+        filled += step.consumed_out;
+        match step.status {
+            Err(e) => return Err(e.to_string()),
+            Ok(weezl::LzwStatus::Ok) if step.consumed_in + step.consumed_out > 0 => {}
+            Ok(_) => break, // end code, or no input left
+        }
+    }
+    if filled < out.len() {
+        return Err(format!(
+            "decompresses to {filled} bytes, expected {}",
+            out.len()
+        ));
+    }
+    Ok(())
 }
 
 /// TIFF predictor 2: each sample was stored as the difference from the same channel one pixel left.
