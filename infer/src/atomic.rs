@@ -21,10 +21,7 @@ pub fn tmp_path(path: &Path) -> PathBuf {
 
 /// Writes through `body` into a temp file beside `path` and renames it over `path` on success;
 /// on failure the temp file is removed and `path` is untouched.
-pub fn write_atomic(
-    path: &Path,
-    body: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
-) -> Result<(), WriteError> {
+pub fn write_atomic(path: &Path, body: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>) -> Result<(), WriteError> {
     let tmp = tmp_path(path);
     let result = (|| {
         let mut w = BufWriter::new(File::create(&tmp)?);

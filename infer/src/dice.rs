@@ -118,23 +118,13 @@ mod tests {
             dice,
         };
         let scores = Scores {
-            images: vec![
-                s(Organ::Lung, 0.5),
-                s(Organ::Kidney, 1.0),
-                s(Organ::Lung, 0.0),
-            ],
+            images: vec![s(Organ::Lung, 0.5), s(Organ::Kidney, 1.0), s(Organ::Lung, 0.0)],
         };
         assert!((scores.mean() - 0.5).abs() < 1e-12);
         let per = scores.per_organ();
         assert_eq!(per.len(), 2);
-        assert_eq!(
-            (per[0].organ, per[0].count, per[0].dice),
-            (Organ::Kidney, 1, 1.0)
-        );
-        assert_eq!(
-            (per[1].organ, per[1].count, per[1].dice),
-            (Organ::Lung, 2, 0.25)
-        );
+        assert_eq!((per[0].organ, per[0].count, per[0].dice), (Organ::Kidney, 1, 1.0));
+        assert_eq!((per[1].organ, per[1].count, per[1].dice), (Organ::Lung, 2, 0.25));
     }
 
     proptest! {

@@ -96,11 +96,7 @@ fn main() -> Result<()> {
             if scores.images.is_empty() {
                 bail!("{} has no rows to score", a.truth.display());
             }
-            println!(
-                "mean dice {:.4} over {} images",
-                scores.mean(),
-                scores.images.len()
-            );
+            println!("mean dice {:.4} over {} images", scores.mean(), scores.images.len());
             println!("{:<16}{:>6}{:>9}", "organ", "count", "dice");
             for o in scores.per_organ() {
                 println!("{:<16}{:>6}{:>9.4}", o.organ.as_str(), o.count, o.dice);

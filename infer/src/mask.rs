@@ -27,11 +27,7 @@ impl Mask {
     }
 
     /// Builds a mask from row-major bytes; any non-zero byte counts as foreground.
-    pub fn from_row_major(
-        height: usize,
-        width: usize,
-        mut data: Vec<u8>,
-    ) -> Result<Mask, MaskSizeError> {
+    pub fn from_row_major(height: usize, width: usize, mut data: Vec<u8>) -> Result<Mask, MaskSizeError> {
         let expected = height * width;
         if data.len() != expected {
             return Err(MaskSizeError {
@@ -44,22 +40,14 @@ impl Mask {
         for v in &mut data {
             *v = (*v != 0) as u8;
         }
-        Ok(Mask {
-            height,
-            width,
-            data,
-        })
+        Ok(Mask { height, width, data })
     }
 
     /// For callers whose bytes are already 0/1 (RLE decoding), skipping the normalising pass.
     pub(crate) fn from_row_major_normalised(height: usize, width: usize, data: Vec<u8>) -> Mask {
         debug_assert_eq!(data.len(), height * width);
         debug_assert!(data.iter().all(|&v| v <= 1));
-        Mask {
-            height,
-            width,
-            data,
-        }
+        Mask { height, width, data }
     }
 
     pub fn height(&self) -> usize {
@@ -98,11 +86,7 @@ impl Mask {
 /// misses the cache on every byte.
 pub fn transpose(src: &[u8], rows: usize, cols: usize) -> Vec<u8> {
     const B: usize = 64;
-    assert_eq!(
-        src.len(),
-        rows * cols,
-        "transpose: buffer is not rows × cols"
-    );
+    assert_eq!(src.len(), rows * cols, "transpose: buffer is not rows × cols");
     let mut dst = vec![0u8; src.len()];
     for r0 in (0..rows).step_by(B) {
         let r1 = (r0 + B).min(rows);

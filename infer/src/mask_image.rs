@@ -24,39 +24,19 @@ pub fn write_mask_png(path: &Path, mask: &Mask) -> Result<(), WriteError> {
 }
 
 /// Writes 8-bit greyscale pixels as PNG, atomically.
-pub fn write_grey_png(
-    path: &Path,
-    width: usize,
-    height: usize,
-    grey: &[u8],
-) -> Result<(), WriteError> {
+pub fn write_grey_png(path: &Path, width: usize, height: usize, grey: &[u8]) -> Result<(), WriteError> {
     write_atomic(path, |w| {
         image::codecs::png::PngEncoder::new(w)
-            .write_image(
-                grey,
-                width as u32,
-                height as u32,
-                image::ExtendedColorType::L8,
-            )
+            .write_image(grey, width as u32, height as u32, image::ExtendedColorType::L8)
             .map_err(io::Error::other)
     })
 }
 
 /// Writes RGB8 pixels as PNG, atomically.
-pub fn write_rgb_png(
-    path: &Path,
-    width: usize,
-    height: usize,
-    rgb: &[u8],
-) -> Result<(), WriteError> {
+pub fn write_rgb_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Result<(), WriteError> {
     write_atomic(path, |w| {
         image::codecs::png::PngEncoder::new(w)
-            .write_image(
-                rgb,
-                width as u32,
-                height as u32,
-                image::ExtendedColorType::Rgb8,
-            )
+            .write_image(rgb, width as u32, height as u32, image::ExtendedColorType::Rgb8)
             .map_err(io::Error::other)
     })
 }

@@ -47,9 +47,7 @@ pub enum RleError {
 pub fn parse(rle: &str, total: usize) -> Result<Vec<Run>, RleError> {
     let tokens: Vec<&str> = rle.split_ascii_whitespace().collect();
     if tokens.len() % 2 != 0 {
-        return Err(RleError::OddTokenCount {
-            count: tokens.len(),
-        });
+        return Err(RleError::OddTokenCount { count: tokens.len() });
     }
     let number = |i: usize| -> Result<u64, RleError> {
         tokens[i].parse::<u64>().map_err(|_| RleError::NotANumber {
@@ -232,10 +230,7 @@ mod tests {
     #[test]
     fn each_bad_input_class_is_rejected_with_its_token() {
         let total = 3 * 2;
-        assert_eq!(
-            parse("1 2 3", total),
-            Err(RleError::OddTokenCount { count: 3 })
-        );
+        assert_eq!(parse("1 2 3", total), Err(RleError::OddTokenCount { count: 3 }));
         assert_eq!(
             parse("1 2 x 1", total),
             Err(RleError::NotANumber {
@@ -253,17 +248,11 @@ mod tests {
         ));
         assert_eq!(
             parse("0 2", total),
-            Err(RleError::StartBelowOne {
-                position: 1,
-                start: 0
-            })
+            Err(RleError::StartBelowOne { position: 1, start: 0 })
         );
         assert_eq!(
             parse("1 1 3 0", total),
-            Err(RleError::ZeroLength {
-                position: 3,
-                start: 3
-            })
+            Err(RleError::ZeroLength { position: 3, start: 3 })
         );
         assert_eq!(
             parse("5 3", total),
@@ -305,15 +294,9 @@ mod tests {
         );
         // The last pixel is in range; touching runs are not overlapping.
         assert_eq!(parse("6 1", total).unwrap(), vec![Run { start: 5, len: 1 }]);
-        assert_eq!(
-            decode("1 2 3 1", 3, 2).unwrap(),
-            decode("1 3", 3, 2).unwrap()
-        );
+        assert_eq!(decode("1 2 3 1", 3, 2).unwrap(), decode("1 3", 3, 2).unwrap());
         let message = parse("1 2 x 1", total).unwrap_err().to_string();
-        assert!(
-            message.contains("token 3") && message.contains("`x`"),
-            "{message}"
-        );
+        assert!(message.contains("token 3") && message.contains("`x`"), "{message}");
     }
 
     fn arb_mask() -> impl Strategy<Value = Mask> {

@@ -68,11 +68,7 @@ pub enum CsvError {
         header: String,
     },
     #[error("{path} line {line}: {message}")]
-    Row {
-        path: PathBuf,
-        line: u64,
-        message: String,
-    },
+    Row { path: PathBuf, line: u64, message: String },
     #[error("{path} line {line}: duplicate id `{id}` (first on line {first_line})")]
     DuplicateId {
         path: PathBuf,
@@ -100,9 +96,7 @@ fn check_meta(height: u32, width: u32, pixel_size: f64, thickness: f64) -> Resul
         ));
     }
     if !(pixel_size.is_finite() && pixel_size > 0.0) {
-        return Err(format!(
-            "pixel_size must be a positive number, got {pixel_size}"
-        ));
+        return Err(format!("pixel_size must be a positive number, got {pixel_size}"));
     }
     if !(thickness.is_finite() && thickness >= 0.0) {
         return Err(format!(
@@ -126,12 +120,7 @@ impl Record for TestRow {
         &self.id
     }
     fn check(&self) -> Result<(), String> {
-        check_meta(
-            self.img_height,
-            self.img_width,
-            self.pixel_size,
-            self.tissue_thickness,
-        )
+        check_meta(self.img_height, self.img_width, self.pixel_size, self.tissue_thickness)
     }
 }
 
@@ -150,12 +139,7 @@ impl Record for TrainRow {
         &self.id
     }
     fn check(&self) -> Result<(), String> {
-        check_meta(
-            self.img_height,
-            self.img_width,
-            self.pixel_size,
-            self.tissue_thickness,
-        )?;
+        check_meta(self.img_height, self.img_width, self.pixel_size, self.tissue_thickness)?;
         let total = self.img_height as usize * self.img_width as usize;
         crate::rle::parse(&self.rle, total)
             .map(drop)
@@ -234,9 +218,7 @@ fn deserialize_message(e: &csv::DeserializeError, header: &csv::StringRecord) ->
 fn csv_message(e: &csv::Error, header: &csv::StringRecord) -> String {
     match e.kind() {
         csv::ErrorKind::Deserialize { err, .. } => deserialize_message(err, header),
-        csv::ErrorKind::UnequalLengths {
-            len, expected_len, ..
-        } => {
+        csv::ErrorKind::UnequalLengths { len, expected_len, .. } => {
             format!("{len} fields, expected {expected_len} as in the header")
         }
         _ => e.to_string(),
@@ -253,12 +235,7 @@ pub fn read_header(path: &Path) -> Result<Vec<String>, CsvError> {
         .trim(csv::Trim::All)
         .from_path(path)
         .map_err(open_err)?;
-    Ok(reader
-        .headers()
-        .map_err(open_err)?
-        .iter()
-        .map(str::to_string)
-        .collect())
+    Ok(reader.headers().map_err(open_err)?.iter().map(str::to_string).collect())
 }
 
 /// Writes rows with a header, atomically (temp file, then rename).
@@ -289,8 +266,7 @@ pub fn read_submission(path: &Path) -> Result<Vec<SubmissionRow>, CsvError> {
 mod tests {
     use super::*;
 
-    const TRAIN_HEAD: &str =
-        "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness,rle,age,sex\n";
+    const TRAIN_HEAD: &str = "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness,rle,age,sex\n";
 
     fn file(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
         let p = dir.path().join(name);
@@ -301,7 +277,13 @@ mod tests {
     #[test]
     fn reads_a_kaggle_train_file() {
         let dir = tempfile::tempdir().unwrap();
-        let p = file(&dir, "train.csv", &format!("{TRAIN_HEAD}10044,prostate,HPA,3000,3000,0.4,4,1 2 10 3,76.0,Male\n1168,lung,HPA,3000,3000,0.4,4,,,\n"));
+        let p = file(
+            &dir,
+            "train.csv",
+            &format!(
+                "{TRAIN_HEAD}10044,prostate,HPA,3000,3000,0.4,4,1 2 10 3,76.0,Male\n1168,lung,HPA,3000,3000,0.4,4,,,\n"
+            ),
+        );
         let rows = read_train(&p).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].organ, Organ::Prostate);
@@ -325,41 +307,20 @@ mod tests {
             "{e}"
         );
 
-        let bad_size = file(
-            &dir,
-            "b.csv",
-            &format!("{TRAIN_HEAD}1,kidney,HPA,big,3,0.4,4,,,\n"),
-        );
+        let bad_size = file(&dir, "b.csv", &format!("{TRAIN_HEAD}1,kidney,HPA,big,3,0.4,4,,,\n"));
         let e = read_train(&bad_size).unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("img_height"), "{e}");
 
-        let zero = file(
-            &dir,
-            "c.csv",
-            &format!("{TRAIN_HEAD}1,kidney,HPA,0,3,0.4,4,,,\n"),
-        );
-        assert!(read_train(&zero)
-            .unwrap_err()
-            .to_string()
-            .contains("must be positive"));
+        let zero = file(&dir, "c.csv", &format!("{TRAIN_HEAD}1,kidney,HPA,0,3,0.4,4,,,\n"));
+        assert!(read_train(&zero).unwrap_err().to_string().contains("must be positive"));
 
-        let bad_rle = file(
-            &dir,
-            "d.csv",
-            &format!("{TRAIN_HEAD}1,kidney,HPA,3,3,0.4,4,5 9,,\n"),
-        );
+        let bad_rle = file(&dir, "d.csv", &format!("{TRAIN_HEAD}1,kidney,HPA,3,3,0.4,4,5 9,,\n"));
         let e = read_train(&bad_rle).unwrap_err().to_string();
-        assert!(
-            e.contains("line 2") && e.contains("rle") && e.contains("past"),
-            "{e}"
-        );
+        assert!(e.contains("line 2") && e.contains("rle") && e.contains("past"), "{e}");
 
         let dup = file(&dir, "e.csv", "id,rle\n7,\n8,1 1\n7,2 1\n");
         let e = read_submission(&dup).unwrap_err().to_string();
-        assert!(
-            e.contains("line 4") && e.contains("`7`") && e.contains("line 2"),
-            "{e}"
-        );
+        assert!(e.contains("line 4") && e.contains("`7`") && e.contains("line 2"), "{e}");
 
         let missing = file(&dir, "f.csv", "id,organ\n1,kidney\n");
         let e = read_test(&missing).unwrap_err().to_string();
@@ -369,11 +330,12 @@ mod tests {
         let e = read_submission(&ragged).unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("3 fields"), "{e}");
 
-        let bad_source = file(&dir, "h.csv", "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness\n1,kidney,GTEx,3,3,0.4,4\n");
-        assert!(read_test(&bad_source)
-            .unwrap_err()
-            .to_string()
-            .contains("`GTEx`"));
+        let bad_source = file(
+            &dir,
+            "h.csv",
+            "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness\n1,kidney,GTEx,3,3,0.4,4\n",
+        );
+        assert!(read_test(&bad_source).unwrap_err().to_string().contains("`GTEx`"));
         assert!(read_test(&dir.path().join("none.csv"))
             .unwrap_err()
             .to_string()
@@ -395,10 +357,7 @@ mod tests {
             },
         ];
         write_rows(&p, &rows).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&p).unwrap(),
-            "id,rle\n1,1 5 9 2\n2,\n"
-        );
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "id,rle\n1,1 5 9 2\n2,\n");
         assert_eq!(read_submission(&p).unwrap(), rows);
     }
 }

@@ -14,11 +14,7 @@ pub enum ScoreError {
     #[error("{truth} has only id,rle: pass --meta test.csv for the image sizes and organs")]
     NeedMeta { truth: PathBuf },
     #[error("id `{id}` of {truth} is not in the metadata file {meta}")]
-    NoMeta {
-        id: String,
-        truth: PathBuf,
-        meta: PathBuf,
-    },
+    NoMeta { id: String, truth: PathBuf, meta: PathBuf },
     #[error("{count} id(s) only in {present} and not in {absent}: {}", .ids.join(", "))]
     OneSided {
         present: PathBuf,
@@ -27,11 +23,7 @@ pub enum ScoreError {
         ids: Vec<String>,
     },
     #[error("{path}, id `{id}`: {cause}")]
-    Rle {
-        path: PathBuf,
-        id: String,
-        cause: RleError,
-    },
+    Rle { path: PathBuf, id: String, cause: RleError },
 }
 
 /// One truth image: its metadata and ground-truth RLE.
@@ -49,21 +41,10 @@ pub fn read_truth(truth: &Path, meta: Option<&Path>) -> Result<Vec<TruthRow>, Sc
     let pairs: Vec<(Option<TestRow>, SubmissionRow)> = if is_train {
         schema::read_train(truth)?
             .into_iter()
-            .map(|r| {
-                (
-                    Some(r.meta()),
-                    SubmissionRow {
-                        id: r.id,
-                        rle: r.rle,
-                    },
-                )
-            })
+            .map(|r| (Some(r.meta()), SubmissionRow { id: r.id, rle: r.rle }))
             .collect()
     } else {
-        schema::read_submission(truth)?
-            .into_iter()
-            .map(|r| (None, r))
-            .collect()
+        schema::read_submission(truth)?.into_iter().map(|r| (None, r)).collect()
     };
     let Some(meta_path) = meta else {
         if !is_train {
@@ -104,10 +85,7 @@ pub fn score(
     preds: &[SubmissionRow],
     pred_path: &Path,
 ) -> Result<Scores, ScoreError> {
-    let pred_by_id: HashMap<&str, &str> = preds
-        .iter()
-        .map(|p| (p.id.as_str(), p.rle.as_str()))
-        .collect();
+    let pred_by_id: HashMap<&str, &str> = preds.iter().map(|p| (p.id.as_str(), p.rle.as_str())).collect();
     let truth_ids: HashSet<&str> = truth.iter().map(|t| t.meta.id.as_str()).collect();
     let one_sided = |present: &Path, absent: &Path, ids: Vec<&str>| ScoreError::OneSided {
         present: present.to_owned(),
@@ -140,8 +118,7 @@ pub fn score(
             move |cause| ScoreError::Rle { path, id, cause }
         };
         let truth_runs = rle::parse(&t.rle, total).map_err(rle_err(truth_path))?;
-        let pred_runs =
-            rle::parse(pred_by_id[t.meta.id.as_str()], total).map_err(rle_err(pred_path))?;
+        let pred_runs = rle::parse(pred_by_id[t.meta.id.as_str()], total).map_err(rle_err(pred_path))?;
         images.push(ImageScore {
             id: t.meta.id.clone(),
             organ: t.meta.organ,
@@ -189,10 +166,7 @@ mod tests {
             "both empty scores 1"
         );
         let per = s.per_organ();
-        assert_eq!(
-            (per[0].organ, per[0].count, per[0].dice),
-            (Organ::Kidney, 2, 0.5)
-        );
+        assert_eq!((per[0].organ, per[0].count, per[0].dice), (Organ::Kidney, 2, 0.5));
     }
 
     #[test]
@@ -209,10 +183,7 @@ mod tests {
         assert_eq!(s.images[0].dice, 2.0 * 2.0 / 6.0);
         let big = write(dir.path(), "big.csv", "id,rle\na,9 2\n");
         let e = score_files(&truth, &big, None).unwrap_err().to_string();
-        assert!(
-            e.contains("big.csv") && e.contains("`a`") && e.contains("past"),
-            "{e}"
-        );
+        assert!(e.contains("big.csv") && e.contains("`a`") && e.contains("past"), "{e}");
     }
 
     #[test]
@@ -222,17 +193,13 @@ mod tests {
         let meta = write(d, "test.csv", META);
         let truth = write(d, "truth.csv", "id,rle\na,1 4\nb,\n");
         let fewer = write(d, "fewer.csv", "id,rle\na,\n");
-        let e = score_files(&truth, &fewer, Some(&meta))
-            .unwrap_err()
-            .to_string();
+        let e = score_files(&truth, &fewer, Some(&meta)).unwrap_err().to_string();
         assert!(
             e.contains("only in") && e.contains("truth.csv") && e.contains('b'),
             "{e}"
         );
         let more = write(d, "more.csv", "id,rle\na,\nb,\nzz,\n");
-        let e = score_files(&truth, &more, Some(&meta))
-            .unwrap_err()
-            .to_string();
+        let e = score_files(&truth, &more, Some(&meta)).unwrap_err().to_string();
         assert!(
             e.contains("only in") && e.contains("more.csv") && e.contains("zz"),
             "{e}"

@@ -54,10 +54,7 @@ impl Default for SlideLimits {
 #[derive(Debug, thiserror::Error)]
 pub enum SlideError {
     #[error("cannot read {path}: {cause}")]
-    Io {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("{path}: not a TIFF, PNG or JPEG file (first bytes {magic:02x?})")]
     UnknownFormat { path: PathBuf, magic: Vec<u8> },
     #[error("{path}: {width}×{height} = {pixels} pixels is over the limit of {max_pixels} (raise it, or read the slide in tiles)")]
@@ -71,15 +68,9 @@ pub enum SlideError {
     #[error("{path}: unsupported {what}")]
     Unsupported { path: PathBuf, what: String },
     #[error("{path}: corrupt or truncated TIFF: {cause}")]
-    Tiff {
-        path: PathBuf,
-        cause: tiff::TiffError,
-    },
+    Tiff { path: PathBuf, cause: tiff::TiffError },
     #[error("{path}: corrupt or truncated image: {cause}")]
-    Image {
-        path: PathBuf,
-        cause: image::ImageError,
-    },
+    Image { path: PathBuf, cause: image::ImageError },
     #[error("{path}: the decoder failed on this file ({message})")]
     DecoderPanic { path: PathBuf, message: String },
 }
@@ -91,10 +82,9 @@ enum Format {
 
 fn sniff(magic: &[u8]) -> Option<Format> {
     match magic {
-        [b'I', b'I', 42, 0, ..]
-        | [b'M', b'M', 0, 42, ..]
-        | [b'I', b'I', 43, 0, ..]
-        | [b'M', b'M', 0, 43, ..] => Some(Format::Tiff),
+        [b'I', b'I', 42, 0, ..] | [b'M', b'M', 0, 42, ..] | [b'I', b'I', 43, 0, ..] | [b'M', b'M', 0, 43, ..] => {
+            Some(Format::Tiff)
+        }
         [0x89, b'P', b'N', b'G', ..] | [0xFF, 0xD8, 0xFF, ..] => Some(Format::Other),
         _ => None,
     }
@@ -108,10 +98,7 @@ pub fn read_slide(path: &Path, limits: SlideLimits) -> Result<RgbImage, SlideErr
     };
     let mut file = File::open(path).map_err(io_err)?;
     let mut magic = Vec::with_capacity(8);
-    file.by_ref()
-        .take(8)
-        .read_to_end(&mut magic)
-        .map_err(io_err)?;
+    file.by_ref().take(8).read_to_end(&mut magic).map_err(io_err)?;
     file.rewind().map_err(io_err)?;
     let reader = BufReader::with_capacity(1 << 20, file);
     match sniff(&magic) {
@@ -125,11 +112,7 @@ pub fn read_slide(path: &Path, limits: SlideLimits) -> Result<RgbImage, SlideErr
 }
 
 /// Reads a slide held in memory; `name` is used in errors.
-pub fn decode_slide(
-    bytes: &[u8],
-    name: &Path,
-    limits: SlideLimits,
-) -> Result<RgbImage, SlideError> {
+pub fn decode_slide(bytes: &[u8], name: &Path, limits: SlideLimits) -> Result<RgbImage, SlideError> {
     let cursor = std::io::Cursor::new(bytes);
     match sniff(bytes) {
         Some(Format::Tiff) => guarded(name, || read_tiff(cursor, name, limits)),
@@ -143,10 +126,7 @@ pub fn decode_slide(
 
 /// A decoder bug must not take down a batch of a thousand slides: a panic inside a third-party
 /// decoder becomes this slide's error.
-fn guarded(
-    path: &Path,
-    read: impl FnOnce() -> Result<RgbImage, SlideError>,
-) -> Result<RgbImage, SlideError> {
+fn guarded(path: &Path, read: impl FnOnce() -> Result<RgbImage, SlideError>) -> Result<RgbImage, SlideError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {
         let message = panic
             .downcast_ref::<String>()
@@ -174,11 +154,7 @@ fn check_size(path: &Path, width: u64, height: u64, limits: SlideLimits) -> Resu
     Ok(())
 }
 
-fn read_tiff<R: Read + Seek>(
-    mut reader: R,
-    path: &Path,
-    limits: SlideLimits,
-) -> Result<RgbImage, SlideError> {
+fn read_tiff<R: Read + Seek>(mut reader: R, path: &Path, limits: SlideLimits) -> Result<RgbImage, SlideError> {
     let tiff_err = |cause| SlideError::Tiff {
         path: path.to_owned(),
         cause,
@@ -219,9 +195,7 @@ fn read_tiff<R: Read + Seek>(
         }
     };
     if let ColorType::YCbCr(_) = color {
-        let compression = decoder
-            .find_tag_unsigned::<u16>(Tag::Compression)
-            .map_err(tiff_err)?;
+        let compression = decoder.find_tag_unsigned::<u16>(Tag::Compression).map_err(tiff_err)?;
         let jpeg = compression == Some(CompressionMethod::ModernJPEG.to_u16());
         let subsampling = decoder
             .find_tag_unsigned_vec::<u16>(YCBCR_SUBSAMPLING)
@@ -243,9 +217,7 @@ fn read_tiff<R: Read + Seek>(
     let mut decoder = decoder.with_limits(tiff_limits);
 
     let pixels = width as usize * height as usize;
-    let compression = decoder
-        .find_tag_unsigned::<u16>(Tag::Compression)
-        .map_err(tiff_err)?;
+    let compression = decoder.find_tag_unsigned::<u16>(Tag::Compression).map_err(tiff_err)?;
     let decoded = if compression == Some(CompressionMethod::LZW.to_u16()) {
         read_lzw_image(&mut decoder, path, color, channels, little_endian)?
     } else {
@@ -368,8 +340,7 @@ fn read_lzw_image<R: Read + Seek>(
                 } else {
                     cw * ch * pixel_bytes
                 };
-                lzw_decompress(&compressed[i], &mut chunk[..needed])
-                    .map_err(|e| corrupt(format!("chunk {i}: {e}")))?;
+                lzw_decompress(&compressed[i], &mut chunk[..needed]).map_err(|e| corrupt(format!("chunk {i}: {e}")))?;
                 let chunk_row = cw * pixel_bytes;
                 for y in 0..data_h {
                     let row = &mut chunk[y * chunk_row..(y + 1) * chunk_row];
@@ -377,8 +348,7 @@ fn read_lzw_image<R: Read + Seek>(
                         undo_horizontal_predictor(row, channels, bytes_per_sample, little_endian);
                     }
                     let dst = y * row_bytes + x0 * pixel_bytes;
-                    out_band[dst..dst + data_w * pixel_bytes]
-                        .copy_from_slice(&row[..data_w * pixel_bytes]);
+                    out_band[dst..dst + data_w * pixel_bytes].copy_from_slice(&row[..data_w * pixel_bytes]);
                 }
             }
             Ok::<(), SlideError>(())
@@ -394,12 +364,8 @@ fn read_lzw_image<R: Read + Seek>(
         DecodingResult::U8(out)
     };
     Ok(match (result, white_is_zero) {
-        (DecodingResult::U8(v), true) => {
-            DecodingResult::U8(v.into_iter().map(|s| 255 - s).collect())
-        }
-        (DecodingResult::U16(v), true) => {
-            DecodingResult::U16(v.into_iter().map(|s| u16::MAX - s).collect())
-        }
+        (DecodingResult::U8(v), true) => DecodingResult::U8(v.into_iter().map(|s| 255 - s).collect()),
+        (DecodingResult::U16(v), true) => DecodingResult::U16(v.into_iter().map(|s| u16::MAX - s).collect()),
         (r, _) => r,
     })
 }
@@ -419,21 +385,13 @@ fn lzw_decompress(compressed: &[u8], out: &mut [u8]) -> Result<(), String> {
         }
     }
     if filled < out.len() {
-        return Err(format!(
-            "decompresses to {filled} bytes, expected {}",
-            out.len()
-        ));
+        return Err(format!("decompresses to {filled} bytes, expected {}", out.len()));
     }
     Ok(())
 }
 
 /// TIFF predictor 2: each sample was stored as the difference from the same channel one pixel left.
-fn undo_horizontal_predictor(
-    row: &mut [u8],
-    channels: usize,
-    bytes_per_sample: usize,
-    little_endian: bool,
-) {
+fn undo_horizontal_predictor(row: &mut [u8], channels: usize, bytes_per_sample: usize, little_endian: bool) {
     if bytes_per_sample == 1 {
         for i in channels..row.len() {
             row[i] = row[i].wrapping_add(row[i - channels]);
@@ -447,8 +405,7 @@ fn undo_horizontal_predictor(
     };
     let stride = channels * 2;
     for i in (stride..row.len()).step_by(2) {
-        let value =
-            read([row[i], row[i + 1]]).wrapping_add(read([row[i - stride], row[i - stride + 1]]));
+        let value = read([row[i], row[i + 1]]).wrapping_add(read([row[i - stride], row[i - stride + 1]]));
         row[i..i + 2].copy_from_slice(&write(value));
     }
 }
@@ -490,9 +447,7 @@ fn read_other<R: Read + Seek + std::io::BufRead>(
         path: path.to_owned(),
         cause,
     };
-    let mut reader = image::ImageReader::new(reader)
-        .with_guessed_format()
-        .map_err(io_err)?;
+    let mut reader = image::ImageReader::new(reader).with_guessed_format().map_err(io_err)?;
     let mut image_limits = image::Limits::default();
     image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8));
     reader.limits(image_limits);
@@ -525,18 +480,11 @@ mod tests {
     /// channel-swapped read cannot pass.
     fn pattern() -> Vec<u8> {
         (0..H)
-            .flat_map(|y| {
-                (0..W).flat_map(move |x| [(x * 3) as u8, (y * 5) as u8, (x * 7 + y * 11) as u8])
-            })
+            .flat_map(|y| (0..W).flat_map(move |x| [(x * 3) as u8, (y * 5) as u8, (x * 7 + y * 11) as u8]))
             .collect()
     }
 
-    fn spec(
-        samples: Samples,
-        chunking: Chunking,
-        compression: Compression,
-        bigtiff: bool,
-    ) -> TiffSpec {
+    fn spec(samples: Samples, chunking: Chunking, compression: Compression, bigtiff: bool) -> TiffSpec {
         TiffSpec {
             width: W as u32,
             height: H as u32,
@@ -565,12 +513,7 @@ mod tests {
                 for bigtiff in [false, true] {
                     let p = dir.path().join(format!("{n}.tiff"));
                     n += 1;
-                    write_tiff_image(
-                        &p,
-                        &spec(Samples::Rgb8, chunking, compression, bigtiff),
-                        &rgb,
-                    )
-                    .unwrap();
+                    write_tiff_image(&p, &spec(Samples::Rgb8, chunking, compression, bigtiff), &rgb).unwrap();
                     let img = read(&p);
                     assert_eq!(
                         (img.width, img.height),
@@ -591,8 +534,7 @@ mod tests {
         let mut e = TiffEncoder::new(std::fs::File::create(&p).unwrap())
             .unwrap()
             .with_compression(tiff::encoder::Compression::Packbits);
-        e.write_image::<colortype::RGB8>(W as u32, H as u32, &rgb)
-            .unwrap();
+        e.write_image::<colortype::RGB8>(W as u32, H as u32, &rgb).unwrap();
         drop(e);
         assert_eq!(read(&p).data, rgb);
 
@@ -601,8 +543,7 @@ mod tests {
             .unwrap()
             .with_compression(tiff::encoder::Compression::Lzw)
             .with_predictor(tiff::tags::Predictor::Horizontal);
-        e.write_image::<colortype::RGB8>(W as u32, H as u32, &rgb)
-            .unwrap();
+        e.write_image::<colortype::RGB8>(W as u32, H as u32, &rgb).unwrap();
         drop(e);
         assert_eq!(read(&p).data, rgb);
 
@@ -612,8 +553,7 @@ mod tests {
             .unwrap()
             .with_compression(tiff::encoder::Compression::Lzw)
             .with_predictor(tiff::tags::Predictor::Horizontal);
-        e.write_image::<colortype::RGB16>(W as u32, H as u32, &rgb16)
-            .unwrap();
+        e.write_image::<colortype::RGB16>(W as u32, H as u32, &rgb16).unwrap();
         drop(e);
         assert_eq!(read(&p).data, rgb);
     }
@@ -624,17 +564,9 @@ mod tests {
         let rgb = pattern();
         let tiles = Chunking::Tiles { size: 16 };
 
-        let rgb16: Vec<u8> = rgb
-            .iter()
-            .flat_map(|&v| (v as u16 * 257).to_ne_bytes())
-            .collect();
+        let rgb16: Vec<u8> = rgb.iter().flat_map(|&v| (v as u16 * 257).to_ne_bytes()).collect();
         let p = dir.path().join("rgb16.tiff");
-        write_tiff_image(
-            &p,
-            &spec(Samples::Rgb16, tiles, Compression::Lzw, false),
-            &rgb16,
-        )
-        .unwrap();
+        write_tiff_image(&p, &spec(Samples::Rgb16, tiles, Compression::Lzw, false), &rgb16).unwrap();
         assert_eq!(read(&p).data, rgb);
 
         let grey: Vec<u8> = rgb.chunks(3).map(|p| p[2]).collect();
@@ -653,30 +585,14 @@ mod tests {
         .unwrap();
         assert_eq!(read(&p).data, expected);
 
-        let grey16: Vec<u8> = grey
-            .iter()
-            .flat_map(|&v| (v as u16 * 257).to_ne_bytes())
-            .collect();
+        let grey16: Vec<u8> = grey.iter().flat_map(|&v| (v as u16 * 257).to_ne_bytes()).collect();
         let p = dir.path().join("grey16.tiff");
-        write_tiff_image(
-            &p,
-            &spec(Samples::Grey16, tiles, Compression::None, true),
-            &grey16,
-        )
-        .unwrap();
+        write_tiff_image(&p, &spec(Samples::Grey16, tiles, Compression::None, true), &grey16).unwrap();
         assert_eq!(read(&p).data, expected);
 
-        let rgba: Vec<u8> = rgb
-            .chunks(3)
-            .flat_map(|p| [p[0], p[1], p[2], 128])
-            .collect();
+        let rgba: Vec<u8> = rgb.chunks(3).flat_map(|p| [p[0], p[1], p[2], 128]).collect();
         let p = dir.path().join("rgba.tiff");
-        write_tiff_image(
-            &p,
-            &spec(Samples::Rgba8, tiles, Compression::None, false),
-            &rgba,
-        )
-        .unwrap();
+        write_tiff_image(&p, &spec(Samples::Rgba8, tiles, Compression::None, false), &rgba).unwrap();
         assert_eq!(read(&p).data, rgb);
     }
 
@@ -685,20 +601,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // A smooth image, as JPEG is meant for; the tolerance is JPEG's loss, not a colour swap.
         let smooth: Vec<u8> = (0..H)
-            .flat_map(|y| {
-                (0..W).flat_map(move |x| [(150 + x) as u8, (60 + y) as u8, (200 - x) as u8])
-            })
+            .flat_map(|y| (0..W).flat_map(move |x| [(150 + x) as u8, (60 + y) as u8, (200 - x) as u8]))
             .collect();
         for chunking in [Chunking::Tiles { size: 32 }, Chunking::Strips { rows: 16 }] {
             let p = dir.path().join("jpeg.tiff");
             write_tiff_image(
                 &p,
-                &spec(
-                    Samples::Rgb8,
-                    chunking,
-                    Compression::Jpeg { quality: 95 },
-                    false,
-                ),
+                &spec(Samples::Rgb8, chunking, Compression::Jpeg { quality: 95 }, false),
                 &smooth,
             )
             .unwrap();
@@ -720,10 +629,8 @@ mod tests {
         let rgb = pattern();
         let p = dir.path().join("pages.tiff");
         let mut e = TiffEncoder::new(std::fs::File::create(&p).unwrap()).unwrap();
-        e.write_image::<colortype::RGB8>(W as u32, H as u32, &rgb)
-            .unwrap();
-        e.write_image::<colortype::RGB8>(10, 10, &[7u8; 300])
-            .unwrap();
+        e.write_image::<colortype::RGB8>(W as u32, H as u32, &rgb).unwrap();
+        e.write_image::<colortype::RGB8>(10, 10, &[7u8; 300]).unwrap();
         drop(e);
         let img = read(&p);
         assert_eq!((img.width, img.height, img.data), (W, H, rgb));
@@ -754,8 +661,7 @@ mod tests {
         let data = dir.write_data(&[0u8; 10][..]).unwrap();
         dir.write_tag(Tag::ImageWidth, w).unwrap();
         dir.write_tag(Tag::ImageLength, h).unwrap();
-        dir.write_tag(Tag::BitsPerSample, &[8u16, 8, 8][..])
-            .unwrap();
+        dir.write_tag(Tag::BitsPerSample, &[8u16, 8, 8][..]).unwrap();
         dir.write_tag(Tag::SamplesPerPixel, 3u16).unwrap();
         dir.write_tag(Tag::PhotometricInterpretation, 2u16).unwrap();
         dir.write_tag(Tag::RowsPerStrip, h).unwrap();
@@ -782,11 +688,7 @@ mod tests {
         ihdr.extend([8, 2, 0, 0, 0]);
         let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
         chunk(&mut png, b"IHDR", &ihdr);
-        chunk(
-            &mut png,
-            b"IDAT",
-            &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
-        );
+        chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
         chunk(&mut png, b"IEND", &[]);
         png
     }
@@ -794,8 +696,7 @@ mod tests {
     #[test]
     fn size_guard_rejects_bomb_headers_before_allocating() {
         let name = Path::new("bomb.tiff");
-        let e =
-            decode_slide(&bomb_tiff(100_000, 100_000), name, SlideLimits::default()).unwrap_err();
+        let e = decode_slide(&bomb_tiff(100_000, 100_000), name, SlideLimits::default()).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -807,12 +708,7 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("bomb.tiff"));
-        let e = decode_slide(
-            &bomb_png(60_000, 60_000),
-            Path::new("bomb.png"),
-            SlideLimits::default(),
-        )
-        .unwrap_err();
+        let e = decode_slide(&bomb_png(60_000, 60_000), Path::new("bomb.png"), SlideLimits::default()).unwrap_err();
         assert!(matches!(e, SlideError::TooLarge { .. }), "{e}");
         // The limit is configurable both ways.
         let small = SlideLimits { max_pixels: 100 };
@@ -829,16 +725,8 @@ mod tests {
         let rgb = pattern();
         for (name, chunking, compression) in [
             ("lzw.tiff", Chunking::Strips { rows: 8 }, Compression::Lzw),
-            (
-                "tiles.tiff",
-                Chunking::Tiles { size: 16 },
-                Compression::None,
-            ),
-            (
-                "deflate.tiff",
-                Chunking::Tiles { size: 16 },
-                Compression::Deflate,
-            ),
+            ("tiles.tiff", Chunking::Tiles { size: 16 }, Compression::None),
+            ("deflate.tiff", Chunking::Tiles { size: 16 }, Compression::Deflate),
         ] {
             let p = dir.path().join(name);
             write_tiff_image(&p, &spec(Samples::Rgb8, chunking, compression, false), &rgb).unwrap();

@@ -7,9 +7,7 @@ use crate::atomic::{write_atomic, WriteError};
 use std::io::{self, Seek, Write};
 use std::path::Path;
 use tiff::encoder::{TiffEncoder, TiffKind};
-use tiff::tags::{
-    CompressionMethod, PhotometricInterpretation, PlanarConfiguration, SampleFormat, Tag,
-};
+use tiff::tags::{CompressionMethod, PhotometricInterpretation, PlanarConfiguration, SampleFormat, Tag};
 
 /// TIFF tag 530, which the `tiff` crate has no name for.
 pub(crate) const YCBCR_SUBSAMPLING: Tag = Tag::Unknown(530);
@@ -126,18 +124,12 @@ pub fn write_tiff(
             return Err(invalid("tile size must be a positive multiple of 16"));
         }
     }
-    if matches!(spec.compression, Compression::Jpeg { .. })
-        && !matches!(spec.samples, Samples::Rgb8 | Samples::Grey8)
-    {
+    if matches!(spec.compression, Compression::Jpeg { .. }) && !matches!(spec.samples, Samples::Rgb8 | Samples::Grey8) {
         return Err(invalid("JPEG compression needs 8-bit grey or RGB samples"));
     }
     write_atomic(path, |w| {
         if spec.bigtiff {
-            write_kind(
-                TiffEncoder::new_big(w).map_err(io::Error::other)?,
-                spec,
-                fill,
-            )
+            write_kind(TiffEncoder::new_big(w).map_err(io::Error::other)?, spec, fill)
         } else {
             write_kind(TiffEncoder::new(w).map_err(io::Error::other)?, spec, fill)
         }
@@ -203,10 +195,7 @@ fn write_kind<W: Write + Seek, K: TiffKind>(
             }
         }
         let encoded = compress(&raw, spec, rect, cw)?;
-        offsets.push(
-            K::convert_offset(dir.write_data(encoded.as_slice()).map_err(tiff_err)?)
-                .map_err(tiff_err)?,
-        );
+        offsets.push(K::convert_offset(dir.write_data(encoded.as_slice()).map_err(tiff_err)?).map_err(tiff_err)?);
         counts.push(K::convert_offset(encoded.len() as u64).map_err(tiff_err)?);
     }
 
@@ -217,10 +206,7 @@ fn write_kind<W: Write + Seek, K: TiffKind>(
     let bits = (spec.samples.bytes_per_sample() * 8) as u16;
     t(dir.write_tag(Tag::BitsPerSample, &vec![bits; channels][..]))?;
     t(dir.write_tag(Tag::SamplesPerPixel, channels as u16))?;
-    t(dir.write_tag(
-        Tag::SampleFormat,
-        &vec![SampleFormat::Uint.to_u16(); channels][..],
-    ))?;
+    t(dir.write_tag(Tag::SampleFormat, &vec![SampleFormat::Uint.to_u16(); channels][..]))?;
     let jpeg = matches!(spec.compression, Compression::Jpeg { .. });
     let photometric = match spec.samples {
         Samples::Grey8 | Samples::Grey16 => PhotometricInterpretation::BlackIsZero,
@@ -234,10 +220,7 @@ fn write_kind<W: Write + Seek, K: TiffKind>(
     if spec.samples == Samples::Rgba8 {
         t(dir.write_tag(Tag::ExtraSamples, 2u16))?; // unassociated alpha
     }
-    t(dir.write_tag(
-        Tag::PlanarConfiguration,
-        PlanarConfiguration::Chunky.to_u16(),
-    ))?;
+    t(dir.write_tag(Tag::PlanarConfiguration, PlanarConfiguration::Chunky.to_u16()))?;
     let method = match spec.compression {
         Compression::None => CompressionMethod::None,
         Compression::Lzw => CompressionMethod::LZW,

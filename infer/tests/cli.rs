@@ -22,11 +22,7 @@ fn ftu_infer(args: &[&str], stdin: Option<&str>) -> Output {
 }
 
 fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
@@ -57,15 +53,10 @@ fn rle_decode_then_encode_round_trips_through_png() {
         ],
         None,
     ));
-    assert_eq!(
-        ok(&ftu_infer(&["rle", "encode", png], None)).trim(),
-        "2 1 4 2"
-    );
+    assert_eq!(ok(&ftu_infer(&["rle", "encode", png], None)).trim(), "2 1 4 2");
     // From stdin, larger.
     ok(&ftu_infer(
-        &[
-            "rle", "decode", "--height", "50", "--width", "40", "--out", png,
-        ],
+        &["rle", "decode", "--height", "50", "--width", "40", "--out", png],
         Some("5 10 100 300 1999 2\n"),
     ));
     assert_eq!(
@@ -81,9 +72,7 @@ fn rle_bad_input_is_a_clear_error() {
     let png = png.to_str().unwrap();
     let decode = |rle: &str| {
         ftu_infer(
-            &[
-                "rle", "decode", "--height", "3", "--width", "2", "--out", png, rle,
-            ],
+            &["rle", "decode", "--height", "3", "--width", "2", "--out", png, rle],
             None,
         )
     };
@@ -96,9 +85,7 @@ fn rle_bad_input_is_a_clear_error() {
     assert!(!png_exists(png), "no output is written for bad input");
     fails_with(
         &ftu_infer(
-            &[
-                "rle", "decode", "--height", "0", "--width", "2", "--out", png, "1 1",
-            ],
+            &["rle", "decode", "--height", "0", "--width", "2", "--out", png, "1 1"],
             None,
         ),
         &["positive"],
@@ -125,17 +112,13 @@ fn score_prints_mean_and_per_organ_table() {
     let meta = write(d, "test.csv", META);
     let truth = write(d, "truth.csv", "id,rle\n1,1 20\n2,50 10\n3,1 100\n");
     let out = ok(&ftu_infer(
-        &[
-            "score", "--truth", &truth, "--pred", &truth, "--meta", &meta,
-        ],
+        &["score", "--truth", &truth, "--pred", &truth, "--meta", &meta],
         None,
     ));
     assert!(out.starts_with("mean dice 1.0000 over 3 images"), "{out}");
     let empty = write(d, "empty.csv", "id,rle\n3,\n2,\n1,\n");
     let out = ok(&ftu_infer(
-        &[
-            "score", "--truth", &truth, "--pred", &empty, "--meta", &meta,
-        ],
+        &["score", "--truth", &truth, "--pred", &empty, "--meta", &meta],
         None,
     ));
     assert!(out.starts_with("mean dice 0.0000"), "{out}");
@@ -160,34 +143,25 @@ fn score_bad_input_is_a_clear_error() {
     let truth = write(d, "truth.csv", "id,rle\n1,1 20\n2,\n3,\n");
     let short = write(d, "short.csv", "id,rle\n1,\n2,\n");
     fails_with(
-        &ftu_infer(
-            &[
-                "score", "--truth", &truth, "--pred", &short, "--meta", &meta,
-            ],
-            None,
-        ),
+        &ftu_infer(&["score", "--truth", &truth, "--pred", &short, "--meta", &meta], None),
         &["only in", "3"],
     );
     let bad = write(d, "bad.csv", "id,rle\n1,1 2 3\n2,\n3,\n");
     fails_with(
-        &ftu_infer(
-            &["score", "--truth", &truth, "--pred", &bad, "--meta", &meta],
-            None,
-        ),
+        &ftu_infer(&["score", "--truth", &truth, "--pred", &bad, "--meta", &meta], None),
         &["bad.csv", "`1`", "even number"],
     );
     fails_with(
         &ftu_infer(&["score", "--truth", &truth, "--pred", &truth], None),
         &["--meta"],
     );
-    let organ = write(d, "organ.csv", "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness\n1,liver,HPA,10,10,0.4,4\n");
+    let organ = write(
+        d,
+        "organ.csv",
+        "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness\n1,liver,HPA,10,10,0.4,4\n",
+    );
     fails_with(
-        &ftu_infer(
-            &[
-                "score", "--truth", &truth, "--pred", &truth, "--meta", &organ,
-            ],
-            None,
-        ),
+        &ftu_infer(&["score", "--truth", &truth, "--pred", &truth, "--meta", &organ], None),
         &["organ.csv line 2", "`liver`"],
     );
 }

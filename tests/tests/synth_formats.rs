@@ -46,10 +46,7 @@ fn every_synth_format_reads_back_and_truth_matches_render() {
             SlideLimits::default(),
         )
         .unwrap();
-        assert_eq!(
-            (slide.width, slide.height),
-            (plan.width as usize, plan.height as usize)
-        );
+        assert_eq!((slide.width, slide.height), (plan.width as usize, plan.height as usize));
         if plan.format == SlideFormat::TiledJpeg {
             let err = slide
                 .data
@@ -67,17 +64,10 @@ fn every_synth_format_reads_back_and_truth_matches_render() {
                 plan.format
             );
         }
-        assert_eq!(
-            rle::decode(&rle_text, slide.height, slide.width).unwrap(),
-            mask
-        );
+        assert_eq!(rle::decode(&rle_text, slide.height, slide.width).unwrap(), mask);
         formats_seen.insert(format!("{:?}", plan.format));
     }
-    assert_eq!(
-        formats_seen.len(),
-        6,
-        "all formats exercised: {formats_seen:?}"
-    );
+    assert_eq!(formats_seen.len(), 6, "all formats exercised: {formats_seen:?}");
 
     // The truth scores 1 against itself and 0 against the empty sample submission (every slide
     // has at least one FTU).
@@ -89,12 +79,7 @@ fn every_synth_format_reads_back_and_truth_matches_render() {
             .mean(),
         1.0
     );
-    let empty = score::score_files(
-        &truth_path,
-        &dir.path().join("sample_submission.csv"),
-        Some(&meta),
-    )
-    .unwrap();
+    let empty = score::score_files(&truth_path, &dir.path().join("sample_submission.csv"), Some(&meta)).unwrap();
     assert!(empty.images.iter().all(|s| s.dice == 0.0));
     let train_path = dir.path().join("train.csv");
     let train_as_pred: Vec<_> = train
@@ -106,8 +91,5 @@ fn every_synth_format_reads_back_and_truth_matches_render() {
         .collect();
     let pred = dir.path().join("train_pred.csv");
     ftu_infer::schema::write_rows(&pred, &train_as_pred).unwrap();
-    assert_eq!(
-        score::score_files(&train_path, &pred, None).unwrap().mean(),
-        1.0
-    );
+    assert_eq!(score::score_files(&train_path, &pred, None).unwrap().mean(), 1.0);
 }

@@ -34,10 +34,7 @@ pub enum SynthError {
     #[error("--size must be at least 64 pixels, got {0}")]
     TooSmall(u32),
     #[error("cannot create {path}: {cause}")]
-    CreateDir {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
+    CreateDir { path: PathBuf, cause: std::io::Error },
     #[error(transparent)]
     Write(#[from] WriteError),
     #[error(transparent)]
@@ -67,36 +64,16 @@ impl SlideFormat {
 
     fn spec(self, width: u32, height: u32) -> TiffSpec {
         let (samples, chunking, compression, bigtiff) = match self {
-            SlideFormat::Plain => (
-                Samples::Rgb8,
-                Chunking::Strips { rows: 64 },
-                Compression::None,
-                false,
-            ),
-            SlideFormat::Lzw => (
-                Samples::Rgb8,
-                Chunking::Strips { rows: 16 },
-                Compression::Lzw,
-                false,
-            ),
-            SlideFormat::TiledLzw => (
-                Samples::Rgb8,
-                Chunking::Tiles { size: 256 },
-                Compression::Lzw,
-                false,
-            ),
+            SlideFormat::Plain => (Samples::Rgb8, Chunking::Strips { rows: 64 }, Compression::None, false),
+            SlideFormat::Lzw => (Samples::Rgb8, Chunking::Strips { rows: 16 }, Compression::Lzw, false),
+            SlideFormat::TiledLzw => (Samples::Rgb8, Chunking::Tiles { size: 256 }, Compression::Lzw, false),
             SlideFormat::Rgb16Deflate => (
                 Samples::Rgb16,
                 Chunking::Strips { rows: 32 },
                 Compression::Deflate,
                 false,
             ),
-            SlideFormat::BigTiledDeflate => (
-                Samples::Rgb8,
-                Chunking::Tiles { size: 128 },
-                Compression::Deflate,
-                true,
-            ),
+            SlideFormat::BigTiledDeflate => (Samples::Rgb8, Chunking::Tiles { size: 128 }, Compression::Deflate, true),
             SlideFormat::TiledJpeg => (
                 Samples::Rgb8,
                 Chunking::Tiles { size: 256 },
@@ -206,17 +183,9 @@ pub struct Summary {
 }
 
 /// Writes a Kaggle-layout folder under `out`. `on_slide` is called once per finished slide.
-pub fn generate(
-    out: &Path,
-    cfg: &SynthConfig,
-    on_slide: impl Fn() + Sync,
-) -> Result<Summary, SynthError> {
+pub fn generate(out: &Path, cfg: &SynthConfig, on_slide: impl Fn() + Sync) -> Result<Summary, SynthError> {
     let (train_plans, test_plans) = plan(cfg)?;
-    for dir in [
-        out.to_path_buf(),
-        out.join("train_images"),
-        out.join("test_images"),
-    ] {
+    for dir in [out.to_path_buf(), out.join("train_images"), out.join("test_images")] {
         std::fs::create_dir_all(&dir).map_err(|cause| SynthError::CreateDir {
             path: dir.clone(),
             cause,
@@ -253,14 +222,7 @@ pub fn generate(
                 tissue_thickness: m.tissue_thickness,
                 rle,
                 age: Some(rng.random_range(20..85) as f64),
-                sex: Some(
-                    if rng.random::<bool>() {
-                        "Male"
-                    } else {
-                        "Female"
-                    }
-                    .to_string(),
-                ),
+                sex: Some(if rng.random::<bool>() { "Male" } else { "Female" }.to_string()),
             }
         })
         .collect();
@@ -268,10 +230,7 @@ pub fn generate(
     let truth: Vec<SubmissionRow> = test
         .iter()
         .zip(test_rles)
-        .map(|(t, rle)| SubmissionRow {
-            id: t.id.clone(),
-            rle,
-        })
+        .map(|(t, rle)| SubmissionRow { id: t.id.clone(), rle })
         .collect();
     let sample: Vec<SubmissionRow> = test
         .iter()
@@ -315,9 +274,7 @@ struct Shape {
 impl Shape {
     /// Radius that bounds the whole outline, for placement and bounding boxes.
     fn reach(&self) -> f32 {
-        self.radius
-            * (1.0 + self.harmonics.iter().map(|h| h.0.abs()).sum::<f32>())
-            * self.aspect.max(1.0)
+        self.radius * (1.0 + self.harmonics.iter().map(|h| h.0.abs()).sum::<f32>()) * self.aspect.max(1.0)
     }
 
     /// Normalised distance from the centre: < 1 inside, 0 at the centre.
@@ -399,12 +356,7 @@ fn place_shapes(plan: &SlidePlan, rng: &mut ChaCha8Rng) -> Vec<Shape> {
         }
         let radius = st.radius * side * plan.scale() * rng.random_range(0.75..1.25);
         let harmonics = (0..3)
-            .map(|_| {
-                (
-                    rng.random_range(-st.wobble..=st.wobble),
-                    rng.random_range(0.0..TAU),
-                )
-            })
+            .map(|_| (rng.random_range(-st.wobble..=st.wobble), rng.random_range(0.0..TAU)))
             .collect();
         let mut s = Shape {
             cx: 0.0,
@@ -422,10 +374,10 @@ fn place_shapes(plan: &SlidePlan, rng: &mut ChaCha8Rng) -> Vec<Shape> {
         s.cx = rng.random_range(margin..w - margin);
         s.cy = rng.random_range(margin..h - margin);
         // Bowman's-space rings and rims sit just outside the outline: keep neighbours clear of them.
-        if shapes.iter().all(|o| {
-            ((o.cx - s.cx).powi(2) + (o.cy - s.cy).powi(2)).sqrt()
-                > (o.reach() + s.reach()) * 1.1 + 4.0
-        }) {
+        if shapes
+            .iter()
+            .all(|o| ((o.cx - s.cx).powi(2) + (o.cy - s.cy).powi(2)).sqrt() > (o.reach() + s.reach()) * 1.1 + 4.0)
+        {
             shapes.push(s);
         }
     }
@@ -454,8 +406,7 @@ fn stain(plan: &SlidePlan, rng: &mut ChaCha8Rng) -> Stain {
 }
 
 fn hash(seed: u64, x: u64, y: u64) -> u64 {
-    let mut z =
-        seed ^ x.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ y.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    let mut z = seed ^ x.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ y.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -524,14 +475,7 @@ pub fn render(plan: &SlidePlan) -> (RgbImage, Mask) {
                     (_, true) => 0.25,
                     _ => 0.55 * density,
                 };
-                for (ox, oy) in [
-                    (0.0, 0.0),
-                    (1.0, 0.0),
-                    (0.0, 1.0),
-                    (1.0, 1.0),
-                    (-1.0, 0.0),
-                    (0.0, -1.0),
-                ] {
+                for (ox, oy) in [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (-1.0, 0.0), (0.0, -1.0)] {
                     let (cx, cy) = (gx + ox, gy + oy);
                     let key = (cx as i64 as u64, cy as i64 as u64);
                     if unit(seed ^ 2, key.0, key.1) > nuclei_p {
@@ -632,23 +576,10 @@ mod tests {
         for p in train.iter().chain(&test) {
             let (img, mask) = render(p);
             let fg = mask.count() as f64 / (img.width * img.height) as f64;
-            assert!(
-                fg > 0.003 && fg < 0.6,
-                "{} {}: foreground fraction {fg}",
-                p.organ,
-                p.id
-            );
+            assert!(fg > 0.003 && fg < 0.6, "{} {}: foreground fraction {fg}", p.organ, p.id);
             // Stained tissue is pink/purple: red and blue above green on average.
             let n = (img.width * img.height) as f64;
-            let mean = |c: usize| {
-                img.data
-                    .iter()
-                    .skip(c)
-                    .step_by(3)
-                    .map(|&v| v as f64)
-                    .sum::<f64>()
-                    / n
-            };
+            let mean = |c: usize| img.data.iter().skip(c).step_by(3).map(|&v| v as f64).sum::<f64>() / n;
             assert!(
                 mean(0) > mean(1) + 10.0 && mean(2) > mean(1) + 10.0,
                 "{}: not stain-coloured",
@@ -663,10 +594,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(9);
         let base = plan(&cfg(4)).unwrap().0[0].clone();
         let mut aspect = |organ| {
-            let p = SlidePlan {
-                organ,
-                ..base.clone()
-            };
+            let p = SlidePlan { organ, ..base.clone() };
             let shapes = place_shapes(&p, &mut rng);
             assert!(!shapes.is_empty());
             shapes.iter().map(|s| s.aspect).sum::<f32>() / shapes.len() as f32
@@ -691,16 +619,8 @@ mod tests {
         assert!(train.iter().any(|p| p.width != p.height));
         let ids: HashSet<_> = train.iter().chain(&test).map(|p| &p.id).collect();
         assert_eq!(ids.len(), 28, "ids are unique across train and test");
-        let hubmap: Vec<_> = test
-            .iter()
-            .filter(|p| p.data_source == DataSource::Hubmap)
-            .collect();
-        assert!(
-            !hubmap.is_empty()
-                && hubmap
-                    .iter()
-                    .all(|p| p.pixel_size == p.organ.hubmap_pixel_size())
-        );
+        let hubmap: Vec<_> = test.iter().filter(|p| p.data_source == DataSource::Hubmap).collect();
+        assert!(!hubmap.is_empty() && hubmap.iter().all(|p| p.pixel_size == p.organ.hubmap_pixel_size()));
         assert!(matches!(
             plan(&SynthConfig { size: 10, ..cfg(1) }),
             Err(SynthError::TooSmall(10))
