@@ -182,6 +182,7 @@ fn read_tiff<R: Read + Seek>(mut reader: R, path: &Path, limits: SlideLimits) ->
         // The tiff crate reads only the first plane of planar files: refuse rather than return red.
         return Err(unsupported("planar (separate-plane) TIFF".into()));
     }
+    let compression = decoder.find_tag_unsigned::<u16>(Tag::Compression).map_err(tiff_err)?;
     let color = decoder.colortype().map_err(tiff_err)?;
     let channels = match color {
         ColorType::Gray(8 | 16) => 1,
@@ -195,7 +196,6 @@ fn read_tiff<R: Read + Seek>(mut reader: R, path: &Path, limits: SlideLimits) ->
         }
     };
     if let ColorType::YCbCr(_) = color {
-        let compression = decoder.find_tag_unsigned::<u16>(Tag::Compression).map_err(tiff_err)?;
         let jpeg = compression == Some(CompressionMethod::ModernJPEG.to_u16());
         let subsampling = decoder
             .find_tag_unsigned_vec::<u16>(YCBCR_SUBSAMPLING)
@@ -217,7 +217,6 @@ fn read_tiff<R: Read + Seek>(mut reader: R, path: &Path, limits: SlideLimits) ->
     let mut decoder = decoder.with_limits(tiff_limits);
 
     let pixels = width as usize * height as usize;
-    let compression = decoder.find_tag_unsigned::<u16>(Tag::Compression).map_err(tiff_err)?;
     let decoded = if compression == Some(CompressionMethod::LZW.to_u16()) {
         read_lzw_image(&mut decoder, path, color, channels, little_endian)?
     } else {

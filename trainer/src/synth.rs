@@ -354,7 +354,8 @@ fn place_shapes(plan: &SlidePlan, rng: &mut ChaCha8Rng) -> Vec<Shape> {
         if shapes.len() == want {
             break;
         }
-        let radius = st.radius * side * plan.scale() * rng.random_range(0.75..1.25);
+        // At least a few pixels, so that no slide, however small, ends up without an FTU.
+        let radius = (st.radius * side * plan.scale() * rng.random_range(0.75..1.25)).max(4.0);
         let harmonics = (0..3)
             .map(|_| (rng.random_range(-st.wobble..=st.wobble), rng.random_range(0.0..TAU)))
             .collect();
@@ -584,6 +585,28 @@ mod tests {
                 mean(0) > mean(1) + 10.0 && mean(2) > mean(1) + 10.0,
                 "{}: not stain-coloured",
                 p.id
+            );
+        }
+    }
+
+    #[test]
+    fn smallest_slides_still_have_an_ftu_of_every_organ() {
+        let (train, test) = plan(&SynthConfig {
+            train: 10,
+            test: 10,
+            size: 64,
+            seed: 6,
+            mixed_formats: false,
+        })
+        .unwrap();
+        for p in train.iter().chain(&test) {
+            assert!(
+                render(p).1.count() > 0,
+                "{} {} ({}×{}) has no FTU",
+                p.organ,
+                p.id,
+                p.width,
+                p.height
             );
         }
     }
