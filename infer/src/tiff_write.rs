@@ -112,10 +112,7 @@ pub fn write_tiff(
     spec: &TiffSpec,
     fill: impl FnMut(ChunkRect, &mut Vec<u8>) -> io::Result<()>,
 ) -> Result<(), WriteError> {
-    let invalid = |msg: &str| WriteError {
-        path: path.to_owned(),
-        cause: io::Error::new(io::ErrorKind::InvalidInput, msg.to_string()),
-    };
+    let invalid = |msg: &str| invalid_input(path, msg);
     if spec.width == 0 || spec.height == 0 {
         return Err(invalid("image has zero width or height"));
     }
@@ -141,13 +138,10 @@ pub fn write_tiff_image(path: &Path, spec: &TiffSpec, data: &[u8]) -> Result<(),
     let bpp = spec.samples.bytes_per_pixel();
     let row_bytes = spec.width as usize * bpp;
     if data.len() != row_bytes * spec.height as usize {
-        return Err(WriteError {
-            path: path.to_owned(),
-            cause: io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "image buffer does not match width × height × pixel size",
-            ),
-        });
+        return Err(invalid_input(
+            path,
+            "image buffer does not match width × height × pixel size",
+        ));
     }
     write_tiff(path, spec, |rect, buf| {
         for y in rect.y..rect.y + rect.height {
@@ -156,6 +150,14 @@ pub fn write_tiff_image(path: &Path, spec: &TiffSpec, data: &[u8]) -> Result<(),
         }
         Ok(())
     })
+}
+
+/// A caller's mistake about what to write, reported against the target file.
+fn invalid_input(path: &Path, msg: &str) -> WriteError {
+    WriteError {
+        path: path.to_owned(),
+        cause: io::Error::new(io::ErrorKind::InvalidInput, msg.to_string()),
+    }
 }
 
 fn tiff_err(e: tiff::TiffError) -> io::Error {
