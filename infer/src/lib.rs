@@ -4,14 +4,17 @@
 
 pub mod atomic;
 pub mod dice;
+pub mod manifest;
 pub mod mask;
 pub mod mask_image;
 pub mod organ;
 pub mod rle;
 pub mod schema;
 pub mod score;
+pub mod session;
 pub mod slide;
 pub mod tiff_write;
+pub mod tta;
 
 pub use mask::Mask;
 pub use organ::{DataSource, Organ};

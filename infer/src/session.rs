@@ -1,0 +1,373 @@
+//! ONNX Runtime, loaded at run time: where libonnxruntime is found, which device runs the models,
+//! and what a model's inputs and outputs look like once ONNX Runtime has read it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use ort::session::Session;
+use ort::value::{TensorElementType, ValueType};
+
+/// The ONNX Runtime release the project is tested with; the install hint names it.
+pub const ORT_VERSION: &str = "1.31.1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "ONNX Runtime library not found (looked at {looked}). Install it with \
+         `pip install onnxruntime=={ORT_VERSION}` (CPU) or `pip install onnxruntime-gpu=={ORT_VERSION}` (CUDA 13), \
+         or set ORT_DYLIB_PATH to libonnxruntime.so"
+    )]
+    NotFound { looked: String },
+    #[error("cannot load ONNX Runtime from {path}: {cause}")]
+    Load { path: PathBuf, cause: String },
+    #[error("ONNX Runtime environment: {0}")]
+    Environment(String),
+    #[error("{path}: ONNX Runtime cannot load the model: {cause}")]
+    Model { path: PathBuf, cause: String },
+    #[error(
+        "{path}: the CUDA execution provider could not be registered on device {device}: {cause} \
+         (install onnxruntime-gpu=={ORT_VERSION} with CUDA 13, or pass --allow-cpu-fallback)"
+    )]
+    Cuda { path: PathBuf, device: i32, cause: String },
+    #[error("bad device {0:?}: expected cpu, cuda or cuda:N")]
+    BadDevice(String),
+}
+
+/// Where the models run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(i32),
+}
+
+impl FromStr for Device {
+    type Err = RuntimeError;
+    fn from_str(s: &str) -> Result<Device, RuntimeError> {
+        let bad = || RuntimeError::BadDevice(s.to_string());
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            other => {
+                let id = other.strip_prefix("cuda:").ok_or_else(bad)?;
+                id.parse::<i32>().ok().filter(|id| *id >= 0).map(Device::Cuda).ok_or_else(bad)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(id) => write!(f, "cuda:{id}"),
+        }
+    }
+}
+
+/// How sessions are made.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    pub device: Device,
+    /// Run on the CPU when the CUDA provider cannot be registered, instead of failing.
+    pub allow_cpu_fallback: bool,
+    /// Intra-op threads per session; ONNX Runtime's default (one per core) when `None`.
+    pub threads: Option<usize>,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions { device: Device::Cpu, allow_cpu_fallback: false, threads: None }
+    }
+}
+
+/// The loaded ONNX Runtime and the options sessions are built with.
+pub struct Runtime {
+    env: ort::environment::Environment,
+    options: RuntimeOptions,
+    pub library: PathBuf,
+    /// Set when a session asked for CUDA and fell back to the CPU; says why.
+    fallback: std::sync::Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("library", &self.library).field("options", &self.options).finish()
+    }
+}
+
+/// The library is loaded once per process; later calls reuse it.
+static LOADED: OnceLock<Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
+
+impl Runtime {
+    /// Finds and loads libonnxruntime (see [`find_library`]).
+    pub fn load(options: RuntimeOptions) -> Result<Runtime, RuntimeError> {
+        let library = find_library()?;
+        let loaded = LOADED.get_or_init(|| {
+            let builder = ort::init_from(&library).map_err(|e| format!("{}: {e}", library.display()))?;
+            let env = builder.with_name("ftu").build().map_err(|e| e.to_string())?;
+            Ok((library.clone(), env))
+        });
+        match loaded {
+            Ok((path, env)) => Ok(Runtime {
+                env: env.clone(),
+                options,
+                library: path.clone(),
+                fallback: std::sync::Mutex::new(None),
+            }),
+            Err(cause) => Err(RuntimeError::Load { path: library, cause: cause.clone() }),
+        }
+    }
+
+    pub fn options(&self) -> &RuntimeOptions {
+        &self.options
+    }
+
+    /// Why sessions run on the CPU though CUDA was asked for, if they do.
+    pub fn fallback(&self) -> Option<String> {
+        self.fallback.lock().map(|g| g.clone()).unwrap_or(None)
+    }
+
+    /// A session for the model at `path`, on the configured device.
+    pub fn session(&self, path: &Path) -> Result<Session, RuntimeError> {
+        let model_err = |cause: String| RuntimeError::Model { path: path.to_path_buf(), cause };
+        let mut builder = Session::builder(&self.env).map_err(|e| model_err(e.to_string()))?;
+        if let Some(threads) = self.options.threads {
+            builder = builder.with_intra_threads(threads).map_err(|e| model_err(e.to_string()))?;
+        }
+        if let Device::Cuda(device) = self.options.device {
+            let cuda = ort::ep::CUDA::default().with_device_id(device).build().error_on_failure();
+            match builder.with_execution_providers([cuda]) {
+                Ok(b) => builder = b,
+                Err(e) => {
+                    let cause = e.to_string();
+                    if !self.options.allow_cpu_fallback {
+                        return Err(RuntimeError::Cuda { path: path.to_path_buf(), device, cause });
+                    }
+                    if let Ok(mut note) = self.fallback.lock() {
+                        note.get_or_insert(format!("CUDA device {device} unavailable ({cause}); running on the CPU"));
+                    }
+                    builder = e.recover();
+                }
+            }
+        }
+        builder.commit_from_file(path).map_err(|e| model_err(e.to_string()))
+    }
+}
+
+/// The candidates for libonnxruntime, in order: `ORT_DYLIB_PATH`; the folder of the running
+/// binary (and its `lib/`), as in a Kaggle bundle; the `onnxruntime` package of the Python on PATH.
+pub fn find_library() -> Result<PathBuf, RuntimeError> {
+    let mut looked = Vec::new();
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        let path = PathBuf::from(path);
+        if path.is_file() {
+            return Ok(path);
+        }
+        looked.push(format!("ORT_DYLIB_PATH={}", path.display()));
+    }
+    if let Some(dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
+        for dir in [dir.clone(), dir.join("lib")] {
+            if let Some(lib) = library_in(&dir) {
+                return Ok(lib);
+            }
+            looked.push(dir.display().to_string());
+        }
+    }
+    for python in ["python3", "python"] {
+        let Some(capi) = python_onnxruntime(python) else { continue };
+        if let Some(lib) = library_in(&capi) {
+            return Ok(lib);
+        }
+        looked.push(capi.display().to_string());
+    }
+    looked.push("the onnxruntime package of python3 on PATH".to_string());
+    Err(RuntimeError::NotFound { looked: looked.join(", ") })
+}
+
+/// `libonnxruntime.so`, or the newest versioned `libonnxruntime.so.1.x.y`, in `dir`.
+fn library_in(dir: &Path) -> Option<PathBuf> {
+    let names: &[&str] = if cfg!(target_os = "macos") {
+        &["libonnxruntime.dylib"]
+    } else if cfg!(windows) {
+        &["onnxruntime.dll"]
+    } else {
+        &["libonnxruntime.so"]
+    };
+    for name in names {
+        let path = dir.join(name);
+        if path.is_file() {
+            return Some(path);
+        }
+    }
+    let mut versioned: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libonnxruntime.so.") || n.starts_with("libonnxruntime.1."))
+        })
+        .collect();
+    versioned.sort();
+    versioned.pop()
+}
+
+fn python_onnxruntime(python: &str) -> Option<PathBuf> {
+    let out = Command::new(python)
+        .args(["-c", "import os, onnxruntime; print(os.path.dirname(onnxruntime.__file__))"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let dir = String::from_utf8(out.stdout).ok()?;
+    Some(PathBuf::from(dir.trim()).join("capi"))
+}
+
+/// A tensor's element type, as far as ftu cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Element {
+    F32,
+    Other(String),
+}
+
+/// One input or output of a model: name, element type, dims (`None` = dynamic, with its symbol).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub element: Element,
+    pub dims: Vec<Option<i64>>,
+    pub symbols: Vec<String>,
+}
+
+impl TensorInfo {
+    /// `N×3×H×W`, dynamic dims by their symbol or `?`.
+    pub fn shape_string(&self) -> String {
+        if self.dims.is_empty() {
+            return "scalar or unknown".to_string();
+        }
+        self.dims
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match d {
+                Some(v) => v.to_string(),
+                None => self.symbols.get(i).filter(|s| !s.is_empty()).cloned().unwrap_or_else(|| "?".to_string()),
+            })
+            .collect::<Vec<_>>()
+            .join("×")
+    }
+}
+
+/// What ONNX Runtime reports about a model.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub inputs: Vec<TensorInfo>,
+    pub outputs: Vec<TensorInfo>,
+    pub opset: Option<u32>,
+    pub producer: Option<String>,
+    /// `metadata_props`, sorted by key.
+    pub metadata: Vec<(String, String)>,
+}
+
+impl ModelInfo {
+    pub fn of(session: &Session) -> ModelInfo {
+        let (producer, metadata) = match session.metadata() {
+            Ok(meta) => {
+                let mut props: Vec<(String, String)> = meta
+                    .custom_keys()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|k| meta.custom(&k).map(|v| (k, v)))
+                    .collect();
+                props.sort();
+                (meta.producer(), props)
+            }
+            Err(_) => (None, Vec::new()),
+        };
+        ModelInfo {
+            inputs: session.inputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect(),
+            outputs: session.outputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect(),
+            opset: session.opset_for_domain(""),
+            producer,
+            metadata,
+        }
+    }
+
+    /// A readable report, as `ftu-infer inspect` prints it.
+    pub fn report(&self) -> String {
+        let mut s = String::new();
+        let opset = self.opset.map_or("unknown".to_string(), |v| v.to_string());
+        s.push_str(&format!("opset: {opset}\n"));
+        if let Some(p) = self.producer.as_ref().filter(|p| !p.is_empty()) {
+            s.push_str(&format!("producer: {p}\n"));
+        }
+        for (title, list) in [("inputs", &self.inputs), ("outputs", &self.outputs)] {
+            s.push_str(&format!("{title}:\n"));
+            for (i, t) in list.iter().enumerate() {
+                let element = match &t.element {
+                    Element::F32 => "float32".to_string(),
+                    Element::Other(o) => o.clone(),
+                };
+                s.push_str(&format!("  [{i}] {}: {element} {}\n", t.name, t.shape_string()));
+            }
+        }
+        let (ftu, other): (Vec<_>, Vec<_>) = self.metadata.iter().partition(|(k, _)| k.starts_with("ftu."));
+        for (title, list) in [("ftu metadata", ftu), ("other metadata", other)] {
+            if !list.is_empty() {
+                s.push_str(&format!("{title}:\n"));
+                for (k, v) in list {
+                    s.push_str(&format!("  {k} = {v}\n"));
+                }
+            }
+        }
+        s
+    }
+}
+
+fn tensor_info(name: &str, dtype: &ValueType) -> TensorInfo {
+    match dtype {
+        ValueType::Tensor { ty, shape, dimension_symbols } => TensorInfo {
+            name: name.to_string(),
+            element: if *ty == TensorElementType::Float32 { Element::F32 } else { Element::Other(format!("{ty:?}")) },
+            dims: shape.iter().map(|&d| (d >= 0).then_some(d)).collect(),
+            symbols: dimension_symbols.iter().cloned().collect(),
+        },
+        other => TensorInfo {
+            name: name.to_string(),
+            element: Element::Other(format!("{other:?}")),
+            dims: Vec::new(),
+            symbols: Vec::new(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_and_print_back() {
+        assert_eq!("cpu".parse::<Device>().unwrap(), Device::Cpu);
+        assert_eq!("CUDA".parse::<Device>().unwrap(), Device::Cuda(0));
+        assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda(3));
+        assert_eq!(Device::Cuda(3).to_string(), "cuda:3");
+        for bad in ["gpu", "cuda:", "cuda:-1", "cuda:x"] {
+            assert!(bad.parse::<Device>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_versioned_library_is_found_when_the_plain_name_is_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(library_in(dir.path()), None);
+        std::fs::write(dir.path().join("libonnxruntime.so.1.30.0"), b"").unwrap();
+        std::fs::write(dir.path().join("libonnxruntime.so.1.31.1"), b"").unwrap();
+        std::fs::write(dir.path().join("libonnxruntime_providers_shared.so"), b"").unwrap();
+        assert_eq!(library_in(dir.path()), Some(dir.path().join("libonnxruntime.so.1.31.1")));
+        std::fs::write(dir.path().join("libonnxruntime.so"), b"").unwrap();
+        assert_eq!(library_in(dir.path()), Some(dir.path().join("libonnxruntime.so")));
+    }
+}
