@@ -4,10 +4,12 @@
 
 pub mod atomic;
 pub mod dice;
+pub mod engine;
 pub mod manifest;
 pub mod mask;
 pub mod mask_image;
 pub mod organ;
+pub mod resize;
 pub mod rle;
 pub mod schema;
 pub mod score;

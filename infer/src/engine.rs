@@ -1,0 +1,461 @@
+//! The ensemble engine: one ONNX Runtime session per manifest model, checked against what the
+//! manifest says about it, and the per-slide probability map — per group resize, normalise, TTA
+//! as one batch, invert, activate, average models, resize back, average groups.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::manifest::{Activation, ChannelOrder, Manifest, ModelSpec, Normalisation, OutputRef};
+use crate::organ::{DataSource, Organ};
+use crate::resize::{resize_map, resize_rgb};
+use crate::session::{Element, ModelInfo, Runtime, RuntimeError, TensorInfo};
+use crate::slide::RgbImage;
+use crate::tta::Transform;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("manifest {field} ({path}): {message}")]
+    Unfit { field: String, path: PathBuf, message: String },
+    #[error("manifest {field} ({path}): running the model failed: {message}")]
+    Run { field: String, path: PathBuf, message: String },
+    #[error("no model in the manifest serves organ {0}: give one without `organs`, or add {0} to a model's organs")]
+    NoModel(Organ),
+}
+
+/// What the engine needs to know about a slide besides its pixels.
+#[derive(Debug, Clone, Copy)]
+pub struct SlideInfo {
+    pub organ: Organ,
+    pub source: DataSource,
+    pub pixel_size: f64,
+}
+
+/// A probability map at slide resolution, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbMap {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<f32>,
+}
+
+/// Wall time per stage, summed over slides.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub read: Duration,
+    pub resize: Duration,
+    pub tta: Duration,
+    pub model: Duration,
+    pub resize_back: Duration,
+    pub rle: Duration,
+}
+
+impl Timings {
+    pub fn stages(&self) -> [(&'static str, Duration); 6] {
+        [
+            ("read", self.read),
+            ("resize", self.resize),
+            ("normalise+tta", self.tta),
+            ("model", self.model),
+            ("resize back", self.resize_back),
+            ("threshold+rle", self.rle),
+        ]
+    }
+
+    pub fn add(&mut self, other: &Timings) {
+        self.read += other.read;
+        self.resize += other.resize;
+        self.tta += other.tta;
+        self.model += other.model;
+        self.resize_back += other.resize_back;
+        self.rle += other.rle;
+    }
+}
+
+fn timed<T>(slot: &mut Duration, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let out = f();
+    *slot += start.elapsed();
+    out
+}
+
+/// A model with its session and what its signature allows.
+struct LoadedModel {
+    spec: ModelSpec,
+    session: Session,
+    info: ModelInfo,
+    input: String,
+    output: String,
+    /// A fixed batch dimension (often 1 in exports without dynamic axes): batches are split to it.
+    batch: Option<usize>,
+}
+
+pub struct Engine {
+    manifest: Manifest,
+    groups: Vec<Vec<LoadedModel>>,
+}
+
+impl Engine {
+    /// Opens a session per model and checks each against the manifest.
+    pub fn load(manifest: Manifest, runtime: &Runtime) -> Result<Engine, EngineError> {
+        let mut groups = Vec::new();
+        for group in &manifest.groups {
+            let mut models = Vec::new();
+            for spec in &group.models {
+                let session = runtime.session(&spec.path)?;
+                let info = ModelInfo::of(&session);
+                let (input, output, batch) = check_fit(spec, &info, group.size, &manifest)?;
+                models.push(LoadedModel { spec: spec.clone(), session, info, input, output, batch });
+            }
+            groups.push(models);
+        }
+        Ok(Engine { manifest, groups })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Each model's manifest field and what ONNX Runtime reported about it.
+    pub fn models(&self) -> impl Iterator<Item = (&ModelSpec, &ModelInfo)> {
+        self.groups.iter().flatten().map(|m| (&m.spec, &m.info))
+    }
+
+    /// The threshold for a slide.
+    pub fn threshold(&self, info: &SlideInfo) -> f32 {
+        self.manifest.thresholds.get(info.organ, info.source)
+    }
+
+    /// The ensemble's probability map for one slide, at the slide's size.
+    pub fn predict(&mut self, slide: &RgbImage, info: &SlideInfo, t: &mut Timings) -> Result<ProbMap, EngineError> {
+        let (height, width) = (slide.height, slide.width);
+        let mut total = vec![0f32; width * height];
+        let mut weight_sum = 0f32;
+        let transforms = self.manifest.tta.mode.transforms();
+        let scales = self.manifest.tta.scales.clone();
+        for (gi, models) in self.groups.iter_mut().enumerate() {
+            let group = &self.manifest.groups[gi];
+            let serving: Vec<&mut LoadedModel> = models.iter_mut().filter(|m| m.spec.serves(info.organ)).collect();
+            if serving.is_empty() {
+                continue;
+            }
+            let (h_in, w_in) = match &self.manifest.scaling {
+                Some(s) => s.input_dims(group.size, height, width, info.pixel_size),
+                None => (group.size, group.size),
+            };
+            // The slide at each TTA scale, shared by the group's models.
+            let inputs: Vec<RgbImage> = timed(&mut t.resize, || {
+                scales
+                    .iter()
+                    .map(|&s| {
+                        let (h, w) = scaled_dims(h_in, w_in, s);
+                        resize_rgb(slide, w, h)
+                    })
+                    .collect()
+            });
+            let mut group_map = vec![0f32; h_in * w_in];
+            let mut model_weights = 0f32;
+            for model in serving {
+                let map = model_map(model, &inputs, &transforms, (h_in, w_in), t)?;
+                let w = model.spec.weight;
+                group_map.iter_mut().zip(&map).for_each(|(g, m)| *g += w * m);
+                model_weights += w;
+            }
+            let gw = group.weight / model_weights;
+            timed(&mut t.resize_back, || {
+                let back = resize_map(&group_map, w_in, h_in, width, height);
+                total.iter_mut().zip(&back).for_each(|(acc, v)| *acc += gw * v);
+            });
+            weight_sum += group.weight;
+        }
+        if weight_sum == 0.0 {
+            return Err(EngineError::NoModel(info.organ));
+        }
+        total.iter_mut().for_each(|v| *v /= weight_sum);
+        Ok(ProbMap { width, height, data: total })
+    }
+}
+
+/// Input dims at a TTA scale, kept to multiples of 32.
+fn scaled_dims(h: usize, w: usize, scale: f32) -> (usize, usize) {
+    if scale == 1.0 {
+        return (h, w);
+    }
+    let r = |v: usize| crate::manifest::round_to_multiple(v as f64 * scale as f64);
+    (r(h), r(w))
+}
+
+/// One model's map at the group's input size: every scale × transform, inverted and averaged.
+fn model_map(
+    model: &mut LoadedModel,
+    inputs: &[RgbImage],
+    transforms: &[Transform],
+    (h_in, w_in): (usize, usize),
+    t: &mut Timings,
+) -> Result<Vec<f32>, EngineError> {
+    let mut sum = vec![0f32; h_in * w_in];
+    let variants = (inputs.len() * transforms.len()) as f32;
+    for image in inputs {
+        let (h, w) = (image.height, image.width);
+        let base = timed(&mut t.tta, || planes(image, model.spec.norm, model.spec.channels));
+        // Transposes swap height and width: those variants form a second batch unless square.
+        let mut buckets: Vec<((usize, usize), Vec<Transform>)> = Vec::new();
+        for &tr in transforms {
+            let dims = tr.dims(h, w);
+            match buckets.iter_mut().find(|(d, _)| *d == dims) {
+                Some((_, list)) => list.push(tr),
+                None => buckets.push((dims, vec![tr])),
+            }
+        }
+        let mut scale_sum: Option<(Vec<f32>, usize, usize)> = None;
+        for ((bh, bw), list) in buckets {
+            let chunk = model.batch.unwrap_or(list.len()).max(1);
+            for trs in list.chunks(chunk) {
+                let batch = timed(&mut t.tta, || {
+                    let mut batch = Vec::with_capacity(trs.len() * 3 * bh * bw);
+                    for tr in trs {
+                        for plane in &base {
+                            batch.extend(tr.apply(plane, h, w));
+                        }
+                    }
+                    batch
+                });
+                let (shape, out) = timed(&mut t.model, || run(model, &batch, trs.len(), bh, bw))?;
+                timed(&mut t.tta, || -> Result<(), EngineError> {
+                    let (oh, ow) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+                    for (i, tr) in trs.iter().enumerate() {
+                        let map = activated(&model.spec, &shape, &out, i).map_err(|m| model.run_error(m))?;
+                        let inv = tr.invert(&map, oh, ow);
+                        let (ih, iw) = tr.dims(oh, ow);
+                        match &mut scale_sum {
+                            None => scale_sum = Some((inv, ih, iw)),
+                            Some((acc, sh, sw)) if (*sh, *sw) == (ih, iw) => {
+                                acc.iter_mut().zip(&inv).for_each(|(a, v)| *a += v)
+                            }
+                            Some((acc, sh, sw)) => {
+                                // Odd sizes can give transposed outputs of another shape: meet at the first.
+                                let fitted = resize_map(&inv, iw, ih, *sw, *sh);
+                                acc.iter_mut().zip(&fitted).for_each(|(a, v)| *a += v)
+                            }
+                        }
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+        if let Some((acc, sh, sw)) = scale_sum {
+            // Resizing is linear, so resizing the scale's sum equals summing resized maps.
+            let fitted = timed(&mut t.resize_back, || resize_map(&acc, sw, sh, w_in, h_in));
+            sum.iter_mut().zip(&fitted).for_each(|(s, v)| *s += v);
+        }
+    }
+    sum.iter_mut().for_each(|v| *v /= variants);
+    Ok(sum)
+}
+
+/// The image as three normalised float planes in the model's channel order.
+fn planes(image: &RgbImage, norm: Normalisation, channels: ChannelOrder) -> [Vec<f32>; 3] {
+    let n = image.width * image.height;
+    std::array::from_fn(|c| {
+        let src = match channels {
+            ChannelOrder::Rgb => c,
+            ChannelOrder::Bgr => 2 - c,
+        };
+        let (mean, inv_std) = (norm.mean[c], 1.0 / norm.std[c]);
+        let mut plane = Vec::with_capacity(n);
+        plane.extend(image.data.chunks_exact(3).map(|p| (p[src] as f32 - mean) * inv_std));
+        plane
+    })
+}
+
+/// Runs one batch; returns the selected output's shape and values.
+fn run(model: &mut LoadedModel, batch: &[f32], n: usize, h: usize, w: usize) -> Result<(Vec<usize>, Vec<f32>), EngineError> {
+    let (field, path) = (model.spec.field.clone(), model.spec.path.clone());
+    let err = |message: String| EngineError::Run { field: field.clone(), path: path.clone(), message };
+    let tensor = TensorRef::from_array_view(([n, 3, h, w], batch)).map_err(|e| err(e.to_string()))?;
+    let output = model.output.as_str();
+    let outputs = model.session.run(ort::inputs![model.input.as_str() => tensor]).map_err(|e| err(e.to_string()))?;
+    let value = outputs.get(output).ok_or_else(|| err(format!("no output `{output}` in the results")))?;
+    let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| err(e.to_string()))?;
+    let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+    if !matches!(shape.len(), 3 | 4) || shape[0] != n {
+        return Err(err(format!("output `{output}` has shape {shape:?}; expected N×C×H×W or N×H×W with N = {n}")));
+    }
+    Ok((shape, data.to_vec()))
+}
+
+impl LoadedModel {
+    fn run_error(&self, message: impl Into<String>) -> EngineError {
+        EngineError::Run { field: self.spec.field.clone(), path: self.spec.path.clone(), message: message.into() }
+    }
+}
+
+/// Item `i`'s mask channel with the activation applied.
+fn activated(spec: &ModelSpec, shape: &[usize], out: &[f32], i: usize) -> Result<Vec<f32>, String> {
+    let (c, hw) = match shape.len() {
+        4 => (shape[1], shape[2] * shape[3]),
+        _ => (1, shape[1] * shape[2]),
+    };
+    if spec.channel >= c {
+        return Err(format!("channel {} asked for, but the output has {c}", spec.channel));
+    }
+    let item = &out[i * c * hw..(i + 1) * c * hw];
+    let plane = &item[spec.channel * hw..(spec.channel + 1) * hw];
+    Ok(match spec.activation {
+        Activation::None => plane.to_vec(),
+        Activation::Sigmoid => plane.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+        Activation::Softmax => (0..hw)
+            .map(|p| {
+                let max = (0..c).map(|k| item[k * hw + p]).fold(f32::NEG_INFINITY, f32::max);
+                let denom: f32 = (0..c).map(|k| (item[k * hw + p] - max).exp()).sum();
+                (plane[p] - max).exp() / denom
+            })
+            .collect(),
+    })
+}
+
+/// Checks a model's signature against its manifest entry; returns the input name, the output
+/// name and a fixed batch size if any.
+fn check_fit(
+    spec: &ModelSpec,
+    info: &ModelInfo,
+    size: usize,
+    manifest: &Manifest,
+) -> Result<(String, String, Option<usize>), EngineError> {
+    let unfit =
+        |message: String| EngineError::Unfit { field: spec.field.clone(), path: spec.path.clone(), message };
+    let [input] = info.inputs.as_slice() else {
+        return Err(unfit(format!(
+            "the model has {} inputs ({}); ftu feeds one image tensor",
+            info.inputs.len(),
+            names(&info.inputs)
+        )));
+    };
+    if input.element != Element::F32 || input.dims.len() != 4 {
+        return Err(unfit(format!(
+            "input `{}` is {:?} {}; expected float32 N×3×H×W",
+            input.name,
+            input.element,
+            input.shape_string()
+        )));
+    }
+    if input.dims[1].is_some_and(|c| c != 3) {
+        return Err(unfit(format!("input `{}` has {} channels; ftu feeds 3", input.name, input.shape_string())));
+    }
+    if let (Some(h), Some(w)) = (input.dims[2], input.dims[3]) {
+        if manifest.scaling.is_some() || manifest.tta.scales.iter().any(|&s| s != 1.0) {
+            return Err(unfit(format!(
+                "input `{}` is fixed at {h}×{w}, but target_pixel_size or tta.scales change the input size; \
+                 export the model with dynamic height and width",
+                input.name
+            )));
+        }
+        if (h as usize, w as usize) != (size, size) {
+            return Err(unfit(format!("input `{}` is fixed at {h}×{w}, but the group size is {size}", input.name)));
+        }
+    } else if input.dims[2].is_some() != input.dims[3].is_some() {
+        return Err(unfit(format!("input `{}` ({}) fixes only one of height and width", input.name, input.shape_string())));
+    }
+    let batch = input.dims[0].map(|b| b as usize);
+    if batch == Some(0) {
+        return Err(unfit(format!("input `{}` has batch size 0", input.name)));
+    }
+    let output = match &spec.output {
+        OutputRef::Index(i) => info.outputs.get(*i),
+        OutputRef::Name(n) => info.outputs.iter().find(|o| &o.name == n),
+    }
+    .ok_or_else(|| unfit(format!("{} not found; the model's outputs are {}", spec.output, names(&info.outputs))))?;
+    if output.element != Element::F32 {
+        return Err(unfit(format!("output `{}` is {:?}; expected float32", output.name, output.element)));
+    }
+    match output.dims.len() {
+        4 => {
+            if let Some(c) = output.dims[1] {
+                if spec.channel as i64 >= c {
+                    return Err(unfit(format!(
+                        "channel {} asked for, but output `{}` is {}",
+                        spec.channel,
+                        output.name,
+                        output.shape_string()
+                    )));
+                }
+                if spec.activation == Activation::Softmax && c < 2 {
+                    return Err(unfit(format!("softmax over output `{}` with one channel", output.name)));
+                }
+            }
+        }
+        3 if spec.channel == 0 && spec.activation != Activation::Softmax => {}
+        _ => {
+            return Err(unfit(format!(
+                "output `{}` is {}; expected a mask N×C×H×W (or N×H×W with channel 0 and no softmax)",
+                output.name,
+                output.shape_string()
+            )))
+        }
+    }
+    Ok((input.name.clone(), output.name.clone(), batch))
+}
+
+fn names(list: &[TensorInfo]) -> String {
+    if list.is_empty() {
+        return "none".to_string();
+    }
+    list.iter().map(|t| format!("`{}` {}", t.name, t.shape_string())).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(activation: Activation, channel: usize) -> ModelSpec {
+        ModelSpec {
+            field: "group[0].model[0]".into(),
+            path: "m.onnx".into(),
+            weight: 1.0,
+            norm: Normalisation { mean: [0.0; 3], std: [1.0; 3] },
+            channels: ChannelOrder::Rgb,
+            output: OutputRef::Index(0),
+            activation,
+            channel,
+            organs: None,
+        }
+    }
+
+    #[test]
+    fn activations_pick_the_channel_of_the_right_item() {
+        // batch 2, 2 channels, 1×2 pixels
+        let out = [0.0, 1.0, 2.0, 3.0, /* item 1 */ 0.0, 0.0, 5.0, -5.0];
+        let shape = [2, 2, 1, 2];
+        assert_eq!(activated(&spec(Activation::None, 1), &shape, &out, 0).unwrap(), [2.0, 3.0]);
+        let s = activated(&spec(Activation::Sigmoid, 0), &shape, &out, 1).unwrap();
+        assert_eq!(s, [0.5, 0.5]);
+        let soft = activated(&spec(Activation::Softmax, 1), &shape, &out, 1).unwrap();
+        let e5 = 1.0 / (1.0 + (-5.0f32).exp());
+        assert!((soft[0] - e5).abs() < 1e-6 && (soft[1] - (1.0 - e5)).abs() < 1e-6, "{soft:?}");
+        assert!(activated(&spec(Activation::None, 2), &shape, &out, 0).is_err());
+        // N×H×W outputs have one implicit channel.
+        assert_eq!(activated(&spec(Activation::None, 0), &[2, 1, 2], &out[..4], 1).unwrap(), [2.0, 3.0]);
+    }
+
+    #[test]
+    fn planes_normalise_in_the_models_channel_order() {
+        let mut img = RgbImage::new(2, 1);
+        img.data.copy_from_slice(&[10, 20, 30, 40, 50, 60]);
+        let norm = Normalisation { mean: [1.0, 2.0, 3.0], std: [1.0, 2.0, 4.0] };
+        let rgb = planes(&img, norm, ChannelOrder::Rgb);
+        assert_eq!(rgb, [vec![9.0, 39.0], vec![9.0, 24.0], vec![6.75, 14.25]]);
+        let bgr = planes(&img, norm, ChannelOrder::Bgr);
+        assert_eq!(bgr, [vec![29.0, 59.0], vec![9.0, 24.0], vec![1.75, 9.25]]);
+    }
+
+    #[test]
+    fn scaled_dims_stay_multiples_of_32() {
+        assert_eq!(scaled_dims(768, 512, 1.0), (768, 512));
+        assert_eq!(scaled_dims(768, 512, 1.2), (928, 608));
+        assert_eq!(scaled_dims(64, 64, 0.25), (32, 32));
+    }
+}
