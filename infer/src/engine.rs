@@ -20,9 +20,17 @@ pub enum EngineError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error("manifest {field} ({path}): {message}")]
-    Unfit { field: String, path: PathBuf, message: String },
+    Unfit {
+        field: String,
+        path: PathBuf,
+        message: String,
+    },
     #[error("manifest {field} ({path}): running the model failed: {message}")]
-    Run { field: String, path: PathBuf, message: String },
+    Run {
+        field: String,
+        path: PathBuf,
+        message: String,
+    },
     #[error("no model in the manifest serves organ {0}: give one without `organs`, or add {0} to a model's organs")]
     NoModel(Organ),
 }
@@ -109,7 +117,14 @@ impl Engine {
                 let session = runtime.session(&spec.path)?;
                 let info = ModelInfo::of(&session);
                 let (input, output, batch) = check_fit(spec, &info, group.size, &manifest)?;
-                models.push(LoadedModel { spec: spec.clone(), session, info, input, output, batch });
+                models.push(LoadedModel {
+                    spec: spec.clone(),
+                    session,
+                    info,
+                    input,
+                    output,
+                    batch,
+                });
             }
             groups.push(models);
         }
@@ -176,7 +191,11 @@ impl Engine {
             return Err(EngineError::NoModel(info.organ));
         }
         total.iter_mut().for_each(|v| *v /= weight_sum);
-        Ok(ProbMap { width, height, data: total })
+        Ok(ProbMap {
+            width,
+            height,
+            data: total,
+        })
     }
 }
 
@@ -273,24 +292,45 @@ fn planes(image: &RgbImage, norm: Normalisation, channels: ChannelOrder) -> [Vec
 }
 
 /// Runs one batch; returns the selected output's shape and values.
-fn run(model: &mut LoadedModel, batch: &[f32], n: usize, h: usize, w: usize) -> Result<(Vec<usize>, Vec<f32>), EngineError> {
+fn run(
+    model: &mut LoadedModel,
+    batch: &[f32],
+    n: usize,
+    h: usize,
+    w: usize,
+) -> Result<(Vec<usize>, Vec<f32>), EngineError> {
     let (field, path) = (model.spec.field.clone(), model.spec.path.clone());
-    let err = |message: String| EngineError::Run { field: field.clone(), path: path.clone(), message };
+    let err = |message: String| EngineError::Run {
+        field: field.clone(),
+        path: path.clone(),
+        message,
+    };
     let tensor = TensorRef::from_array_view(([n, 3, h, w], batch)).map_err(|e| err(e.to_string()))?;
     let output = model.output.as_str();
-    let outputs = model.session.run(ort::inputs![model.input.as_str() => tensor]).map_err(|e| err(e.to_string()))?;
-    let value = outputs.get(output).ok_or_else(|| err(format!("no output `{output}` in the results")))?;
+    let outputs = model
+        .session
+        .run(ort::inputs![model.input.as_str() => tensor])
+        .map_err(|e| err(e.to_string()))?;
+    let value = outputs
+        .get(output)
+        .ok_or_else(|| err(format!("no output `{output}` in the results")))?;
     let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| err(e.to_string()))?;
     let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
     if !matches!(shape.len(), 3 | 4) || shape[0] != n {
-        return Err(err(format!("output `{output}` has shape {shape:?}; expected N×C×H×W or N×H×W with N = {n}")));
+        return Err(err(format!(
+            "output `{output}` has shape {shape:?}; expected N×C×H×W or N×H×W with N = {n}"
+        )));
     }
     Ok((shape, data.to_vec()))
 }
 
 impl LoadedModel {
     fn run_error(&self, message: impl Into<String>) -> EngineError {
-        EngineError::Run { field: self.spec.field.clone(), path: self.spec.path.clone(), message: message.into() }
+        EngineError::Run {
+            field: self.spec.field.clone(),
+            path: self.spec.path.clone(),
+            message: message.into(),
+        }
     }
 }
 
@@ -326,8 +366,11 @@ fn check_fit(
     size: usize,
     manifest: &Manifest,
 ) -> Result<(String, String, Option<usize>), EngineError> {
-    let unfit =
-        |message: String| EngineError::Unfit { field: spec.field.clone(), path: spec.path.clone(), message };
+    let unfit = |message: String| EngineError::Unfit {
+        field: spec.field.clone(),
+        path: spec.path.clone(),
+        message,
+    };
     let [input] = info.inputs.as_slice() else {
         return Err(unfit(format!(
             "the model has {} inputs ({}); ftu feeds one image tensor",
@@ -344,7 +387,11 @@ fn check_fit(
         )));
     }
     if input.dims[1].is_some_and(|c| c != 3) {
-        return Err(unfit(format!("input `{}` has {} channels; ftu feeds 3", input.name, input.shape_string())));
+        return Err(unfit(format!(
+            "input `{}` has {} channels; ftu feeds 3",
+            input.name,
+            input.shape_string()
+        )));
     }
     if let (Some(h), Some(w)) = (input.dims[2], input.dims[3]) {
         if manifest.scaling.is_some() || manifest.tta.scales.iter().any(|&s| s != 1.0) {
@@ -355,10 +402,17 @@ fn check_fit(
             )));
         }
         if (h as usize, w as usize) != (size, size) {
-            return Err(unfit(format!("input `{}` is fixed at {h}×{w}, but the group size is {size}", input.name)));
+            return Err(unfit(format!(
+                "input `{}` is fixed at {h}×{w}, but the group size is {size}",
+                input.name
+            )));
         }
     } else if input.dims[2].is_some() != input.dims[3].is_some() {
-        return Err(unfit(format!("input `{}` ({}) fixes only one of height and width", input.name, input.shape_string())));
+        return Err(unfit(format!(
+            "input `{}` ({}) fixes only one of height and width",
+            input.name,
+            input.shape_string()
+        )));
     }
     let batch = input.dims[0].map(|b| b as usize);
     if batch == Some(0) {
@@ -368,9 +422,18 @@ fn check_fit(
         OutputRef::Index(i) => info.outputs.get(*i),
         OutputRef::Name(n) => info.outputs.iter().find(|o| &o.name == n),
     }
-    .ok_or_else(|| unfit(format!("{} not found; the model's outputs are {}", spec.output, names(&info.outputs))))?;
+    .ok_or_else(|| {
+        unfit(format!(
+            "{} not found; the model's outputs are {}",
+            spec.output,
+            names(&info.outputs)
+        ))
+    })?;
     if output.element != Element::F32 {
-        return Err(unfit(format!("output `{}` is {:?}; expected float32", output.name, output.element)));
+        return Err(unfit(format!(
+            "output `{}` is {:?}; expected float32",
+            output.name, output.element
+        )));
     }
     match output.dims.len() {
         4 => {
@@ -404,7 +467,10 @@ fn names(list: &[TensorInfo]) -> String {
     if list.is_empty() {
         return "none".to_string();
     }
-    list.iter().map(|t| format!("`{}` {}", t.name, t.shape_string())).collect::<Vec<_>>().join(", ")
+    list.iter()
+        .map(|t| format!("`{}` {}", t.name, t.shape_string()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -416,7 +482,10 @@ mod tests {
             field: "group[0].model[0]".into(),
             path: "m.onnx".into(),
             weight: 1.0,
-            norm: Normalisation { mean: [0.0; 3], std: [1.0; 3] },
+            norm: Normalisation {
+                mean: [0.0; 3],
+                std: [1.0; 3],
+            },
             channels: ChannelOrder::Rgb,
             output: OutputRef::Index(0),
             activation,
@@ -430,22 +499,34 @@ mod tests {
         // batch 2, 2 channels, 1×2 pixels
         let out = [0.0, 1.0, 2.0, 3.0, /* item 1 */ 0.0, 0.0, 5.0, -5.0];
         let shape = [2, 2, 1, 2];
-        assert_eq!(activated(&spec(Activation::None, 1), &shape, &out, 0).unwrap(), [2.0, 3.0]);
+        assert_eq!(
+            activated(&spec(Activation::None, 1), &shape, &out, 0).unwrap(),
+            [2.0, 3.0]
+        );
         let s = activated(&spec(Activation::Sigmoid, 0), &shape, &out, 1).unwrap();
         assert_eq!(s, [0.5, 0.5]);
         let soft = activated(&spec(Activation::Softmax, 1), &shape, &out, 1).unwrap();
         let e5 = 1.0 / (1.0 + (-5.0f32).exp());
-        assert!((soft[0] - e5).abs() < 1e-6 && (soft[1] - (1.0 - e5)).abs() < 1e-6, "{soft:?}");
+        assert!(
+            (soft[0] - e5).abs() < 1e-6 && (soft[1] - (1.0 - e5)).abs() < 1e-6,
+            "{soft:?}"
+        );
         assert!(activated(&spec(Activation::None, 2), &shape, &out, 0).is_err());
         // N×H×W outputs have one implicit channel.
-        assert_eq!(activated(&spec(Activation::None, 0), &[2, 1, 2], &out[..4], 1).unwrap(), [2.0, 3.0]);
+        assert_eq!(
+            activated(&spec(Activation::None, 0), &[2, 1, 2], &out[..4], 1).unwrap(),
+            [2.0, 3.0]
+        );
     }
 
     #[test]
     fn planes_normalise_in_the_models_channel_order() {
         let mut img = RgbImage::new(2, 1);
         img.data.copy_from_slice(&[10, 20, 30, 40, 50, 60]);
-        let norm = Normalisation { mean: [1.0, 2.0, 3.0], std: [1.0, 2.0, 4.0] };
+        let norm = Normalisation {
+            mean: [1.0, 2.0, 3.0],
+            std: [1.0, 2.0, 4.0],
+        };
         let rgb = planes(&img, norm, ChannelOrder::Rgb);
         assert_eq!(rgb, [vec![9.0, 39.0], vec![9.0, 24.0], vec![6.75, 14.25]]);
         let bgr = planes(&img, norm, ChannelOrder::Bgr);

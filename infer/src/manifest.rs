@@ -17,7 +17,11 @@ pub enum ManifestError {
     #[error("manifest {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("manifest {path}, {field}: {message}")]
-    Field { path: PathBuf, field: String, message: String },
+    Field {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
 }
 
 /// The model input sizes must divide by this (the encoders' total stride).
@@ -82,13 +86,22 @@ impl Normalisation {
                 mean: Self::IMAGENET_MEAN.map(|m| m * 255.0),
                 std: Self::IMAGENET_STD.map(|s| s * 255.0),
             },
-            "unit" => Normalisation { mean: [0.0; 3], std: [255.0; 3] },
-            "pm1" => Normalisation { mean: [127.0; 3], std: [127.0; 3] },
+            "unit" => Normalisation {
+                mean: [0.0; 3],
+                std: [255.0; 3],
+            },
+            "pm1" => Normalisation {
+                mean: [127.0; 3],
+                std: [127.0; 3],
+            },
             _ => return None,
         };
         Some(match channels {
             ChannelOrder::Rgb => rgb,
-            ChannelOrder::Bgr => Normalisation { mean: reversed(rgb.mean), std: reversed(rgb.std) },
+            ChannelOrder::Bgr => Normalisation {
+                mean: reversed(rgb.mean),
+                std: reversed(rgb.std),
+            },
         })
     }
 }
@@ -139,7 +152,10 @@ pub struct Tta {
 
 impl Default for Tta {
     fn default() -> Self {
-        Tta { mode: TtaMode::None, scales: vec![1.0] }
+        Tta {
+            mode: TtaMode::None,
+            scales: vec![1.0],
+        }
     }
 }
 
@@ -153,7 +169,11 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { default: 0.5, organ: BTreeMap::new(), source: BTreeMap::new() }
+        Thresholds {
+            default: 0.5,
+            organ: BTreeMap::new(),
+            source: BTreeMap::new(),
+        }
     }
 }
 
@@ -181,7 +201,10 @@ impl PixelScaling {
     /// The model input (height, width) for a slide, rounded to multiples of [`SIZE_MULTIPLE`].
     pub fn input_dims(&self, size: usize, height: usize, width: usize, pixel_size: f64) -> (usize, usize) {
         let factor = pixel_size / self.target_pixel_size * size as f64 / self.reference_size;
-        (round_to_multiple(height as f64 * factor), round_to_multiple(width as f64 * factor))
+        (
+            round_to_multiple(height as f64 * factor),
+            round_to_multiple(width as f64 * factor),
+        )
     }
 }
 
@@ -236,17 +259,25 @@ struct RawModel {
 impl Manifest {
     /// Reads and checks a manifest file; model files must exist.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|cause| ManifestError::Read { path: path.to_path_buf(), cause })?;
+        let text = std::fs::read_to_string(path).map_err(|cause| ManifestError::Read {
+            path: path.to_path_buf(),
+            cause,
+        })?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
         Manifest::parse(&text, path, &dir)
     }
 
     /// Parses manifest text; `path` is for messages, `dir` resolves relative model paths.
     pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Manifest, ManifestError> {
-        let raw: RawManifest = toml::from_str(text)
-            .map_err(|e| ManifestError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let field = |field: &str, message: String| ManifestError::Field {
             path: path.to_path_buf(),
             field: field.to_string(),
@@ -256,7 +287,10 @@ impl Manifest {
         let scaling = match (raw.target_pixel_size, raw.reference_size) {
             (None, None) => None,
             (None, Some(_)) => {
-                return Err(field("reference_size", "only means something with target_pixel_size".into()))
+                return Err(field(
+                    "reference_size",
+                    "only means something with target_pixel_size".into(),
+                ))
             }
             (Some(t), reference) => {
                 if !(t.is_finite() && t > 0.0) {
@@ -266,7 +300,10 @@ impl Manifest {
                 if !(r.is_finite() && r >= 1.0) {
                     return Err(field("reference_size", format!("{r} is not a positive pixel count")));
                 }
-                Some(PixelScaling { target_pixel_size: t, reference_size: r })
+                Some(PixelScaling {
+                    target_pixel_size: t,
+                    reference_size: r,
+                })
             }
         };
 
@@ -275,7 +312,9 @@ impl Manifest {
             Some(t) => {
                 let mode = match t.mode {
                     None => TtaMode::None,
-                    Some(m) => m.parse().map_err(|e: crate::tta::UnknownTta| field("tta.mode", e.to_string()))?,
+                    Some(m) => m
+                        .parse()
+                        .map_err(|e: crate::tta::UnknownTta| field("tta.mode", e.to_string()))?,
                 };
                 let scales = t.scales.unwrap_or_else(|| vec![1.0]);
                 if scales.is_empty() {
@@ -286,7 +325,10 @@ impl Manifest {
                         return Err(field("tta.scales", format!("{s} is outside 0.25..=4")));
                     }
                 }
-                Tta { mode, scales: scales.into_iter().map(|s| s as f32).collect() }
+                Tta {
+                    mode,
+                    scales: scales.into_iter().map(|s| s as f32).collect(),
+                }
             }
         };
 
@@ -296,7 +338,10 @@ impl Manifest {
         };
 
         if raw.group.is_empty() {
-            return Err(field("group", "no [[group]]: the ensemble needs at least one group of models".into()));
+            return Err(field(
+                "group",
+                "no [[group]]: the ensemble needs at least one group of models".into(),
+            ));
         }
         let mut groups = Vec::new();
         for (gi, g) in raw.group.into_iter().enumerate() {
@@ -309,21 +354,37 @@ impl Manifest {
             }
             let weight = positive(g.weight, &format!("{gname}.weight")).map_err(|(f, m)| field(&f, m))?;
             if g.model.is_empty() {
-                return Err(field(&format!("{gname}.model"), "the group has no [[group.model]]".into()));
+                return Err(field(
+                    &format!("{gname}.model"),
+                    "the group has no [[group.model]]".into(),
+                ));
             }
             let mut models = Vec::new();
             for (mi, m) in g.model.into_iter().enumerate() {
                 let mname = format!("{gname}.model[{mi}]");
                 models.push(parse_model(m, &mname, dir).map_err(|(f, msg)| field(&f, msg))?);
             }
-            groups.push(Group { size: g.size as usize, weight, models });
+            groups.push(Group {
+                size: g.size as usize,
+                weight,
+                models,
+            });
         }
-        Ok(Manifest { path: path.to_path_buf(), groups, tta, thresholds, scaling })
+        Ok(Manifest {
+            path: path.to_path_buf(),
+            groups,
+            tta,
+            thresholds,
+            scaling,
+        })
     }
 
     /// Every model, with the index of its group.
     pub fn models(&self) -> impl Iterator<Item = (usize, &ModelSpec)> {
-        self.groups.iter().enumerate().flat_map(|(gi, g)| g.models.iter().map(move |m| (gi, m)))
+        self.groups
+            .iter()
+            .enumerate()
+            .flat_map(|(gi, g)| g.models.iter().map(move |m| (gi, m)))
     }
 }
 
@@ -354,7 +415,10 @@ fn parse_model(m: RawModel, name: &str, dir: &Path) -> Result<ModelSpec, FieldEr
         (Some(n), None, None) => Normalisation::named(&n, channels)
             .ok_or_else(|| err("norm", format!("`{n}`: expected imagenet, unit, pm1, or mean and std")))?,
         (None, None, None) => {
-            return Err(err("norm", "missing: say imagenet, unit (x/255), pm1 (x/127 − 1), or give mean and std".into()))
+            return Err(err(
+                "norm",
+                "missing: say imagenet, unit (x/255), pm1 (x/127 − 1), or give mean and std".into(),
+            ))
         }
         (None | Some(_), Some(mean), Some(std)) if m.norm.as_deref().is_none_or(|n| n == "custom") => {
             let three = |v: Vec<f64>, f: &str| -> Result<[f32; 3], FieldError> {
@@ -380,11 +444,19 @@ fn parse_model(m: RawModel, name: &str, dir: &Path) -> Result<ModelSpec, FieldEr
         None | Some("sigmoid") => Activation::Sigmoid,
         Some("softmax") => Activation::Softmax,
         Some("none") => Activation::None,
-        Some(other) => return Err(err("activation", format!("`{other}`: expected sigmoid, softmax or none"))),
+        Some(other) => {
+            return Err(err(
+                "activation",
+                format!("`{other}`: expected sigmoid, softmax or none"),
+            ))
+        }
     };
     let channel = match m.channel {
         None if activation == Activation::Softmax => {
-            return Err(err("channel", "softmax needs the channel of the FTU class (usually 1)".into()))
+            return Err(err(
+                "channel",
+                "softmax needs the channel of the FTU class (usually 1)".into(),
+            ))
         }
         None => 0,
         Some(c) if c >= 0 => c as usize,
@@ -434,7 +506,10 @@ fn parse_thresholds(table: &toml::Table) -> Result<Thresholds, FieldError> {
             t.organ.insert(organ, value(v, &f)?);
         } else if let Ok(source) = key.parse::<DataSource>() {
             let sub = v.as_table().ok_or_else(|| {
-                (f.clone(), "a data source takes a table of organ thresholds, e.g. [thresholds.hubmap]".to_string())
+                (
+                    f.clone(),
+                    "a data source takes a table of organ thresholds, e.g. [thresholds.hubmap]".to_string(),
+                )
             })?;
             for (okey, ov) in sub {
                 let of = format!("{f}.{okey}");
@@ -442,7 +517,10 @@ fn parse_thresholds(table: &toml::Table) -> Result<Thresholds, FieldError> {
                 t.source.insert((source, organ), value(ov, &of)?);
             }
         } else {
-            return Err((f, "expected default, an organ, or a data source (hpa, hubmap)".to_string()));
+            return Err((
+                f,
+                "expected default, an organ, or a data source (hpa, hubmap)".to_string(),
+            ));
         }
     }
     Ok(t)
@@ -518,13 +596,31 @@ mod tests {
         assert_eq!(a.channels, ChannelOrder::Bgr);
         // ImageNet's blue mean comes first for a BGR model.
         assert!((a.norm.mean[0] - 0.406 * 255.0).abs() < 1e-4);
-        assert_eq!((a.output.clone(), a.activation, a.channel), (OutputRef::Index(0), Activation::Sigmoid, 0));
+        assert_eq!(
+            (a.output.clone(), a.activation, a.channel),
+            (OutputRef::Index(0), Activation::Sigmoid, 0)
+        );
         let b = &m.groups[1].models[0];
-        assert_eq!(b.norm, Normalisation { mean: [1.0, 2.0, 3.0], std: [4.0, 5.0, 6.0] });
-        assert_eq!((b.output.clone(), b.activation, b.channel), (OutputRef::Name("mask".into()), Activation::Softmax, 1));
+        assert_eq!(
+            b.norm,
+            Normalisation {
+                mean: [1.0, 2.0, 3.0],
+                std: [4.0, 5.0, 6.0]
+            }
+        );
+        assert_eq!(
+            (b.output.clone(), b.activation, b.channel),
+            (OutputRef::Name("mask".into()), Activation::Softmax, 1)
+        );
         assert!(b.serves(Organ::Lung) && !b.serves(Organ::Spleen));
         assert_eq!(m.groups[1].models[1].output, OutputRef::Index(1));
-        assert_eq!(m.groups[1].models[1].norm, Normalisation { mean: [127.0; 3], std: [127.0; 3] });
+        assert_eq!(
+            m.groups[1].models[1].norm,
+            Normalisation {
+                mean: [127.0; 3],
+                std: [127.0; 3]
+            }
+        );
     }
 
     #[test]
@@ -542,7 +638,10 @@ mod tests {
 
     #[test]
     fn pixel_scaling_maps_a_training_slide_to_the_group_size() {
-        let s = PixelScaling { target_pixel_size: 0.4, reference_size: 3000.0 };
+        let s = PixelScaling {
+            target_pixel_size: 0.4,
+            reference_size: 3000.0,
+        };
         assert_eq!(s.input_dims(768, 3000, 3000, 0.4), (768, 768));
         // Hubmap lung pixels (0.7562 µm) are 1.89× HPA's: 2000 × 1.89 × 768/3000 = 968 → 960.
         assert_eq!(s.input_dims(768, 2000, 1000, 0.7562), (960, 480));
@@ -587,7 +686,9 @@ mod tests {
             assert!(err.contains(&format!("{field}:")), "expected {field} in: {err}");
         }
         // Unknown keys are typos, not silently ignored.
-        let err = parse(&format!("{model}sise = 3\n"), dir.path()).unwrap_err().to_string();
+        let err = parse(&format!("{model}sise = 3\n"), dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("sise"), "{err}");
     }
 }

@@ -24,7 +24,9 @@ fn resize_bytes(src: &[u8], sw: usize, sh: usize, dst: &mut [u8], dw: usize, dh:
     let src_img = ImageRef::new(sw as u32, sh as u32, src, pixel).expect("source buffer matches its size");
     let mut dst_img = Image::from_slice_u8(dw as u32, dh as u32, dst, pixel).expect("target buffer matches its size");
     let options = ResizeOptions::new().resize_alg(algorithm((sw, sh), (dw, dh)));
-    Resizer::new().resize(&src_img, &mut dst_img, &options).expect("same pixel types, non-empty images");
+    Resizer::new()
+        .resize(&src_img, &mut dst_img, &options)
+        .expect("same pixel types, non-empty images");
 }
 
 /// The slide at `width × height`.
@@ -33,7 +35,15 @@ pub fn resize_rgb(src: &RgbImage, width: usize, height: usize) -> RgbImage {
         return src.clone();
     }
     let mut out = RgbImage::new(width, height);
-    resize_bytes(&src.data, src.width, src.height, &mut out.data, width, height, PixelType::U8x3);
+    resize_bytes(
+        &src.data,
+        src.width,
+        src.height,
+        &mut out.data,
+        width,
+        height,
+        PixelType::U8x3,
+    );
     out
 }
 
@@ -63,7 +73,9 @@ mod tests {
     #[test]
     fn constant_images_stay_constant_both_ways() {
         let mut img = RgbImage::new(30, 20);
-        img.data.chunks_exact_mut(3).for_each(|p| p.copy_from_slice(&[10, 200, 77]));
+        img.data
+            .chunks_exact_mut(3)
+            .for_each(|p| p.copy_from_slice(&[10, 200, 77]));
         for (w, h) in [(7, 5), (64, 64), (30, 20), (45, 10)] {
             let r = resize_rgb(&img, w, h);
             assert_eq!((r.width, r.height), (w, h));

@@ -51,7 +51,11 @@ impl FromStr for Device {
             "cuda" => Ok(Device::Cuda(0)),
             other => {
                 let id = other.strip_prefix("cuda:").ok_or_else(bad)?;
-                id.parse::<i32>().ok().filter(|id| *id >= 0).map(Device::Cuda).ok_or_else(bad)
+                id.parse::<i32>()
+                    .ok()
+                    .filter(|id| *id >= 0)
+                    .map(Device::Cuda)
+                    .ok_or_else(bad)
             }
         }
     }
@@ -78,7 +82,11 @@ pub struct RuntimeOptions {
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        RuntimeOptions { device: Device::Cpu, allow_cpu_fallback: false, threads: None }
+        RuntimeOptions {
+            device: Device::Cpu,
+            allow_cpu_fallback: false,
+            threads: None,
+        }
     }
 }
 
@@ -93,7 +101,10 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("library", &self.library).field("options", &self.options).finish()
+        f.debug_struct("Runtime")
+            .field("library", &self.library)
+            .field("options", &self.options)
+            .finish()
     }
 }
 
@@ -116,7 +127,10 @@ impl Runtime {
                 library: path.clone(),
                 fallback: std::sync::Mutex::new(None),
             }),
-            Err(cause) => Err(RuntimeError::Load { path: library, cause: cause.clone() }),
+            Err(cause) => Err(RuntimeError::Load {
+                path: library,
+                cause: cause.clone(),
+            }),
         }
     }
 
@@ -131,22 +145,36 @@ impl Runtime {
 
     /// A session for the model at `path`, on the configured device.
     pub fn session(&self, path: &Path) -> Result<Session, RuntimeError> {
-        let model_err = |cause: String| RuntimeError::Model { path: path.to_path_buf(), cause };
+        let model_err = |cause: String| RuntimeError::Model {
+            path: path.to_path_buf(),
+            cause,
+        };
         let mut builder = Session::builder(&self.env).map_err(|e| model_err(e.to_string()))?;
         if let Some(threads) = self.options.threads {
-            builder = builder.with_intra_threads(threads).map_err(|e| model_err(e.to_string()))?;
+            builder = builder
+                .with_intra_threads(threads)
+                .map_err(|e| model_err(e.to_string()))?;
         }
         if let Device::Cuda(device) = self.options.device {
-            let cuda = ort::ep::CUDA::default().with_device_id(device).build().error_on_failure();
+            let cuda = ort::ep::CUDA::default()
+                .with_device_id(device)
+                .build()
+                .error_on_failure();
             match builder.with_execution_providers([cuda]) {
                 Ok(b) => builder = b,
                 Err(e) => {
                     let cause = e.to_string();
                     if !self.options.allow_cpu_fallback {
-                        return Err(RuntimeError::Cuda { path: path.to_path_buf(), device, cause });
+                        return Err(RuntimeError::Cuda {
+                            path: path.to_path_buf(),
+                            device,
+                            cause,
+                        });
                     }
                     if let Ok(mut note) = self.fallback.lock() {
-                        note.get_or_insert(format!("CUDA device {device} unavailable ({cause}); running on the CPU"));
+                        note.get_or_insert(format!(
+                            "CUDA device {device} unavailable ({cause}); running on the CPU"
+                        ));
                     }
                     builder = e.recover();
                 }
@@ -167,7 +195,10 @@ pub fn find_library() -> Result<PathBuf, RuntimeError> {
         }
         looked.push(format!("ORT_DYLIB_PATH={}", path.display()));
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
         for dir in [dir.clone(), dir.join("lib")] {
             if let Some(lib) = library_in(&dir) {
                 return Ok(lib);
@@ -176,14 +207,18 @@ pub fn find_library() -> Result<PathBuf, RuntimeError> {
         }
     }
     for python in ["python3", "python"] {
-        let Some(capi) = python_onnxruntime(python) else { continue };
+        let Some(capi) = python_onnxruntime(python) else {
+            continue;
+        };
         if let Some(lib) = library_in(&capi) {
             return Ok(lib);
         }
         looked.push(capi.display().to_string());
     }
     looked.push("the onnxruntime package of python3 on PATH".to_string());
-    Err(RuntimeError::NotFound { looked: looked.join(", ") })
+    Err(RuntimeError::NotFound {
+        looked: looked.join(", "),
+    })
 }
 
 /// `libonnxruntime.so`, or the newest versioned `libonnxruntime.so.1.x.y`, in `dir`.
@@ -216,7 +251,10 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
 
 fn python_onnxruntime(python: &str) -> Option<PathBuf> {
     let out = Command::new(python)
-        .args(["-c", "import os, onnxruntime; print(os.path.dirname(onnxruntime.__file__))"])
+        .args([
+            "-c",
+            "import os, onnxruntime; print(os.path.dirname(onnxruntime.__file__))",
+        ])
         .stderr(std::process::Stdio::null())
         .output()
         .ok()?;
@@ -254,7 +292,12 @@ impl TensorInfo {
             .enumerate()
             .map(|(i, d)| match d {
                 Some(v) => v.to_string(),
-                None => self.symbols.get(i).filter(|s| !s.is_empty()).cloned().unwrap_or_else(|| "?".to_string()),
+                None => self
+                    .symbols
+                    .get(i)
+                    .filter(|s| !s.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| "?".to_string()),
             })
             .collect::<Vec<_>>()
             .join("×")
@@ -288,8 +331,16 @@ impl ModelInfo {
             Err(_) => (None, Vec::new()),
         };
         ModelInfo {
-            inputs: session.inputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect(),
-            outputs: session.outputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect(),
+            inputs: session
+                .inputs()
+                .iter()
+                .map(|o| tensor_info(o.name(), o.dtype()))
+                .collect(),
+            outputs: session
+                .outputs()
+                .iter()
+                .map(|o| tensor_info(o.name(), o.dtype()))
+                .collect(),
             opset: session.opset_for_domain(""),
             producer,
             metadata,
@@ -329,9 +380,17 @@ impl ModelInfo {
 
 fn tensor_info(name: &str, dtype: &ValueType) -> TensorInfo {
     match dtype {
-        ValueType::Tensor { ty, shape, dimension_symbols } => TensorInfo {
+        ValueType::Tensor {
+            ty,
+            shape,
+            dimension_symbols,
+        } => TensorInfo {
             name: name.to_string(),
-            element: if *ty == TensorElementType::Float32 { Element::F32 } else { Element::Other(format!("{ty:?}")) },
+            element: if *ty == TensorElementType::Float32 {
+                Element::F32
+            } else {
+                Element::Other(format!("{ty:?}"))
+            },
             dims: shape.iter().map(|&d| (d >= 0).then_some(d)).collect(),
             symbols: dimension_symbols.iter().cloned().collect(),
         },
@@ -366,7 +425,10 @@ mod tests {
         std::fs::write(dir.path().join("libonnxruntime.so.1.30.0"), b"").unwrap();
         std::fs::write(dir.path().join("libonnxruntime.so.1.31.1"), b"").unwrap();
         std::fs::write(dir.path().join("libonnxruntime_providers_shared.so"), b"").unwrap();
-        assert_eq!(library_in(dir.path()), Some(dir.path().join("libonnxruntime.so.1.31.1")));
+        assert_eq!(
+            library_in(dir.path()),
+            Some(dir.path().join("libonnxruntime.so.1.31.1"))
+        );
         std::fs::write(dir.path().join("libonnxruntime.so"), b"").unwrap();
         assert_eq!(library_in(dir.path()), Some(dir.path().join("libonnxruntime.so")));
     }

@@ -14,16 +14,36 @@ pub struct Transform {
 }
 
 impl Transform {
-    pub const IDENTITY: Transform = Transform { flip_y: false, flip_x: false, transpose: false };
-    pub const HFLIP: Transform = Transform { flip_y: false, flip_x: true, transpose: false };
-    pub const VFLIP: Transform = Transform { flip_y: true, flip_x: false, transpose: false };
-    pub const ROT180: Transform = Transform { flip_y: true, flip_x: true, transpose: false };
+    pub const IDENTITY: Transform = Transform {
+        flip_y: false,
+        flip_x: false,
+        transpose: false,
+    };
+    pub const HFLIP: Transform = Transform {
+        flip_y: false,
+        flip_x: true,
+        transpose: false,
+    };
+    pub const VFLIP: Transform = Transform {
+        flip_y: true,
+        flip_x: false,
+        transpose: false,
+    };
+    pub const ROT180: Transform = Transform {
+        flip_y: true,
+        flip_x: true,
+        transpose: false,
+    };
 
     /// All eight, identity first.
     pub fn d4() -> [Transform; 8] {
         let mut all = [Transform::IDENTITY; 8];
         for (i, t) in all.iter_mut().enumerate() {
-            *t = Transform { transpose: i & 4 != 0, flip_y: i & 2 != 0, flip_x: i & 1 != 0 };
+            *t = Transform {
+                transpose: i & 4 != 0,
+                flip_y: i & 2 != 0,
+                flip_x: i & 1 != 0,
+            };
         }
         all
     }
@@ -128,7 +148,12 @@ impl TtaMode {
         match self {
             TtaMode::None => vec![Transform::IDENTITY],
             TtaMode::HFlip => vec![Transform::IDENTITY, Transform::HFLIP],
-            TtaMode::Flips => vec![Transform::IDENTITY, Transform::HFLIP, Transform::VFLIP, Transform::ROT180],
+            TtaMode::Flips => vec![
+                Transform::IDENTITY,
+                Transform::HFLIP,
+                Transform::VFLIP,
+                Transform::ROT180,
+            ],
             TtaMode::D4 => Transform::d4().to_vec(),
         }
     }

@@ -4,6 +4,7 @@
 //! The models crate exports its networks through this; tests build small hand-made graphs with it.
 
 pub mod graph;
+pub mod samples;
 
 /// The protobuf messages of `onnx.proto`, as prost generates them.
 #[allow(clippy::all, missing_docs)]
@@ -11,4 +12,4 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
 
-pub use graph::{Attr, Dim, GraphBuilder, ModelMeta, OnnxError};
+pub use graph::{read, to_bytes, write, Attr, Dim, GraphBuilder, ModelMeta, OnnxError};
