@@ -9,6 +9,7 @@ pub mod manifest;
 pub mod mask;
 pub mod mask_image;
 pub mod organ;
+pub mod predict;
 pub mod resize;
 pub mod rle;
 pub mod schema;

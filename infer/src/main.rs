@@ -1,8 +1,13 @@
-//! `ftu-infer`: RLE tools and scoring now; the ONNX Runtime ensemble engine lands here next.
+//! `ftu-infer`: ensemble prediction through ONNX Runtime, model inspection, RLE tools and scoring.
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use ftu_infer::engine::Engine;
+use ftu_infer::manifest::Manifest;
+use ftu_infer::predict::{self, OnError, PredictOptions};
+use ftu_infer::session::{Device, ModelInfo, Runtime, RuntimeOptions};
 use ftu_infer::{mask_image, rle, score, slide::SlideLimits};
+use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -19,6 +24,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Predict every slide of a Kaggle-layout folder with an ensemble manifest; write a submission.
+    Predict(PredictArgs),
+    /// Show an ONNX model's inputs, outputs, opset and ftu metadata as ONNX Runtime sees them.
+    Inspect(InspectArgs),
     /// Run-length encoding in the competition's convention (column-major, 1-based).
     #[command(subcommand)]
     Rle(RleCommand),
@@ -49,6 +58,67 @@ enum RleCommand {
 }
 
 #[derive(Args)]
+struct RuntimeArgs {
+    /// cpu, cuda or cuda:N (the CUDA execution provider needs onnxruntime-gpu).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// When CUDA cannot be used, run on the CPU (and say so) instead of failing.
+    #[arg(long)]
+    allow_cpu_fallback: bool,
+    /// Intra-op threads per model (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl RuntimeArgs {
+    fn load(&self) -> Result<Runtime> {
+        let device: Device = self.device.parse()?;
+        let runtime = Runtime::load(RuntimeOptions {
+            device,
+            allow_cpu_fallback: self.allow_cpu_fallback,
+            threads: self.threads,
+        })?;
+        Ok(runtime)
+    }
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// The ensemble manifest (TOML).
+    #[arg(long)]
+    manifest: PathBuf,
+    /// Folder with test.csv and test_images/ (truth.csv, when present, is drawn on overlays).
+    #[arg(long)]
+    data: PathBuf,
+    /// The submission to write (id,rle); a .report.json lands beside it.
+    #[arg(long, default_value = "submission.csv")]
+    out: PathBuf,
+    /// Write each slide's probability map here as an 8-bit PNG (round(p·255)).
+    #[arg(long)]
+    probs: Option<PathBuf>,
+    /// Write each slide with the predicted (yellow) and true (cyan) outlines here as PNG.
+    #[arg(long)]
+    overlays: Option<PathBuf>,
+    /// Longest side of an overlay PNG.
+    #[arg(long, default_value_t = 1024)]
+    overlay_size: usize,
+    /// fail: stop at the first bad slide; skip: give it an empty mask and list it at the end.
+    #[arg(long, value_enum, default_value = "fail")]
+    on_error: OnError,
+    /// Refuse slides with more pixels than this.
+    #[arg(long, default_value_t = ftu_infer::slide::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// The ONNX model.
+    model: PathBuf,
+}
+
+#[derive(Args)]
 struct ScoreArgs {
     /// Truth: a train.csv, or id,rle with --meta for sizes and organs.
     #[arg(long)]
@@ -63,6 +133,18 @@ struct ScoreArgs {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Predict(a) => run_predict(a)?,
+        Command::Inspect(a) => {
+            let runtime = RuntimeArgs {
+                device: "cpu".into(),
+                allow_cpu_fallback: false,
+                threads: Some(1),
+            }
+            .load()?;
+            let session = runtime.session(&a.model)?;
+            println!("{}", a.model.display());
+            print!("{}", ModelInfo::of(&session).report());
+        }
         Command::Rle(RleCommand::Encode { mask, max_pixels }) => {
             let m = mask_image::read_mask(&mask, SlideLimits { max_pixels })?;
             println!("{}", rle::encode(&m));
@@ -103,5 +185,81 @@ fn main() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn run_predict(a: PredictArgs) -> Result<()> {
+    let manifest = Manifest::load(&a.manifest)?;
+    let runtime = a.runtime.load()?;
+    eprintln!(
+        "ONNX Runtime {} on {}",
+        runtime.library.display(),
+        runtime.options().device
+    );
+    let mut engine = Engine::load(manifest, &runtime)?;
+    if let Some(note) = runtime.fallback() {
+        eprintln!("warning: {note}");
+    }
+    let m = engine.manifest();
+    eprintln!(
+        "{} models in {} groups (sizes {}), TTA {} × {} scales",
+        m.groups.iter().map(|g| g.models.len()).sum::<usize>(),
+        m.groups.len(),
+        m.groups
+            .iter()
+            .map(|g| g.size.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        m.tta.mode.as_str(),
+        m.tta.scales.len()
+    );
+    let opts = PredictOptions {
+        data: a.data,
+        out: a.out,
+        probs: a.probs,
+        overlays: a.overlays,
+        overlay_size: a.overlay_size.max(16),
+        on_error: a.on_error,
+        limits: SlideLimits {
+            max_pixels: a.max_pixels,
+        },
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} slides {elapsed_precise} eta {eta} {msg}")
+            .expect("a valid template"),
+    );
+    let report = predict::predict_dir(&mut engine, &opts, &mut |done, total, id| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(id.to_string());
+    })
+    .with_context(|| format!("predicting {}", opts.data.display()))?;
+    bar.finish_and_clear();
+
+    println!(
+        "wrote {} ({} rows, {} predicted, {} skipped) in {:.1} s, {:.2} slides/s",
+        report.submission.display(),
+        report.slides,
+        report.predicted,
+        report.skipped.len(),
+        report.wall_seconds,
+        report.slides_per_second
+    );
+    println!("{:<16}{:>10}{:>14}", "stage", "seconds", "ms / slide");
+    for (stage, d) in report.timings.stages() {
+        let s = d.as_secs_f64();
+        println!("{stage:<16}{s:>10.2}{:>14.1}", 1000.0 * s / report.slides as f64);
+    }
+    if let Some(note) = runtime.fallback() {
+        println!("note: {note}");
+    }
+    for s in &report.skipped {
+        println!("skipped {}: {}", s.id, s.reason);
+    }
+    println!(
+        "report: {}",
+        predict::PredictReport::path_for(&report.submission).display()
+    );
     Ok(())
 }

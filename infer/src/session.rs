@@ -185,7 +185,8 @@ impl Runtime {
 }
 
 /// The candidates for libonnxruntime, in order: `ORT_DYLIB_PATH`; the folder of the running
-/// binary (and its `lib/`), as in a Kaggle bundle; the `onnxruntime` package of the Python on PATH.
+/// binary (and its `lib/`), as in a Kaggle bundle; the `onnxruntime` package of the active
+/// virtualenv's Python, then of `python3` on PATH.
 pub fn find_library() -> Result<PathBuf, RuntimeError> {
     let mut looked = Vec::new();
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
@@ -206,8 +207,9 @@ pub fn find_library() -> Result<PathBuf, RuntimeError> {
             looked.push(dir.display().to_string());
         }
     }
-    for python in ["python3", "python"] {
-        let Some(capi) = python_onnxruntime(python) else {
+    let venv = std::env::var_os("VIRTUAL_ENV").map(|v| PathBuf::from(v).join("bin").join("python"));
+    for python in venv.into_iter().chain(["python3", "python"].map(PathBuf::from)) {
+        let Some(capi) = python_onnxruntime(&python) else {
             continue;
         };
         if let Some(lib) = library_in(&capi) {
@@ -249,7 +251,7 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
     versioned.pop()
 }
 
-fn python_onnxruntime(python: &str) -> Option<PathBuf> {
+fn python_onnxruntime(python: &Path) -> Option<PathBuf> {
     let out = Command::new(python)
         .args([
             "-c",
