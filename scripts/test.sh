@@ -9,5 +9,8 @@ if cargo tree -p ftu-infer --edges normal,build --prefix none | grep -i '^candle
   exit 1
 fi
 
+# The engine's tests run models through the real ONNX Runtime.
+source scripts/ort.sh
+
 echo "== cargo test --workspace"
 cargo test --workspace --all-targets
