@@ -437,3 +437,37 @@ fn a_cuda_request_without_the_cuda_provider_fails_or_falls_back_as_asked() {
         assert!(lenient.fallback().unwrap().contains("running on the CPU"));
     }
 }
+
+/// `tests/fixtures/pytorch_two_head.onnx` was exported by `torch.onnx.export` (see
+/// make_pytorch_fixture.py): input `input`, BGR with mmseg's mean/std, mask as the second output.
+/// Given those manifest fields, ftu's probabilities match PyTorch's own.
+#[test]
+fn a_pytorch_export_runs_unchanged_and_matches_pytorch() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    let f = Fixture::new();
+    std::fs::copy(fixtures.join("pytorch_two_head.onnx"), f.dir.path().join("torch.onnx")).unwrap();
+    let text = "[[group]]\nsize = 64\n[[group.model]]\npath = \"torch.onnx\"\nchannels = \"bgr\"\n\
+                mean = [103.53, 116.28, 123.675]\nstd = [57.375, 57.12, 58.395]\noutput = \"mask\"\n\
+                activation = \"sigmoid\"\n";
+    let mut e = f.manifest(text).unwrap();
+    let mut slide = RgbImage::new(64, 64);
+    for (i, p) in slide.data.chunks_exact_mut(3).enumerate() {
+        let (y, x) = (i / 64, i % 64);
+        p.copy_from_slice(&[
+            ((x * 7 + y * 3) % 256) as u8,
+            ((x * y) % 256) as u8,
+            ((255 + 512 - 2 * x - y) % 256) as u8,
+        ]);
+    }
+    let want: Vec<f32> = std::fs::read(fixtures.join("pytorch_two_head.prob.f32"))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let got = predict(&mut e, &slide, &KIDNEY);
+    assert!(
+        want.iter().any(|&p| p < 0.2) && want.iter().any(|&p| p > 0.8),
+        "the reference spans 0..1"
+    );
+    assert_close(&got.data, &want, 1e-4, "ftu vs PyTorch");
+}
