@@ -148,7 +148,8 @@ impl Engine {
     /// The ensemble's probability map for one slide, at the slide's size.
     pub fn predict(&mut self, slide: &RgbImage, info: &SlideInfo, t: &mut Timings) -> Result<ProbMap, EngineError> {
         let (height, width) = (slide.height, slide.width);
-        let mut total = vec![0f32; width * height];
+        // The first group's resized map becomes the total: no extra slide-sized buffer to fill.
+        let mut total: Option<Vec<f32>> = None;
         let mut weight_sum = 0f32;
         let transforms = self.manifest.tta.mode.transforms();
         let scales = self.manifest.tta.scales.clone();
@@ -174,23 +175,41 @@ impl Engine {
             });
             let mut group_map = vec![0f32; h_in * w_in];
             let mut model_weights = 0f32;
+            // Models that normalise alike share their input planes.
+            let mut prepared: Vec<((Normalisation, ChannelOrder), Vec<Planes>)> = Vec::new();
             for model in serving {
-                let map = model_map(model, &inputs, &transforms, (h_in, w_in), t)?;
+                let key = (model.spec.norm, model.spec.channels);
+                if !prepared.iter().any(|(k, _)| *k == key) {
+                    let p = timed(&mut t.tta, || {
+                        inputs.iter().map(|img| planes(img, key.0, key.1)).collect()
+                    });
+                    prepared.push((key, p));
+                }
+                let base = &prepared.iter().find(|(k, _)| *k == key).expect("just prepared").1;
+                let map = model_map(model, base, &transforms, (h_in, w_in), t)?;
                 let w = model.spec.weight;
                 group_map.iter_mut().zip(&map).for_each(|(g, m)| *g += w * m);
                 model_weights += w;
             }
             let gw = group.weight / model_weights;
             timed(&mut t.resize_back, || {
-                let back = resize_map(&group_map, w_in, h_in, width, height);
-                total.iter_mut().zip(&back).for_each(|(acc, v)| *acc += gw * v);
+                let mut back = resize_map(&group_map, w_in, h_in, width, height);
+                match &mut total {
+                    None => {
+                        back.iter_mut().for_each(|v| *v *= gw);
+                        total = Some(back);
+                    }
+                    Some(total) => total.iter_mut().zip(&back).for_each(|(acc, v)| *acc += gw * v),
+                }
             });
             weight_sum += group.weight;
         }
-        if weight_sum == 0.0 {
+        let Some(mut total) = total else {
             return Err(EngineError::NoModel(info.organ));
+        };
+        if weight_sum != 1.0 {
+            total.iter_mut().for_each(|v| *v /= weight_sum);
         }
-        total.iter_mut().for_each(|v| *v /= weight_sum);
         Ok(ProbMap {
             width,
             height,
@@ -211,16 +230,16 @@ fn scaled_dims(h: usize, w: usize, scale: f32) -> (usize, usize) {
 /// One model's map at the group's input size: every scale × transform, inverted and averaged.
 fn model_map(
     model: &mut LoadedModel,
-    inputs: &[RgbImage],
+    inputs: &[Planes],
     transforms: &[Transform],
     (h_in, w_in): (usize, usize),
     t: &mut Timings,
 ) -> Result<Vec<f32>, EngineError> {
     let mut sum = vec![0f32; h_in * w_in];
     let variants = (inputs.len() * transforms.len()) as f32;
-    for image in inputs {
-        let (h, w) = (image.height, image.width);
-        let base = timed(&mut t.tta, || planes(image, model.spec.norm, model.spec.channels));
+    for input in inputs {
+        let (h, w) = (input.height, input.width);
+        let base = &input.planes;
         // Transposes swap height and width: those variants form a second batch unless square.
         let mut buckets: Vec<((usize, usize), Vec<Transform>)> = Vec::new();
         for &tr in transforms {
@@ -237,7 +256,7 @@ fn model_map(
                 let batch = timed(&mut t.tta, || {
                     let mut batch = Vec::with_capacity(trs.len() * 3 * bh * bw);
                     for tr in trs {
-                        for plane in &base {
+                        for plane in base {
                             batch.extend(tr.apply(plane, h, w));
                         }
                     }
@@ -276,8 +295,23 @@ fn model_map(
     Ok(sum)
 }
 
+/// An input image as three normalised float planes in a model's channel order.
+struct Planes {
+    height: usize,
+    width: usize,
+    planes: [Vec<f32>; 3],
+}
+
+fn planes(image: &RgbImage, norm: Normalisation, channels: ChannelOrder) -> Planes {
+    Planes {
+        height: image.height,
+        width: image.width,
+        planes: normalised(image, norm, channels),
+    }
+}
+
 /// The image as three normalised float planes in the model's channel order.
-fn planes(image: &RgbImage, norm: Normalisation, channels: ChannelOrder) -> [Vec<f32>; 3] {
+fn normalised(image: &RgbImage, norm: Normalisation, channels: ChannelOrder) -> [Vec<f32>; 3] {
     let n = image.width * image.height;
     std::array::from_fn(|c| {
         let src = match channels {
@@ -347,7 +381,14 @@ fn activated(spec: &ModelSpec, shape: &[usize], out: &[f32], i: usize) -> Result
     let plane = &item[spec.channel * hw..(spec.channel + 1) * hw];
     Ok(match spec.activation {
         Activation::None => plane.to_vec(),
-        Activation::Sigmoid => plane.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+        Activation::Sigmoid => {
+            use rayon::prelude::*;
+            plane
+                .par_iter()
+                .with_min_len(1 << 14)
+                .map(|&x| 1.0 / (1.0 + (-x).exp()))
+                .collect()
+        }
         Activation::Softmax => (0..hw)
             .map(|p| {
                 let max = (0..c).map(|k| item[k * hw + p]).fold(f32::NEG_INFINITY, f32::max);
@@ -527,9 +568,9 @@ mod tests {
             mean: [1.0, 2.0, 3.0],
             std: [1.0, 2.0, 4.0],
         };
-        let rgb = planes(&img, norm, ChannelOrder::Rgb);
+        let rgb = normalised(&img, norm, ChannelOrder::Rgb);
         assert_eq!(rgb, [vec![9.0, 39.0], vec![9.0, 24.0], vec![6.75, 14.25]]);
-        let bgr = planes(&img, norm, ChannelOrder::Bgr);
+        let bgr = normalised(&img, norm, ChannelOrder::Bgr);
         assert_eq!(bgr, [vec![29.0, 59.0], vec![9.0, 24.0], vec![1.75, 9.25]]);
     }
 

@@ -74,14 +74,16 @@ impl Transform {
     /// Transforms one row-major `height×width` plane.
     pub fn apply<T: Copy + Default>(self, plane: &[T], height: usize, width: usize) -> Vec<T> {
         debug_assert_eq!(plane.len(), height * width);
+        if !self.transpose {
+            return flip_rows(plane, height, width, self.flip_y, self.flip_x);
+        }
         let (oh, ow) = self.dims(height, width);
         let mut out = vec![T::default(); oh * ow];
         for (y, row) in out.chunks_exact_mut(ow).enumerate() {
             for (x, v) in row.iter_mut().enumerate() {
-                // Output (y, x) comes from the flipped image at (y, x), or (x, y) when transposed.
-                let (a, b) = if self.transpose { (x, y) } else { (y, x) };
-                let sy = if self.flip_y { height - 1 - a } else { a };
-                let sx = if self.flip_x { width - 1 - b } else { b };
+                // Output (y, x) comes from the flipped image at (x, y).
+                let sy = if self.flip_y { height - 1 - x } else { x };
+                let sx = if self.flip_x { width - 1 - y } else { y };
                 *v = plane[sy * width + sx];
             }
         }
@@ -92,6 +94,10 @@ impl Transform {
     /// maps at any resolution: flips and transposes commute with uniform scaling.
     pub fn invert<T: Copy + Default>(self, map: &[T], height: usize, width: usize) -> Vec<T> {
         debug_assert_eq!(map.len(), height * width);
+        if !self.transpose {
+            // Flips are their own inverses.
+            return flip_rows(map, height, width, self.flip_y, self.flip_x);
+        }
         let (oh, ow) = self.dims(height, width);
         let mut out = vec![T::default(); oh * ow];
         for (a, row) in out.chunks_exact_mut(ow).enumerate() {
@@ -99,12 +105,26 @@ impl Transform {
                 // Original pixel (a, b) went to the flipped position, then through the transpose.
                 let fa = if self.flip_y { oh - 1 - a } else { a };
                 let fb = if self.flip_x { ow - 1 - b } else { b };
-                let (y, x) = if self.transpose { (fb, fa) } else { (fa, fb) };
-                *v = map[y * width + x];
+                *v = map[fb * width + fa];
             }
         }
         out
     }
+}
+
+/// A plane with its row order and/or each row reversed: whole-row copies, no per-pixel index math.
+fn flip_rows<T: Copy + Default>(plane: &[T], height: usize, width: usize, flip_y: bool, flip_x: bool) -> Vec<T> {
+    let mut out = vec![T::default(); height * width];
+    for (y, row) in out.chunks_exact_mut(width).enumerate() {
+        let sy = if flip_y { height - 1 - y } else { y };
+        let src = &plane[sy * width..(sy + 1) * width];
+        if flip_x {
+            row.iter_mut().zip(src.iter().rev()).for_each(|(d, s)| *d = *s);
+        } else {
+            row.copy_from_slice(src);
+        }
+    }
+    out
 }
 
 impl fmt::Display for Transform {

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# ftu-infer against the usual Python pipeline (tifffile + OpenCV + onnxruntime, python_pipeline.py)
+# on the same manifest and generated 3000² slides: 2 models, flips TTA. Prints slides/s of each,
+# the median over ROUNDS alternating runs, the ratio, and how far the two submissions agree.
+#   bash bench/predict/run.sh            # CPU
+#   DEVICE=cuda bash bench/predict/run.sh  # with onnxruntime-gpu (FTU_ORT_PACKAGE=onnxruntime-gpu)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SLIDES=${SLIDES:-8}
+ROUNDS=${ROUNDS:-3}
+SIZE=${SIZE:-768}
+WIDTH=${WIDTH:-16}
+DEVICE=${DEVICE:-cpu}
+
+source scripts/ort.sh
+echo "== Python baseline packages"
+.venv/bin/pip install --quiet tifffile imagecodecs opencv-python-headless numpy
+
+echo "== build"
+cargo build --release --quiet -p ftu-infer -p ftu-trainer -p ftu-onnx
+bin=target/release
+work=bench-out/predict
+rm -rf "$work" && mkdir -p "$work"
+
+echo "== $SLIDES test slides of 3000² (synthetic), two models, ${SIZE}², flips TTA"
+"$bin/ftu-train" synth --out "$work/data" --train 0 --test "$SLIDES" --size 3000 --seed 7 >/dev/null
+"$bin/ftu-onnx-samples" conv-net --width "$WIDTH" --depth 3 --seed 1 --out "$work/a.onnx" 2>/dev/null
+"$bin/ftu-onnx-samples" conv-net --width "$WIDTH" --depth 3 --seed 2 --out "$work/b.onnx" 2>/dev/null
+cat > "$work/ensemble.toml" <<TOML
+[tta]
+mode = "flips"
+[thresholds]
+default = 0.5
+kidney = 0.45
+[[group]]
+size = $SIZE
+[[group.model]]
+path = "a.onnx"
+norm = "imagenet"
+[[group.model]]
+path = "b.onnx"
+norm = "imagenet"
+TOML
+
+ftu=()
+py=()
+for round in $(seq "$ROUNDS"); do
+  "$bin/ftu-infer" predict --manifest "$work/ensemble.toml" --data "$work/data" --out "$work/ftu.csv" \
+    --device "$DEVICE" >"$work/ftu.log"
+  ftu+=("$(grep -o '[0-9.]* slides/s' "$work/ftu.log" | cut -d' ' -f1)")
+  .venv/bin/python bench/predict/python_pipeline.py --manifest "$work/ensemble.toml" --data "$work/data" \
+    --out "$work/python.csv" --device "$DEVICE" >"$work/python.log"
+  py+=("$(grep -o '[0-9.]* slides/s' "$work/python.log" | cut -d' ' -f1)")
+  echo "round $round: ftu-infer ${ftu[-1]} slides/s, python ${py[-1]} slides/s"
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+f=$(median "${ftu[@]}")
+p=$(median "${py[@]}")
+echo "ftu-infer stages (last round):"
+sed -n '/^stage/,/^threshold/p' "$work/ftu.log"
+echo "== median over $ROUNDS rounds: ftu-infer $f slides/s, python $p slides/s, ratio $(awk "BEGIN {printf \"%.2f\", $f / $p}")×"
+echo "== agreement (Dice of ftu-infer's masks against the Python pipeline's):"
+"$bin/ftu-infer" score --truth "$work/python.csv" --pred "$work/ftu.csv" --meta "$work/data/test.csv" >"$work/agreement.txt"
+head -n 1 "$work/agreement.txt"
