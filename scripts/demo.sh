@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The demo: what ftu does today, end to end on generated data. Builds in release, generates a
-# synthetic Kaggle-layout folder, scores its truth, and round-trips a mask through RLE.
-# (Training and the ONNX Runtime engine join this script as they land.)
+# synthetic Kaggle-layout folder, scores its truth, round-trips a mask through RLE, and runs the
+# ONNX Runtime ensemble engine over the test slides. Until `ftu-train train` lands, the ensemble is
+# two hand-made colour-rule models (ftu-onnx-samples), so its Dice is low: it shows the engine, not
+# a trained model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${FTU_DEMO_OUT:-demo-out}
 start=$(date +%s)
 
 echo "== build (release)"
-cargo build --release --quiet --bin ftu-infer --bin ftu-train
+cargo build --release --quiet --bin ftu-infer --bin ftu-train --bin ftu-onnx-samples
 bin=target/release
+source scripts/ort.sh
 
 echo "== synthetic data: 20 training + 10 test slides, 1024², mixed TIFF formats -> $out/data"
 rm -rf "$out"
@@ -33,4 +36,35 @@ else
   exit 1
 fi
 
-echo "== done in $(( $(date +%s) - start )) s; slides in $out/data, mask in $out/$id.mask.png"
+echo "== predict: two colour-rule models at 512² and 768², flips TTA, per-organ thresholds"
+"$bin/ftu-onnx-samples" linear --weights=-4,2,2 --bias=0.3 --out "$out/pale.onnx" 2>/dev/null
+"$bin/ftu-onnx-samples" linear --weights=-3,1,3 --bias=0.4 --out "$out/blue.onnx" 2>/dev/null
+cat > "$out/ensemble.toml" <<'TOML'
+[tta]
+mode = "flips"
+
+[thresholds]
+default = 0.5
+lung = 0.55
+
+[[group]]
+size = 512
+weight = 1
+[[group.model]]
+path = "pale.onnx"
+norm = "unit"
+
+[[group]]
+size = 768
+weight = 2
+[[group.model]]
+path = "blue.onnx"
+norm = "unit"
+TOML
+"$bin/ftu-infer" inspect "$out/pale.onnx"
+"$bin/ftu-infer" predict --manifest "$out/ensemble.toml" --data "$out/data" --out "$out/submission.csv" \
+  --overlays "$out/overlays" --probs "$out/probs"
+"$bin/ftu-infer" score --truth "$out/data/truth.csv" --pred "$out/submission.csv" --meta "$out/data/test.csv"
+
+echo "== done in $(( $(date +%s) - start )) s; slides in $out/data, mask in $out/$id.mask.png,"
+echo "   submission $out/submission.csv, overlays $out/overlays/, probability maps $out/probs/"
