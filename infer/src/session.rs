@@ -109,17 +109,24 @@ impl std::fmt::Debug for Runtime {
 }
 
 /// The library is loaded once per process; later calls reuse it.
-static LOADED: OnceLock<Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
+static LOADED: OnceLock<Result<(PathBuf, ort::environment::Environment), (PathBuf, String)>> = OnceLock::new();
 
 impl Runtime {
     /// Finds and loads libonnxruntime (see [`find_library`]).
     pub fn load(options: RuntimeOptions) -> Result<Runtime, RuntimeError> {
-        let library = find_library()?;
-        let loaded = LOADED.get_or_init(|| {
-            let builder = ort::init_from(&library).map_err(|e| format!("{}: {e}", library.display()))?;
-            let env = builder.with_name("ftu").build().map_err(|e| e.to_string())?;
-            Ok((library.clone(), env))
-        });
+        // The library is searched for (which may start Python) only until it has been loaded.
+        let loaded = match LOADED.get() {
+            Some(loaded) => loaded,
+            None => {
+                let library = find_library()?;
+                LOADED.get_or_init(|| {
+                    let fail = |e: String| (library.clone(), e);
+                    let builder = ort::init_from(&library).map_err(|e| fail(e.to_string()))?;
+                    let env = builder.with_name("ftu").build().map_err(|e| fail(e.to_string()))?;
+                    Ok((library.clone(), env))
+                })
+            }
+        };
         match loaded {
             Ok((path, env)) => Ok(Runtime {
                 env: env.clone(),
@@ -127,8 +134,8 @@ impl Runtime {
                 library: path.clone(),
                 fallback: std::sync::Mutex::new(None),
             }),
-            Err(cause) => Err(RuntimeError::Load {
-                path: library,
+            Err((path, cause)) => Err(RuntimeError::Load {
+                path: path.clone(),
                 cause: cause.clone(),
             }),
         }

@@ -93,22 +93,21 @@ impl Transform {
     /// Undoes [`Transform::apply`] on a map in the transformed frame (`height×width` there), for
     /// maps at any resolution: flips and transposes commute with uniform scaling.
     pub fn invert<T: Copy + Default>(self, map: &[T], height: usize, width: usize) -> Vec<T> {
-        debug_assert_eq!(map.len(), height * width);
-        if !self.transpose {
-            // Flips are their own inverses.
-            return flip_rows(map, height, width, self.flip_y, self.flip_x);
-        }
-        let (oh, ow) = self.dims(height, width);
-        let mut out = vec![T::default(); oh * ow];
-        for (a, row) in out.chunks_exact_mut(ow).enumerate() {
-            for (b, v) in row.iter_mut().enumerate() {
-                // Original pixel (a, b) went to the flipped position, then through the transpose.
-                let fa = if self.flip_y { oh - 1 - a } else { a };
-                let fb = if self.flip_x { ow - 1 - b } else { b };
-                *v = map[fb * width + fa];
+        self.inverse().apply(map, height, width)
+    }
+
+    /// The transform that undoes this one. Flips alone are their own inverses; with a transpose,
+    /// the row flip applied before it must be undone as a column flip after it, and vice versa.
+    pub fn inverse(self) -> Transform {
+        if self.transpose {
+            Transform {
+                flip_y: self.flip_x,
+                flip_x: self.flip_y,
+                transpose: true,
             }
+        } else {
+            self
         }
-        out
     }
 }
 

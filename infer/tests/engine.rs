@@ -36,6 +36,14 @@ impl Fixture {
         path
     }
 
+    /// A [`samples::pixel_linear`] model without bias, dynamic shape, output `o`.
+    fn linear(&self, name: &str, weights: [f32; 3]) -> PathBuf {
+        self.model(
+            name,
+            samples::pixel_linear(weights, 0.0, InputShape::default(), "o").unwrap(),
+        )
+    }
+
     fn manifest(&self, text: &str) -> Result<Engine, String> {
         let path = self.dir.path().join("ensemble.toml");
         std::fs::write(&path, text).unwrap();
@@ -98,10 +106,7 @@ fn a_known_model_gives_its_known_output() {
 #[test]
 fn bgr_models_see_blue_first_and_sigmoid_is_applied() {
     let f = Fixture::new();
-    f.model(
-        "lin.onnx",
-        samples::pixel_linear([1.0, 0.0, 0.0], 0.0, InputShape::default(), "logits").unwrap(),
-    );
+    f.linear("lin.onnx", [1.0, 0.0, 0.0]);
     let text = "[[group]]\nsize = 32\n[[group.model]]\npath = \"lin.onnx\"\nnorm = \"unit\"\nchannels = \"bgr\"\n";
     let mut engine = f.manifest(text).unwrap();
     let slide = random_slide(32, 32, 2);
@@ -118,10 +123,7 @@ fn bgr_models_see_blue_first_and_sigmoid_is_applied() {
 fn every_tta_variant_is_inverted_exactly() {
     let f = Fixture::new();
     let w = [0.3, 0.6, -0.2];
-    f.model(
-        "lin.onnx",
-        samples::pixel_linear(w, 0.0, InputShape::default(), "output").unwrap(),
-    );
+    f.linear("lin.onnx", w);
     f.model("shift.onnx", samples::shift_left(InputShape::default()).unwrap());
     let slide = random_slide(64, 64, 3);
     // An equivariant model gives the same map under every TTA.
@@ -166,10 +168,7 @@ fn every_tta_variant_is_inverted_exactly() {
 fn non_square_inputs_with_rotations_run_in_two_batches() {
     let f = Fixture::new();
     let w = [0.2, 0.2, 0.2];
-    f.model(
-        "lin.onnx",
-        samples::pixel_linear(w, 0.0, InputShape::default(), "output").unwrap(),
-    );
+    f.linear("lin.onnx", w);
     // target_pixel_size makes a 3000×1500 slide a 64×32 input; d4 has 32×64 variants too.
     let text = format!(
         "target_pixel_size = 0.4\n[tta]\nmode = \"d4\"\n{}",
@@ -235,18 +234,9 @@ fn the_mask_can_be_the_second_output_or_a_softmax_channel() {
 #[test]
 fn group_and_model_weights_average_as_declared() {
     let f = Fixture::new();
-    f.model(
-        "r.onnx",
-        samples::pixel_linear([1.0, 0.0, 0.0], 0.0, InputShape::default(), "o").unwrap(),
-    );
-    f.model(
-        "g.onnx",
-        samples::pixel_linear([0.0, 1.0, 0.0], 0.0, InputShape::default(), "o").unwrap(),
-    );
-    f.model(
-        "b.onnx",
-        samples::pixel_linear([0.0, 0.0, 1.0], 0.0, InputShape::default(), "o").unwrap(),
-    );
+    f.linear("r.onnx", [1.0, 0.0, 0.0]);
+    f.linear("g.onnx", [0.0, 1.0, 0.0]);
+    f.linear("b.onnx", [0.0, 0.0, 1.0]);
     let model = |p: &str, w: f32| {
         format!("[[group.model]]\npath = \"{p}\"\nnorm = \"unit\"\nactivation = \"none\"\nweight = {w}\n")
     };
@@ -273,14 +263,8 @@ fn group_and_model_weights_average_as_declared() {
 #[test]
 fn organ_restricted_models_serve_only_their_organs() {
     let f = Fixture::new();
-    f.model(
-        "r.onnx",
-        samples::pixel_linear([1.0, 0.0, 0.0], 0.0, InputShape::default(), "o").unwrap(),
-    );
-    f.model(
-        "g.onnx",
-        samples::pixel_linear([0.0, 1.0, 0.0], 0.0, InputShape::default(), "o").unwrap(),
-    );
+    f.linear("r.onnx", [1.0, 0.0, 0.0]);
+    f.linear("g.onnx", [0.0, 1.0, 0.0]);
     let text = format!(
         "{}organs = [\"kidney\"]\n{}organs = [\"lung\", \"kidney\"]\n",
         group(32, "r.onnx", ""),
@@ -361,10 +345,7 @@ fn unfit_models_are_refused_naming_the_field() {
         .unwrap(),
     );
     f.model("two.onnx", samples::two_outputs([1.0; 3], 0.0).unwrap());
-    f.model(
-        "lin.onnx",
-        samples::pixel_linear([1.0; 3], 0.0, InputShape::default(), "o").unwrap(),
-    );
+    f.linear("lin.onnx", [1.0; 3]);
     std::fs::write(f.dir.path().join("junk.onnx"), b"not a model").unwrap();
     let cases = [
         (
@@ -407,10 +388,7 @@ fn unfit_models_are_refused_naming_the_field() {
 fn a_cuda_request_without_the_cuda_provider_fails_or_falls_back_as_asked() {
     use ftu_infer::session::Device;
     let f = Fixture::new();
-    let path = f.model(
-        "lin.onnx",
-        samples::pixel_linear([1.0; 3], 0.0, InputShape::default(), "o").unwrap(),
-    );
+    let path = f.linear("lin.onnx", [1.0; 3]);
     let strict = Runtime::load(RuntimeOptions {
         device: Device::Cuda(0),
         ..RuntimeOptions::default()

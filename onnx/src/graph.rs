@@ -117,14 +117,7 @@ impl GraphBuilder {
 
     /// A float32 constant tensor, row-major.
     pub fn initializer(&mut self, name: &str, dims: &[i64], data: Vec<f32>) -> Result<String, OnnxError> {
-        let expected: i64 = dims.iter().product();
-        if expected != data.len() as i64 {
-            return Err(OnnxError::InitializerShape {
-                name: name.to_string(),
-                dims: dims.to_vec(),
-                len: data.len(),
-            });
-        }
+        check_fills(name, dims, data.len())?;
         let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.push_initializer(name, dims, DataType::Float, raw);
         Ok(name.to_string())
@@ -132,14 +125,7 @@ impl GraphBuilder {
 
     /// An int64 constant tensor (shapes, axes, pads).
     pub fn initializer_i64(&mut self, name: &str, dims: &[i64], data: &[i64]) -> Result<String, OnnxError> {
-        let expected: i64 = dims.iter().product();
-        if expected != data.len() as i64 {
-            return Err(OnnxError::InitializerShape {
-                name: name.to_string(),
-                dims: dims.to_vec(),
-                len: data.len(),
-            });
-        }
+        check_fills(name, dims, data.len())?;
         let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.push_initializer(name, dims, DataType::Int64, raw);
         Ok(name.to_string())
@@ -251,6 +237,19 @@ pub fn read(path: &Path) -> Result<ModelProto, OnnxError> {
         path: path.to_path_buf(),
         cause,
     })
+}
+
+/// An initializer's values must fill its shape exactly.
+fn check_fills(name: &str, dims: &[i64], len: usize) -> Result<(), OnnxError> {
+    if dims.iter().product::<i64>() == len as i64 {
+        Ok(())
+    } else {
+        Err(OnnxError::InitializerShape {
+            name: name.to_string(),
+            dims: dims.to_vec(),
+            len,
+        })
+    }
 }
 
 fn value_info(name: &str, data_type: DataType, dims: &[Dim]) -> ValueInfoProto {

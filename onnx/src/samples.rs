@@ -41,14 +41,24 @@ fn meta(arch: &str) -> ModelMeta {
     }
 }
 
+/// A 1×1 convolution from 3 channels to `out` with the given weights and bias.
+fn conv1x1(g: &mut GraphBuilder, x: &str, out: i64, weights: Vec<f32>, bias: Vec<f32>) -> Result<String, OnnxError> {
+    let w = g.initializer("w", &[out, 3, 1, 1], weights)?;
+    let b = g.initializer("b", &[out], bias)?;
+    Ok(g.node("Conv", &[x, &w, &b], &[("kernel_shape", Attr::Ints(vec![1, 1]))]))
+}
+
+/// `w·x + b` per pixel: one output channel.
+fn linear_head(g: &mut GraphBuilder, x: &str, weights: [f32; 3], bias: f32) -> Result<String, OnnxError> {
+    conv1x1(g, x, 1, weights.to_vec(), vec![bias])
+}
+
 /// `logits[n,0,y,x] = w·image[n,:,y,x] + b` (a 1×1 convolution), output called `output`.
 /// Equivariant to every flip and rotation.
 pub fn pixel_linear(weights: [f32; 3], bias: f32, shape: InputShape, output: &str) -> Result<ModelProto, OnnxError> {
     let mut g = GraphBuilder::new("pixel_linear");
     let x = g.input("image", &shape.dims(3));
-    let w = g.initializer("w", &[1, 3, 1, 1], weights.to_vec())?;
-    let b = g.initializer("b", &[1], vec![bias])?;
-    let y = g.node("Conv", &[&x, &w, &b], &[("kernel_shape", Attr::Ints(vec![1, 1]))]);
+    let y = linear_head(&mut g, &x, weights, bias)?;
     g.output(&y, output, &shape.out_dims(1, 1));
     Ok(g.finish(&meta("pixel_linear")))
 }
@@ -86,9 +96,7 @@ pub fn half_resolution(weights: [f32; 3], bias: f32) -> Result<ModelProto, OnnxE
             ("strides", Attr::Ints(vec![2, 2])),
         ],
     );
-    let w = g.initializer("w", &[1, 3, 1, 1], weights.to_vec())?;
-    let b = g.initializer("b", &[1], vec![bias])?;
-    let y = g.node("Conv", &[&pooled, &w, &b], &[("kernel_shape", Attr::Ints(vec![1, 1]))]);
+    let y = linear_head(&mut g, &pooled, weights, bias)?;
     g.output(&y, "logits", &shape.out_dims(1, 2));
     Ok(g.finish(&meta("half_resolution")))
 }
@@ -104,9 +112,7 @@ pub fn two_outputs(weights: [f32; 3], bias: f32) -> Result<ModelProto, OnnxError
     let m = g.initializer("organ_w", &[3, 5], (0..15).map(|i| i as f32 / 10.0).collect())?;
     let organ = g.node("MatMul", &[&flat, &m], &[]);
     g.output(&organ, "organ", &[Dim::named("N"), Dim::Fixed(5)]);
-    let w = g.initializer("w", &[1, 3, 1, 1], weights.to_vec())?;
-    let b = g.initializer("b", &[1], vec![bias])?;
-    let y = g.node("Conv", &[&x, &w, &b], &[("kernel_shape", Attr::Ints(vec![1, 1]))]);
+    let y = linear_head(&mut g, &x, weights, bias)?;
     g.output(&y, "mask", &shape.out_dims(1, 1));
     Ok(g.finish(&meta("two_outputs")))
 }
@@ -118,9 +124,7 @@ pub fn two_class(weights: [f32; 3], bias: f32) -> Result<ModelProto, OnnxError> 
     let x = g.input("image", &shape.dims(3));
     let mut k = vec![0f32; 3];
     k.extend(weights);
-    let w = g.initializer("w", &[2, 3, 1, 1], k)?;
-    let b = g.initializer("b", &[2], vec![0.0, bias])?;
-    let y = g.node("Conv", &[&x, &w, &b], &[("kernel_shape", Attr::Ints(vec![1, 1]))]);
+    let y = conv1x1(&mut g, &x, 2, k, vec![0.0, bias])?;
     g.output(&y, "logits", &shape.out_dims(2, 1));
     Ok(g.finish(&meta("two_class")))
 }
