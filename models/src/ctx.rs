@@ -1,0 +1,71 @@
+//! How a forward pass runs: train or eval mode, and the seeded randomness that dropout and
+//! drop-path draw from in training, so a run with a seed repeats exactly.
+
+use std::sync::Mutex;
+
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub struct Ctx {
+    train: bool,
+    recalibrate: bool,
+    rng: Mutex<ChaCha8Rng>,
+}
+
+impl Ctx {
+    /// Eval mode: BatchNorm uses running statistics, dropout and drop-path are the identity.
+    pub fn eval() -> Ctx {
+        Ctx {
+            train: false,
+            recalibrate: false,
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(0)),
+        }
+    }
+
+    /// Eval mode except that BatchNorm sets its running statistics to this batch's statistics,
+    /// as after averaging weights (EMA, SWA), whose running statistics no longer fit them.
+    pub fn recalibrate() -> Ctx {
+        Ctx {
+            recalibrate: true,
+            ..Ctx::eval()
+        }
+    }
+
+    /// Train mode: BatchNorm uses and updates batch statistics; dropout draws from `seed`.
+    pub fn train(seed: u64) -> Ctx {
+        Ctx {
+            train: true,
+            recalibrate: false,
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+        }
+    }
+
+    /// Dropout and drop-path are active.
+    pub fn is_train(&self) -> bool {
+        self.train
+    }
+
+    /// BatchNorm normalises with the batch's statistics and updates its running ones; `Some(1.0)`
+    /// momentum when recalibrating.
+    pub fn batch_statistics(&self) -> Option<Option<f64>> {
+        if self.recalibrate {
+            Some(Some(1.0))
+        } else if self.train {
+            Some(None)
+        } else {
+            None
+        }
+    }
+
+    /// A tensor of `dims` whose entries are 1/keep with probability `keep`, else 0.
+    pub fn keep_mask(&self, dims: &[usize], keep: f64, device: &Device) -> candle_core::Result<Tensor> {
+        let count: usize = dims.iter().product();
+        let mut rng = self.rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let scale = (1.0 / keep) as f32;
+        let values: Vec<f32> = (0..count)
+            .map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 })
+            .collect();
+        Tensor::from_vec(values, dims, device)
+    }
+}

@@ -1,0 +1,100 @@
+//! Decoders: each takes any encoder's levels (channels and strides) and returns one-channel
+//! logits at the input resolution. Deep-supervision maps are training-only and not exported.
+
+mod fpn;
+mod segformer;
+mod unet;
+
+pub use fpn::Fpn;
+pub use segformer::SegformerHead;
+pub use unet::Unet;
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use crate::{ArchConfig, Ctx, Exporter, ModelError, Result};
+
+pub struct DecoderOut {
+    pub logits: Tensor,
+    /// Deep-supervision logits, each at the input resolution, deepest first.
+    pub aux: Vec<Tensor>,
+}
+
+pub trait Decoder {
+    fn forward(&self, levels: &[Tensor], ctx: &Ctx) -> Result<DecoderOut>;
+    fn export(&self, e: &mut Exporter, levels: &[String]) -> Result<String>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecoderKind {
+    Unet,
+    Fpn,
+    Segformer,
+}
+
+impl DecoderKind {
+    pub fn all() -> [DecoderKind; 3] {
+        [DecoderKind::Unet, DecoderKind::Fpn, DecoderKind::Segformer]
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DecoderKind::Unet => "unet",
+            DecoderKind::Fpn => "fpn",
+            DecoderKind::Segformer => "segformer",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<DecoderKind> {
+        DecoderKind::all().into_iter().find(|k| k.name() == name)
+    }
+
+    /// smp's defaults: U-Net 256-128-64-32-16; FPN pyramid 256 and segmentation 128; SegFormer 256.
+    pub fn default_channels(self) -> Vec<usize> {
+        match self {
+            DecoderKind::Unet => vec![256, 128, 64, 32, 16],
+            DecoderKind::Fpn => vec![256, 128],
+            DecoderKind::Segformer => vec![256],
+        }
+    }
+
+    /// Builds the decoder at the model's root (`decoder.*`, `segmentation_head.*`, `decode_head.*`).
+    pub fn build(
+        self,
+        vb: VarBuilder,
+        channels: &[usize],
+        strides: &[usize],
+        config: &ArchConfig,
+    ) -> Result<Box<dyn Decoder>> {
+        let widths = config.decoder_channels.clone().unwrap_or_else(|| self.default_channels());
+        let expected = self.default_channels().len();
+        if widths.len() != expected {
+            return Err(ModelError::Config(format!(
+                "decoder_channels for {}: {} values given, {expected} expected",
+                self.name(),
+                widths.len()
+            )));
+        }
+        if config.aspp && self != DecoderKind::Fpn {
+            return Err(ModelError::Config(format!("aspp is an FPN option, not {}", self.name())));
+        }
+        // FPN and SegFormer read the four levels at strides 4 to 32.
+        let deepest4 = |v: &[usize]| v[v.len().saturating_sub(4)..].to_vec();
+        Ok(match self {
+            DecoderKind::Unet => Box::new(Unet::new(vb, channels, strides, &widths, config)?),
+            DecoderKind::Fpn => Box::new(Fpn::new(vb, &deepest4(channels), &deepest4(strides), &widths, config)?),
+            DecoderKind::Segformer => Box::new(SegformerHead::new(
+                vb,
+                &deepest4(channels),
+                &deepest4(strides),
+                widths[0],
+                config,
+            )?),
+        })
+    }
+}
+
+/// The last `n` entries.
+pub(crate) fn last<T>(v: &[T], n: usize) -> &[T] {
+    &v[v.len().saturating_sub(n)..]
+}

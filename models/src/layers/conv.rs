@@ -1,0 +1,177 @@
+//! 2-D convolution (stride, padding, dilation, groups; depthwise is groups = channels), and the
+//! conv → BatchNorm → activation unit that decoders stack (smp's `Conv2dReLU` names: `0`, `1`).
+
+use candle_core::Tensor;
+use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
+use candle_nn::{Init, VarBuilder};
+use ftu_onnx::Attr;
+
+use super::{Activation, BatchNorm2d, Layer};
+use crate::{Ctx, Exporter, Result};
+
+#[derive(Debug, Clone, Copy)]
+pub struct ConvCfg {
+    pub stride: usize,
+    pub padding: usize,
+    pub dilation: usize,
+    pub groups: usize,
+    pub bias: bool,
+}
+
+impl ConvCfg {
+    /// Stride 1, "same" padding for an odd kernel, one group, no bias.
+    pub fn same(kernel: usize) -> ConvCfg {
+        ConvCfg {
+            stride: 1,
+            padding: kernel / 2,
+            dilation: 1,
+            groups: 1,
+            bias: false,
+        }
+    }
+
+    pub fn stride(self, stride: usize) -> ConvCfg {
+        ConvCfg { stride, ..self }
+    }
+
+    pub fn padding(self, padding: usize) -> ConvCfg {
+        ConvCfg { padding, ..self }
+    }
+
+    pub fn dilation(self, dilation: usize) -> ConvCfg {
+        ConvCfg { dilation, ..self }
+    }
+
+    pub fn groups(self, groups: usize) -> ConvCfg {
+        ConvCfg { groups, ..self }
+    }
+
+    pub fn bias(self, bias: bool) -> ConvCfg {
+        ConvCfg { bias, ..self }
+    }
+}
+
+pub struct Conv2d {
+    name: String,
+    weight: Tensor,
+    bias: Option<Tensor>,
+    cfg: ConvCfg,
+}
+
+impl Conv2d {
+    /// He-normal (fan-out) weights, as timm and torchvision initialise convolutions before ReLU.
+    pub fn new(vb: VarBuilder, c_in: usize, c_out: usize, kernel: usize, cfg: ConvCfg) -> Result<Conv2d> {
+        let init = Init::Kaiming {
+            dist: NormalOrUniform::Normal,
+            fan: FanInOut::FanOut,
+            non_linearity: NonLinearity::ReLU,
+        };
+        Self::with_init(vb, c_in, c_out, kernel, cfg, init)
+    }
+
+    /// PyTorch's default weights (uniform, ±1/√fan-in), for output heads and projections whose
+    /// values are not followed by a normalisation.
+    pub fn head(vb: VarBuilder, c_in: usize, c_out: usize, kernel: usize, cfg: ConvCfg) -> Result<Conv2d> {
+        let bound = 1.0 / ((c_in / cfg.groups * kernel * kernel) as f64).sqrt();
+        Self::with_init(vb, c_in, c_out, kernel, cfg, Init::Uniform { lo: -bound, up: bound })
+    }
+
+    fn with_init(vb: VarBuilder, c_in: usize, c_out: usize, kernel: usize, cfg: ConvCfg, init: Init) -> Result<Conv2d> {
+        let weight = vb.get_with_hints((c_out, c_in / cfg.groups, kernel, kernel), "weight", init)?;
+        let bias = if cfg.bias {
+            Some(vb.get_with_hints(c_out, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            name: vb.prefix(),
+            weight,
+            bias,
+            cfg,
+        })
+    }
+
+    /// A convolution over given tensors (a Linear applied as 1×1 conv reuses this).
+    pub(crate) fn from_tensors(name: String, weight: Tensor, bias: Option<Tensor>, cfg: ConvCfg) -> Conv2d {
+        Conv2d {
+            name,
+            weight,
+            bias,
+            cfg,
+        }
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.weight.dims()[0]
+    }
+}
+
+impl Layer for Conv2d {
+    fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<Tensor> {
+        let c = self.cfg;
+        let (_, c_in, h, w) = x.dims4()?;
+        // candle 0.9.2's tiled CPU conv2d takes a contiguous NCHW input for NHWC when C = H = W
+        // (`layout_is_valid` in cpu_backend/conv2d.rs) and returns wrong values; a strided view
+        // of the same values takes its copying path instead.
+        let x = if c.groups == 1 && c_in == h && h == w {
+            x.pad_with_zeros(3, 0, 1)?.narrow(3, 0, w)?
+        } else {
+            x.clone()
+        };
+        let y = x.conv2d(&self.weight, c.padding, c.stride, c.dilation, c.groups)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?,
+            None => y,
+        })
+    }
+
+    fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {
+        let w = e.param(&format!("{}.weight", self.name), &self.weight)?;
+        let mut inputs = vec![x.to_string(), w];
+        if let Some(b) = &self.bias {
+            inputs.push(e.param(&format!("{}.bias", self.name), b)?);
+        }
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let (k_h, k_w) = (self.weight.dims()[2] as i64, self.weight.dims()[3] as i64);
+        let c = self.cfg;
+        let p = c.padding as i64;
+        Ok(e.op(
+            "Conv",
+            &inputs,
+            &[
+                ("kernel_shape", Attr::Ints(vec![k_h, k_w])),
+                ("strides", Attr::Ints(vec![c.stride as i64; 2])),
+                ("pads", Attr::Ints(vec![p; 4])),
+                ("dilations", Attr::Ints(vec![c.dilation as i64; 2])),
+                ("group", Attr::Int(c.groups as i64)),
+            ],
+        ))
+    }
+}
+
+/// Conv (no bias) → BatchNorm → activation, named `0` and `1` like smp's `Conv2dReLU`.
+pub struct ConvBnAct {
+    conv: Conv2d,
+    bn: BatchNorm2d,
+    act: Activation,
+}
+
+impl ConvBnAct {
+    pub fn new(vb: VarBuilder, c_in: usize, c_out: usize, kernel: usize, cfg: ConvCfg, act: Activation) -> Result<Self> {
+        Ok(ConvBnAct {
+            conv: Conv2d::new(vb.pp("0"), c_in, c_out, kernel, cfg.bias(false))?,
+            bn: BatchNorm2d::new(vb.pp("1"), c_out)?,
+            act,
+        })
+    }
+}
+
+impl Layer for ConvBnAct {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        super::forward_all(&[&self.conv, &self.bn, &self.act], x, ctx)
+    }
+
+    fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {
+        super::export_all(&[&self.conv, &self.bn, &self.act], e, x)
+    }
+}

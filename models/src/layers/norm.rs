@@ -1,0 +1,122 @@
+//! Normalisation: BatchNorm2d (batch statistics and running-statistic updates in training,
+//! running statistics in eval and in ONNX) and LayerNorm over the last axis.
+
+use candle_core::{Tensor, Var, D};
+use candle_nn::{Init, VarBuilder};
+use ftu_onnx::Attr;
+
+use super::Layer;
+use crate::{Ctx, Exporter, Result};
+
+pub struct BatchNorm2d {
+    name: String,
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    eps: f64,
+    momentum: f64,
+}
+
+impl BatchNorm2d {
+    /// PyTorch's defaults: eps 1e-5, momentum 0.1.
+    pub fn new(vb: VarBuilder, channels: usize) -> Result<Self> {
+        Ok(BatchNorm2d {
+            name: vb.prefix(),
+            weight: vb.get_with_hints(channels, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(channels, "bias", Init::Const(0.0))?,
+            running_mean: Var::from_tensor(&vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?)?,
+            running_var: Var::from_tensor(&vb.get_with_hints(channels, "running_var", Init::Const(1.0))?)?,
+            eps: 1e-5,
+            momentum: 0.1,
+        })
+    }
+
+    fn per_channel(t: &Tensor) -> Result<Tensor> {
+        Ok(t.reshape((1, t.elem_count(), 1, 1))?)
+    }
+}
+
+impl Layer for BatchNorm2d {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let (mean, var) = if let Some(momentum) = ctx.batch_statistics() {
+            let (n, _, h, w) = x.dims4()?;
+            let count = n * h * w;
+            if count < 2 {
+                return Err(crate::ModelError::Input {
+                    what: format!("{} in training", self.name),
+                    expected: "more than one value per channel (batch × height × width > 1)".into(),
+                });
+            }
+            let mean = x.mean_keepdim((0, 2, 3))?;
+            let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
+            // Running variance is unbiased, as in PyTorch.
+            let m = momentum.unwrap_or(self.momentum);
+            let unbiased = (var.flatten_all()?.detach() * (count as f64 / (count - 1) as f64))?;
+            let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.flatten_all()?.detach() * m)?)?;
+            let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
+            self.running_mean.set(&rm)?;
+            self.running_var.set(&rv)?;
+            (mean, var)
+        } else {
+            (
+                Self::per_channel(self.running_mean.as_tensor())?,
+                Self::per_channel(self.running_var.as_tensor())?,
+            )
+        };
+        let normed = x.broadcast_sub(&mean)?.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(normed
+            .broadcast_mul(&Self::per_channel(&self.weight)?)?
+            .broadcast_add(&Self::per_channel(&self.bias)?)?)
+    }
+
+    fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {
+        let n = &self.name;
+        let scale = e.param(&format!("{n}.weight"), &self.weight)?;
+        let bias = e.param(&format!("{n}.bias"), &self.bias)?;
+        let mean = e.param(&format!("{n}.running_mean"), self.running_mean.as_tensor())?;
+        let var = e.param(&format!("{n}.running_var"), self.running_var.as_tensor())?;
+        Ok(e.op(
+            "BatchNormalization",
+            &[x, &scale, &bias, &mean, &var],
+            &[("epsilon", Attr::Float(self.eps as f32))],
+        ))
+    }
+}
+
+pub struct LayerNorm {
+    name: String,
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(LayerNorm {
+            name: vb.prefix(),
+            weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(dim, "bias", Init::Const(0.0))?,
+            eps,
+        })
+    }
+}
+
+impl Layer for LayerNorm {
+    fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<Tensor> {
+        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+
+    fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {
+        let scale = e.param(&format!("{}.weight", self.name), &self.weight)?;
+        let bias = e.param(&format!("{}.bias", self.name), &self.bias)?;
+        Ok(e.op(
+            "LayerNormalization",
+            &[x, &scale, &bias],
+            &[("axis", Attr::Int(-1)), ("epsilon", Attr::Float(self.eps as f32))],
+        ))
+    }
+}

@@ -1,0 +1,108 @@
+//! Upsampling by an integer factor: nearest (ONNX Resize, asymmetric + floor, as PyTorch's
+//! `nearest`) and bilinear (half-pixel, as `align_corners=False`). Bilinear runs as two small
+//! interpolation matrices so that it trains: Candle has no backward for its bilinear op.
+
+use candle_core::Tensor;
+use ftu_onnx::Attr;
+
+use super::Layer;
+use crate::{Ctx, Exporter, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interpolation {
+    Nearest,
+    Bilinear,
+}
+
+pub struct Upsample {
+    pub scale: usize,
+    pub mode: Interpolation,
+}
+
+/// The m×n matrix that maps n samples to m = n·scale by half-pixel linear interpolation.
+fn bilinear_matrix(n: usize, scale: usize) -> Vec<f32> {
+    let m = n * scale;
+    let mut a = vec![0f32; m * n];
+    for i in 0..m {
+        let src = ((i as f64 + 0.5) / scale as f64 - 0.5).max(0.0);
+        let i0 = (src.floor() as usize).min(n - 1);
+        let i1 = (i0 + 1).min(n - 1);
+        let frac = (src - i0 as f64) as f32;
+        a[i * n + i0] += 1.0 - frac;
+        a[i * n + i1] += frac;
+    }
+    a
+}
+
+impl Layer for Upsample {
+    fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<Tensor> {
+        if self.scale == 1 {
+            return Ok(x.clone());
+        }
+        let (_, _, h, w) = x.dims4()?;
+        let s = self.scale;
+        Ok(match self.mode {
+            Interpolation::Nearest => x.upsample_nearest2d(h * s, w * s)?,
+            Interpolation::Bilinear => {
+                let dev = x.device();
+                let a_w = Tensor::from_vec(bilinear_matrix(w, s), (w * s, w), dev)?;
+                let a_h = Tensor::from_vec(bilinear_matrix(h, s), (h * s, h), dev)?;
+                let rows = x.contiguous()?.broadcast_matmul(&a_w.t()?)?;
+                a_h.broadcast_matmul(&rows)?
+            }
+        })
+    }
+
+    fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {
+        if self.scale == 1 {
+            return Ok(x.to_string());
+        }
+        let s = self.scale as f32;
+        let scales = e.floats(&[4], vec![1.0, 1.0, s, s])?;
+        let attrs: Vec<(&str, Attr)> = match self.mode {
+            Interpolation::Nearest => vec![
+                ("mode", Attr::Str("nearest".into())),
+                ("coordinate_transformation_mode", Attr::Str("asymmetric".into())),
+                ("nearest_mode", Attr::Str("floor".into())),
+            ],
+            Interpolation::Bilinear => vec![
+                ("mode", Attr::Str("linear".into())),
+                ("coordinate_transformation_mode", Attr::Str("half_pixel".into())),
+            ],
+        };
+        Ok(e.op("Resize", &[x, "", &scales], &attrs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn bilinear_doubling_matches_pytorch_align_corners_false() {
+        // torch.nn.functional.interpolate([[0, 1, 2]], scale_factor=2, mode="linear")
+        let x = Tensor::new(&[[[[0f32, 1.0, 2.0]]]], &Device::Cpu).unwrap();
+        let up = Upsample {
+            scale: 2,
+            mode: Interpolation::Bilinear,
+        };
+        let y = up.forward(&x, &Ctx::eval()).unwrap();
+        let v = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let expected = [0.0, 0.25, 0.75, 1.25, 1.75, 2.0, 0.0, 0.25, 0.75, 1.25, 1.75, 2.0];
+        assert_eq!(y.dims(), &[1, 1, 2, 6]);
+        for (a, b) in v.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-6, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn every_row_of_the_interpolation_matrix_sums_to_one() {
+        for (n, s) in [(1, 2), (3, 4), (7, 8)] {
+            let a = bilinear_matrix(n, s);
+            for row in a.chunks(n) {
+                assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+            }
+        }
+    }
+}

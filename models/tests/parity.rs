@@ -1,0 +1,55 @@
+//! Every registered architecture, random weights, eval mode: Candle and ONNX Runtime (the real
+//! PyPI library) agree within 1e-4 on every output at two input sizes, batch 2.
+//! Needs libonnxruntime: ORT_DYLIB_PATH, or `pip install onnxruntime==1.31.1` (scripts/test.sh does).
+
+mod common;
+
+use common::*;
+use ftu_models::{Arch, Ctx, ExportMeta, Segmenter};
+
+const TOLERANCE: f32 = 1e-4;
+
+fn check(arch: Arch, dir: &std::path::Path) -> Vec<String> {
+    let runtime = runtime();
+    let model = Segmenter::new(arch, small_config(arch), 11).unwrap();
+    jitter(&model, 12);
+    model.forward(&random_image(8, 64, 64, 13), &Ctx::recalibrate()).unwrap();
+    let path = dir.join(format!("{arch}.onnx"));
+    ftu_onnx::write(&model.export(&ExportMeta::default()).unwrap(), &path).unwrap();
+    let mut report = Vec::new();
+    for (size, seed) in [(64, 1), (96, 2)] {
+        let image = random_image(2, size, size, seed);
+        let ours = model.forward(&image, &Ctx::eval()).unwrap();
+        let theirs = run_onnx(&runtime, &path, &image);
+        assert_eq!(theirs.len(), 3, "{arch}: logits, organ and pixel_size outputs");
+        let organ = ours.organ.as_ref().unwrap();
+        let pixel = ours.pixel_size.as_ref().unwrap();
+        assert_eq!(ours.logits.dims(), &[2, 1, size, size], "{arch}: logits at the input resolution");
+        for (name, tensor) in [("logits", &ours.logits), ("organ", organ), ("pixel_size", pixel)] {
+            let diff = max_diff(&format!("{arch} {name}"), tensor, &theirs[name]);
+            let scale = tensor.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            println!("{arch:32} {size}² {name:10} max|Candle−ORT| {diff:.2e} (max |value| {scale:.2})");
+            if !(diff <= TOLERANCE) {
+                report.push(format!("{arch} {size}² {name}: {diff:.3e}"));
+            }
+        }
+    }
+    report
+}
+
+#[test]
+fn every_architecture_matches_onnx_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let filter = std::env::var("FTU_PARITY_ARCH").ok();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for arch in Arch::all() {
+        if filter.as_deref().is_some_and(|f| !arch.name().contains(f)) {
+            continue;
+        }
+        failures.extend(check(arch, dir.path()));
+        checked += 1;
+    }
+    assert!(checked > 0, "no architecture matched FTU_PARITY_ARCH");
+    assert!(failures.is_empty(), "parity above {TOLERANCE}:\n{}", failures.join("\n"));
+}
