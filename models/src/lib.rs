@@ -26,13 +26,24 @@ pub enum ModelError {
     #[error(transparent)]
     Onnx(#[from] ftu_onnx::OnnxError),
     #[error("unknown architecture {name:?}: expected DECODER-ENCODER with a decoder of {decoders} and an encoder of {encoders}")]
-    UnknownArch { name: String, decoders: String, encoders: String },
+    UnknownArch {
+        name: String,
+        decoders: String,
+        encoders: String,
+    },
     #[error("architecture config: {0}")]
     Config(String),
     #[error("cannot read weights {path}: {cause}")]
-    ReadWeights { path: std::path::PathBuf, cause: candle_core::Error },
+    ReadWeights {
+        path: std::path::PathBuf,
+        cause: candle_core::Error,
+    },
     #[error("weights {path} do not fit {arch}:\n{report}")]
-    WeightsMismatch { path: std::path::PathBuf, arch: String, report: String },
+    WeightsMismatch {
+        path: std::path::PathBuf,
+        arch: String,
+        report: String,
+    },
     #[error("input {what}: {expected}")]
     Input { what: String, expected: String },
 }

@@ -69,7 +69,9 @@ impl Segmenter {
         let encoder = arch.encoder.build(vb_encoder, drop_path)?;
         let encoder_keys = store.named_vars().into_iter().map(|(name, _)| name).collect();
         let channels = encoder.channels();
-        let decoder = arch.decoder.build(root.clone(), &channels, &encoder.strides(), &config)?;
+        let decoder = arch
+            .decoder
+            .build(root.clone(), &channels, &encoder.strides(), &config)?;
         let deepest = *channels.last().expect("encoders have levels");
         let organ = if config.organ_head {
             Some(PooledHead::new(root.pp("organ_head"), deepest, ORGANS)?)
@@ -167,7 +169,12 @@ impl Segmenter {
     }
 
     fn image_input(e: &mut Exporter) -> String {
-        let dims = [Dim::named("batch"), Dim::Fixed(3), Dim::named("height"), Dim::named("width")];
+        let dims = [
+            Dim::named("batch"),
+            Dim::Fixed(3),
+            Dim::named("height"),
+            Dim::named("width"),
+        ];
         e.graph().input("image", &dims)
     }
 
@@ -189,7 +196,8 @@ impl Segmenter {
         for (head, name, width) in [(&self.organ, "organ", ORGANS), (&self.pixel_size, "pixel_size", 1)] {
             if let Some(head) = head {
                 let value = head.export(&mut e, deepest)?;
-                e.graph().output(&value, name, &[batch.clone(), Dim::Fixed(width as i64)]);
+                e.graph()
+                    .output(&value, name, &[batch.clone(), Dim::Fixed(width as i64)]);
                 names.push(name);
             }
         }

@@ -45,7 +45,11 @@ impl FromStr for Arch {
         let unknown = || ModelError::UnknownArch {
             name: name.to_string(),
             decoders: DecoderKind::all().map(|d| d.name()).join(", "),
-            encoders: EncoderKind::all().iter().map(|e| e.name()).collect::<Vec<_>>().join(", "),
+            encoders: EncoderKind::all()
+                .iter()
+                .map(|e| e.name())
+                .collect::<Vec<_>>()
+                .join(", "),
         };
         let (decoder, encoder) = name.split_once('-').ok_or_else(unknown)?;
         Ok(Arch {
@@ -108,7 +112,10 @@ mod tests {
     fn unknown_names_list_the_choices() {
         for bad in ["unet", "unet-resnet99", "pspnet-resnet34", "unet_resnet34"] {
             let err = bad.parse::<Arch>().unwrap_err().to_string();
-            assert!(err.contains(bad) && err.contains("efficientnet_b3") && err.contains("fpn"), "{err}");
+            assert!(
+                err.contains(bad) && err.contains("efficientnet_b3") && err.contains("fpn"),
+                "{err}"
+            );
         }
     }
 }

@@ -84,7 +84,11 @@ impl Store {
             Init::Const(v) => return vec![v as f32; count],
             Init::Randn { mean, stdev } => (true, 0.0, 0.0, mean, stdev),
             Init::Uniform { lo, up } => (false, lo, up, 0.0, 0.0),
-            Init::Kaiming { dist, fan, non_linearity } => {
+            Init::Kaiming {
+                dist,
+                fan,
+                non_linearity,
+            } => {
                 let fan = match fan {
                     FanInOut::FanIn => fan_in(shape),
                     FanInOut::FanOut => fan_out(shape),
@@ -169,7 +173,9 @@ mod tests {
         let make = |seed| {
             let store = Store::new(seed);
             let vb = store.builder();
-            let t = vb.get_with_hints((4, 3), "w", candle_nn::init::DEFAULT_KAIMING_NORMAL).unwrap();
+            let t = vb
+                .get_with_hints((4, 3), "w", candle_nn::init::DEFAULT_KAIMING_NORMAL)
+                .unwrap();
             t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         };
         assert_eq!(make(7), make(7));

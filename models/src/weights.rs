@@ -77,7 +77,9 @@ pub fn load(model: &Segmenter, path: &Path, scope: Scope) -> Result<LoadReport> 
         match file.get(name) {
             None => report.missing.push(name.clone()),
             Some(t) if t.dims() != var.dims() => {
-                report.mis_shaped.push((name.clone(), var.dims().to_vec(), t.dims().to_vec()))
+                report
+                    .mis_shaped
+                    .push((name.clone(), var.dims().to_vec(), t.dims().to_vec()))
             }
             Some(t) => updates.push((var, t.to_dtype(DType::F32)?)),
         }

@@ -13,18 +13,26 @@ fn check(arch: Arch, dir: &std::path::Path) -> Vec<String> {
     let runtime = runtime();
     let model = Segmenter::new(arch, small_config(arch), 11).unwrap();
     jitter(&model, 12);
-    model.forward(&random_image(8, 64, 64, 13), &Ctx::recalibrate()).unwrap();
     let path = dir.join(format!("{arch}.onnx"));
-    ftu_onnx::write(&model.export(&ExportMeta::default()).unwrap(), &path).unwrap();
     let mut report = Vec::new();
-    for (size, seed) in [(64, 1), (96, 2)] {
+    for (size, seed) in [(96, 1), (128, 2)] {
+        // Running statistics from images of this size, as a trained model's fit its inputs; without
+        // them deep random networks reach values in the thousands, where 1e-4 is below f32 noise.
+        model
+            .forward(&random_image(8, size, size, seed + 10), &Ctx::recalibrate())
+            .unwrap();
+        ftu_onnx::write(&model.export(&ExportMeta::default()).unwrap(), &path).unwrap();
         let image = random_image(2, size, size, seed);
         let ours = model.forward(&image, &Ctx::eval()).unwrap();
         let theirs = run_onnx(&runtime, &path, &image);
         assert_eq!(theirs.len(), 3, "{arch}: logits, organ and pixel_size outputs");
         let organ = ours.organ.as_ref().unwrap();
         let pixel = ours.pixel_size.as_ref().unwrap();
-        assert_eq!(ours.logits.dims(), &[2, 1, size, size], "{arch}: logits at the input resolution");
+        assert_eq!(
+            ours.logits.dims(),
+            &[2, 1, size, size],
+            "{arch}: logits at the input resolution"
+        );
         for (name, tensor) in [("logits", &ours.logits), ("organ", organ), ("pixel_size", pixel)] {
             let diff = max_diff(&format!("{arch} {name}"), tensor, &theirs[name]);
             let scale = tensor.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -51,5 +59,9 @@ fn every_architecture_matches_onnx_runtime() {
         checked += 1;
     }
     assert!(checked > 0, "no architecture matched FTU_PARITY_ARCH");
-    assert!(failures.is_empty(), "parity above {TOLERANCE}:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "parity above {TOLERANCE}:\n{}",
+        failures.join("\n")
+    );
 }

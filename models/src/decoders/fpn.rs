@@ -90,7 +90,9 @@ impl Fpn {
         config: &ArchConfig,
     ) -> Result<Fpn> {
         if strides != [4, 8, 16, 32] {
-            return Err(ModelError::Config(format!("fpn needs levels at strides 4-32, got {strides:?}")));
+            return Err(ModelError::Config(format!(
+                "fpn needs levels at strides 4-32, got {strides:?}"
+            )));
         }
         let (pyramid, segmentation) = (widths[0], widths[1]);
         let d = vb.pp("decoder");
@@ -101,9 +103,21 @@ impl Fpn {
             None
         };
         let bias = ConvCfg::same(1).bias(true);
-        let mut laterals = vec![Conv2d::head(d.pp("p5"), if config.aspp { pyramid } else { deep }, pyramid, 1, bias)?];
+        let mut laterals = vec![Conv2d::head(
+            d.pp("p5"),
+            if config.aspp { pyramid } else { deep },
+            pyramid,
+            1,
+            bias,
+        )?];
         for (name, level) in [("p4", 2), ("p3", 1), ("p2", 0)] {
-            laterals.push(Conv2d::head(d.pp(name).pp("skip_conv"), channels[level], pyramid, 1, bias)?);
+            laterals.push(Conv2d::head(
+                d.pp(name).pp("skip_conv"),
+                channels[level],
+                pyramid,
+                1,
+                bias,
+            )?);
         }
         let mut seg_blocks = Vec::new();
         for (i, upsamples) in [3usize, 2, 1, 0].into_iter().enumerate() {
@@ -167,7 +181,10 @@ impl Decoder for Fpn {
         }
         let x = self.dropout.forward(&sum.expect("four pyramid levels"), ctx)?;
         let logits = self.head_up.forward(&self.head.forward(&x, ctx)?, ctx)?;
-        Ok(DecoderOut { logits, aux: Vec::new() })
+        Ok(DecoderOut {
+            logits,
+            aux: Vec::new(),
+        })
     }
 
     fn export(&self, e: &mut Exporter, levels: &[String]) -> Result<String> {

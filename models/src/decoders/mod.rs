@@ -66,7 +66,10 @@ impl DecoderKind {
         strides: &[usize],
         config: &ArchConfig,
     ) -> Result<Box<dyn Decoder>> {
-        let widths = config.decoder_channels.clone().unwrap_or_else(|| self.default_channels());
+        let widths = config
+            .decoder_channels
+            .clone()
+            .unwrap_or_else(|| self.default_channels());
         let expected = self.default_channels().len();
         if widths.len() != expected {
             return Err(ModelError::Config(format!(
@@ -76,7 +79,10 @@ impl DecoderKind {
             )));
         }
         if config.aspp && self != DecoderKind::Fpn {
-            return Err(ModelError::Config(format!("aspp is an FPN option, not {}", self.name())));
+            return Err(ModelError::Config(format!(
+                "aspp is an FPN option, not {}",
+                self.name()
+            )));
         }
         // FPN and SegFormer read the four levels at strides 4 to 32.
         let deepest4 = |v: &[usize]| v[v.len().saturating_sub(4)..].to_vec();

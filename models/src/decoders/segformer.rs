@@ -29,7 +29,9 @@ impl SegformerHead {
         config: &ArchConfig,
     ) -> Result<Self> {
         if strides.len() != 4 || strides[0] != 4 {
-            return Err(ModelError::Config(format!("segformer head needs 4 levels from stride 4, got {strides:?}")));
+            return Err(ModelError::Config(format!(
+                "segformer head needs 4 levels from stride 4, got {strides:?}"
+            )));
         }
         let h = vb.pp("decode_head");
         let mut projections = Vec::new();
@@ -64,11 +66,21 @@ impl Decoder for SegformerHead {
         }
         let x = Tensor::cat(&projected, 1)?;
         let x = crate::layers::forward_all(
-            &[&self.fuse, &self.norm, &Activation::Relu, &self.dropout, &self.classifier, &self.up],
+            &[
+                &self.fuse,
+                &self.norm,
+                &Activation::Relu,
+                &self.dropout,
+                &self.classifier,
+                &self.up,
+            ],
             &x,
             ctx,
         )?;
-        Ok(DecoderOut { logits: x, aux: Vec::new() })
+        Ok(DecoderOut {
+            logits: x,
+            aux: Vec::new(),
+        })
     }
 
     fn export(&self, e: &mut Exporter, levels: &[String]) -> Result<String> {
@@ -81,7 +93,14 @@ impl Decoder for SegformerHead {
         let refs: Vec<&str> = projected.iter().map(String::as_str).collect();
         let x = e.concat(&refs, 1);
         crate::layers::export_all(
-            &[&self.fuse, &self.norm, &Activation::Relu, &self.dropout, &self.classifier, &self.up],
+            &[
+                &self.fuse,
+                &self.norm,
+                &Activation::Relu,
+                &self.dropout,
+                &self.classifier,
+                &self.up,
+            ],
             e,
             &x,
         )

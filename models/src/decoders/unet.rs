@@ -35,7 +35,9 @@ impl Unet {
         widths: &[usize],
         config: &ArchConfig,
     ) -> Result<Unet> {
-        let deepest = *strides.last().ok_or_else(|| ModelError::Config("encoder has no levels".into()))?;
+        let deepest = *strides
+            .last()
+            .ok_or_else(|| ModelError::Config("encoder has no levels".into()))?;
         if 1 << widths.len() != deepest {
             return Err(ModelError::Config(format!(
                 "unet: {} decoder blocks cannot undo stride {deepest}",
@@ -67,7 +69,13 @@ impl Unet {
             }
             c_in = width;
         }
-        let head = Conv2d::head(vb.pp("segmentation_head").pp("0"), c_in, 1, 3, ConvCfg::same(3).bias(true))?;
+        let head = Conv2d::head(
+            vb.pp("segmentation_head").pp("0"),
+            c_in,
+            1,
+            3,
+            ConvCfg::same(3).bias(true),
+        )?;
         Ok(Unet { blocks, head, aux })
     }
 }

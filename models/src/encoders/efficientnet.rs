@@ -21,13 +21,62 @@ struct StageDef {
 }
 
 const B0: [StageDef; 7] = [
-    StageDef { inverted: false, repeats: 1, kernel: 3, stride: 1, expand: 1, channels: 16 },
-    StageDef { inverted: true, repeats: 2, kernel: 3, stride: 2, expand: 6, channels: 24 },
-    StageDef { inverted: true, repeats: 2, kernel: 5, stride: 2, expand: 6, channels: 40 },
-    StageDef { inverted: true, repeats: 3, kernel: 3, stride: 2, expand: 6, channels: 80 },
-    StageDef { inverted: true, repeats: 3, kernel: 5, stride: 1, expand: 6, channels: 112 },
-    StageDef { inverted: true, repeats: 4, kernel: 5, stride: 2, expand: 6, channels: 192 },
-    StageDef { inverted: true, repeats: 1, kernel: 3, stride: 1, expand: 6, channels: 320 },
+    StageDef {
+        inverted: false,
+        repeats: 1,
+        kernel: 3,
+        stride: 1,
+        expand: 1,
+        channels: 16,
+    },
+    StageDef {
+        inverted: true,
+        repeats: 2,
+        kernel: 3,
+        stride: 2,
+        expand: 6,
+        channels: 24,
+    },
+    StageDef {
+        inverted: true,
+        repeats: 2,
+        kernel: 5,
+        stride: 2,
+        expand: 6,
+        channels: 40,
+    },
+    StageDef {
+        inverted: true,
+        repeats: 3,
+        kernel: 3,
+        stride: 2,
+        expand: 6,
+        channels: 80,
+    },
+    StageDef {
+        inverted: true,
+        repeats: 3,
+        kernel: 5,
+        stride: 1,
+        expand: 6,
+        channels: 112,
+    },
+    StageDef {
+        inverted: true,
+        repeats: 4,
+        kernel: 5,
+        stride: 2,
+        expand: 6,
+        channels: 192,
+    },
+    StageDef {
+        inverted: true,
+        repeats: 1,
+        kernel: 3,
+        stride: 1,
+        expand: 6,
+        channels: 320,
+    },
 ];
 
 /// The stages whose outputs are the feature levels (strides 2, 4, 8, 16, 32).

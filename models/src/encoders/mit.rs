@@ -69,7 +69,8 @@ pub struct Mit {
 
 impl Mit {
     pub fn new(vb: VarBuilder, b: usize, drop_path: f64) -> Result<Mit> {
-        let (hidden, depths) = variant(b).ok_or_else(|| ModelError::Config(format!("mit_b{b}: variant must be 0 to 5")))?;
+        let (hidden, depths) =
+            variant(b).ok_or_else(|| ModelError::Config(format!("mit_b{b}: variant must be 0 to 5")))?;
         let total: usize = depths.iter().sum();
         let mut index = 0;
         let mut c_in = 3;

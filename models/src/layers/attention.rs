@@ -51,7 +51,9 @@ impl EfficientSelfAttention {
     /// N×L×C → N×heads×L×d.
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (n, l, c) = x.dims3()?;
-        Ok(x.reshape((n, l, self.heads, c / self.heads))?.transpose(1, 2)?.contiguous()?)
+        Ok(x.reshape((n, l, self.heads, c / self.heads))?
+            .transpose(1, 2)?
+            .contiguous()?)
     }
 
     /// `tokens` is N×(h·w)×C.

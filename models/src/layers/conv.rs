@@ -157,7 +157,14 @@ pub struct ConvBnAct {
 }
 
 impl ConvBnAct {
-    pub fn new(vb: VarBuilder, c_in: usize, c_out: usize, kernel: usize, cfg: ConvCfg, act: Activation) -> Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        cfg: ConvCfg,
+        act: Activation,
+    ) -> Result<Self> {
         Ok(ConvBnAct {
             conv: Conv2d::new(vb.pp("0"), c_in, c_out, kernel, cfg.bias(false))?,
             bn: BatchNorm2d::new(vb.pp("1"), c_out)?,

@@ -19,7 +19,7 @@ pub use drop::{DropPath, Dropout};
 pub use linear::Linear;
 pub use mix_ffn::MixFfn;
 pub use norm::{BatchNorm2d, LayerNorm};
-pub use pool::{GlobalAvgPool, MaxPool2d, AvgPool2d};
+pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 pub use resample::{Interpolation, Upsample};
 pub use se::SqueezeExcite;
 

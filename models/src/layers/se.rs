@@ -27,7 +27,13 @@ impl SqueezeExcite {
 impl Layer for SqueezeExcite {
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let gate = super::forward_all(
-            &[&GlobalAvgPool, &self.reduce, &self.act, &self.expand, &Activation::Sigmoid],
+            &[
+                &GlobalAvgPool,
+                &self.reduce,
+                &self.act,
+                &self.expand,
+                &Activation::Sigmoid,
+            ],
             x,
             ctx,
         )?;
@@ -36,7 +42,13 @@ impl Layer for SqueezeExcite {
 
     fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {
         let gate = super::export_all(
-            &[&GlobalAvgPool, &self.reduce, &self.act, &self.expand, &Activation::Sigmoid],
+            &[
+                &GlobalAvgPool,
+                &self.reduce,
+                &self.act,
+                &self.expand,
+                &Activation::Sigmoid,
+            ],
             e,
             x,
         )?;
