@@ -22,14 +22,53 @@ fn pad_spatial(x: &Tensor, pad: usize, value: f32) -> Result<Tensor> {
     Ok(Tensor::cat(&[&band, &x, &band], 2)?)
 }
 
+/// Every `stride`-th row and column, starting at 0, keeping `rows`×`cols` of them.
+fn subsample(x: &Tensor, stride: usize, rows: usize, cols: usize) -> Result<Tensor> {
+    if stride == 1 {
+        return Ok(x.narrow(2, 0, rows)?.narrow(3, 0, cols)?);
+    }
+    let (n, c, h, w) = x.dims4()?;
+    // Pad to whole strides (the padding is never kept), then keep offset 0 of each stride.
+    let x = x.pad_with_zeros(2, 0, (rows * stride).saturating_sub(h))?;
+    let x = x.pad_with_zeros(3, 0, (cols * stride).saturating_sub(w))?;
+    let x = x.narrow(2, 0, rows * stride)?.narrow(3, 0, cols * stride)?;
+    Ok(x.reshape((n, c, rows, stride, cols, stride))?
+        .narrow(3, 0, 1)?
+        .narrow(5, 0, 1)?
+        .reshape((n, c, rows, cols))?)
+}
+
 impl Layer for MaxPool2d {
+    /// The maximum of the k×k shifted views, then every stride-th: unlike Candle's own max pool,
+    /// this has a backward pass when the kernel and stride differ (ResNet's 3×3, stride 2 stem).
     fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<Tensor> {
         let x = if self.padding > 0 {
             pad_spatial(x, self.padding, f32::NEG_INFINITY)?
         } else {
             x.clone()
         };
-        Ok(x.max_pool2d_with_stride(self.kernel, self.stride)?)
+        let (_, _, h, w) = x.dims4()?;
+        let k = self.kernel;
+        if h < k || w < k {
+            return Err(crate::ModelError::Input {
+                what: format!("max pool input of {h}×{w} (padded)"),
+                expected: format!("at least the {k}×{k} kernel"),
+            });
+        }
+        let (full_h, full_w) = (h - k + 1, w - k + 1);
+        let mut max: Option<Tensor> = None;
+        for dy in 0..k {
+            for dx in 0..k {
+                let view = x.narrow(2, dy, full_h)?.narrow(3, dx, full_w)?;
+                max = Some(match max {
+                    Some(m) => m.maximum(&view)?,
+                    None => view,
+                });
+            }
+        }
+        let max = max.expect("kernel ≥ 1");
+        let s = self.stride;
+        subsample(&max, s, (h - k) / s + 1, (w - k) / s + 1)
     }
 
     fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {
@@ -96,5 +135,36 @@ mod tests {
         };
         let y = pool.forward(&x, &Ctx::eval()).unwrap();
         assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![-1.0]);
+    }
+
+    #[test]
+    fn max_pool_matches_candles_own_and_trains() {
+        let values: Vec<f32> = (0..2 * 3 * 9 * 7).map(|i| ((i * 37) % 101) as f32).collect();
+        let x = candle_core::Var::from_tensor(&Tensor::from_vec(values, (2, 3, 9, 7), &Device::Cpu).unwrap()).unwrap();
+        for (kernel, stride) in [(3, 2), (2, 2), (3, 1), (3, 3)] {
+            let pool = MaxPool2d {
+                kernel,
+                stride,
+                padding: 0,
+            };
+            let ours = pool.forward(x.as_tensor(), &Ctx::eval()).unwrap();
+            let candle = x.as_tensor().max_pool2d_with_stride(kernel, stride).unwrap();
+            assert_eq!(ours.dims(), candle.dims(), "k {kernel} s {stride}");
+            let diff = (ours.clone() - candle).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "k {kernel} s {stride}");
+            let grads = ours.sum_all().unwrap().backward().unwrap();
+            let g = grads
+                .get(x.as_tensor())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(
+                g as usize,
+                ours.elem_count(),
+                "each output passes its gradient to one input"
+            );
+        }
     }
 }
