@@ -211,3 +211,37 @@ fn encoder_sizes_match_timm() {
         assert_eq!(count + head, timm_total, "{encoder}");
     }
 }
+
+/// An ftu checkpoint (every parameter and buffer) round-trips: another seed's model, loaded from
+/// it, computes the same outputs; a checkpoint of another architecture is refused.
+#[test]
+fn checkpoints_round_trip() {
+    let arch: Arch = "fpn-efficientnet_b0".parse().unwrap();
+    let config = ArchConfig {
+        aspp: true,
+        organ_head: true,
+        ..ArchConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("best.safetensors");
+    let trained = Segmenter::new(arch, config.clone(), 1).unwrap();
+    jitter(&trained, 2);
+    trained.store().save(&path).unwrap();
+    let fresh = Segmenter::new(arch, config.clone(), 3).unwrap();
+    let report = load(&fresh, &path, Scope::Full).unwrap();
+    assert_eq!(report.loaded, trained.store().named_vars().len());
+    let image = random_image(1, 64, 64, 4);
+    let a = trained.forward(&image, &Ctx::eval()).unwrap();
+    let b = fresh.forward(&image, &Ctx::eval()).unwrap();
+    let same = |x: &Tensor, y: &Tensor| {
+        x.flatten_all().unwrap().to_vec1::<f32>().unwrap() == y.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    assert!(same(&a.logits, &b.logits) && same(a.organ.as_ref().unwrap(), b.organ.as_ref().unwrap()));
+
+    let other = Segmenter::new("fpn-efficientnet_b1".parse().unwrap(), config, 3).unwrap();
+    let err = load(&other, &path, Scope::Full).unwrap_err().to_string();
+    assert!(
+        err.contains("fpn-efficientnet_b1") && err.contains("missing: blocks.0.1."),
+        "{err}"
+    );
+}

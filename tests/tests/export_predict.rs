@@ -73,11 +73,13 @@ default = 0.5
 size = 128
 [[group.model]]
 path = "unet.onnx"
+norm = "imagenet"
 output = "logits"
 [[group]]
 size = 96
 [[group.model]]
 path = "segformer.onnx"
+norm = "imagenet"
 "#,
     )
     .unwrap();

@@ -1,6 +1,7 @@
 //! Upsampling by an integer factor: nearest (ONNX Resize, asymmetric + floor, as PyTorch's
-//! `nearest`) and bilinear (half-pixel, as `align_corners=False`). Bilinear runs as two small
-//! interpolation matrices so that it trains: Candle has no backward for its bilinear op.
+//! `nearest`) and bilinear (half-pixel, as `align_corners=False`). Both are built from ops whose
+//! gradients Candle gets right: nearest as a broadcast, bilinear as two small interpolation
+//! matrices (Candle has no backward for its bilinear op).
 
 use candle_core::Tensor;
 use ftu_onnx::Attr;
@@ -42,7 +43,14 @@ impl Layer for Upsample {
         let (_, _, h, w) = x.dims4()?;
         let s = self.scale;
         Ok(match self.mode {
-            Interpolation::Nearest => x.upsample_nearest2d(h * s, w * s)?,
+            // Not `upsample_nearest2d`: its backward in candle 0.9.2 overwrites the gradient
+            // other consumers of `x` have already added (`*sum_grad = conv_sum`).
+            Interpolation::Nearest => {
+                let n_c = &x.dims()[..2];
+                x.reshape((n_c[0], n_c[1], h, 1, w, 1))?
+                    .broadcast_as((n_c[0], n_c[1], h, s, w, s))?
+                    .reshape((n_c[0], n_c[1], h * s, w * s))?
+            }
             Interpolation::Bilinear => {
                 let dev = x.device();
                 let a_w = Tensor::from_vec(bilinear_matrix(w, s), (w * s, w), dev)?;
@@ -93,6 +101,35 @@ mod tests {
         assert_eq!(y.dims(), &[1, 1, 2, 6]);
         for (a, b) in v.iter().zip(expected) {
             assert!((a - b).abs() < 1e-6, "{v:?}");
+        }
+    }
+
+    /// A tensor used by the upsample and by another op gets both gradients.
+    #[test]
+    fn nearest_gradient_adds_to_other_uses() {
+        let x = candle_core::Var::new(&[[[[1f32, 2.0], [3.0, 4.0]]]], &Device::Cpu).unwrap();
+        let up = Upsample {
+            scale: 2,
+            mode: Interpolation::Nearest,
+        };
+        let y = up.forward(x.as_tensor(), &Ctx::eval()).unwrap();
+        assert_eq!(y.dims(), &[1, 1, 4, 4]);
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap()[..4],
+            [1.0, 1.0, 2.0, 2.0]
+        );
+        for order in [true, false] {
+            let (a, b) = (y.sum_all().unwrap(), (x.as_tensor() * 10.0).unwrap().sum_all().unwrap());
+            let total = if order { (a + b).unwrap() } else { (b + a).unwrap() };
+            let grads = total.backward().unwrap();
+            let g = grads
+                .get(x.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(g, vec![14.0; 4], "4 copies each plus 10");
         }
     }
 

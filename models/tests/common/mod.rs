@@ -54,9 +54,15 @@ pub fn jitter(model: &Segmenter, seed: u64) {
     }
 }
 
+/// Noise images whose brightness and contrast differ from image to image, as slides' do; without
+/// that, global averages (ASPP's pooling branch, the heads) are nearly equal across a batch.
 pub fn random_image(n: usize, h: usize, w: usize, seed: u64) -> Tensor {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let values: Vec<f32> = (0..n * 3 * h * w).map(|_| rng.random_range(-2.0..2.0)).collect();
+    let mut values = Vec::with_capacity(n * 3 * h * w);
+    for _ in 0..n {
+        let (offset, scale) = (rng.random_range(-1.0..1.0), rng.random_range(0.5..1.5));
+        values.extend((0..3 * h * w).map(|_| offset + scale * rng.random_range(-1.0f32..1.0)));
+    }
     Tensor::from_vec(values, (n, 3, h, w), &Device::Cpu).unwrap()
 }
 
