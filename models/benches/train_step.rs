@@ -36,13 +36,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let start = Instant::now();
         let out = model.forward(&image, &Ctx::train(step as u64))?;
         let loss = candle_nn::loss::binary_cross_entropy_with_logit(&out.logits, &mask)?;
-        opt.backward_step(&loss)?;
+        let forward = start.elapsed().as_secs_f64() * 1e3;
+        let grads = loss.backward()?;
+        let backward = start.elapsed().as_secs_f64() * 1e3 - forward;
+        opt.step(&grads)?;
         let ms = start.elapsed().as_secs_f64() * 1e3;
         // The first step allocates everything once; it is not timed.
         if step > 0 {
             times.push(ms);
         }
-        eprintln!("step {step}: {ms:.0} ms, loss {:.4}", loss.to_scalar::<f32>()?);
+        eprintln!(
+            "step {step}: {ms:.0} ms (forward {forward:.0}, backward {backward:.0}), loss {:.4}",
+            loss.to_scalar::<f32>()?
+        );
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
