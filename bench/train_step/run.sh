@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 STEPS="${STEPS:-5}"
 
-candle_out="$(cargo bench -q -p ftu-models --bench train_step -- --steps "$STEPS" | tee /dev/stderr)"
+candle_out="$(cargo bench -q -p ftu-models --bench train_step -- --steps "$STEPS")"
+echo "$candle_out"
 candle_ms="$(sed -n 's/^CANDLE_MS //p' <<<"$candle_out")"
 
 python="${TORCH_PYTHON:-python3}"
@@ -14,6 +15,7 @@ if ! "$python" -c "import torch" 2>/dev/null; then
   echo "PyTorch is not importable by $python: no ratio (set TORCH_PYTHON)"
   exit 0
 fi
-torch_out="$("$python" bench/train_step/torch_step.py --steps "$STEPS" | tee /dev/stderr)"
+torch_out="$("$python" bench/train_step/torch_step.py --steps "$STEPS")"
+echo "$torch_out"
 torch_ms="$(sed -n 's/^TORCH_MS //p' <<<"$torch_out")"
 python3 -c "print(f'candle / torch = {${candle_ms} / ${torch_ms}:.2f}× (goal ≤ 1.5×)')"
