@@ -80,7 +80,7 @@ impl Normalisation {
     const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
     /// A named normalisation, given in RGB and permuted to the model's channel order.
-    fn named(name: &str, channels: ChannelOrder) -> Option<Normalisation> {
+    pub fn named(name: &str, channels: ChannelOrder) -> Option<Normalisation> {
         let rgb = match name {
             "imagenet" => Normalisation {
                 mean: Self::IMAGENET_MEAN.map(|m| m * 255.0),

@@ -1,5 +1,14 @@
-//! ftu-trainer: synthetic Kaggle-layout data and ONNX export now; k-fold Candle training next.
-//! Shared formats (RLE, CSV, slides) come from ftu-infer.
+//! ftu training: synthetic Kaggle-layout data, k-fold Candle training, ONNX export of folds, the
+//! ensemble manifest for ftu-infer.
 
+pub mod augment;
+pub mod config;
+pub mod data;
 pub mod export;
+pub mod folds;
+pub mod losses;
+pub mod optim;
+pub mod plots;
 pub mod synth;
+pub mod thresholds;
+pub mod train;

@@ -1,10 +1,12 @@
-//! `ftu-train`: synthetic data generation and ONNX export (training lands here next).
+//! `ftu-train`: synthetic data, k-fold training, ONNX export.
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ftu_models::{Arch, ArchConfig, ExportMeta};
+use ftu_trainer::config::TrainConfig;
 use ftu_trainer::export::{self, ExportRequest};
 use ftu_trainer::synth::{self, SynthConfig};
+use ftu_trainer::train::{self, Progress};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
@@ -25,6 +27,153 @@ enum Command {
     Synth(SynthArgs),
     /// Build an architecture, optionally fill it from weights, and write it as ONNX.
     Export(ExportArgs),
+    /// k-fold training on a Kaggle-layout folder; exports each fold to ONNX and writes
+    /// RUN/manifest.toml for ftu-infer.
+    Train(Box<TrainArgs>),
+}
+
+/// Every option can also come from `--config FILE` (TOML, the keys of RUN/config.toml); flags
+/// given here win over the file.
+#[derive(Args)]
+struct TrainArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue a killed run from each fold's last checkpoint (same options required).
+    #[arg(long)]
+    resume: bool,
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    arch: Option<String>,
+    #[arg(long, value_delimiter = ',')]
+    decoder_channels: Option<Vec<usize>>,
+    #[arg(long)]
+    size: Option<usize>,
+    #[arg(long)]
+    folds: Option<usize>,
+    #[arg(long)]
+    fold: Option<usize>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long)]
+    samples_per_epoch: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    accumulate: Option<usize>,
+    #[arg(long)]
+    ema: Option<f64>,
+    #[arg(long)]
+    cache_mb: Option<usize>,
+    #[arg(long)]
+    workers: Option<usize>,
+    #[arg(long)]
+    norm: Option<String>,
+    /// A timm / Hugging Face safetensors file for the encoder.
+    #[arg(long)]
+    pretrained: Option<PathBuf>,
+    #[arg(long)]
+    freeze_encoder_epochs: Option<usize>,
+    #[arg(long)]
+    organ_head: bool,
+    #[arg(long)]
+    pixel_size_head: bool,
+    #[arg(long)]
+    deep_supervision: bool,
+    /// cpu (CUDA training is not available in this build).
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl TrainArgs {
+    fn resolve(&self) -> Result<TrainConfig> {
+        let mut c = match &self.config {
+            Some(path) => TrainConfig::from_toml_file(path)?,
+            None => TrainConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => {$(if let Some(v) = &self.$field { c.$field = v.clone().into(); })*};
+        }
+        set!(
+            data,
+            out,
+            arch,
+            size,
+            folds,
+            epochs,
+            batch,
+            samples_per_epoch,
+            seed,
+            cache_mb,
+            workers,
+            norm,
+            freeze_encoder_epochs,
+            device
+        );
+        if self.decoder_channels.is_some() {
+            c.decoder_channels = self.decoder_channels.clone();
+        }
+        if self.fold.is_some() {
+            c.fold = self.fold;
+        }
+        if self.pretrained.is_some() {
+            c.pretrained = self.pretrained.clone();
+        }
+        if let Some(v) = self.lr {
+            c.optim.lr = v;
+        }
+        if let Some(v) = self.accumulate {
+            c.optim.accumulate = v;
+        }
+        if let Some(v) = self.ema {
+            c.optim.ema = v;
+        }
+        c.organ_head |= self.organ_head;
+        c.pixel_size_head |= self.pixel_size_head;
+        c.deep_supervision |= self.deep_supervision;
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// indicatif bars for `train`.
+struct Bars {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress for Bars {
+    fn start(&mut self, what: &str, total: usize) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        let style = ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        self.bar = Some(
+            ProgressBar::new(total as u64)
+                .with_style(style)
+                .with_prefix(what.to_string()),
+        );
+    }
+
+    fn tick(&mut self, message: &str) {
+        if let Some(b) = &self.bar {
+            b.inc(1);
+            b.set_message(message.to_string());
+        }
+    }
+
+    fn finish(&mut self, line: &str) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        eprintln!("{line}");
+    }
 }
 
 #[derive(Args)]
@@ -113,6 +262,32 @@ fn main() -> Result<()> {
             );
         }
         Command::Export(a) => run_export(a)?,
+        Command::Train(a) => {
+            let cfg = a.resolve()?;
+            let summary = train::run(&cfg, a.resume, &mut Bars { bar: None })?;
+            for f in &summary.folds {
+                eprintln!(
+                    "fold {}: best validation Dice {:.4} at epoch {} -> {}",
+                    f.fold,
+                    f.best_dice,
+                    f.best_epoch,
+                    f.onnx.display()
+                );
+            }
+            if let (Some(path), Some(th)) = (&summary.manifest, &summary.thresholds) {
+                eprintln!(
+                    "out-of-fold: default threshold {:.2} (mean Dice {:.4}); per organ: {}",
+                    th.default.threshold,
+                    th.default.dice,
+                    th.per_organ
+                        .iter()
+                        .map(|(o, c)| format!("{o} {:.2} ({:.4})", c.threshold, c.dice))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                eprintln!("manifest for ftu-infer: {}", path.display());
+            }
+        }
     }
     Ok(())
 }

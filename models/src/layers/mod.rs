@@ -4,6 +4,7 @@
 mod activation;
 mod attention;
 mod conv;
+mod conv_grad;
 mod drop;
 mod linear;
 mod mix_ffn;

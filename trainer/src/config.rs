@@ -1,0 +1,452 @@
+//! The training configuration: every option of `ftu-train train`, readable from a TOML file
+//! (command-line flags win), saved resolved as RUN/config.toml.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
+    #[error("config {path}: {cause}")]
+    Parse { path: PathBuf, cause: toml::de::Error },
+    #[error("config: {field}: {problem}")]
+    Invalid { field: String, problem: String },
+}
+
+fn invalid(field: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// Everything a run needs. Unknown keys in a TOML file are refused as typos.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// A Kaggle-layout folder (train.csv, train_images/).
+    pub data: PathBuf,
+    pub out: PathBuf,
+    /// DECODER-ENCODER, e.g. unet-resnet34.
+    pub arch: String,
+    /// Decoder widths (U-Net 5, FPN 2, SegFormer 1 value); the architecture's default if absent.
+    pub decoder_channels: Option<Vec<usize>>,
+    /// Side of the square training input (slides are resized to it); a multiple of 32.
+    pub size: usize,
+    pub folds: usize,
+    /// Train only this fold (0-based); all folds when absent.
+    pub fold: Option<usize>,
+    pub epochs: usize,
+    pub batch: usize,
+    /// Random samples per epoch; the number of training slides when 0.
+    pub samples_per_epoch: usize,
+    pub seed: u64,
+    /// Slides kept decoded at training scale, in MiB; slides beyond it are decoded when drawn.
+    pub cache_mb: usize,
+    /// Threads for loading and augmentation (rayon); all cores when 0.
+    pub workers: usize,
+    /// Input normalisation the model is trained with and that its manifest names.
+    pub norm: String,
+    /// A timm / Hugging Face safetensors file for the encoder.
+    pub pretrained: Option<PathBuf>,
+    /// The encoder's parameters do not change for this many epochs.
+    pub freeze_encoder_epochs: usize,
+    pub organ_head: bool,
+    pub pixel_size_head: bool,
+    pub deep_supervision: bool,
+    /// Validation overlays written each epoch (per fold).
+    pub overlays: usize,
+    pub device: String,
+    pub optim: OptimConfig,
+    pub loss: LossConfig,
+    pub augment: AugmentConfig,
+    pub ensemble: EnsembleConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            data: PathBuf::new(),
+            out: PathBuf::new(),
+            arch: "unet-resnet34".into(),
+            decoder_channels: None,
+            size: 512,
+            folds: 5,
+            fold: None,
+            epochs: 20,
+            batch: 8,
+            samples_per_epoch: 0,
+            seed: 0,
+            cache_mb: 4096,
+            workers: 0,
+            norm: "imagenet".into(),
+            pretrained: None,
+            freeze_encoder_epochs: 0,
+            organ_head: false,
+            pixel_size_head: false,
+            deep_supervision: false,
+            overlays: 4,
+            device: "cpu".into(),
+            optim: OptimConfig::default(),
+            loss: LossConfig::default(),
+            augment: AugmentConfig::default(),
+            ensemble: EnsembleConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    pub lr: f64,
+    pub min_lr: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Linear warmup from 0, in optimiser steps; then cosine decay to `min_lr`.
+    pub warmup_steps: usize,
+    /// Batches whose gradients are summed before one optimiser step.
+    pub accumulate: usize,
+    /// Global gradient-norm clip; none when 0.
+    pub clip_norm: f64,
+    /// Exponential moving average of the weights (validated and exported); none when 0.
+    pub ema: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            lr: 1e-3,
+            min_lr: 1e-5,
+            weight_decay: 1e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            warmup_steps: 10,
+            accumulate: 1,
+            clip_norm: 1.0,
+            ema: 0.0,
+        }
+    }
+}
+
+/// Weights of the loss terms; a term with weight 0 is not computed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossConfig {
+    pub bce: f64,
+    pub dice: f64,
+    pub tversky: f64,
+    pub tversky_alpha: f64,
+    pub tversky_beta: f64,
+    pub focal: f64,
+    pub focal_gamma: f64,
+    pub lovasz: f64,
+    /// Weight of each deep-supervision head's loss (the same mix at its resolution).
+    pub deep_supervision: f64,
+    /// Organ-class cross-entropy (models with an organ head).
+    pub organ: f64,
+    /// Pixel-size mean squared error in µm (models with a pixel-size head).
+    pub pixel_size: f64,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        LossConfig {
+            bce: 1.0,
+            dice: 1.0,
+            tversky: 0.0,
+            tversky_alpha: 0.3,
+            tversky_beta: 0.7,
+            focal: 0.0,
+            focal_gamma: 2.0,
+            lovasz: 0.0,
+            deep_supervision: 0.2,
+            organ: 0.1,
+            pixel_size: 0.1,
+        }
+    }
+}
+
+/// Each augmentation's probability `p_*` and strength.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    pub p_hflip: f64,
+    pub p_vflip: f64,
+    pub p_rot90: f64,
+    pub p_affine: f64,
+    /// Scale factor drawn from [1 − scale, 1 + scale].
+    pub scale: f64,
+    /// Rotation in degrees, from [−rotate, rotate].
+    pub rotate: f64,
+    /// Shift as a fraction of the side, from [−shift, shift].
+    pub shift: f64,
+    pub p_hsv: f64,
+    /// Hue shift in degrees; saturation and value factors from [1 − s, 1 + s].
+    pub hue: f64,
+    pub saturation: f64,
+    pub value: f64,
+    pub p_brightness_contrast: f64,
+    pub brightness: f64,
+    pub contrast: f64,
+    pub p_gamma: f64,
+    /// Gamma from [1 − gamma, 1 + gamma].
+    pub gamma: f64,
+    pub p_noise: f64,
+    /// Noise standard deviation on the 0–1 scale.
+    pub noise: f64,
+    pub p_blur: f64,
+    /// Largest Gaussian blur sigma in pixels.
+    pub blur: f64,
+    pub p_stain: f64,
+    /// HED stain jitter (colour deconvolution): each stain's optical density c becomes c·α + β,
+    /// α from [1 − stain, 1 + stain], β from [−stain, stain].
+    pub stain: f64,
+    /// Macenko stain normalisation towards this training slide id (every slide, always).
+    pub stain_normalize_to: Option<String>,
+    /// HPA slides rescaled by 0.4 / hubmap_pixel_size[organ] with this probability.
+    pub p_pixel_size: f64,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        AugmentConfig {
+            p_hflip: 0.5,
+            p_vflip: 0.5,
+            p_rot90: 0.5,
+            p_affine: 0.5,
+            scale: 0.2,
+            rotate: 30.0,
+            shift: 0.1,
+            p_hsv: 0.3,
+            hue: 10.0,
+            saturation: 0.2,
+            value: 0.1,
+            p_brightness_contrast: 0.3,
+            brightness: 0.1,
+            contrast: 0.1,
+            p_gamma: 0.2,
+            gamma: 0.2,
+            p_noise: 0.1,
+            noise: 0.02,
+            p_blur: 0.1,
+            blur: 1.0,
+            p_stain: 0.3,
+            stain: 0.05,
+            stain_normalize_to: None,
+            p_pixel_size: 0.0,
+        }
+    }
+}
+
+impl AugmentConfig {
+    /// No augmentation at all (validation, tests).
+    pub fn none() -> AugmentConfig {
+        AugmentConfig {
+            p_hflip: 0.0,
+            p_vflip: 0.0,
+            p_rot90: 0.0,
+            p_affine: 0.0,
+            p_hsv: 0.0,
+            p_brightness_contrast: 0.0,
+            p_gamma: 0.0,
+            p_noise: 0.0,
+            p_blur: 0.0,
+            p_stain: 0.0,
+            p_pixel_size: 0.0,
+            stain_normalize_to: None,
+            ..AugmentConfig::default()
+        }
+    }
+}
+
+/// What goes into RUN/manifest.toml.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnsembleConfig {
+    /// Fold weights proportional to their validation Dice (else equal).
+    pub weight_by_dice: bool,
+    /// ftu-infer's TTA mode for the manifest (none, hflip, flips, d4).
+    pub tta: String,
+    /// Threshold search grid: from, to (inclusive), step.
+    pub threshold_from: f64,
+    pub threshold_to: f64,
+    pub threshold_step: f64,
+}
+
+impl Default for EnsembleConfig {
+    fn default() -> Self {
+        EnsembleConfig {
+            weight_by_dice: false,
+            tta: "flips".into(),
+            threshold_from: 0.05,
+            threshold_to: 0.95,
+            threshold_step: 0.05,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn from_toml_file(path: &Path) -> Result<TrainConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+            path: path.to_path_buf(),
+            cause,
+        })?;
+        toml::from_str(&text).map_err(|cause| ConfigError::Parse {
+            path: path.to_path_buf(),
+            cause,
+        })
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config serialises")
+    }
+
+    /// Checks what serde cannot: ranges and combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data.as_os_str().is_empty() {
+            return Err(invalid("data", "required (a Kaggle-layout folder)"));
+        }
+        if self.out.as_os_str().is_empty() {
+            return Err(invalid("out", "required (the run folder)"));
+        }
+        if self.size == 0 || self.size % 32 != 0 {
+            return Err(invalid(
+                "size",
+                format!("must be a positive multiple of 32, got {}", self.size),
+            ));
+        }
+        if self.folds < 2 {
+            return Err(invalid("folds", format!("at least 2, got {}", self.folds)));
+        }
+        if let Some(f) = self.fold {
+            if f >= self.folds {
+                return Err(invalid(
+                    "fold",
+                    format!("must be below folds ({}), got {f}", self.folds),
+                ));
+            }
+        }
+        if self.epochs == 0 {
+            return Err(invalid("epochs", "at least 1"));
+        }
+        if self.batch == 0 {
+            return Err(invalid("batch", "at least 1"));
+        }
+        if self.optim.accumulate == 0 {
+            return Err(invalid("optim.accumulate", "at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.optim.ema) {
+            return Err(invalid(
+                "optim.ema",
+                format!("a decay in [0, 1), got {}", self.optim.ema),
+            ));
+        }
+        if !["imagenet", "unit", "pm1"].contains(&self.norm.as_str()) {
+            return Err(invalid("norm", format!("imagenet, unit or pm1, got {:?}", self.norm)));
+        }
+        if !["none", "hflip", "flips", "d4"].contains(&self.ensemble.tta.as_str()) {
+            return Err(invalid(
+                "ensemble.tta",
+                format!("none, hflip, flips or d4, got {:?}", self.ensemble.tta),
+            ));
+        }
+        let e = &self.ensemble;
+        if !(e.threshold_step > 0.0
+            && e.threshold_from <= e.threshold_to
+            && e.threshold_from >= 0.0
+            && e.threshold_to <= 1.0)
+        {
+            return Err(invalid("ensemble.threshold_*", "need 0 ≤ from ≤ to ≤ 1 and step > 0"));
+        }
+        let l = &self.loss;
+        if l.bce + l.dice + l.tversky + l.focal + l.lovasz <= 0.0 {
+            return Err(invalid(
+                "loss",
+                "at least one of bce, dice, tversky, focal, lovasz must be > 0",
+            ));
+        }
+        for (name, p) in [
+            ("p_hflip", self.augment.p_hflip),
+            ("p_vflip", self.augment.p_vflip),
+            ("p_rot90", self.augment.p_rot90),
+            ("p_affine", self.augment.p_affine),
+            ("p_hsv", self.augment.p_hsv),
+            ("p_brightness_contrast", self.augment.p_brightness_contrast),
+            ("p_gamma", self.augment.p_gamma),
+            ("p_noise", self.augment.p_noise),
+            ("p_blur", self.augment.p_blur),
+            ("p_stain", self.augment.p_stain),
+            ("p_pixel_size", self.augment.p_pixel_size),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(invalid(&format!("augment.{name}"), format!("a probability, got {p}")));
+            }
+        }
+        if !["cpu", "cuda"].contains(&self.device.as_str()) && !self.device.starts_with("cuda:") {
+            return Err(invalid("device", format!("cpu, cuda or cuda:N, got {:?}", self.device)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_round_trip_and_partial_files_take_defaults() {
+        let mut c = TrainConfig {
+            data: "d".into(),
+            out: "o".into(),
+            ..TrainConfig::default()
+        };
+        c.loss.lovasz = 0.5;
+        c.augment.stain_normalize_to = Some("slide1".into());
+        let back: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        let partial: TrainConfig = toml::from_str("epochs = 3\n[optim]\nlr = 0.01\n").unwrap();
+        assert_eq!(partial.epochs, 3);
+        assert_eq!(partial.optim.lr, 0.01);
+        assert_eq!(partial.optim.warmup_steps, OptimConfig::default().warmup_steps);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_refused_by_name() {
+        let err = toml::from_str::<TrainConfig>("epoch = 3").unwrap_err().to_string();
+        assert!(err.contains("epoch"), "{err}");
+        let base = TrainConfig {
+            data: "d".into(),
+            out: "o".into(),
+            ..TrainConfig::default()
+        };
+        assert!(base.validate().is_ok());
+        let bad = [
+            TrainConfig {
+                size: 100,
+                ..base.clone()
+            },
+            TrainConfig {
+                folds: 1,
+                ..base.clone()
+            },
+            TrainConfig {
+                fold: Some(5),
+                ..base.clone()
+            },
+            TrainConfig {
+                norm: "zscore".into(),
+                ..base.clone()
+            },
+        ];
+        let fields = ["size", "folds", "fold", "norm"];
+        for (c, field) in bad.iter().zip(fields) {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
+    }
+}

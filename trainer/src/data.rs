@@ -1,0 +1,247 @@
+//! Training data: slides decoded once, resized to the training size and kept (within a memory
+//! bound) as 0–1 RGB with their masks; batches drawn, augmented and normalised in parallel.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use ftu_infer::manifest::{ChannelOrder, Normalisation};
+use ftu_infer::schema::TrainRow;
+use ftu_infer::{read_slide, rle, DataSource, SlideLimits};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::augment::{self, stain::StainBasis, Sample, SlideInfo};
+use crate::config::AugmentConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("slide {id}: no image train_images/{id}.tiff (or .tif/.png/.jpg) in {dir}")]
+    Missing { id: String, dir: PathBuf },
+    #[error("slide {id}: {cause}")]
+    Slide {
+        id: String,
+        cause: ftu_infer::slide::SlideError,
+    },
+    #[error("slide {id}: its image is {got_w}×{got_h}, train.csv says {want_w}×{want_h}")]
+    Size {
+        id: String,
+        got_w: usize,
+        got_h: usize,
+        want_w: u32,
+        want_h: u32,
+    },
+    #[error("slide {id}: rle: {cause}")]
+    Rle {
+        id: String,
+        cause: ftu_infer::rle::RleError,
+    },
+    #[error("stain target {id}: not a training slide id")]
+    UnknownStainTarget { id: String },
+    #[error("stain target {id}: too little tissue to estimate its stains")]
+    NoStains { id: String },
+    #[error("unknown normalisation {0:?}")]
+    Norm(String),
+}
+
+/// A slide at training scale.
+#[derive(Debug, Clone)]
+pub struct Slide {
+    pub size: usize,
+    /// HWC, 0–1.
+    pub image: Vec<f32>,
+    pub mask: Vec<u8>,
+}
+
+impl Slide {
+    pub fn bytes(&self) -> usize {
+        self.image.len() * 4 + self.mask.len()
+    }
+
+    pub fn sample(&self) -> Sample {
+        Sample::new(self.size, self.image.clone(), self.mask.clone())
+    }
+}
+
+pub fn image_path(data: &Path, id: &str) -> Option<PathBuf> {
+    ["tiff", "tif", "png", "jpg", "jpeg"]
+        .iter()
+        .map(|ext| data.join("train_images").join(format!("{id}.{ext}")))
+        .find(|p| p.is_file())
+}
+
+/// Decodes one training slide and its RLE mask and resizes both to `size`² (area for the image;
+/// the mask by area then > ½, so thin structures do not alias).
+pub fn load_slide(data: &Path, row: &TrainRow, size: usize, stain: Option<&StainBasis>) -> Result<Slide, DataError> {
+    let id = &row.id;
+    let path = image_path(data, id).ok_or_else(|| DataError::Missing {
+        id: id.clone(),
+        dir: data.to_path_buf(),
+    })?;
+    let img = read_slide(&path, SlideLimits::default()).map_err(|cause| DataError::Slide { id: id.clone(), cause })?;
+    if img.width != row.img_width as usize || img.height != row.img_height as usize {
+        return Err(DataError::Size {
+            id: id.clone(),
+            got_w: img.width,
+            got_h: img.height,
+            want_w: row.img_width,
+            want_h: row.img_height,
+        });
+    }
+    let mask =
+        rle::decode(&row.rle, img.height, img.width).map_err(|cause| DataError::Rle { id: id.clone(), cause })?;
+    let small = ftu_infer::resize::resize_rgb(&img, size, size);
+    let mut image: Vec<f32> = small.data.iter().map(|&v| v as f32 / 255.0).collect();
+    if let Some(target) = stain {
+        if let Some(own) = StainBasis::fit(&image) {
+            own.normalise_to(&mut image, target);
+        }
+    }
+    let m: Vec<f32> = mask.data().iter().map(|&v| v as f32).collect();
+    let m = ftu_infer::resize::resize_map(&m, img.width, img.height, size, size);
+    let mask = m.iter().map(|&v| u8::from(v > 0.5)).collect();
+    Ok(Slide { size, image, mask })
+}
+
+/// Decoded slides, as many as fit in the byte budget; the rest are decoded when drawn.
+pub struct SlideCache {
+    data: PathBuf,
+    rows: Vec<TrainRow>,
+    size: usize,
+    stain: Option<StainBasis>,
+    slides: Vec<Option<Arc<Slide>>>,
+}
+
+impl SlideCache {
+    pub fn build(
+        data: &Path,
+        rows: Vec<TrainRow>,
+        size: usize,
+        budget_bytes: usize,
+        stain_target: Option<&str>,
+        tick: impl Fn() + Sync,
+    ) -> Result<SlideCache, DataError> {
+        let stain = match stain_target {
+            Some(id) => {
+                let row = rows
+                    .iter()
+                    .find(|r| r.id == id)
+                    .ok_or_else(|| DataError::UnknownStainTarget { id: id.into() })?;
+                let slide = load_slide(data, row, size, None)?;
+                Some(StainBasis::fit(&slide.image).ok_or_else(|| DataError::NoStains { id: id.into() })?)
+            }
+            None => None,
+        };
+        let per_slide = size * size * 13;
+        let fits = (budget_bytes / per_slide.max(1)).min(rows.len());
+        let slides = rows[..fits]
+            .par_iter()
+            .map(|row| {
+                let s = load_slide(data, row, size, stain.as_ref()).map(Arc::new);
+                tick();
+                s
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut slides: Vec<Option<Arc<Slide>>> = slides.into_iter().map(Some).collect();
+        // Those beyond the budget are still checked now, so a bad file fails before training.
+        rows[fits..]
+            .par_iter()
+            .try_for_each(|row| load_slide(data, row, size, stain.as_ref()).map(|_| tick()))?;
+        slides.resize(rows.len(), None);
+        Ok(SlideCache {
+            data: data.to_path_buf(),
+            rows,
+            size,
+            stain,
+            slides,
+        })
+    }
+
+    pub fn rows(&self) -> &[TrainRow] {
+        &self.rows
+    }
+
+    pub fn cached(&self) -> usize {
+        self.slides.iter().filter(|s| s.is_some()).count()
+    }
+
+    pub fn get(&self, i: usize) -> Result<Arc<Slide>, DataError> {
+        match &self.slides[i] {
+            Some(s) => Ok(s.clone()),
+            None => Ok(Arc::new(load_slide(
+                &self.data,
+                &self.rows[i],
+                self.size,
+                self.stain.as_ref(),
+            )?)),
+        }
+    }
+
+    pub fn info(&self, i: usize) -> SlideInfo {
+        let row = &self.rows[i];
+        SlideInfo {
+            hpa_to_hubmap: (row.data_source == DataSource::Hpa).then(|| 0.4 / row.organ.hubmap_pixel_size()),
+        }
+    }
+}
+
+/// Per channel `(x·255 − mean) / std`, as ftu-infer feeds the exported model.
+pub fn normaliser(name: &str) -> Result<Normalisation, DataError> {
+    Normalisation::named(name, ChannelOrder::Rgb).ok_or_else(|| DataError::Norm(name.into()))
+}
+
+/// A batch: images N×3×S×S (normalised), masks N×1×S×S, organ indices, pixel sizes.
+pub struct Batch {
+    pub images: Tensor,
+    pub masks: Tensor,
+    pub organs: Tensor,
+    pub pixel_sizes: Tensor,
+}
+
+/// Draws the samples of `indices` (augmented with per-sample seeds when `augment` is given) in
+/// parallel and stacks them.
+pub fn batch(
+    cache: &SlideCache,
+    indices: &[usize],
+    seeds: &[u64],
+    augment: Option<&AugmentConfig>,
+    norm: &Normalisation,
+) -> Result<Batch, DataError> {
+    let samples = indices
+        .par_iter()
+        .zip(seeds)
+        .map(|(&i, &seed)| {
+            let mut s = cache.get(i)?.sample();
+            if let Some(cfg) = augment {
+                augment::augment(&mut s, cache.info(i), cfg, &mut ChaCha8Rng::seed_from_u64(seed));
+            }
+            Ok(s)
+        })
+        .collect::<Result<Vec<_>, DataError>>()?;
+    let n = samples.len();
+    let size = cache.size;
+    let plane = size * size;
+    let mut images = vec![0f32; n * 3 * plane];
+    let mut masks = vec![0f32; n * plane];
+    for (k, s) in samples.iter().enumerate() {
+        for c in 0..3 {
+            let dst = &mut images[(k * 3 + c) * plane..(k * 3 + c + 1) * plane];
+            for (d, px) in dst.iter_mut().zip(s.image.chunks_exact(3)) {
+                *d = (px[c] * 255.0 - norm.mean[c]) / norm.std[c];
+            }
+        }
+        for (d, &m) in masks[k * plane..(k + 1) * plane].iter_mut().zip(&s.mask) {
+            *d = m as f32;
+        }
+    }
+    let dev = Device::Cpu;
+    let organs: Vec<u32> = indices.iter().map(|&i| cache.rows[i].organ.index() as u32).collect();
+    let pixel: Vec<f32> = indices.iter().map(|&i| cache.rows[i].pixel_size as f32).collect();
+    Ok(Batch {
+        images: Tensor::from_vec(images, (n, 3, size, size), &dev).expect("sizes agree"),
+        masks: Tensor::from_vec(masks, (n, 1, size, size), &dev).expect("sizes agree"),
+        organs: Tensor::from_vec(organs, n, &dev).expect("sizes agree"),
+        pixel_sizes: Tensor::from_vec(pixel, (n, 1), &dev).expect("sizes agree"),
+    })
+}

@@ -1,0 +1,183 @@
+//! Segmentation losses on logits (N×1×H×W) against 0/1 targets, and their weighted sum.
+
+use candle_core::{DType, Result, Tensor, D};
+
+use crate::config::LossConfig;
+
+/// Per-pixel BCE with logits, stable for large |x|: max(x, 0) − x·y + ln(1 + e^−|x|).
+pub fn bce(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let per_pixel = ((logits.relu()? - (logits * target)?)? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    per_pixel.mean_all()
+}
+
+/// Sums over everything but the batch: N values.
+fn per_image_sum(t: &Tensor) -> Result<Tensor> {
+    t.flatten_from(1)?.sum(D::Minus1)
+}
+
+/// 1 − soft Dice per image, averaged (smoothing 1 keeps empty masks finite).
+pub fn dice(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let p = candle_nn::ops::sigmoid(logits)?;
+    let inter = per_image_sum(&(&p * target)?)?;
+    let total = (per_image_sum(&p)? + per_image_sum(target)?)?;
+    let score = ((inter * 2.0)? + 1.0)?.div(&(total + 1.0)?)?;
+    (1.0 - score)?.mean_all()
+}
+
+/// 1 − Tversky index: TP / (TP + α·FP + β·FN); β > α weighs misses more.
+pub fn tversky(logits: &Tensor, target: &Tensor, alpha: f64, beta: f64) -> Result<Tensor> {
+    let p = candle_nn::ops::sigmoid(logits)?;
+    let tp = per_image_sum(&(&p * target)?)?;
+    let fp = per_image_sum(&(&p * (1.0 - target)?)?)?;
+    let fne = per_image_sum(&((1.0 - &p)? * target)?)?;
+    // Smoothing 0.5, so that α = β = 0.5 is exactly `dice`.
+    let denom = (((&tp + (fp * alpha)?)? + (fne * beta)?)? + 0.5)?;
+    (1.0 - (tp + 0.5)?.div(&denom)?)?.mean_all()
+}
+
+/// Focal loss: (1 − p_t)^γ · BCE per pixel, averaged.
+pub fn focal(logits: &Tensor, target: &Tensor, gamma: f64) -> Result<Tensor> {
+    let per_pixel = ((logits.relu()? - (logits * target)?)? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    let p = candle_nn::ops::sigmoid(logits)?;
+    let p_t = ((&p * target)? + ((1.0 - &p)? * (1.0 - target)?)?)?;
+    let weight = (1.0 - p_t)?.clamp(0.0, 1.0)?.powf(gamma)?;
+    (weight * per_pixel)?.mean_all()
+}
+
+/// The gradient of the Lovász extension of the Jaccard loss for errors sorted decreasingly with
+/// these labels (Berman et al. 2018).
+fn lovasz_grad(gt_sorted: &[f32]) -> Vec<f32> {
+    let total: f32 = gt_sorted.iter().sum();
+    let mut grad = Vec::with_capacity(gt_sorted.len());
+    let (mut cum_gt, mut cum_not) = (0f32, 0f32);
+    let mut prev = 0f32;
+    for &g in gt_sorted {
+        cum_gt += g;
+        cum_not += 1.0 - g;
+        let jaccard = 1.0 - (total - cum_gt) / (total + cum_not);
+        grad.push(jaccard - prev);
+        prev = jaccard;
+    }
+    grad
+}
+
+/// Lovász hinge per image, averaged.
+pub fn lovasz_hinge(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let n = logits.dim(0)?;
+    let mut losses = Vec::with_capacity(n);
+    for i in 0..n {
+        let x = logits.get(i)?.flatten_all()?;
+        let y = target.get(i)?.flatten_all()?;
+        let signs = ((&y * 2.0)? - 1.0)?;
+        let errors = (1.0 - (&x * &signs)?)?;
+        let order = errors.detach().arg_sort_last_dim(false)?;
+        let sorted = errors.index_select(&order, 0)?;
+        let gt_sorted = y.index_select(&order, 0)?.to_vec1::<f32>()?;
+        let grad = Tensor::new(lovasz_grad(&gt_sorted), logits.device())?;
+        losses.push((sorted.relu()? * grad)?.sum_all()?);
+    }
+    Tensor::stack(&losses, 0)?.mean_all()
+}
+
+/// The configured weighted sum of segmentation terms.
+pub fn segmentation(logits: &Tensor, target: &Tensor, cfg: &LossConfig) -> Result<Tensor> {
+    let mut total = Tensor::zeros((), DType::F32, logits.device())?;
+    let terms: [(f64, &dyn Fn() -> Result<Tensor>); 5] = [
+        (cfg.bce, &|| bce(logits, target)),
+        (cfg.dice, &|| dice(logits, target)),
+        (cfg.tversky, &|| {
+            tversky(logits, target, cfg.tversky_alpha, cfg.tversky_beta)
+        }),
+        (cfg.focal, &|| focal(logits, target, cfg.focal_gamma)),
+        (cfg.lovasz, &|| lovasz_hinge(logits, target)),
+    ];
+    for (weight, term) in terms {
+        if weight > 0.0 {
+            total = (total + (term()? * weight)?)?;
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn t(values: &[f32], n: usize) -> Tensor {
+        Tensor::from_slice(values, (n, 1, 1, values.len() / n), &Device::Cpu).unwrap()
+    }
+
+    fn scalar(t: Tensor) -> f32 {
+        t.to_scalar().unwrap()
+    }
+
+    #[test]
+    fn bce_matches_the_formula_and_stays_finite_for_large_logits() {
+        let logits = t(&[2.0, -1.0, 100.0, -100.0], 1);
+        let target = t(&[1.0, 0.0, 1.0, 0.0], 1);
+        let expected = [(1.0 + (-2f32).exp()).ln(), (1.0 + (-1f32).exp()).ln(), 0.0, 0.0];
+        let want = expected.iter().sum::<f32>() / 4.0;
+        assert!((scalar(bce(&logits, &target).unwrap()) - want).abs() < 1e-6);
+        let wrong = t(&[-100.0], 1);
+        assert!((scalar(bce(&wrong, &t(&[1.0], 1)).unwrap()) - 100.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn dice_tversky_and_lovasz_are_zero_when_perfect_and_high_when_inverted() {
+        let target = t(&[1.0, 1.0, 0.0, 0.0, 1.0, 0.0], 2);
+        let perfect = ((&target * 40.0).unwrap() - 20.0).unwrap();
+        let inverted = perfect.neg().unwrap();
+        for (name, f) in [
+            (
+                "dice",
+                &(|l: &Tensor| dice(l, &target)) as &dyn Fn(&Tensor) -> Result<Tensor>,
+            ),
+            ("tversky", &|l| tversky(l, &target, 0.3, 0.7)),
+            ("lovasz", &|l| lovasz_hinge(l, &target)),
+        ] {
+            let good = scalar(f(&perfect).unwrap());
+            let bad = scalar(f(&inverted).unwrap());
+            assert!(good < 0.01, "{name}: perfect {good}");
+            assert!(bad > 0.6, "{name}: inverted {bad}");
+        }
+    }
+
+    #[test]
+    fn tversky_with_equal_weights_is_dice_and_focal_with_gamma_0_is_bce() {
+        let logits = t(&[0.3, -1.2, 2.0, 0.1, -0.5, 1.5], 2);
+        let target = t(&[1.0, 0.0, 1.0, 0.0, 1.0, 1.0], 2);
+        let d = scalar(dice(&logits, &target).unwrap());
+        let tv = scalar(tversky(&logits, &target, 0.5, 0.5).unwrap());
+        assert!((d - tv).abs() < 1e-6, "dice {d} tversky {tv}");
+        let b = scalar(bce(&logits, &target).unwrap());
+        let f = scalar(focal(&logits, &target, 0.0).unwrap());
+        assert!((b - f).abs() < 1e-6);
+        assert!(scalar(focal(&logits, &target, 2.0).unwrap()) < f);
+    }
+
+    /// For a single image with one wrong pixel among margins, Lovász equals the hinge error of
+    /// that pixel times the Jaccard gradient (known value).
+    #[test]
+    fn lovasz_known_value() {
+        // Labels 1, 0; logits 2 (right, error −1) and 0.5 (wrong, error 1.5).
+        let logits = t(&[2.0, 0.5], 1);
+        let target = t(&[1.0, 0.0], 1);
+        // Sorted errors: 1.5 (label 0), −1 (label 1). grad[0] = 1 − (1 − 0)/(1 + 1) = 0.5.
+        assert!((scalar(lovasz_hinge(&logits, &target).unwrap()) - 0.75).abs() < 1e-6);
+    }
+
+    #[test]
+    fn weighted_sum_adds_the_configured_terms() {
+        let logits = t(&[0.3, -1.2, 2.0, 0.1], 1);
+        let target = t(&[1.0, 0.0, 1.0, 0.0], 1);
+        let cfg = LossConfig {
+            bce: 0.5,
+            dice: 2.0,
+            ..LossConfig::default()
+        };
+        let total = scalar(segmentation(&logits, &target, &cfg).unwrap());
+        let want = 0.5 * scalar(bce(&logits, &target).unwrap()) + 2.0 * scalar(dice(&logits, &target).unwrap());
+        assert!((total - want).abs() < 1e-6);
+    }
+}
