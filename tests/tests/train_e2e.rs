@@ -1,0 +1,169 @@
+//! ftu-train end to end on synthetic slides: 2 folds, 1 epoch, small size. The manifest the
+//! trainer writes loads in ftu-infer as it is and yields a row for every test id, in order; and a
+//! run stopped after epoch 1 and resumed gives the same metrics as an unbroken run with the seed.
+//! Needs libonnxruntime: ORT_DYLIB_PATH, or `pip install onnxruntime==1.31.1` (scripts/test.sh does).
+
+use std::path::Path;
+
+use ftu_infer::engine::Engine;
+use ftu_infer::manifest::Manifest;
+use ftu_infer::predict::{self, OnError, PredictOptions};
+use ftu_infer::session::{Runtime, RuntimeOptions};
+use ftu_trainer::config::TrainConfig;
+use ftu_trainer::synth::{self, SynthConfig};
+use ftu_trainer::train::{self, Metrics, Progress};
+
+struct Quiet;
+
+impl Progress for Quiet {
+    fn start(&mut self, _: &str, _: usize) {}
+    fn tick(&mut self, _: &str) {}
+    fn finish(&mut self, _: &str) {}
+}
+
+fn data(dir: &Path, train: usize, test: usize) -> std::path::PathBuf {
+    let data = dir.join("data");
+    let cfg = SynthConfig {
+        train,
+        test,
+        size: 192,
+        seed: 11,
+        mixed_formats: false,
+    };
+    synth::generate(&data, &cfg, || {}).unwrap();
+    data
+}
+
+fn small(data: &Path, out: &Path, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        arch: "unet-resnet18".into(),
+        decoder_channels: Some(vec![16, 16, 8, 8, 8]),
+        size: 64,
+        folds: 2,
+        epochs,
+        batch: 4,
+        overlays: 1,
+        ..TrainConfig::default()
+    }
+}
+
+fn metrics(path: &Path) -> Vec<Metrics> {
+    csv::Reader::from_path(path)
+        .unwrap()
+        .deserialize()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+#[test]
+fn the_trainers_manifest_serves_every_test_id_in_ftu_infer() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 10, 4);
+    let run = dir.path().join("run");
+    let summary = train::run(&small(&data, &run, 1), false, &mut Quiet).unwrap();
+    assert_eq!(summary.folds.len(), 2);
+    let manifest_path = summary.manifest.expect("a manifest after all folds");
+    for k in 0..2 {
+        let fold = run.join(format!("fold{k}"));
+        for file in [
+            "model.onnx",
+            "best.safetensors",
+            "last.safetensors",
+            "last.optim.safetensors",
+            "oof.safetensors",
+            "loss.png",
+            "dice.png",
+        ] {
+            assert!(fold.join(file).is_file(), "fold{k}/{file} missing");
+        }
+        assert_eq!(std::fs::read_dir(fold.join("overlays")).unwrap().count(), 1);
+    }
+    for file in ["config.toml", "folds.csv", "metrics.csv", "thresholds.json"] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    let rows = metrics(&run.join("metrics.csv"));
+    assert_eq!(
+        rows.iter().map(|m| (m.fold, m.epoch)).collect::<Vec<_>>(),
+        vec![(0, 1), (1, 1)]
+    );
+
+    let runtime = Runtime::load(RuntimeOptions::default()).expect("ONNX Runtime (see scripts/test.sh)");
+    let manifest = Manifest::load(&manifest_path).unwrap();
+    assert_eq!(manifest.groups.len(), 1);
+    assert_eq!(manifest.groups[0].models.len(), 2);
+    assert_eq!(manifest.groups[0].size, 64);
+    let mut engine = Engine::load(manifest, &runtime).unwrap();
+    let out = dir.path().join("submission.csv");
+    let opts = PredictOptions {
+        data: data.clone(),
+        out: out.clone(),
+        probs: None,
+        overlays: None,
+        overlay_size: 256,
+        on_error: OnError::Fail,
+        limits: Default::default(),
+    };
+    let report = predict::predict_dir(&mut engine, &opts, &mut |_, _, _| {}).unwrap();
+    assert_eq!(report.predicted, 4);
+    let test_ids: Vec<String> = ftu_infer::schema::read_test(&data.join("test.csv"))
+        .unwrap()
+        .iter()
+        .map(|r| r.id.clone())
+        .collect();
+    let ids: Vec<String> = ftu_infer::schema::read_submission(&out)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, test_ids);
+}
+
+#[test]
+fn stopping_after_epoch_1_and_resuming_matches_an_unbroken_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 8, 0);
+    let unbroken = dir.path().join("unbroken");
+    let mut cfg = small(&data, &unbroken, 2);
+    cfg.fold = Some(0);
+    cfg.optim.ema = 0.5;
+    train::run(&cfg, false, &mut Quiet).unwrap();
+
+    let broken = dir.path().join("broken");
+    let mut first = TrainConfig {
+        out: broken.clone(),
+        ..cfg.clone()
+    };
+    first.epochs = 1;
+    train::run(&first, false, &mut Quiet).unwrap();
+    // The run is "killed" after epoch 1; it resumes with the full options. Its config.toml says
+    // 1 epoch, as if edited, so write the full config first (resume refuses a different one).
+    let second = TrainConfig {
+        out: broken.clone(),
+        ..cfg.clone()
+    };
+    std::fs::write(broken.join("config.toml"), second.to_toml()).unwrap();
+    train::run(&second, true, &mut Quiet).unwrap();
+
+    let (a, b) = (
+        metrics(&unbroken.join("metrics.csv")),
+        metrics(&broken.join("metrics.csv")),
+    );
+    assert_eq!(a.len(), 2);
+    assert_eq!(b.len(), 2);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((x.fold, x.epoch), (y.fold, y.epoch));
+        assert_eq!(x.lr, y.lr);
+        assert_eq!(x.train_loss, y.train_loss, "epoch {}: train loss", x.epoch);
+        assert_eq!(x.val_loss, y.val_loss, "epoch {}: val loss", x.epoch);
+        assert_eq!(x.val_dice, y.val_dice, "epoch {}: val Dice", x.epoch);
+    }
+    // A resume with other options is refused.
+    let other = TrainConfig { size: 96, ..second };
+    let err = train::run(&other, true, &mut Quiet)
+        .err()
+        .expect("a resume with other options fails")
+        .to_string();
+    assert!(err.contains("differ"), "{err}");
+}
