@@ -39,35 +39,49 @@ impl BatchNorm2d {
 
 impl Layer for BatchNorm2d {
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let (mean, var) = if let Some(momentum) = ctx.batch_statistics() {
-            let (n, _, h, w) = x.dims4()?;
-            let count = n * h * w;
-            if count < 2 {
-                return Err(crate::ModelError::Input {
-                    what: format!("{} in training", self.name),
-                    expected: "more than one value per channel (batch × height × width > 1)".into(),
-                });
-            }
+        let Some(momentum) = ctx.batch_statistics() else {
+            let mean = Self::per_channel(self.running_mean.as_tensor())?;
+            let var = Self::per_channel(self.running_var.as_tensor())?;
+            let normed = x.broadcast_sub(&mean)?.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+            return Ok(normed
+                .broadcast_mul(&Self::per_channel(&self.weight)?)?
+                .broadcast_add(&Self::per_channel(&self.bias)?)?);
+        };
+        let (n, _, h, w) = x.dims4()?;
+        let count = n * h * w;
+        if count < 2 {
+            return Err(crate::ModelError::Input {
+                what: format!("{} in training", self.name),
+                expected: "more than one value per channel (batch × height × width > 1)".into(),
+            });
+        }
+        let (y, mean, var) = if x.device().is_cpu() {
+            // One fused op (two passes each way) instead of a dozen composed ones.
+            let (y, stats) = super::batch_norm_op::batch_norm(x, &self.weight, &self.bias, self.eps)?;
+            let c = stats.mean.len();
+            let dev = x.device();
+            (
+                y,
+                Tensor::from_vec(stats.mean, c, dev)?,
+                Tensor::from_vec(stats.var, c, dev)?,
+            )
+        } else {
             let mean = x.mean_keepdim((0, 2, 3))?;
             let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
-            // Running variance is unbiased, as in PyTorch.
-            let m = momentum.unwrap_or(self.momentum);
-            let unbiased = (var.flatten_all()?.detach() * (count as f64 / (count - 1) as f64))?;
-            let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.flatten_all()?.detach() * m)?)?;
-            let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
-            self.running_mean.set(&rm)?;
-            self.running_var.set(&rv)?;
-            (mean, var)
-        } else {
-            (
-                Self::per_channel(self.running_mean.as_tensor())?,
-                Self::per_channel(self.running_var.as_tensor())?,
-            )
+            let normed = x.broadcast_sub(&mean)?.broadcast_div(&(&var + self.eps)?.sqrt()?)?;
+            let y = normed
+                .broadcast_mul(&Self::per_channel(&self.weight)?)?
+                .broadcast_add(&Self::per_channel(&self.bias)?)?;
+            (y, mean.flatten_all()?.detach(), var.flatten_all()?.detach())
         };
-        let normed = x.broadcast_sub(&mean)?.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(normed
-            .broadcast_mul(&Self::per_channel(&self.weight)?)?
-            .broadcast_add(&Self::per_channel(&self.bias)?)?)
+        // Running variance is unbiased, as in PyTorch.
+        let m = momentum.unwrap_or(self.momentum);
+        let unbiased = (var * (count as f64 / (count - 1) as f64))?;
+        let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?;
+        let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
+        self.running_mean.set(&rm)?;
+        self.running_var.set(&rv)?;
+        Ok(y)
     }
 
     fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {
