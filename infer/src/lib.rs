@@ -3,6 +3,7 @@
 //! No Candle here: the trainer depends on this crate, never the other way.
 
 pub mod atomic;
+pub mod bundle;
 pub mod dice;
 pub mod engine;
 pub mod manifest;

@@ -33,6 +33,21 @@ enum Command {
     Rle(RleCommand),
     /// Mean Dice of a submission against the truth, overall and per organ.
     Score(ScoreArgs),
+    /// One folder for an offline Kaggle notebook: this binary, libonnxruntime (and the CUDA
+    /// provider with --gpu), the ensemble's ONNX files and its manifest with relative paths.
+    Bundle(BundleArgs),
+}
+
+#[derive(Args)]
+struct BundleArgs {
+    #[arg(long)]
+    manifest: PathBuf,
+    /// A new (or empty) folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also ship the CUDA execution provider found beside libonnxruntime (onnxruntime-gpu).
+    #[arg(long)]
+    gpu: bool,
 }
 
 #[derive(Subcommand)]
@@ -134,6 +149,27 @@ struct ScoreArgs {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Predict(a) => run_predict(a)?,
+        Command::Bundle(a) => {
+            let binary = std::env::current_exe().context("locating the ftu-infer binary")?;
+            let library = ftu_infer::session::find_library()?;
+            let request = ftu_infer::bundle::BundleRequest {
+                manifest: a.manifest.clone(),
+                out: a.out.clone(),
+                gpu: a.gpu,
+                binary,
+                library,
+            };
+            let summary = ftu_infer::bundle::bundle(&request)?;
+            for f in &summary.files {
+                println!("{}", a.out.join(f).display());
+            }
+            eprintln!(
+                "bundle {}: {} files, {:.1} MB; see its README.md",
+                a.out.display(),
+                summary.files.len(),
+                summary.bytes as f64 / 1e6
+            );
+        }
         Command::Inspect(a) => {
             let runtime = RuntimeArgs {
                 device: "cpu".into(),

@@ -280,3 +280,131 @@ fn inspect_shows_inputs_outputs_opset_and_metadata() {
         text(&o)
     );
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_tree(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+/// A bundle copied elsewhere runs with ORT_DYLIB_PATH unset and no virtualenv, loads the library
+/// it carries, and writes the same submission as the build tree.
+#[test]
+fn a_bundle_copied_elsewhere_predicts_the_same_submission() {
+    let f = Folder::new(&[
+        ("9", Organ::Lung, DataSource::Hubmap),
+        ("2", Organ::Kidney, DataSource::Hpa),
+        ("5", Organ::Prostate, DataSource::Hpa),
+    ]);
+    // A manifest in its own folder, reaching its model through `..`, two groups sharing it.
+    std::fs::create_dir(f.path("ens")).unwrap();
+    let manifest = f.path("ens/ensemble.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[tta]\nmode = \"flips\"\n{THRESHOLDS}\n[[group]]\nsize = {SIDE}\n[[group.model]]\npath = \"../red.onnx\"\nnorm = \"unit\"\nactivation = \"none\"\n[[group]]\nsize = 32\nweight = 0.5\n[[group.model]]\npath = \"../red.onnx\"\nnorm = \"unit\"\nactivation = \"none\"\n"
+        ),
+    )
+    .unwrap();
+    let built = f.predict(&manifest, &[]);
+    assert!(built.status.success(), "{}", text(&built));
+    let expected = std::fs::read(f.path("sub.csv")).unwrap();
+
+    let bundle = f.path("bundle");
+    let o = ftu_infer(&[
+        "bundle",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let listed = String::from_utf8_lossy(&o.stdout);
+    for part in [
+        "ftu-infer",
+        "manifest.toml",
+        "README.md",
+        "lib/libonnxruntime",
+        "models/g0m0_red.onnx",
+    ] {
+        assert!(listed.contains(part), "{part} in {listed}");
+    }
+    assert_eq!(
+        std::fs::read_dir(bundle.join("models")).unwrap().count(),
+        1,
+        "a shared model is copied once"
+    );
+    let readme = std::fs::read_to_string(bundle.join("README.md")).unwrap();
+    assert!(
+        readme.contains("/kaggle/input/") && readme.contains("chmod +x"),
+        "{readme}"
+    );
+
+    // Elsewhere, with nothing else: no ORT_DYLIB_PATH, no virtualenv, a bare PATH.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let copy = elsewhere.path().join("ftu");
+    copy_tree(&bundle, &copy);
+    let out = elsewhere.path().join("sub.csv");
+    let o = Command::new(copy.join("ftu-infer"))
+        .args([
+            "predict",
+            "--manifest",
+            copy.join("manifest.toml").to_str().unwrap(),
+            "--data",
+            f.dir.path().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env_remove("ORT_DYLIB_PATH")
+        .env_remove("VIRTUAL_ENV")
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let lib_dir = copy.join("lib");
+    assert!(
+        stderr.contains(lib_dir.to_str().unwrap()),
+        "the bundled library is used: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        expected,
+        "same submission as the build tree"
+    );
+
+    // Bundling into a folder that is not empty is refused and leaves it alone.
+    let o = ftu_infer(&[
+        "bundle",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not empty"));
+    // --gpu without the CUDA provider beside the CPU library says what to install.
+    let o = ftu_infer(&[
+        "bundle",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--out",
+        f.path("gpu").to_str().unwrap(),
+        "--gpu",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    if !o.status.success() {
+        assert!(stderr.contains("onnxruntime-gpu"), "{stderr}");
+        assert!(
+            !f.path("gpu").exists() && !f.path("gpu.tmp").exists(),
+            "no half bundle is left"
+        );
+    }
+}
