@@ -89,9 +89,9 @@ pub fn search(oof: &[OofSlide], grid: &[f64]) -> Thresholds {
 mod tests {
     use super::*;
 
-    /// Kidney slides whose FTU pixels have probability 0.35 and background 0.25: only a
-    /// threshold in [0.25, 0.35) separates them (0.3 on a 0.05 grid). Lung slides with FTU 0.75,
-    /// background 0.65: 0.7. The default must serve both as well as one value can.
+    /// Kidney slides whose FTU pixels have probability 0.35 and background 0.26: only a
+    /// threshold in [0.27, 0.34) separates them (0.3 on a 0.05 grid). A lung slide with FTU 0.75,
+    /// background 0.66: 0.7. The default must serve both as well as one value can.
     #[test]
     fn finds_the_known_best_threshold_per_organ() {
         let slide = |organ, fg: f32, bg: f32| {
@@ -100,9 +100,9 @@ mod tests {
             OofSlide { organ, prob, truth }
         };
         let oof = vec![
-            slide(Organ::Kidney, 0.35, 0.25),
-            slide(Organ::Kidney, 0.34, 0.26),
-            slide(Organ::Lung, 0.75, 0.65),
+            slide(Organ::Kidney, 0.35, 0.26),
+            slide(Organ::Kidney, 0.34, 0.27),
+            slide(Organ::Lung, 0.75, 0.66),
         ];
         let g = grid(0.05, 0.95, 0.05);
         assert_eq!(g.len(), 19);
@@ -111,8 +111,10 @@ mod tests {
         assert_eq!(th.per_organ[&Organ::Kidney].dice, 1.0);
         assert_eq!(th.per_organ[&Organ::Lung].threshold, 0.7);
         assert!(!th.per_organ.contains_key(&Organ::Spleen));
-        // One threshold for all: 0.3 gets kidney right (2 slides) and lung all-positive.
+        // One threshold for all: 0.3 gets both kidney slides right and marks all of the lung
+        // slide (Dice 2·25/125 = 0.4): mean 0.8, where 0.7 would give (0 + 0 + 1)/3.
         assert_eq!(th.default.threshold, 0.3);
+        assert!((th.default.dice - 0.8).abs() < 1e-12);
         assert_eq!(th.default.slides, 3);
     }
 }

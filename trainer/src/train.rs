@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use ftu_infer::manifest::Normalisation;
 use ftu_infer::schema::TrainRow;
@@ -21,10 +20,49 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::TrainConfig;
-use crate::data::{self, SlideCache};
+use crate::config::{ConfigError, TrainConfig};
+use crate::data::{self, DataError, SlideCache};
 use crate::optim::{self, AdamW, Ema};
 use crate::{folds, losses, plots, thresholds};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Model(#[from] ftu_models::ModelError),
+    #[error(transparent)]
+    Write(#[from] ftu_infer::atomic::WriteError),
+    #[error("{what} {path}: {cause}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        cause: String,
+    },
+    #[error("{0}")]
+    Run(String),
+}
+
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+/// Names the file an error came from.
+trait At<T> {
+    fn at(self, what: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T, E: std::fmt::Display> At<T> for std::result::Result<T, E> {
+    fn at(self, what: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|e| TrainError::File {
+            what,
+            path: path.to_path_buf(),
+            cause: e.to_string(),
+        })
+    }
+}
 
 /// What the caller sees of progress.
 pub trait Progress {
@@ -75,9 +113,10 @@ pub struct RunSummary {
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    ftu_infer::atomic::write_atomic(path, |w| std::io::Write::write_all(w, text.as_bytes()))
-        .with_context(|| format!("writing {}", path.display()))
+    let text = serde_json::to_string_pretty(value).at("writing", path)?;
+    Ok(ftu_infer::atomic::write_atomic(path, |w| {
+        std::io::Write::write_all(w, text.as_bytes())
+    })?)
 }
 
 fn dice(pred: &[u8], truth: &[u8]) -> f64 {
@@ -120,35 +159,35 @@ pub fn arch_config(cfg: &TrainConfig) -> ArchConfig {
 pub fn run(cfg: &TrainConfig, resume: bool, progress: &mut dyn Progress) -> Result<RunSummary> {
     cfg.validate()?;
     if cfg.device != "cpu" {
-        bail!(
+        return Err(TrainError::Run(format!(
             "device {:?}: this build trains on the CPU only (the models crate keeps its variables on the CPU); use --device cpu",
             cfg.device
-        );
+        )));
     }
-    let arch: Arch = cfg.arch.parse().map_err(|e| anyhow::anyhow!("arch: {e}"))?;
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    let arch: Arch = cfg.arch.parse().map_err(|e| TrainError::Run(format!("arch: {e}")))?;
+    std::fs::create_dir_all(&cfg.out).at("creating", &cfg.out)?;
     let config_path = cfg.out.join("config.toml");
     if resume && config_path.exists() {
         let saved = TrainConfig::from_toml_file(&config_path)?;
         if saved != *cfg {
-            bail!(
+            return Err(TrainError::Run(format!(
                 "--resume: the options differ from the run's {}; resume with the same options",
                 config_path.display()
-            );
+            )));
         }
     }
     let text = cfg.to_toml();
     ftu_infer::atomic::write_atomic(&config_path, |w| std::io::Write::write_all(w, text.as_bytes()))?;
 
     let train_csv = cfg.data.join("train.csv");
-    let rows = ftu_infer::schema::read_train(&train_csv).with_context(|| format!("reading {}", train_csv.display()))?;
+    let rows = ftu_infer::schema::read_train(&train_csv).at("reading", &train_csv)?;
     if rows.len() < cfg.folds {
-        bail!(
+        return Err(TrainError::Run(format!(
             "{}: {} slides cannot make {} folds",
             train_csv.display(),
             rows.len(),
             cfg.folds
-        );
+        )));
     }
     let fold_of = folds::stratified(&rows, cfg.folds, cfg.seed);
     folds::write(&cfg.out.join("folds.csv"), &rows, &fold_of)?;
@@ -212,22 +251,21 @@ fn read_metrics(path: &Path) -> Result<Vec<Metrics>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let mut reader = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut reader = csv::Reader::from_path(path).at("reading", path)?;
     reader
         .deserialize()
         .collect::<Result<Vec<Metrics>, _>>()
-        .with_context(|| format!("reading {}", path.display()))
+        .at("reading", path)
 }
 
 fn write_metrics(path: &Path, rows: &[Metrics]) -> Result<()> {
-    ftu_infer::atomic::write_atomic(path, |w| {
+    Ok(ftu_infer::atomic::write_atomic(path, |w| {
         let mut csv = csv::Writer::from_writer(w);
         for r in rows {
             csv.serialize(r).map_err(std::io::Error::other)?;
         }
         csv.flush()
-    })
-    .with_context(|| format!("writing {}", path.display()))
+    })?)
 }
 
 /// Validation of one fold: mean loss, per-slide Dice at 0.5 and probabilities (training scale).
@@ -278,7 +316,7 @@ fn train_fold(
     progress: &mut dyn Progress,
 ) -> Result<FoldResult> {
     let dir = fold_dir(cfg, k);
-    std::fs::create_dir_all(dir.join("overlays"))?;
+    std::fs::create_dir_all(dir.join("overlays")).at("creating", &dir.join("overlays"))?;
     let train_idx: Vec<usize> = (0..fold_of.len()).filter(|&i| fold_of[i] != k).collect();
     let val_idx: Vec<usize> = (0..fold_of.len()).filter(|&i| fold_of[i] == k).collect();
     let rows = cache.rows();
@@ -292,7 +330,7 @@ fn train_fold(
                 ignore_classifier: true,
             },
         )
-        .with_context(|| format!("loading pretrained encoder {}", path.display()))?;
+        .at("loading the pretrained encoder", path)?;
         progress.finish(&format!(
             "fold {k}: encoder from {} ({} tensors)",
             path.display(),
@@ -323,11 +361,10 @@ fn train_fold(
         exported: false,
     };
     if resume && state_path.exists() {
-        state = serde_json::from_str(&std::fs::read_to_string(&state_path)?)
-            .with_context(|| format!("reading {}", state_path.display()))?;
-        weights::load(&model, &last, Scope::Full).with_context(|| format!("resuming from {}", last.display()))?;
-        opt.load(&last_optim)
-            .with_context(|| format!("resuming from {}", last_optim.display()))?;
+        let text = std::fs::read_to_string(&state_path).at("reading", &state_path)?;
+        state = serde_json::from_str(&text).at("reading", &state_path)?;
+        weights::load(&model, &last, Scope::Full).at("resuming from", &last)?;
+        opt.load(&last_optim).at("resuming from", &last_optim)?;
         if let Some(e) = ema.as_mut() {
             e.load(&candle_core::safetensors::load(&last_optim, &candle_core::Device::Cpu)?)?;
         }
@@ -407,13 +444,17 @@ fn train_fold(
                     Ok((value, loss.backward()?))
                 };
                 let result = step();
-                let loaded = loader.join().map_err(|_| anyhow::anyhow!("the batch loader panicked"));
+                let loaded = loader
+                    .join()
+                    .map_err(|_| TrainError::Run("the batch loader panicked".into()));
                 (loaded, result)
             });
             next = loaded??;
             let (value, grads) = step_result?;
             if !value.is_finite() {
-                bail!("fold {k} epoch {epoch} batch {b}: the loss is {value}; lower optim.lr");
+                return Err(TrainError::Run(format!(
+                    "fold {k} epoch {epoch} batch {b}: the loss is {value}; lower optim.lr"
+                )));
             }
             loss_sum += value;
             acc = Some(match acc.take() {
@@ -489,9 +530,11 @@ fn train_fold(
                 height: cfg.size,
                 data: slide.image.iter().map(|&v| (v * 255.0).round() as u8).collect(),
             };
-            let pred =
-                ftu_infer::Mask::from_row_major(cfg.size, cfg.size, p.iter().map(|&v| u8::from(v > 0.5)).collect())?;
-            let truth = ftu_infer::Mask::from_row_major(cfg.size, cfg.size, slide.mask.clone())?;
+            let mask = |data: Vec<u8>| {
+                ftu_infer::Mask::from_row_major(cfg.size, cfg.size, data).map_err(|e| TrainError::Run(e.to_string()))
+            };
+            let pred = mask(p.iter().map(|&v| u8::from(v > 0.5)).collect())?;
+            let truth = mask(slide.mask.clone())?;
             let (w, h, px) = ftu_infer::predict::overlay(&rgb, &pred, Some(&truth), cfg.size);
             ftu_infer::mask_image::write_rgb_png(&dir.join("overlays").join(format!("{}.png", rows[i].id)), w, h, &px)?;
         }
@@ -540,13 +583,13 @@ fn train_fold(
             &format!("fold {k} loss"),
             &[("train", pts(|m| m.train_loss)), ("validation", pts(|m| m.val_loss))],
         )
-        .map_err(|e| anyhow::anyhow!("plotting {}: {e}", dir.join("loss.png").display()))?;
+        .at("plotting", &dir.join("loss.png"))?;
         plots::line_chart(
             &dir.join("dice.png"),
             &format!("fold {k} validation Dice"),
             &[("dice", pts(|m| m.val_dice))],
         )
-        .map_err(|e| anyhow::anyhow!("plotting {}: {e}", dir.join("dice.png").display()))?;
+        .at("plotting", &dir.join("dice.png"))?;
         progress.finish(&format!(
             "fold {k} epoch {epoch}: train loss {train_loss:.4}, val loss {:.4}, val Dice {val_dice:.4}{} ({:.1} s)",
             val.loss,
@@ -558,7 +601,7 @@ fn train_fold(
     // Export the best checkpoint.
     let onnx = dir.join("model.onnx");
     let best_model = Segmenter::new(arch, arch_config(cfg), 0)?;
-    weights::load(&best_model, &best, Scope::Full).with_context(|| format!("loading {}", best.display()))?;
+    weights::load(&best_model, &best, Scope::Full).at("loading", &best)?;
     let meta = ExportMeta {
         norm: cfg.norm.clone(),
         train_size: Some(cfg.size),
@@ -566,7 +609,7 @@ fn train_fold(
         val_dice: Some(state.best_dice),
     };
     let proto = best_model.export(&meta)?;
-    ftu_onnx::write(&proto, &onnx).with_context(|| format!("writing {}", onnx.display()))?;
+    ftu_onnx::write(&proto, &onnx).at("writing", &onnx)?;
     state.exported = true;
     write_json(&state_path, &state)?;
     Ok(FoldResult {
@@ -619,12 +662,10 @@ fn write_manifest(
         let dir = fold_dir(cfg, k);
         let probs = candle_core::safetensors::load(dir.join("oof.safetensors"), &candle_core::Device::Cpu)?;
         for (i, row) in rows.iter().enumerate().filter(|(i, _)| fold_of[*i] == k) {
-            let p = probs.get(&row.id).with_context(|| {
-                format!(
-                    "{}: no probabilities for slide {}",
-                    dir.join("oof.safetensors").display(),
-                    row.id
-                )
+            let p = probs.get(&row.id).ok_or_else(|| TrainError::File {
+                what: "reading",
+                path: dir.join("oof.safetensors"),
+                cause: format!("no probabilities for slide {}", row.id),
             })?;
             oof.push(thresholds::OofSlide {
                 organ: row.organ,
@@ -632,7 +673,9 @@ fn write_manifest(
                 truth: cache.get(i)?.mask.clone(),
             });
         }
-        let state: FoldState = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)?;
+        let state_path = dir.join("state.json");
+        let text = std::fs::read_to_string(&state_path).at("reading", &state_path)?;
+        let state: FoldState = serde_json::from_str(&text).at("reading", &state_path)?;
         weights.push(if cfg.ensemble.weight_by_dice {
             state.best_dice.max(1e-3)
         } else {
@@ -670,7 +713,7 @@ fn write_manifest(
         "# Written by ftu-train from {} fold(s) of {}; thresholds searched on their out-of-fold predictions.\n{}",
         finished.len(),
         cfg.arch,
-        toml::to_string_pretty(&manifest)?
+        toml::to_string_pretty(&manifest).at("writing", &cfg.out.join("manifest.toml"))?
     );
     let path = cfg.out.join("manifest.toml");
     ftu_infer::atomic::write_atomic(&path, |w| std::io::Write::write_all(w, text.as_bytes()))?;
