@@ -40,9 +40,9 @@ fi
 echo "slide $id ($organ): RLE -> $out/$id.mask.png -> RLE round trip ok"
 stage "synthetic data"
 
-echo "== train: unet-resnet18, 2 folds, 128², 14 epochs of 48 samples (Candle, CPU)"
+echo "== train: unet-resnet18, 2 folds, 160², 16 epochs of 48 samples (Candle, CPU)"
 "$bin/ftu-train" train --data "$out/data" --out "$out/run" --arch unet-resnet18 \
-  --decoder-channels 64,32,16,16,8 --size 128 --folds 2 --epochs 14 --batch 8 \
+  --decoder-channels 64,32,16,16,8 --size 160 --folds 2 --epochs 16 --batch 8 \
   --samples-per-epoch 48 --lr 0.003 --seed 0
 stage "train + export"
 

@@ -148,6 +148,12 @@ struct Bars {
 }
 
 impl Progress for Bars {
+    fn ticker(&mut self, what: &str, total: usize) -> Box<dyn Fn() + Send + Sync> {
+        self.start(what, total);
+        let bar = self.bar.clone().expect("start made a bar");
+        Box::new(move || bar.inc(1))
+    }
+
     fn start(&mut self, what: &str, total: usize) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();

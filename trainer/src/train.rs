@@ -66,6 +66,10 @@ impl<T, E: std::fmt::Display> At<T> for std::result::Result<T, E> {
 
 /// What the caller sees of progress.
 pub trait Progress {
+    /// A counter that worker threads advance (slide decoding); finished by the next `finish`.
+    fn ticker(&mut self, _what: &str, _total: usize) -> Box<dyn Fn() + Send + Sync> {
+        Box::new(|| {})
+    }
     fn start(&mut self, what: &str, total: usize);
     fn tick(&mut self, message: &str);
     fn finish(&mut self, line: &str);
@@ -196,17 +200,14 @@ pub fn run(cfg: &TrainConfig, resume: bool, progress: &mut dyn Progress) -> Resu
         // Ignored when a global pool already exists (a second run in one process).
         let _ = rayon::ThreadPoolBuilder::new().num_threads(cfg.workers).build_global();
     }
-    progress.start("decode", rows.len());
-    let ticks = std::sync::atomic::AtomicUsize::new(0);
+    let tick = progress.ticker("decode", rows.len());
     let cache = SlideCache::build(
         &cfg.data,
         rows.clone(),
         cfg.size,
         cfg.cache_mb << 20,
         cfg.augment.stain_normalize_to.as_deref(),
-        || {
-            ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        },
+        tick,
     )?;
     progress.finish(&format!(
         "decoded {} slides at {}² ({} kept in memory)",
