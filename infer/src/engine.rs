@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use crate::manifest::{Activation, ChannelOrder, Manifest, ModelSpec, Normalisation, OutputRef};
+use crate::manifest::{Activation, ChannelOrder, GroupMode, Manifest, ModelSpec, Normalisation, OutputRef};
 use crate::organ::{DataSource, Organ};
 use crate::resize::{resize_map, resize_rgb};
 use crate::session::{Element, ModelInfo, Runtime, RuntimeError, TensorInfo};
@@ -31,6 +31,8 @@ pub enum EngineError {
         path: PathBuf,
         message: String,
     },
+    #[error(transparent)]
+    Slide(#[from] crate::slide::SlideError),
     #[error("no model in the manifest serves organ {0}: give one without `organs`, or add {0} to a model's organs")]
     NoModel(Organ),
 }
@@ -145,64 +147,40 @@ impl Engine {
         self.manifest.thresholds.get(info.organ, info.source)
     }
 
-    /// The ensemble's probability map for one slide, at the slide's size.
+    /// The ensemble's probability map for one slide, at the slide's size, every group resized
+    /// (a tiled group runs over the in-memory slide: see [`crate::tiled`] for slides read in tiles).
     pub fn predict(&mut self, slide: &RgbImage, info: &SlideInfo, t: &mut Timings) -> Result<ProbMap, EngineError> {
         let (height, width) = (slide.height, slide.width);
         // The first group's resized map becomes the total: no extra slide-sized buffer to fill.
         let mut total: Option<Vec<f32>> = None;
         let mut weight_sum = 0f32;
-        let transforms = self.manifest.tta.mode.transforms();
-        let scales = self.manifest.tta.scales.clone();
-        for (gi, models) in self.groups.iter_mut().enumerate() {
-            let group = &self.manifest.groups[gi];
-            let serving: Vec<&mut LoadedModel> = models.iter_mut().filter(|m| m.spec.serves(info.organ)).collect();
-            if serving.is_empty() {
+        for gi in 0..self.groups.len() {
+            if !self.group_serves(gi, info.organ) {
                 continue;
             }
-            let (h_in, w_in) = match &self.manifest.scaling {
-                Some(s) => s.input_dims(group.size, height, width, info.pixel_size),
-                None => (group.size, group.size),
+            let group_weight = self.manifest.groups[gi].weight;
+            let back = match self.manifest.groups[gi].mode {
+                GroupMode::Resize => self.resized_group(gi, slide, info, t)?,
+                GroupMode::Tiles(_) => {
+                    let mut source = crate::region::SlideSource::Memory(slide.clone());
+                    let map = crate::tiled::group_sum(self, gi, &mut source, info, None, t, &mut |_, _| {})?;
+                    let mut dense = vec![0f32; width * height];
+                    map.add_into(&mut dense);
+                    dense
+                }
             };
-            // The slide at each TTA scale, shared by the group's models.
-            let inputs: Vec<RgbImage> = timed(&mut t.resize, || {
-                scales
-                    .iter()
-                    .map(|&s| {
-                        let (h, w) = scaled_dims(h_in, w_in, s);
-                        resize_rgb(slide, w, h)
-                    })
-                    .collect()
-            });
-            let mut group_map = vec![0f32; h_in * w_in];
-            let mut model_weights = 0f32;
-            // Models that normalise alike share their input planes.
-            let mut prepared: Vec<((Normalisation, ChannelOrder), Vec<Planes>)> = Vec::new();
-            for model in serving {
-                let key = (model.spec.norm, model.spec.channels);
-                if !prepared.iter().any(|(k, _)| *k == key) {
-                    let p = timed(&mut t.tta, || {
-                        inputs.iter().map(|img| planes(img, key.0, key.1)).collect()
-                    });
-                    prepared.push((key, p));
+            match &mut total {
+                None => {
+                    let mut back = back;
+                    back.iter_mut().for_each(|v| *v *= group_weight);
+                    total = Some(back);
                 }
-                let base = &prepared.iter().find(|(k, _)| *k == key).expect("just prepared").1;
-                let map = model_map(model, base, &transforms, (h_in, w_in), t)?;
-                let w = model.spec.weight;
-                group_map.iter_mut().zip(&map).for_each(|(g, m)| *g += w * m);
-                model_weights += w;
+                Some(total) => total
+                    .iter_mut()
+                    .zip(&back)
+                    .for_each(|(acc, v)| *acc += group_weight * v),
             }
-            let gw = group.weight / model_weights;
-            timed(&mut t.resize_back, || {
-                let mut back = resize_map(&group_map, w_in, h_in, width, height);
-                match &mut total {
-                    None => {
-                        back.iter_mut().for_each(|v| *v *= gw);
-                        total = Some(back);
-                    }
-                    Some(total) => total.iter_mut().zip(&back).for_each(|(acc, v)| *acc += gw * v),
-                }
-            });
-            weight_sum += group.weight;
+            weight_sum += group_weight;
         }
         let Some(mut total) = total else {
             return Err(EngineError::NoModel(info.organ));
@@ -216,6 +194,94 @@ impl Engine {
             data: total,
         })
     }
+
+    /// Whether any model of group `gi` serves this organ.
+    pub fn group_serves(&self, gi: usize, organ: Organ) -> bool {
+        self.groups[gi].iter().any(|m| m.spec.serves(organ))
+    }
+
+    /// Group `gi` in resize mode: the slide at the group's input size, its map resized back.
+    pub fn resized_group(
+        &mut self,
+        gi: usize,
+        slide: &RgbImage,
+        info: &SlideInfo,
+        t: &mut Timings,
+    ) -> Result<Vec<f32>, EngineError> {
+        let (height, width) = (slide.height, slide.width);
+        let size = self.manifest.groups[gi].size;
+        let (h_in, w_in) = match &self.manifest.scaling {
+            Some(s) => s.input_dims(size, height, width, info.pixel_size),
+            None => (size, size),
+        };
+        let map = self
+            .group_maps(gi, std::slice::from_ref(slide), (h_in, w_in), info.organ, usize::MAX, t)?
+            .pop()
+            .expect("one map per input");
+        Ok(timed(&mut t.resize_back, || {
+            resize_map(&map, w_in, h_in, width, height)
+        }))
+    }
+
+    /// Group `gi`'s map of each source image seen at `h_in × w_in` (each TTA scale resized from
+    /// the source itself), averaged over the group's models by weight and over the TTA variants;
+    /// at most `windows_per_run` sources go into one model run.
+    pub fn group_maps(
+        &mut self,
+        gi: usize,
+        inputs: &[RgbImage],
+        (h_in, w_in): (usize, usize),
+        organ: Organ,
+        windows_per_run: usize,
+        t: &mut Timings,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let transforms = self.manifest.tta.mode.transforms();
+        let scales = self.manifest.tta.scales.clone();
+        // Each input at each TTA scale, shared by the group's models.
+        let scaled: Vec<Vec<RgbImage>> = timed(&mut t.resize, || {
+            inputs
+                .iter()
+                .map(|img| {
+                    scales
+                        .iter()
+                        .map(|&s| {
+                            let (h, w) = scaled_dims(h_in, w_in, s);
+                            resize_rgb(img, w, h)
+                        })
+                        .collect()
+                })
+                .collect()
+        });
+        let mut maps = vec![vec![0f32; h_in * w_in]; inputs.len()];
+        let mut model_weights = 0f32;
+        // Models that normalise alike share their input planes.
+        let mut prepared: Vec<((Normalisation, ChannelOrder), Vec<Vec<Planes>>)> = Vec::new();
+        for model in self.groups[gi].iter_mut().filter(|m| m.spec.serves(organ)) {
+            let key = (model.spec.norm, model.spec.channels);
+            if !prepared.iter().any(|(k, _)| *k == key) {
+                let p = timed(&mut t.tta, || {
+                    scaled
+                        .iter()
+                        .map(|per_scale| per_scale.iter().map(|img| planes(img, key.0, key.1)).collect())
+                        .collect()
+                });
+                prepared.push((key, p));
+            }
+            let base = &prepared.iter().find(|(k, _)| *k == key).expect("just prepared").1;
+            let max_items = windows_per_run.saturating_mul(transforms.len()).max(1);
+            let model_maps = model_maps(model, base, &transforms, (h_in, w_in), max_items, t)?;
+            let w = model.spec.weight;
+            for (map, m) in maps.iter_mut().zip(&model_maps) {
+                map.iter_mut().zip(m).for_each(|(g, v)| *g += w * v);
+            }
+            model_weights += w;
+        }
+        if model_weights > 0.0 {
+            maps.iter_mut()
+                .for_each(|m| m.iter_mut().for_each(|v| *v /= model_weights));
+        }
+        Ok(maps)
+    }
 }
 
 /// Input dims at a TTA scale, kept to multiples of 32.
@@ -227,19 +293,21 @@ fn scaled_dims(h: usize, w: usize, scale: f32) -> (usize, usize) {
     (r(h), r(w))
 }
 
-/// One model's map at the group's input size: every scale × transform, inverted and averaged.
-fn model_map(
+/// One model's map of each input at `(h_out, w_out)`: every scale × transform, inverted and
+/// averaged. `inputs[i][s]` is input `i` at TTA scale `s`; runs hold at most `max_items` images.
+fn model_maps(
     model: &mut LoadedModel,
-    inputs: &[Planes],
+    inputs: &[Vec<Planes>],
     transforms: &[Transform],
-    (h_in, w_in): (usize, usize),
+    (h_out, w_out): (usize, usize),
+    max_items: usize,
     t: &mut Timings,
-) -> Result<Vec<f32>, EngineError> {
-    let mut sum = vec![0f32; h_in * w_in];
-    let variants = (inputs.len() * transforms.len()) as f32;
-    for input in inputs {
-        let (h, w) = (input.height, input.width);
-        let base = &input.planes;
+) -> Result<Vec<Vec<f32>>, EngineError> {
+    let mut sums = vec![vec![0f32; h_out * w_out]; inputs.len()];
+    let n_scales = inputs.first().map_or(0, Vec::len);
+    let variants = (n_scales * transforms.len()) as f32;
+    for si in 0..n_scales {
+        let (h, w) = (inputs[0][si].height, inputs[0][si].width);
         // Transposes swap height and width: those variants form a second batch unless square.
         let mut buckets: Vec<((usize, usize), Vec<Transform>)> = Vec::new();
         for &tr in transforms {
@@ -249,28 +317,32 @@ fn model_map(
                 None => buckets.push((dims, vec![tr])),
             }
         }
-        let mut scale_sum: Option<(Vec<f32>, usize, usize)> = None;
+        // Per input, the sum of this scale's inverted variants and its size.
+        let mut scale_sums: Vec<Option<(Vec<f32>, usize, usize)>> = vec![None; inputs.len()];
         for ((bh, bw), list) in buckets {
-            let chunk = model.batch.unwrap_or(list.len()).max(1);
-            for trs in list.chunks(chunk) {
+            let items: Vec<(usize, Transform)> = (0..inputs.len())
+                .flat_map(|i| list.iter().map(move |&tr| (i, tr)))
+                .collect();
+            let chunk = model.batch.unwrap_or(max_items).min(max_items).max(1);
+            for run_items in items.chunks(chunk) {
                 let batch = timed(&mut t.tta, || {
-                    let mut batch = Vec::with_capacity(trs.len() * 3 * bh * bw);
-                    for tr in trs {
-                        for plane in base {
+                    let mut batch = Vec::with_capacity(run_items.len() * 3 * bh * bw);
+                    for &(i, tr) in run_items {
+                        for plane in &inputs[i][si].planes {
                             batch.extend(tr.apply(plane, h, w));
                         }
                     }
                     batch
                 });
-                let (shape, out) = timed(&mut t.model, || run(model, &batch, trs.len(), bh, bw))?;
+                let (shape, out) = timed(&mut t.model, || run(model, &batch, run_items.len(), bh, bw))?;
                 timed(&mut t.tta, || -> Result<(), EngineError> {
                     let (oh, ow) = (shape[shape.len() - 2], shape[shape.len() - 1]);
-                    for (i, tr) in trs.iter().enumerate() {
-                        let map = activated(&model.spec, &shape, &out, i).map_err(|m| model.run_error(m))?;
+                    for (k, &(i, tr)) in run_items.iter().enumerate() {
+                        let map = activated(&model.spec, &shape, &out, k).map_err(|m| model.run_error(m))?;
                         let inv = tr.invert(&map, oh, ow);
                         let (ih, iw) = tr.dims(oh, ow);
-                        match &mut scale_sum {
-                            None => scale_sum = Some((inv, ih, iw)),
+                        match &mut scale_sums[i] {
+                            None => scale_sums[i] = Some((inv, ih, iw)),
                             Some((acc, sh, sw)) if (*sh, *sw) == (ih, iw) => {
                                 acc.iter_mut().zip(&inv).for_each(|(a, v)| *a += v)
                             }
@@ -285,14 +357,16 @@ fn model_map(
                 })?;
             }
         }
-        if let Some((acc, sh, sw)) = scale_sum {
-            // Resizing is linear, so resizing the scale's sum equals summing resized maps.
-            let fitted = timed(&mut t.resize_back, || resize_map(&acc, sw, sh, w_in, h_in));
-            sum.iter_mut().zip(&fitted).for_each(|(s, v)| *s += v);
+        for (sum, scale_sum) in sums.iter_mut().zip(scale_sums) {
+            if let Some((acc, sh, sw)) = scale_sum {
+                // Resizing is linear, so resizing the scale's sum equals summing resized maps.
+                let fitted = timed(&mut t.resize_back, || resize_map(&acc, sw, sh, w_out, h_out));
+                sum.iter_mut().zip(&fitted).for_each(|(s, v)| *s += v);
+            }
         }
     }
-    sum.iter_mut().for_each(|v| *v /= variants);
-    Ok(sum)
+    sums.iter_mut().for_each(|s| s.iter_mut().for_each(|v| *v /= variants));
+    Ok(sums)
 }
 
 /// An input image as three normalised float planes in a model's channel order.

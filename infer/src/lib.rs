@@ -3,6 +3,7 @@
 //! No Candle here: the trainer depends on this crate, never the other way.
 
 pub mod atomic;
+pub mod blocks;
 pub mod bundle;
 pub mod dice;
 pub mod engine;
@@ -10,14 +11,20 @@ pub mod manifest;
 pub mod mask;
 pub mod mask_image;
 pub mod organ;
+pub mod postprocess;
 pub mod predict;
+pub mod region;
 pub mod resize;
 pub mod rle;
+pub mod runs;
 pub mod schema;
 pub mod score;
 pub mod session;
 pub mod slide;
 pub mod tiff_write;
+pub mod tiled;
+pub mod tiles;
+pub mod tissue;
 pub mod tta;
 
 pub use mask::Mask;

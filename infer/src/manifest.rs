@@ -35,6 +35,10 @@ pub struct Manifest {
     pub tta: Tta,
     pub thresholds: Thresholds,
     pub scaling: Option<PixelScaling>,
+    /// `[tissue]`: which windows of a tiled group are worth running.
+    pub tissue: TissueDetection,
+    /// `[postprocess]`: mask clean-up per organ.
+    pub postprocess: PostprocessTable,
 }
 
 /// Models that see the slide at the same input size; their maps are averaged by model weight.
@@ -42,7 +46,101 @@ pub struct Manifest {
 pub struct Group {
     pub size: usize,
     pub weight: f32,
+    pub mode: GroupMode,
     pub models: Vec<ModelSpec>,
+}
+
+/// How a group sees a slide.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GroupMode {
+    /// The whole slide resized to the group's input size (the competition's way).
+    Resize,
+    /// Windows of the input size over the slide at the group's scale, blended (whole-slide images).
+    Tiles(TileSpec),
+}
+
+/// `mode = "tiles"`: window overlap, scale and how many windows run in one batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TileSpec {
+    /// Fraction of a window shared with its neighbour, in [0, 0.95].
+    pub overlap: f64,
+    /// Model pixels per slide pixel when the manifest has no `target_pixel_size`.
+    pub scale: f64,
+    /// Windows per model run (each with all its TTA variants).
+    pub batch: usize,
+}
+
+impl TileSpec {
+    /// Model pixels per slide pixel for a slide of this pixel size.
+    pub fn factor(&self, size: usize, scaling: Option<&PixelScaling>, pixel_size: f64) -> f64 {
+        match scaling {
+            Some(s) => pixel_size / s.target_pixel_size * size as f64 / s.reference_size,
+            None => self.scale,
+        }
+    }
+}
+
+/// Background windows are skipped: Otsu's threshold on the saturation of a slide thumbnail marks
+/// tissue, and a window runs when at least `min_fraction` of it is tissue.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TissueDetection {
+    pub enabled: bool,
+    pub min_fraction: f64,
+}
+
+impl Default for TissueDetection {
+    fn default() -> Self {
+        TissueDetection {
+            enabled: true,
+            min_fraction: 0.01,
+        }
+    }
+}
+
+/// Clean-up of a thresholded mask. Areas in µm² are converted with the slide's pixel size.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PostprocessSpec {
+    /// Components smaller than this are removed.
+    pub min_area: Option<Area>,
+    /// Holes smaller than this are filled.
+    pub max_hole: Option<Area>,
+    /// Grow (positive) or shrink (negative) the mask by this many pixels, with a disc.
+    pub dilate: i32,
+}
+
+impl PostprocessSpec {
+    pub fn is_identity(&self) -> bool {
+        self.min_area.is_none() && self.max_hole.is_none() && self.dilate == 0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Area {
+    Pixels(f64),
+    SquareMicrons(f64),
+}
+
+impl Area {
+    /// The area in pixels of a slide with this pixel size (µm).
+    pub fn pixels(&self, pixel_size: f64) -> f64 {
+        match *self {
+            Area::Pixels(p) => p,
+            Area::SquareMicrons(a) => a / (pixel_size * pixel_size),
+        }
+    }
+}
+
+/// `[postprocess.default]` and `[postprocess.<organ>]` (an organ's table replaces the default).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PostprocessTable {
+    pub default: PostprocessSpec,
+    pub organ: BTreeMap<Organ, PostprocessSpec>,
+}
+
+impl PostprocessTable {
+    pub fn get(&self, organ: Organ) -> PostprocessSpec {
+        self.organ.get(&organ).copied().unwrap_or(self.default)
+    }
 }
 
 /// One ONNX model and how to feed it and read it.
@@ -221,8 +319,28 @@ struct RawManifest {
     reference_size: Option<f64>,
     tta: Option<RawTta>,
     thresholds: Option<toml::Table>,
+    tissue: Option<RawTissue>,
+    postprocess: Option<BTreeMap<String, RawPostprocess>>,
     #[serde(default)]
     group: Vec<RawGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTissue {
+    detect: Option<bool>,
+    min_fraction: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostprocess {
+    min_area_px: Option<f64>,
+    min_area_um2: Option<f64>,
+    max_hole_px: Option<f64>,
+    max_hole_um2: Option<f64>,
+    dilate_px: Option<i64>,
+    erode_px: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,6 +355,10 @@ struct RawTta {
 struct RawGroup {
     size: i64,
     weight: Option<f64>,
+    mode: Option<String>,
+    overlap: Option<f64>,
+    scale: Option<f64>,
+    batch: Option<i64>,
     #[serde(default)]
     model: Vec<RawModel>,
 }
@@ -359,6 +481,7 @@ impl Manifest {
                     "the group has no [[group.model]]".into(),
                 ));
             }
+            let mode = parse_mode(&g, &gname, scaling.is_some()).map_err(|(f, m)| field(&f, m))?;
             let mut models = Vec::new();
             for (mi, m) in g.model.into_iter().enumerate() {
                 let mname = format!("{gname}.model[{mi}]");
@@ -367,15 +490,38 @@ impl Manifest {
             groups.push(Group {
                 size: g.size as usize,
                 weight,
+                mode,
                 models,
             });
         }
+        let tissue = match raw.tissue {
+            None => TissueDetection::default(),
+            Some(t) => {
+                let min_fraction = t.min_fraction.unwrap_or(TissueDetection::default().min_fraction);
+                if !(0.0..=1.0).contains(&min_fraction) {
+                    return Err(field(
+                        "tissue.min_fraction",
+                        format!("{min_fraction} is not a fraction in 0..=1"),
+                    ));
+                }
+                TissueDetection {
+                    enabled: t.detect.unwrap_or(true),
+                    min_fraction,
+                }
+            }
+        };
+        let postprocess = match raw.postprocess {
+            None => PostprocessTable::default(),
+            Some(tables) => parse_postprocess(tables).map_err(|(f, m)| field(&f, m))?,
+        };
         Ok(Manifest {
             path: path.to_path_buf(),
             groups,
             tta,
             thresholds,
             scaling,
+            tissue,
+            postprocess,
         })
     }
 
@@ -389,6 +535,106 @@ impl Manifest {
 }
 
 type FieldError = (String, String);
+
+fn parse_mode(g: &RawGroup, gname: &str, scaled: bool) -> Result<GroupMode, FieldError> {
+    let err = |f: &str, msg: String| (format!("{gname}.{f}"), msg);
+    let tiles_only = [
+        ("overlap", g.overlap.is_some()),
+        ("scale", g.scale.is_some()),
+        ("batch", g.batch.is_some()),
+    ];
+    match g.mode.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("resize") => {
+            if let Some((name, _)) = tiles_only.iter().find(|(_, set)| *set) {
+                return Err(err(name, "only applies to mode = \"tiles\"".into()));
+            }
+            Ok(GroupMode::Resize)
+        }
+        Some("tiles") => {
+            let overlap = g.overlap.unwrap_or(0.5);
+            if !(0.0..=0.95).contains(&overlap) {
+                return Err(err("overlap", format!("{overlap} is outside 0..=0.95")));
+            }
+            if scaled && g.scale.is_some() {
+                return Err(err(
+                    "scale",
+                    "target_pixel_size already sets the scale from each slide's pixel size".into(),
+                ));
+            }
+            let scale = g.scale.unwrap_or(1.0);
+            if !(scale.is_finite() && (1.0 / 64.0..=8.0).contains(&scale)) {
+                return Err(err(
+                    "scale",
+                    format!("{scale} is outside 1/64..=8 model pixels per slide pixel"),
+                ));
+            }
+            let batch = g.batch.unwrap_or(4);
+            if !(1..=256).contains(&batch) {
+                return Err(err("batch", format!("{batch} is outside 1..=256 windows")));
+            }
+            Ok(GroupMode::Tiles(TileSpec {
+                overlap,
+                scale,
+                batch: batch as usize,
+            }))
+        }
+        Some(other) => Err(err("mode", format!("`{other}`: expected resize or tiles"))),
+    }
+}
+
+fn parse_postprocess(tables: BTreeMap<String, RawPostprocess>) -> Result<PostprocessTable, FieldError> {
+    let mut out = PostprocessTable::default();
+    for (key, raw) in tables {
+        let f = format!("postprocess.{key}");
+        let area = |px: Option<f64>, um2: Option<f64>, name: &str| -> Result<Option<Area>, FieldError> {
+            let check = |v: f64, unit: &str| {
+                if v.is_finite() && v >= 0.0 {
+                    Ok(v)
+                } else {
+                    Err((format!("{f}.{name}_{unit}"), format!("{v} is not a non-negative area")))
+                }
+            };
+            match (px, um2) {
+                (None, None) => Ok(None),
+                (Some(p), None) => Ok(Some(Area::Pixels(check(p, "px")?))),
+                (None, Some(a)) => Ok(Some(Area::SquareMicrons(check(a, "um2")?))),
+                (Some(_), Some(_)) => Err((
+                    format!("{f}.{name}_px"),
+                    format!("give {name}_px or {name}_um2, not both"),
+                )),
+            }
+        };
+        let dilate = match (raw.dilate_px, raw.erode_px) {
+            (Some(_), Some(_)) => return Err((format!("{f}.erode_px"), "give dilate_px or erode_px, not both".into())),
+            (Some(d), None) => d,
+            (None, Some(e)) => -e,
+            (None, None) => 0,
+        };
+        if !(-256..=256).contains(&dilate)
+            || raw.erode_px.is_some_and(|e| e < 0)
+            || raw.dilate_px.is_some_and(|d| d < 0)
+        {
+            let name = if raw.erode_px.is_some() {
+                "erode_px"
+            } else {
+                "dilate_px"
+            };
+            return Err((format!("{f}.{name}"), "expected a radius of 0..=256 pixels".into()));
+        }
+        let spec = PostprocessSpec {
+            min_area: area(raw.min_area_px, raw.min_area_um2, "min_area")?,
+            max_hole: area(raw.max_hole_px, raw.max_hole_um2, "max_hole")?,
+            dilate: dilate as i32,
+        };
+        if key == "default" {
+            out.default = spec;
+        } else {
+            let organ = key.parse::<Organ>().map_err(|e| (f.clone(), e.to_string()))?;
+            out.organ.insert(organ, spec);
+        }
+    }
+    Ok(out)
+}
 
 fn positive(v: Option<f64>, name: &str) -> Result<f32, FieldError> {
     let v = v.unwrap_or(1.0);

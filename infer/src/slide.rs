@@ -126,7 +126,7 @@ pub fn decode_slide(bytes: &[u8], name: &Path, limits: SlideLimits) -> Result<Rg
 
 /// A decoder bug must not take down a batch of a thousand slides: a panic inside a third-party
 /// decoder becomes this slide's error.
-fn guarded(path: &Path, read: impl FnOnce() -> Result<RgbImage, SlideError>) -> Result<RgbImage, SlideError> {
+pub(crate) fn guarded<T>(path: &Path, read: impl FnOnce() -> Result<T, SlideError>) -> Result<T, SlideError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {
         let message = panic
             .downcast_ref::<String>()
@@ -140,7 +140,7 @@ fn guarded(path: &Path, read: impl FnOnce() -> Result<RgbImage, SlideError>) -> 
     })
 }
 
-fn check_size(path: &Path, width: u64, height: u64, limits: SlideLimits) -> Result<(), SlideError> {
+pub(crate) fn check_size(path: &Path, width: u64, height: u64, limits: SlideLimits) -> Result<(), SlideError> {
     let pixels = width.saturating_mul(height);
     if pixels > limits.max_pixels {
         return Err(SlideError::TooLarge {
@@ -370,7 +370,7 @@ fn read_lzw_image<R: Read + Seek>(
 }
 
 /// Fills `out` from a TIFF LZW stream; a stream that ends early is an error.
-fn lzw_decompress(compressed: &[u8], out: &mut [u8]) -> Result<(), String> {
+pub(crate) fn lzw_decompress(compressed: &[u8], out: &mut [u8]) -> Result<(), String> {
     let mut lzw = weezl::decode::Decoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8);
     let (mut consumed, mut filled) = (0, 0);
     while filled < out.len() {
@@ -390,7 +390,7 @@ fn lzw_decompress(compressed: &[u8], out: &mut [u8]) -> Result<(), String> {
 }
 
 /// TIFF predictor 2: each sample was stored as the difference from the same channel one pixel left.
-fn undo_horizontal_predictor(row: &mut [u8], channels: usize, bytes_per_sample: usize, little_endian: bool) {
+pub(crate) fn undo_horizontal_predictor(row: &mut [u8], channels: usize, bytes_per_sample: usize, little_endian: bool) {
     if bytes_per_sample == 1 {
         for i in channels..row.len() {
             row[i] = row[i].wrapping_add(row[i - channels]);
@@ -410,7 +410,7 @@ fn undo_horizontal_predictor(row: &mut [u8], channels: usize, bytes_per_sample: 
 }
 
 /// Grey, grey+alpha and RGBA to RGB; alpha is dropped (slides are opaque).
-fn to_rgb(data: &[u8], channels: usize) -> Vec<u8> {
+pub(crate) fn to_rgb(data: &[u8], channels: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() / channels * 3);
     for px in data.chunks_exact(channels) {
         match channels {
@@ -422,7 +422,7 @@ fn to_rgb(data: &[u8], channels: usize) -> Vec<u8> {
 }
 
 /// JPEG's full-range BT.601 YCbCr to RGB.
-fn ycbcr_to_rgb(mut data: Vec<u8>) -> Vec<u8> {
+pub(crate) fn ycbcr_to_rgb(mut data: Vec<u8>) -> Vec<u8> {
     for px in data.chunks_exact_mut(3) {
         let (y, cb, cr) = (px[0] as f32, px[1] as f32 - 128.0, px[2] as f32 - 128.0);
         let c = |v: f32| v.round().clamp(0.0, 255.0) as u8;

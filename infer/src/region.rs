@@ -1,0 +1,502 @@
+//! Slides read region by region: a tiled or striped (Big)TIFF is decoded one chunk at a time
+//! through a small cache, so memory does not grow with the slide's area; other files are read
+//! whole. Also the slide's thumbnail, streamed chunk by chunk, for tissue detection and overviews.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tiff::decoder::{ChunkType, Decoder, DecodingResult};
+use tiff::tags::{CompressionMethod, PlanarConfiguration, Tag};
+use tiff::ColorType;
+
+use crate::slide::{self, read_slide, RgbImage, SlideError, SlideLimits};
+
+/// Decoded chunks kept for neighbouring windows (overlapping windows read the same chunks).
+pub const DEFAULT_CACHE_BYTES: usize = 192 << 20;
+
+/// A slide to read regions from.
+pub enum SlideSource {
+    /// Decoded whole (PNG, JPEG, or a TIFF small enough).
+    Memory(RgbImage),
+    /// A TIFF decoded chunk by chunk.
+    Tiff(Box<TiffRegions>),
+}
+
+impl SlideSource {
+    /// Opens a slide for region reads: TIFFs chunk by chunk, anything else whole (within `limits`).
+    pub fn open(path: &Path, limits: SlideLimits) -> Result<SlideSource, SlideError> {
+        let mut magic = [0u8; 4];
+        let read_magic = File::open(path).and_then(|mut f| f.read_exact(&mut magic));
+        if read_magic.is_ok() && matches!(&magic, [b'I', b'I', 42 | 43, 0] | [b'M', b'M', 0, 42 | 43]) {
+            return Ok(SlideSource::Tiff(Box::new(TiffRegions::open(
+                path,
+                DEFAULT_CACHE_BYTES,
+            )?)));
+        }
+        Ok(SlideSource::Memory(read_slide(path, limits)?))
+    }
+
+    pub fn width(&self) -> usize {
+        match self {
+            SlideSource::Memory(img) => img.width,
+            SlideSource::Tiff(t) => t.width,
+        }
+    }
+
+    pub fn height(&self) -> usize {
+        match self {
+            SlideSource::Memory(img) => img.height,
+            SlideSource::Tiff(t) => t.height,
+        }
+    }
+
+    /// The `w × h` region at `(x, y)`, which must lie inside the slide.
+    pub fn region(&mut self, x: usize, y: usize, w: usize, h: usize) -> Result<RgbImage, SlideError> {
+        assert!(
+            x + w <= self.width() && y + h <= self.height(),
+            "region inside the slide"
+        );
+        match self {
+            SlideSource::Memory(img) => Ok(crop(img, x, y, w, h)),
+            SlideSource::Tiff(t) => t.region(x, y, w, h),
+        }
+    }
+
+    /// The whole slide in memory, refused past `limits` (resize-mode groups need it).
+    pub fn whole(&mut self, limits: SlideLimits) -> Result<RgbImage, SlideError> {
+        match self {
+            SlideSource::Memory(img) => Ok(img.clone()),
+            SlideSource::Tiff(t) => {
+                slide::check_size(&t.path, t.width as u64, t.height as u64, limits)?;
+                let (w, h) = (t.width, t.height);
+                t.region(0, 0, w, h)
+            }
+        }
+    }
+
+    /// The slide shrunk by an integer `factor` (box average; partial edge cells average what
+    /// they hold), streamed chunk by chunk for TIFFs.
+    pub fn thumbnail(&mut self, factor: usize) -> Result<RgbImage, SlideError> {
+        let factor = factor.max(1);
+        let (tw, th) = (self.width().div_ceil(factor), self.height().div_ceil(factor));
+        let mut sums = vec![0u32; tw * th * 3];
+        let mut counts = vec![0u32; tw * th];
+        let mut add = |img: &RgbImage, x0: usize, y0: usize| {
+            for y in 0..img.height {
+                let ty = (y0 + y) / factor;
+                for x in 0..img.width {
+                    let t = ty * tw + (x0 + x) / factor;
+                    let p = (y * img.width + x) * 3;
+                    sums[t * 3] += img.data[p] as u32;
+                    sums[t * 3 + 1] += img.data[p + 1] as u32;
+                    sums[t * 3 + 2] += img.data[p + 2] as u32;
+                    counts[t] += 1;
+                }
+            }
+        };
+        match self {
+            SlideSource::Memory(img) => add(img, 0, 0),
+            SlideSource::Tiff(t) => {
+                for i in 0..t.chunks() {
+                    let (x0, y0) = t.chunk_origin(i);
+                    // Straight from the decoder: a thumbnail pass would only evict the cache.
+                    let chunk = t.decode_chunk(i)?;
+                    add(&chunk, x0, y0);
+                }
+            }
+        }
+        let data = sums
+            .chunks_exact(3)
+            .zip(&counts)
+            .flat_map(|(s, &n)| s.iter().map(move |&v| (v + n / 2).checked_div(n).unwrap_or(0) as u8))
+            .collect();
+        Ok(RgbImage {
+            width: tw,
+            height: th,
+            data,
+        })
+    }
+}
+
+/// A copy of the `w × h` region at `(x, y)`.
+pub fn crop(img: &RgbImage, x: usize, y: usize, w: usize, h: usize) -> RgbImage {
+    let mut data = Vec::with_capacity(w * h * 3);
+    for row in y..y + h {
+        let start = (row * img.width + x) * 3;
+        data.extend_from_slice(&img.data[start..start + w * 3]);
+    }
+    RgbImage {
+        width: w,
+        height: h,
+        data,
+    }
+}
+
+/// A TIFF's first image, decoded chunk by chunk on demand.
+pub struct TiffRegions {
+    pub path: PathBuf,
+    pub width: usize,
+    pub height: usize,
+    decoder: Decoder<BufReader<File>>,
+    color: ColorType,
+    channels: usize,
+    chunk_w: usize,
+    chunk_h: usize,
+    across: usize,
+    /// LZW chunks are decompressed here (the tiff crate's LZW reader can panic on edge tiles).
+    lzw: Option<LzwLayout>,
+    cache: HashMap<usize, Arc<RgbImage>>,
+    order: VecDeque<usize>,
+    cache_bytes: usize,
+    max_cache_bytes: usize,
+}
+
+struct LzwLayout {
+    offsets: Vec<u64>,
+    counts: Vec<u64>,
+    predictor: u16,
+    little_endian: bool,
+    white_is_zero: bool,
+    bytes_per_sample: usize,
+}
+
+impl TiffRegions {
+    pub fn open(path: &Path, max_cache_bytes: usize) -> Result<TiffRegions, SlideError> {
+        let io_err = |cause| SlideError::Io {
+            path: path.to_owned(),
+            cause,
+        };
+        let tiff_err = |cause| SlideError::Tiff {
+            path: path.to_owned(),
+            cause,
+        };
+        let unsupported = |what: String| SlideError::Unsupported {
+            path: path.to_owned(),
+            what,
+        };
+        slide::guarded(path, || {
+            let mut file = File::open(path).map_err(io_err)?;
+            let mut order = [0u8; 2];
+            file.read_exact(&mut order).map_err(io_err)?;
+            file.rewind().map_err(io_err)?;
+            let mut decoder = Decoder::new(BufReader::with_capacity(1 << 16, file)).map_err(tiff_err)?;
+            let (width, height) = decoder.dimensions().map_err(tiff_err)?;
+            let planar = decoder
+                .find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
+                .map_err(tiff_err)?;
+            if planar == Some(PlanarConfiguration::Planar.to_u16()) {
+                return Err(unsupported("planar (separate-plane) TIFF".into()));
+            }
+            let color = decoder.colortype().map_err(tiff_err)?;
+            let (channels, bytes_per_sample) = match color {
+                ColorType::Gray(b) if b == 8 || b == 16 => (1, b as usize / 8),
+                ColorType::GrayA(b) if b == 8 || b == 16 => (2, b as usize / 8),
+                ColorType::RGB(b) if b == 8 || b == 16 => (3, b as usize / 8),
+                ColorType::YCbCr(8) => (3, 1),
+                ColorType::RGBA(b) if b == 8 || b == 16 => (4, b as usize / 8),
+                other => {
+                    return Err(unsupported(format!(
+                        "TIFF colour type {other:?} (expected 8- or 16-bit grey, RGB or RGBA)"
+                    )))
+                }
+            };
+            let compression = decoder.find_tag_unsigned::<u16>(Tag::Compression).map_err(tiff_err)?;
+            if let ColorType::YCbCr(_) = color {
+                let subsampling = decoder
+                    .find_tag_unsigned_vec::<u16>(crate::tiff_write::YCBCR_SUBSAMPLING)
+                    .map_err(tiff_err)?;
+                if compression != Some(CompressionMethod::ModernJPEG.to_u16())
+                    && subsampling.as_deref() != Some(&[1, 1])
+                {
+                    return Err(unsupported(
+                        "chroma-subsampled YCbCr TIFF without JPEG compression".into(),
+                    ));
+                }
+            }
+            let (cw, ch) = decoder.chunk_dimensions();
+            let (chunk_w, chunk_h) = (cw as usize, ch as usize);
+            if chunk_w == 0 || chunk_h == 0 {
+                return Err(unsupported("chunks of size 0".into()));
+            }
+            let mut limits = tiff::decoder::Limits::default();
+            let chunk_bytes = chunk_w * chunk_h * channels * bytes_per_sample;
+            limits.decoding_buffer_size = limits.decoding_buffer_size.max(chunk_bytes * 2);
+            limits.intermediate_buffer_size = limits.intermediate_buffer_size.max(chunk_bytes * 2);
+            let mut decoder = decoder.with_limits(limits);
+            let lzw = if compression == Some(CompressionMethod::LZW.to_u16()) {
+                let (offsets_tag, counts_tag) = match decoder.get_chunk_type() {
+                    ChunkType::Strip => (Tag::StripOffsets, Tag::StripByteCounts),
+                    ChunkType::Tile => (Tag::TileOffsets, Tag::TileByteCounts),
+                };
+                let offsets = decoder.get_tag_u64_vec(offsets_tag).map_err(tiff_err)?;
+                let counts = decoder.get_tag_u64_vec(counts_tag).map_err(tiff_err)?;
+                let predictor = decoder
+                    .find_tag_unsigned::<u16>(Tag::Predictor)
+                    .map_err(tiff_err)?
+                    .unwrap_or(1);
+                if predictor != 1 && predictor != 2 {
+                    return Err(unsupported(format!("TIFF predictor {predictor} with LZW")));
+                }
+                let white_is_zero = decoder
+                    .find_tag_unsigned::<u16>(Tag::PhotometricInterpretation)
+                    .map_err(tiff_err)?
+                    == Some(0);
+                Some(LzwLayout {
+                    offsets,
+                    counts,
+                    predictor,
+                    little_endian: &order == b"II",
+                    white_is_zero,
+                    bytes_per_sample,
+                })
+            } else {
+                None
+            };
+            let (width, height) = (width as usize, height as usize);
+            let regions = TiffRegions {
+                path: path.to_owned(),
+                width,
+                height,
+                decoder,
+                color,
+                channels,
+                chunk_w,
+                chunk_h,
+                across: width.div_ceil(chunk_w),
+                lzw,
+                cache: HashMap::new(),
+                order: VecDeque::new(),
+                cache_bytes: 0,
+                max_cache_bytes,
+            };
+            if let Some(l) = &regions.lzw {
+                if l.offsets.len() < regions.chunks() || l.counts.len() < regions.chunks() {
+                    return Err(regions.corrupt(format!(
+                        "{} chunk offsets for {} chunks",
+                        l.offsets.len(),
+                        regions.chunks()
+                    )));
+                }
+            }
+            Ok(regions)
+        })
+    }
+
+    pub fn chunks(&self) -> usize {
+        self.across * self.height.div_ceil(self.chunk_h)
+    }
+
+    /// Chunk size (width, height): tiles, or strips as wide as the image.
+    pub fn chunk_size(&self) -> (usize, usize) {
+        (self.chunk_w, self.chunk_h)
+    }
+
+    fn chunk_origin(&self, i: usize) -> (usize, usize) {
+        ((i % self.across) * self.chunk_w, (i / self.across) * self.chunk_h)
+    }
+
+    fn corrupt(&self, what: String) -> SlideError {
+        SlideError::Tiff {
+            path: self.path.clone(),
+            cause: tiff::TiffError::IoError(std::io::Error::new(std::io::ErrorKind::InvalidData, what)),
+        }
+    }
+
+    /// The `w × h` region at `(x, y)` from the chunks that cover it.
+    pub fn region(&mut self, x: usize, y: usize, w: usize, h: usize) -> Result<RgbImage, SlideError> {
+        let mut out = RgbImage::new(w, h);
+        if w == 0 || h == 0 {
+            return Ok(out);
+        }
+        let (cx0, cx1) = (x / self.chunk_w, (x + w - 1) / self.chunk_w);
+        let (cy0, cy1) = (y / self.chunk_h, (y + h - 1) / self.chunk_h);
+        for cy in cy0..=cy1 {
+            for cx in cx0..=cx1 {
+                let chunk = self.cached_chunk(cy * self.across + cx)?;
+                let (ox, oy) = (cx * self.chunk_w, cy * self.chunk_h);
+                // The overlap of the chunk and the region, in slide coordinates.
+                let (ax, bx) = (x.max(ox), (x + w).min(ox + chunk.width));
+                let (ay, by) = (y.max(oy), (y + h).min(oy + chunk.height));
+                for sy in ay..by {
+                    let src = ((sy - oy) * chunk.width + (ax - ox)) * 3;
+                    let dst = ((sy - y) * w + (ax - x)) * 3;
+                    out.data[dst..dst + (bx - ax) * 3].copy_from_slice(&chunk.data[src..src + (bx - ax) * 3]);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn cached_chunk(&mut self, i: usize) -> Result<Arc<RgbImage>, SlideError> {
+        if let Some(c) = self.cache.get(&i) {
+            return Ok(c.clone());
+        }
+        let chunk = Arc::new(self.decode_chunk(i)?);
+        let bytes = chunk.data.len();
+        while self.cache_bytes + bytes > self.max_cache_bytes {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some(c) = self.cache.remove(&old) {
+                self.cache_bytes -= c.data.len();
+            }
+        }
+        self.cache.insert(i, chunk.clone());
+        self.order.push_back(i);
+        self.cache_bytes += bytes;
+        Ok(chunk)
+    }
+
+    /// Chunk `i` as RGB8, cropped to the image (edge tiles carry padding in the file).
+    pub fn decode_chunk(&mut self, i: usize) -> Result<RgbImage, SlideError> {
+        let (ox, oy) = self.chunk_origin(i);
+        let (dw, dh) = (self.chunk_w.min(self.width - ox), self.chunk_h.min(self.height - oy));
+        let path = self.path.clone();
+        let samples = slide::guarded(&path, || match &self.lzw {
+            Some(_) => self.lzw_chunk(i, dw, dh),
+            None => {
+                let tiff_err = |cause| SlideError::Tiff {
+                    path: path.clone(),
+                    cause,
+                };
+                match self.decoder.read_chunk(i as u32).map_err(tiff_err)? {
+                    DecodingResult::U8(v) => Ok(v),
+                    DecodingResult::U16(v) => Ok(v.into_iter().map(to_u8).collect()),
+                    _ => Err(SlideError::Unsupported {
+                        path: path.clone(),
+                        what: format!("TIFF sample format for {:?}", self.color),
+                    }),
+                }
+            }
+        })?;
+        if samples.len() != dw * dh * self.channels {
+            return Err(self.corrupt(format!(
+                "chunk {i} decoded to {} samples, expected {dw}×{dh}×{}",
+                samples.len(),
+                self.channels
+            )));
+        }
+        let data = match self.color {
+            ColorType::RGB(_) => samples,
+            ColorType::YCbCr(_) => slide::ycbcr_to_rgb(samples),
+            _ => slide::to_rgb(&samples, self.channels),
+        };
+        Ok(RgbImage {
+            width: dw,
+            height: dh,
+            data,
+        })
+    }
+
+    fn lzw_chunk(&mut self, i: usize, dw: usize, dh: usize) -> Result<Vec<u8>, SlideError> {
+        let l = self.lzw.as_ref().expect("an LZW layout");
+        let (offset, count) = (l.offsets[i], l.counts[i] as usize);
+        let pixel_bytes = self.channels * l.bytes_per_sample;
+        // Strips hold only their data rows; tiles are stored padded to full size.
+        let (cw, rows) = if self.chunk_w == self.width {
+            (self.width, dh)
+        } else {
+            (self.chunk_w, self.chunk_h)
+        };
+        let mut compressed = vec![0u8; count];
+        let reader = self.decoder.inner();
+        reader.seek(SeekFrom::Start(offset)).map_err(|cause| SlideError::Io {
+            path: self.path.clone(),
+            cause,
+        })?;
+        if reader.read_exact(&mut compressed).is_err() {
+            return Err(self.corrupt(format!("chunk {i} runs past the end of the file")));
+        }
+        let l = self.lzw.as_ref().expect("an LZW layout");
+        let mut raw = vec![0u8; cw * rows * pixel_bytes];
+        slide::lzw_decompress(&compressed, &mut raw).map_err(|e| self.corrupt(format!("chunk {i}: {e}")))?;
+        let mut out = Vec::with_capacity(dw * dh * pixel_bytes);
+        for row in raw.chunks_exact_mut(cw * pixel_bytes).take(dh) {
+            if l.predictor == 2 {
+                slide::undo_horizontal_predictor(row, self.channels, l.bytes_per_sample, l.little_endian);
+            }
+            out.extend_from_slice(&row[..dw * pixel_bytes]);
+        }
+        let mut samples: Vec<u8> = if l.bytes_per_sample == 2 {
+            let from = if l.little_endian {
+                u16::from_le_bytes
+            } else {
+                u16::from_be_bytes
+            };
+            out.chunks_exact(2).map(|b| to_u8(from([b[0], b[1]]))).collect()
+        } else {
+            out
+        };
+        if l.white_is_zero {
+            samples.iter_mut().for_each(|s| *s = 255 - *s);
+        }
+        Ok(samples)
+    }
+}
+
+fn to_u8(s: u16) -> u8 {
+    ((s as u32 * 255 + 32767) / 65535) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tiff_write::{write_tiff_image, Chunking, Compression, Samples, TiffSpec};
+
+    fn pattern(w: usize, h: usize) -> RgbImage {
+        let mut img = RgbImage::new(w, h);
+        for (i, px) in img.data.chunks_exact_mut(3).enumerate() {
+            let (y, x) = (i / w, i % w);
+            px.copy_from_slice(&[(x * 7 + y) as u8, (y * 5) as u8, (x ^ y) as u8]);
+        }
+        img
+    }
+
+    #[test]
+    fn regions_of_tiled_and_striped_tiffs_equal_crops_of_the_whole_slide() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = pattern(300, 170);
+        let cases = [
+            (Chunking::Tiles { size: 64 }, Compression::Lzw, false),
+            (Chunking::Tiles { size: 48 }, Compression::Deflate, true),
+            (Chunking::Strips { rows: 7 }, Compression::None, false),
+            (Chunking::Strips { rows: 16 }, Compression::Lzw, false),
+        ];
+        for (k, (chunking, compression, bigtiff)) in cases.into_iter().enumerate() {
+            let path = dir.path().join(format!("{k}.tiff"));
+            let spec = TiffSpec {
+                width: 300,
+                height: 170,
+                samples: Samples::Rgb8,
+                compression,
+                chunking,
+                bigtiff,
+            };
+            write_tiff_image(&path, &spec, &img.data).unwrap();
+            let mut src = SlideSource::open(&path, SlideLimits::default()).unwrap();
+            assert!(matches!(src, SlideSource::Tiff(_)), "case {k}");
+            assert_eq!((src.width(), src.height()), (300, 170));
+            for (x, y, w, h) in [(0, 0, 300, 170), (63, 47, 70, 60), (250, 100, 50, 70), (5, 160, 1, 10)] {
+                assert_eq!(
+                    src.region(x, y, w, h).unwrap(),
+                    crop(&img, x, y, w, h),
+                    "case {k} region {x},{y}"
+                );
+            }
+            let thumb = src.thumbnail(4).unwrap();
+            let mem = SlideSource::Memory(img.clone()).thumbnail(4).unwrap();
+            assert_eq!(thumb, mem, "case {k}");
+            assert_eq!((thumb.width, thumb.height), (75, 43));
+        }
+    }
+
+    #[test]
+    fn the_thumbnail_averages_each_cell() {
+        let mut img = RgbImage::new(3, 2);
+        img.data = vec![0, 0, 0, 10, 10, 10, 100, 0, 0, 20, 20, 20, 30, 30, 30, 200, 0, 0];
+        let t = SlideSource::Memory(img).thumbnail(2).unwrap();
+        assert_eq!((t.width, t.height), (2, 1));
+        assert_eq!(t.data, [15, 15, 15, 150, 0, 0]);
+    }
+}

@@ -1,0 +1,237 @@
+//! Whole-slide prediction for manifests with `mode = "tiles"` groups: windows of the model's
+//! input size at the group's scale, background windows skipped by the tissue detector, windows
+//! batched through the engine, Gaussian-blended into a block map at the slide's resolution.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::blocks::BlockMap;
+use crate::engine::{Engine, EngineError, SlideInfo, Timings};
+use crate::manifest::{GroupMode, TileSpec};
+use crate::region::SlideSource;
+use crate::resize::resize_map;
+use crate::slide::{RgbImage, SlideLimits};
+use crate::tiles;
+use crate::tissue::{thumbnail_factor, TissueMap, TissueSummary};
+
+/// Longest side of the thumbnail the tissue detector and overviews use.
+pub const THUMBNAIL_SIDE: usize = 2048;
+
+/// What tiling did on one slide.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TileStats {
+    pub windows: usize,
+    /// Windows that ran (the rest were background).
+    pub windows_run: usize,
+    /// Wall time of the windows that ran (read, model, blend), over their number.
+    pub seconds_per_window: f64,
+    pub tissue: Option<TissueSummary>,
+    pub thumbnail_seconds: f64,
+    /// Memory held by the probability blocks at the end.
+    pub map_bytes: usize,
+}
+
+/// A slide's prediction: the probability map and the thumbnail it was planned on.
+pub struct TiledPrediction {
+    pub map: BlockMap,
+    pub thumbnail: Option<(RgbImage, usize)>,
+    pub stats: TileStats,
+}
+
+/// Progress within a slide: windows done, windows to run.
+pub type WindowProgress<'a> = &'a mut dyn FnMut(usize, usize);
+
+/// Every group serving the slide's organ, weighted by group weight, into one block map. Groups in
+/// resize mode need the whole slide in memory (within `limits`).
+pub fn predict_slide(
+    engine: &mut Engine,
+    source: &mut SlideSource,
+    info: &SlideInfo,
+    limits: SlideLimits,
+    t: &mut Timings,
+    progress: WindowProgress,
+) -> Result<TiledPrediction, EngineError> {
+    let (width, height) = (source.width(), source.height());
+    let serving: Vec<usize> = (0..engine.manifest().groups.len())
+        .filter(|&gi| engine.group_serves(gi, info.organ))
+        .collect();
+    if serving.is_empty() {
+        return Err(EngineError::NoModel(info.organ));
+    }
+    let mut stats = TileStats::default();
+    let tiled = serving
+        .iter()
+        .any(|&gi| matches!(engine.manifest().groups[gi].mode, GroupMode::Tiles(_)));
+    let detection = engine.manifest().tissue;
+    let (thumbnail, tissue) = if tiled && detection.enabled {
+        let start = Instant::now();
+        let factor = thumbnail_factor(width, height, THUMBNAIL_SIDE);
+        let thumb = source.thumbnail(factor)?;
+        let map = TissueMap::detect(&thumb, factor);
+        stats.thumbnail_seconds = start.elapsed().as_secs_f64();
+        t.read += start.elapsed();
+        stats.tissue = Some(map.summary());
+        (Some((thumb, factor)), Some(map))
+    } else {
+        (None, None)
+    };
+    let weight_sum: f32 = serving.iter().map(|&gi| engine.manifest().groups[gi].weight).sum();
+    let mut map = BlockMap::new(width, height);
+    let mut window_time = 0f64;
+    for &gi in &serving {
+        let k = engine.manifest().groups[gi].weight / weight_sum;
+        match engine.manifest().groups[gi].mode {
+            GroupMode::Resize => {
+                let start = Instant::now();
+                let whole = source.whole(limits)?;
+                t.read += start.elapsed();
+                let dense = engine.resized_group(gi, &whole, info, t)?;
+                map.add_window((0, 0, width, height), &dense, &vec![1.0; height], &vec![1.0; width], k);
+            }
+            GroupMode::Tiles(spec) => {
+                let start = Instant::now();
+                let (total, run) = add_tiled_group(
+                    engine,
+                    gi,
+                    spec,
+                    source,
+                    info,
+                    tissue.as_ref(),
+                    k,
+                    &mut map,
+                    t,
+                    progress,
+                )?;
+                window_time += start.elapsed().as_secs_f64();
+                stats.windows += total;
+                stats.windows_run += run;
+            }
+        }
+    }
+    stats.seconds_per_window = window_time / stats.windows_run.max(1) as f64;
+    stats.map_bytes = map.allocated_bytes();
+    Ok(TiledPrediction { map, thumbnail, stats })
+}
+
+/// Group `gi`'s map on its own (weight 1), over a slide in memory: what resize-mode code uses
+/// when a tiled group meets a slide that was read whole.
+pub fn group_sum(
+    engine: &mut Engine,
+    gi: usize,
+    source: &mut SlideSource,
+    info: &SlideInfo,
+    tissue: Option<&TissueMap>,
+    t: &mut Timings,
+    progress: WindowProgress,
+) -> Result<BlockMap, EngineError> {
+    let GroupMode::Tiles(spec) = engine.manifest().groups[gi].mode else {
+        unreachable!("group_sum is for tiled groups");
+    };
+    let mut map = BlockMap::new(source.width(), source.height());
+    add_tiled_group(engine, gi, spec, source, info, tissue, 1.0, &mut map, t, progress)?;
+    Ok(map)
+}
+
+/// Runs group `gi`'s windows and adds `k ·` its normalised blend to `map`; returns (windows,
+/// windows run). A skipped window counts as predicting 0, so every pixel's weights still sum to 1
+/// and the per-axis coverage makes the normalisation separable.
+#[allow(clippy::too_many_arguments)]
+fn add_tiled_group(
+    engine: &mut Engine,
+    gi: usize,
+    spec: TileSpec,
+    source: &mut SlideSource,
+    info: &SlideInfo,
+    tissue: Option<&TissueMap>,
+    k: f32,
+    map: &mut BlockMap,
+    t: &mut Timings,
+    progress: WindowProgress,
+) -> Result<(usize, usize), EngineError> {
+    let (width, height) = (source.width(), source.height());
+    let size = engine.manifest().groups[gi].size;
+    let factor = spec.factor(size, engine.manifest().scaling.as_ref(), info.pixel_size);
+    // The window's side in slide pixels.
+    let side = ((size as f64 / factor).round() as usize).max(1);
+    let weights = tiles::gaussian(side);
+    let cover_x = tiles::coverage(width, &tiles::starts(width, side, spec.overlap), &weights);
+    let cover_y = tiles::coverage(height, &tiles::starts(height, side, spec.overlap), &weights);
+    let windows = tiles::windows(width, height, side, spec.overlap);
+    let min_fraction = engine.manifest().tissue.min_fraction;
+    let to_run: Vec<tiles::Window> = windows
+        .iter()
+        .copied()
+        .filter(|w| tissue.is_none_or(|m| m.fraction(w.x, w.y, w.width, w.height) >= min_fraction))
+        .collect();
+    let mut done = 0;
+    progress(0, to_run.len());
+    for batch in to_run.chunks(spec.batch) {
+        let start = Instant::now();
+        let mut images = Vec::with_capacity(batch.len());
+        for w in batch {
+            let region = source.region(w.x, w.y, w.width, w.height)?;
+            images.push(pad_edge(&region, side));
+        }
+        t.read += start.elapsed();
+        let maps = engine.group_maps(gi, &images, (size, size), info.organ, spec.batch, t)?;
+        let start = Instant::now();
+        for (w, m) in batch.iter().zip(maps) {
+            let back = resize_map(&m, size, size, side, side);
+            let values = crop_map(&back, side, w.width, w.height);
+            let rows: Vec<f32> = (0..w.height).map(|r| weights[r] / cover_y[w.y + r]).collect();
+            let cols: Vec<f32> = (0..w.width).map(|c| weights[c] / cover_x[w.x + c]).collect();
+            map.add_window((w.x, w.y, w.width, w.height), &values, &rows, &cols, k);
+        }
+        t.resize_back += start.elapsed();
+        done += batch.len();
+        progress(done, to_run.len());
+    }
+    Ok((windows.len(), to_run.len()))
+}
+
+/// The region padded to `side × side` by repeating its last row and column (windows larger than
+/// the slide).
+fn pad_edge(region: &RgbImage, side: usize) -> RgbImage {
+    if region.width == side && region.height == side {
+        return region.clone();
+    }
+    let mut out = RgbImage::new(side, side);
+    for y in 0..side {
+        let sy = y.min(region.height - 1);
+        for x in 0..side {
+            let sx = x.min(region.width - 1);
+            let (d, s) = ((y * side + x) * 3, (sy * region.width + sx) * 3);
+            out.data[d..d + 3].copy_from_slice(&region.data[s..s + 3]);
+        }
+    }
+    out
+}
+
+fn crop_map(map: &[f32], side: usize, w: usize, h: usize) -> Vec<f32> {
+    if w == side && h == side {
+        return map.to_vec();
+    }
+    (0..h)
+        .flat_map(|y| map[y * side..y * side + w].iter().copied())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_repeats_the_edge_and_cropping_undoes_it() {
+        let img = RgbImage {
+            width: 2,
+            height: 1,
+            data: vec![1, 2, 3, 4, 5, 6],
+        };
+        let p = pad_edge(&img, 3);
+        assert_eq!(p.pixel(2, 2), [4, 5, 6]);
+        assert_eq!(p.pixel(0, 1), [1, 2, 3]);
+        let map: Vec<f32> = (0..9).map(|v| v as f32).collect();
+        assert_eq!(crop_map(&map, 3, 2, 1), [0.0, 1.0]);
+    }
+}
