@@ -33,9 +33,24 @@ enum Command {
     Rle(RleCommand),
     /// Mean Dice of a submission against the truth, overall and per organ.
     Score(ScoreArgs),
+    /// Put shard submissions (`predict --shard i/N`) back together in test.csv's order.
+    Merge(MergeArgs),
     /// One folder for an offline Kaggle notebook: this binary, libonnxruntime (and the CUDA
     /// provider with --gpu), the ensemble's ONNX files and its manifest with relative paths.
     Bundle(BundleArgs),
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// The test.csv the shards split.
+    #[arg(long)]
+    test: PathBuf,
+    /// The merged submission.
+    #[arg(long, default_value = "submission.csv")]
+    out: PathBuf,
+    /// The shards' submissions, in any order.
+    #[arg(required = true)]
+    shards: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -114,9 +129,18 @@ struct PredictArgs {
     /// Write each slide with the predicted (yellow) and true (cyan) outlines here as PNG.
     #[arg(long)]
     overlays: Option<PathBuf>,
-    /// Longest side of an overlay PNG.
+    /// Longest side of an overlay or overview PNG.
     #[arg(long, default_value_t = 1024)]
     overlay_size: usize,
+    /// Write each slide's FTU outlines here as QuPath GeoJSON, with a PNG overview.
+    #[arg(long)]
+    geojson: Option<PathBuf>,
+    /// Write each slide's final mask here as a tiled 0/255 TIFF.
+    #[arg(long)]
+    masks: Option<PathBuf>,
+    /// Predict only rows i, i+N, i+2N, … of test.csv (0-based), for array jobs; see `merge`.
+    #[arg(long, value_name = "i/N")]
+    shard: Option<predict::Shard>,
     /// fail: stop at the first bad slide; skip: give it an empty mask and list it at the end.
     #[arg(long, value_enum, default_value = "fail")]
     on_error: OnError,
@@ -209,6 +233,11 @@ fn main() -> Result<()> {
             mask_image::write_mask_png(&out, &m)?;
             eprintln!("wrote {} ({} foreground pixels)", out.display(), m.count());
         }
+        Command::Merge(a) => {
+            let rows = ftu_infer::merge::merge(&a.test, &a.shards)?;
+            ftu_infer::schema::write_rows(&a.out, &rows).with_context(|| format!("writing {}", a.out.display()))?;
+            println!("wrote {} ({} rows from {} shards)", a.out.display(), rows.len(), a.shards.len());
+        }
         Command::Score(a) => {
             let scores = score::score_files(&a.truth, &a.pred, a.meta.as_deref())?;
             if scores.images.is_empty() {
@@ -259,18 +288,37 @@ fn run_predict(a: PredictArgs) -> Result<()> {
         limits: SlideLimits {
             max_pixels: a.max_pixels,
         },
+        geojson: a.geojson,
+        masks: a.masks,
+        shard: a.shard,
     };
-    let bar = ProgressBar::new(0);
+    let bars = indicatif::MultiProgress::new();
+    let bar = bars.add(ProgressBar::new(0));
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} slides {elapsed_precise} eta {eta} {msg}")
             .expect("a valid template"),
     );
-    let report = predict::predict_dir(&mut engine, &opts, &mut |done, total, id| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-        bar.set_message(id.to_string());
+    let windows = bars.add(ProgressBar::new(0));
+    windows.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} tissue windows of this slide, eta {eta}")
+            .expect("a valid template"),
+    );
+    let report = predict::predict_dir(&mut engine, &opts, &mut |event| match event {
+        predict::Event::Slide { done, total, id } => {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(id.to_string());
+        }
+        predict::Event::Windows { done, total } => {
+            if done == 0 {
+                windows.reset();
+            }
+            windows.set_length(total as u64);
+            windows.set_position(done as u64);
+        }
     })
     .with_context(|| format!("predicting {}", opts.data.display()))?;
+    windows.finish_and_clear();
     bar.finish_and_clear();
 
     println!(
@@ -289,6 +337,29 @@ fn run_predict(a: PredictArgs) -> Result<()> {
     }
     if let Some(note) = runtime.fallback() {
         println!("note: {note}");
+    }
+    for t in &report.tiles {
+        let tissue = t
+            .stats
+            .tissue
+            .as_ref()
+            .map(|s| {
+                format!(
+                    ", tissue {:.1}% (saturation > {})",
+                    100.0 * s.tissue_fraction,
+                    s.saturation_threshold
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "{}: {} of {} windows run{tissue}, {:.3} s per tissue window, thumbnail {:.1} s, map {:.0} MB",
+            t.id,
+            t.stats.windows_run,
+            t.stats.windows,
+            t.stats.seconds_per_window,
+            t.stats.thumbnail_seconds,
+            t.stats.map_bytes as f64 / 1e6
+        );
     }
     for s in &report.skipped {
         println!("skipped {}: {}", s.id, s.reason);

@@ -1,7 +1,10 @@
 //! Masks as image files: any slide format in (non-zero = foreground), 0/255 greyscale PNG out.
 
 use crate::atomic::{write_atomic, WriteError};
+use crate::blocks::BlockMap;
 use crate::mask::Mask;
+use crate::runs::RunMask;
+use crate::tiff_write::{needs_bigtiff, write_tiff, Chunking, Compression, Samples, TiffSpec};
 use crate::slide::{read_slide, SlideError, SlideLimits};
 use image::ImageEncoder;
 use std::io;
@@ -41,6 +44,49 @@ pub fn write_rgb_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Re
     })
 }
 
+/// Tiled, deflated, 8-bit grey: what whole-slide viewers open, at any size.
+fn grey_tiff_spec(width: usize, height: usize) -> TiffSpec {
+    TiffSpec {
+        width: width as u32,
+        height: height as u32,
+        samples: Samples::Grey8,
+        chunking: Chunking::Tiles { size: 512 },
+        compression: Compression::Deflate,
+        bigtiff: needs_bigtiff(width as u32, height as u32, Samples::Grey8),
+    }
+}
+
+/// Writes a mask as a tiled 0/255 TIFF, tile by tile from its runs (no dense copy).
+pub fn write_mask_tiff(path: &Path, mask: &RunMask) -> Result<(), WriteError> {
+    write_tiff(path, &grey_tiff_spec(mask.width, mask.height), |rect, buf| {
+        let (x0, x1) = (rect.x, rect.x + rect.width);
+        for y in rect.y..rect.y + rect.height {
+            let start = buf.len();
+            buf.resize(start + rect.width as usize, 0);
+            for &(s, e) in &mask.rows[y as usize] {
+                let (s, e) = (s.max(x0), e.min(x1));
+                if s < e {
+                    buf[start + (s - x0) as usize..start + (e - x0) as usize].fill(255);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Writes a probability map as a tiled 8-bit TIFF of round(p·255), block by block.
+pub fn write_prob_tiff(path: &Path, map: &BlockMap) -> Result<(), WriteError> {
+    write_tiff(path, &grey_tiff_spec(map.width, map.height), |rect, buf| {
+        for y in rect.y..rect.y + rect.height {
+            for x in rect.x..rect.x + rect.width {
+                let p = map.get(y as usize, x as usize);
+                buf.push((p.clamp(0.0, 1.0) * 255.0).round() as u8);
+            }
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +100,22 @@ mod tests {
         write_mask_png(&p, &m).unwrap();
         let back = read_mask(&p, SlideLimits::default()).unwrap();
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn tiff_masks_and_maps_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..700 * 530).map(|i| ((i / 7) % 3 == 0) as u8).collect();
+        let m = Mask::from_row_major(530, 700, data).unwrap();
+        let p = dir.path().join("m.tiff");
+        write_mask_tiff(&p, &RunMask::from_mask(&m)).unwrap();
+        assert_eq!(read_mask(&p, SlideLimits::default()).unwrap(), m);
+        let mut map = BlockMap::new(700, 530);
+        map.add_window((600, 500, 2, 1), &[0.5, 1.0], &[1.0], &[1.0, 1.0], 1.0);
+        write_prob_tiff(&p, &map).unwrap();
+        let grey = read_slide(&p, SlideLimits::default()).unwrap();
+        assert_eq!(grey.pixel(600, 500), [128; 3]);
+        assert_eq!(grey.pixel(601, 500), [255; 3]);
+        assert_eq!(grey.data.iter().filter(|&&v| v != 0).count(), 6);
     }
 }

@@ -1,6 +1,9 @@
 //! `ftu-infer predict` over a Kaggle-layout folder: every row of test.csv, in order, the next slide
 //! decoded on another thread while the models run on this one; thresholds per organ and source;
-//! one submission row per id whatever happens; probability PNGs, overlays and a JSON report.
+//! one submission row per id whatever happens; probability maps, overlays and a JSON report.
+//! Manifests with tiled groups read each slide region by region instead ([`crate::tiled`]),
+//! keep probabilities in blocks and masks as row runs, so whole-slide images fit in memory.
+//! Masks are cleaned per organ, outlined as GeoJSON, and rows can be split into shards.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,10 +14,14 @@ use serde::Serialize;
 
 use crate::atomic::{write_atomic, WriteError};
 use crate::engine::{Engine, EngineError, ProbMap, SlideInfo, Timings};
+use crate::manifest::GroupMode;
 use crate::mask::Mask;
+use crate::region::SlideSource;
+use crate::runs::RunMask;
 use crate::schema::{self, CsvError, SubmissionRow, TestRow};
 use crate::slide::{read_slide, RgbImage, SlideError, SlideLimits};
-use crate::{mask_image, resize, rle, score};
+use crate::tiled::{self, TileStats};
+use crate::{geojson, mask_image, postprocess, resize, rle, score};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
@@ -71,6 +78,44 @@ pub struct PredictOptions {
     pub overlay_size: usize,
     pub on_error: OnError,
     pub limits: SlideLimits,
+    /// Write each slide's FTU outlines here as GeoJSON, with a PNG overview of them.
+    pub geojson: Option<PathBuf>,
+    /// Write each slide's mask here as a tiled 0/255 TIFF.
+    pub masks: Option<PathBuf>,
+    /// Predict only this shard's rows of test.csv.
+    pub shard: Option<Shard>,
+}
+
+/// `i/N`: rows `i, i + N, i + 2N, …` of test.csv (0-based), so shards get a mix of slides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Shard, String> {
+        let bad = || format!("shard `{s}`: expected i/N with 0 <= i < N, e.g. 0/4");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl Shard {
+    pub fn holds(&self, row_index: usize) -> bool {
+        row_index % self.count == self.index
+    }
 }
 
 /// A slide that got an empty mask, and why.
@@ -98,8 +143,19 @@ pub struct PredictReport {
     pub wall_seconds: f64,
     pub slides_per_second: f64,
     pub foreground_fraction: f64,
+    /// `i/N` when this run was one shard.
+    pub shard: Option<String>,
+    /// Per slide, what tiling did (tiled manifests only).
+    pub tiles: Vec<SlideTiles>,
     #[serde(skip)]
     pub timings: Timings,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlideTiles {
+    pub id: String,
+    #[serde(flatten)]
+    pub stats: TileStats,
 }
 
 impl PredictReport {
@@ -110,8 +166,16 @@ impl PredictReport {
     }
 }
 
-/// Progress callback: slides done, total, the id just finished.
-pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, &str);
+/// What a run has done so far.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// A slide finished: slides done, total, its id.
+    Slide { done: usize, total: usize, id: &'a str },
+    /// Within a tiled slide: windows done, windows to run.
+    Windows { done: usize, total: usize },
+}
+
+pub type Progress<'a> = &'a mut dyn FnMut(Event);
 
 /// The image file of a test id.
 pub fn slide_path(data: &Path, id: &str) -> Option<PathBuf> {
@@ -127,91 +191,135 @@ pub fn threshold(prob: &ProbMap, threshold: f32) -> Mask {
     Mask::from_row_major(prob.height, prob.width, data).expect("a map's data fills its size")
 }
 
-/// Predicts every row of `data/test.csv` and writes the submission (temp file, then rename).
+/// Predicts every row of `data/test.csv` (or of one shard of it) and writes the submission
+/// (temp file, then rename).
 pub fn predict_dir(
     engine: &mut Engine,
     opts: &PredictOptions,
     progress: Progress,
 ) -> Result<PredictReport, PredictError> {
     let start = Instant::now();
-    let rows = schema::read_test(&opts.data.join("test.csv"))?;
-    if rows.is_empty() {
+    let all_rows = schema::read_test(&opts.data.join("test.csv"))?;
+    if all_rows.is_empty() {
         return Err(PredictError::Empty {
             data: opts.data.clone(),
         });
     }
-    let truth = match (&opts.overlays, opts.data.join("truth.csv")) {
+    let rows: Vec<TestRow> = match opts.shard {
+        None => all_rows,
+        Some(shard) => all_rows
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| shard.holds(*i))
+            .map(|(_, r)| r)
+            .collect(),
+    };
+    let truth: HashMap<String, String> = match (&opts.overlays, opts.data.join("truth.csv")) {
         (Some(_), t) if t.is_file() => score::read_truth(&t, Some(&opts.data.join("test.csv")))?
             .into_iter()
             .map(|r| (r.meta.id.clone(), r.rle))
             .collect(),
         _ => HashMap::new(),
     };
-    for dir in [&opts.probs, &opts.overlays].into_iter().flatten() {
+    for dir in [&opts.probs, &opts.overlays, &opts.geojson, &opts.masks].into_iter().flatten() {
         std::fs::create_dir_all(dir).map_err(|cause| WriteError {
             path: dir.clone(),
             cause,
         })?;
     }
+    let tiled = engine
+        .manifest()
+        .groups
+        .iter()
+        .any(|g| matches!(g.mode, GroupMode::Tiles(_)));
 
     let mut timings = Timings::default();
     let mut submission = Vec::with_capacity(rows.len());
     let mut skipped = Vec::new();
+    let mut tiles = Vec::new();
     let mut foreground = 0f64;
     let total = rows.len();
-    std::thread::scope(|scope| -> Result<(), PredictError> {
-        // One decoded slide waits while the models run: reading overlaps inference, memory stays
-        // at two slides.
-        let (tx, rx) = sync_channel::<(Result<RgbImage, SlideFailure>, Duration)>(1);
-        let reader_rows = &rows;
-        let data = &opts.data;
-        let limits = opts.limits;
-        scope.spawn(move || {
-            for row in reader_rows {
-                let t0 = Instant::now();
-                let slide = read_row(data, row, limits);
-                if tx.send((slide, t0.elapsed())).is_err() {
-                    break; // the consumer stopped on an error
+    let mut record = |row: &TestRow, outcome: Result<Outcome, SlideFailure>, submission: &mut Vec<SubmissionRow>| {
+        match outcome {
+            Ok(o) => {
+                foreground += o.fraction;
+                if let Some(stats) = o.tiles {
+                    tiles.push(SlideTiles {
+                        id: row.id.clone(),
+                        stats,
+                    });
                 }
+                submission.push(SubmissionRow {
+                    id: row.id.clone(),
+                    rle: o.rle,
+                });
+                Ok(())
             }
-        });
-        for (i, row) in rows.iter().enumerate() {
-            let (slide, read_time) = rx.recv().expect("the reader sends one result per row");
-            let mut t = Timings {
-                read: read_time,
-                ..Timings::default()
-            };
-            let outcome = slide.and_then(|slide| predict_one(engine, opts, row, &slide, truth.get(&row.id), &mut t));
-            timings.add(&t);
-            match outcome {
-                Ok((rle, fraction)) => {
-                    foreground += fraction;
-                    submission.push(SubmissionRow {
-                        id: row.id.clone(),
-                        rle,
-                    });
-                }
-                Err(cause) if opts.on_error == OnError::Skip => {
-                    skipped.push(Skipped {
-                        id: row.id.clone(),
-                        reason: cause.to_string(),
-                    });
-                    submission.push(SubmissionRow {
-                        id: row.id.clone(),
-                        rle: String::new(),
-                    });
-                }
-                Err(cause) => {
-                    return Err(PredictError::Slide {
-                        id: row.id.clone(),
-                        cause,
-                    })
-                }
+            Err(cause) if opts.on_error == OnError::Skip => {
+                skipped.push(Skipped {
+                    id: row.id.clone(),
+                    reason: cause.to_string(),
+                });
+                submission.push(SubmissionRow {
+                    id: row.id.clone(),
+                    rle: String::new(),
+                });
+                Ok(())
             }
-            progress(i + 1, total, &row.id);
+            Err(cause) => Err(PredictError::Slide {
+                id: row.id.clone(),
+                cause,
+            }),
         }
-        Ok(())
-    })?;
+    };
+    if tiled {
+        // Slides are opened region by region: nothing to decode ahead.
+        for (i, row) in rows.iter().enumerate() {
+            let mut t = Timings::default();
+            let outcome = predict_tiled_one(engine, opts, row, truth.get(&row.id), &mut t, &mut *progress);
+            timings.add(&t);
+            record(row, outcome, &mut submission)?;
+            progress(Event::Slide {
+                done: i + 1,
+                total,
+                id: &row.id,
+            });
+        }
+    } else {
+        std::thread::scope(|scope| -> Result<(), PredictError> {
+            // One decoded slide waits while the models run: reading overlaps inference, memory
+            // stays at two slides.
+            let (tx, rx) = sync_channel::<(Result<RgbImage, SlideFailure>, Duration)>(1);
+            let reader_rows = &rows;
+            let data = &opts.data;
+            let limits = opts.limits;
+            scope.spawn(move || {
+                for row in reader_rows {
+                    let t0 = Instant::now();
+                    let slide = read_row(data, row, limits);
+                    if tx.send((slide, t0.elapsed())).is_err() {
+                        break; // the consumer stopped on an error
+                    }
+                }
+            });
+            for (i, row) in rows.iter().enumerate() {
+                let (slide, read_time) = rx.recv().expect("the reader sends one result per row");
+                let mut t = Timings {
+                    read: read_time,
+                    ..Timings::default()
+                };
+                let outcome = slide.and_then(|slide| predict_one(engine, opts, row, &slide, truth.get(&row.id), &mut t));
+                timings.add(&t);
+                record(row, outcome, &mut submission)?;
+                progress(Event::Slide {
+                    done: i + 1,
+                    total,
+                    id: &row.id,
+                });
+            }
+            Ok(())
+        })?;
+    }
 
     schema::write_rows(&opts.out, &submission)?;
     let wall = start.elapsed().as_secs_f64();
@@ -236,6 +344,8 @@ pub fn predict_dir(
         } else {
             0.0
         },
+        shard: opts.shard.map(|s| s.to_string()),
+        tiles,
         timings,
     };
     let json = serde_json::to_vec_pretty(&report).expect("the report serialises");
@@ -244,24 +354,47 @@ pub fn predict_dir(
     Ok(report)
 }
 
-fn read_row(data: &Path, row: &TestRow, limits: SlideLimits) -> Result<RgbImage, SlideFailure> {
-    let path = slide_path(data, &row.id)
-        .ok_or_else(|| SlideFailure::Missing(data.join("test_images").join(format!("{}.tiff", row.id))))?;
-    let slide = read_slide(&path, limits)?;
-    if (slide.width, slide.height) != (row.img_width as usize, row.img_height as usize) {
-        // The RLE numbers pixels by the CSV's size: a mismatch would misplace every run.
+/// One slide's row and what else it produced.
+struct Outcome {
+    rle: String,
+    fraction: f64,
+    tiles: Option<TileStats>,
+}
+
+fn image_path(data: &Path, row: &TestRow) -> Result<PathBuf, SlideFailure> {
+    slide_path(data, &row.id).ok_or_else(|| SlideFailure::Missing(data.join("test_images").join(format!("{}.tiff", row.id))))
+}
+
+/// The RLE numbers pixels by the CSV's size: a mismatch would misplace every run.
+fn check_size(path: &Path, row: &TestRow, width: usize, height: usize) -> Result<(), SlideFailure> {
+    if (width, height) != (row.img_width as usize, row.img_height as usize) {
         return Err(SlideFailure::Size {
-            path,
-            width: slide.width,
-            height: slide.height,
+            path: path.to_path_buf(),
+            width,
+            height,
             csv_width: row.img_width,
             csv_height: row.img_height,
         });
     }
+    Ok(())
+}
+
+fn read_row(data: &Path, row: &TestRow, limits: SlideLimits) -> Result<RgbImage, SlideFailure> {
+    let path = image_path(data, row)?;
+    let slide = read_slide(&path, limits)?;
+    check_size(&path, row, slide.width, slide.height)?;
     Ok(slide)
 }
 
-/// One slide: the RLE and the foreground fraction.
+fn info_of(row: &TestRow) -> SlideInfo {
+    SlideInfo {
+        organ: row.organ,
+        source: row.data_source,
+        pixel_size: row.pixel_size,
+    }
+}
+
+/// One slide read whole, every group in resize mode.
 fn predict_one(
     engine: &mut Engine,
     opts: &PredictOptions,
@@ -269,23 +402,22 @@ fn predict_one(
     slide: &RgbImage,
     truth: Option<&String>,
     t: &mut Timings,
-) -> Result<(String, f64), SlideFailure> {
-    let info = SlideInfo {
-        organ: row.organ,
-        source: row.data_source,
-        pixel_size: row.pixel_size,
-    };
+) -> Result<Outcome, SlideFailure> {
+    let info = info_of(row);
     let prob = engine.predict(slide, &info, t)?;
     let start = Instant::now();
     let mask = threshold(&prob, engine.threshold(&info));
-    let encoded = rle::encode(&mask);
+    let post = engine.manifest().postprocess.get(row.organ);
+    let runs_needed = !post.is_identity() || opts.geojson.is_some() || opts.masks.is_some();
+    let (encoded, mask, runs) = if runs_needed {
+        let runs = postprocess::apply(RunMask::from_mask(&mask), &post, row.pixel_size);
+        (runs.rle(), runs.to_mask(), Some(runs))
+    } else {
+        (rle::encode(&mask), mask, None)
+    };
     t.rle += start.elapsed();
     if let Some(dir) = &opts.probs {
-        let grey: Vec<u8> = prob
-            .data
-            .iter()
-            .map(|&p| (p.clamp(0.0, 1.0) * 255.0).round() as u8)
-            .collect();
+        let grey: Vec<u8> = prob.data.iter().map(|&p| to_grey(p)).collect();
         mask_image::write_grey_png(&dir.join(format!("{}.png", row.id)), prob.width, prob.height, &grey)?;
     }
     if let Some(dir) = &opts.overlays {
@@ -293,10 +425,103 @@ fn predict_one(
         let (w, h, rgb) = overlay(slide, &mask, truth.as_ref(), opts.overlay_size);
         mask_image::write_rgb_png(&dir.join(format!("{}.png", row.id)), w, h, &rgb)?;
     }
-    Ok((
-        encoded,
-        mask.count() as f64 / (mask.height() * mask.width()).max(1) as f64,
-    ))
+    if let Some(runs) = &runs {
+        let w = prob.width;
+        write_extras(opts, row, runs, |y, x| prob.data[y * w + x], slide)?;
+    }
+    Ok(Outcome {
+        rle: encoded,
+        fraction: mask.count() as f64 / (mask.height() * mask.width()).max(1) as f64,
+        tiles: None,
+    })
+}
+
+/// One slide read region by region through the tiled engine.
+fn predict_tiled_one(
+    engine: &mut Engine,
+    opts: &PredictOptions,
+    row: &TestRow,
+    truth: Option<&String>,
+    t: &mut Timings,
+    progress: Progress,
+) -> Result<Outcome, SlideFailure> {
+    let info = info_of(row);
+    let path = image_path(&opts.data, row)?;
+    let start = Instant::now();
+    let mut source = SlideSource::open(&path, opts.limits)?;
+    t.read += start.elapsed();
+    let (width, height) = (source.width(), source.height());
+    check_size(&path, row, width, height)?;
+    let pred = tiled::predict_slide(engine, &mut source, &info, opts.limits, t, &mut |done, total| {
+        progress(Event::Windows { done, total })
+    })?;
+    let start = Instant::now();
+    let runs = RunMask::threshold(&pred.map, engine.threshold(&info));
+    let runs = postprocess::apply(runs, &engine.manifest().postprocess.get(row.organ), row.pixel_size);
+    let encoded = runs.rle();
+    t.rle += start.elapsed();
+    if let Some(dir) = &opts.probs {
+        mask_image::write_prob_tiff(&dir.join(format!("{}.tiff", row.id)), &pred.map)?;
+    }
+    // Overlays and overviews start from the thumbnail the tissue detector used, or a new one.
+    let base = match pred.thumbnail {
+        Some((thumb, _)) => thumb,
+        None if opts.overlays.is_some() || opts.geojson.is_some() => {
+            let factor = crate::tissue::thumbnail_factor(width, height, tiled::THUMBNAIL_SIDE);
+            source.thumbnail(factor).map_err(SlideFailure::Read)?
+        }
+        None => RgbImage::new(1, 1),
+    };
+    if let Some(dir) = &opts.overlays {
+        let truth = truth.and_then(|r| rle::parse(r, width * height).ok());
+        let truth_at = truth.as_ref().map(|runs| {
+            move |y: usize, x: usize| {
+                let i = x * height + y;
+                let k = runs.partition_point(|r| r.end() <= i);
+                k < runs.len() && runs[k].start <= i
+            }
+        });
+        let pred_at = |y: usize, x: usize| runs.get(y, x);
+        let mut layers: Vec<(&dyn Fn(usize, usize) -> bool, [u8; 3])> = Vec::new();
+        if let Some(f) = &truth_at {
+            layers.push((f, TRUTH_COLOUR));
+        }
+        layers.push((&pred_at, PRED_COLOUR));
+        let (w, h, rgb) = outline_overlay(&base, width, height, &layers, opts.overlay_size);
+        mask_image::write_rgb_png(&dir.join(format!("{}.png", row.id)), w, h, &rgb)?;
+    }
+    write_extras(opts, row, &runs, |y, x| pred.map.get(y, x), &base)?;
+    Ok(Outcome {
+        rle: encoded,
+        fraction: runs.count() as f64 / (width * height).max(1) as f64,
+        tiles: Some(pred.stats),
+    })
+}
+
+/// GeoJSON outlines with their overview, and the mask as a tiled TIFF, when asked for.
+/// `base` is the slide or a thumbnail of it.
+fn write_extras(
+    opts: &PredictOptions,
+    row: &TestRow,
+    runs: &RunMask,
+    prob: impl Fn(usize, usize) -> f32,
+    base: &RgbImage,
+) -> Result<(), SlideFailure> {
+    if let Some(dir) = &opts.geojson {
+        let outlines = geojson::outlines(runs, prob);
+        let fc = geojson::feature_collection(&row.id, row.organ, &outlines);
+        geojson::write(&dir.join(format!("{}.geojson", row.id)), &fc)?;
+        let (w, h, rgb) = outline_overview(base, runs.width, runs.height, &outlines, opts.overlay_size);
+        mask_image::write_rgb_png(&dir.join(format!("{}.png", row.id)), w, h, &rgb)?;
+    }
+    if let Some(dir) = &opts.masks {
+        mask_image::write_mask_tiff(&dir.join(format!("{}.tiff", row.id)), runs)?;
+    }
+    Ok(())
+}
+
+fn to_grey(p: f32) -> u8 {
+    (p.clamp(0.0, 1.0) * 255.0).round() as u8
 }
 
 /// Prediction outline in yellow, truth outline in cyan: both stand out on pink and purple stain.
@@ -305,17 +530,42 @@ const TRUTH_COLOUR: [u8; 3] = [0, 220, 255];
 
 /// The slide scaled to `max_side` with the outlines of the prediction (and truth) drawn on it.
 pub fn overlay(slide: &RgbImage, pred: &Mask, truth: Option<&Mask>, max_side: usize) -> (usize, usize, Vec<u8>) {
-    let scale = (max_side as f64 / slide.width.max(slide.height) as f64).min(1.0);
-    let w = ((slide.width as f64 * scale).round() as usize).max(1);
-    let h = ((slide.height as f64 * scale).round() as usize).max(1);
-    let mut img = resize::resize_rgb(slide, w, h);
-    for (mask, colour) in [(truth, TRUTH_COLOUR), (Some(pred), PRED_COLOUR)] {
-        let Some(mask) = mask else { continue };
+    let pred_at = |y: usize, x: usize| pred.get(y, x);
+    let truth_at = |y: usize, x: usize| truth.is_some_and(|m| m.get(y, x));
+    let mut layers: Vec<(&dyn Fn(usize, usize) -> bool, [u8; 3])> = Vec::new();
+    if truth.is_some() {
+        layers.push((&truth_at, TRUTH_COLOUR));
+    }
+    layers.push((&pred_at, PRED_COLOUR));
+    outline_overlay(slide, slide.width, slide.height, &layers, max_side)
+}
+
+/// The size of a picture of a `width × height` slide whose longer side is at most `max_side`.
+fn picture_size(width: usize, height: usize, max_side: usize) -> (usize, usize) {
+    let scale = (max_side as f64 / width.max(height) as f64).min(1.0);
+    (
+        ((width as f64 * scale).round() as usize).max(1),
+        ((height as f64 * scale).round() as usize).max(1),
+    )
+}
+
+/// `base` (the slide, or a thumbnail of a `width × height` slide) scaled to `max_side`, with the
+/// boundary of each layer's mask (a predicate over slide pixels) drawn in its colour.
+pub fn outline_overlay(
+    base: &RgbImage,
+    width: usize,
+    height: usize,
+    layers: &[(&dyn Fn(usize, usize) -> bool, [u8; 3])],
+    max_side: usize,
+) -> (usize, usize, Vec<u8>) {
+    let (w, h) = picture_size(width, height, max_side);
+    let mut img = resize::resize_rgb(base, w, h);
+    for (inside_slide, colour) in layers {
         // Nearest sampling of the mask at the overlay's size, then its boundary pixels.
         let small: Vec<bool> = (0..h * w)
             .map(|i| {
                 let (y, x) = (i / w, i % w);
-                mask.get(y * slide.height / h, x * slide.width / w)
+                inside_slide(y * height / h, x * width / w)
             })
             .collect();
         let inside = |y: isize, x: isize| {
@@ -327,7 +577,40 @@ pub fn overlay(slide: &RgbImage, pred: &Mask, truth: Option<&Mask>, max_side: us
                 let edge = inside(y, x) && !(-1..=1).all(|dy| (-1..=1).all(|dx| inside(y + dy, x + dx)));
                 if edge {
                     let i = (y as usize * w + x as usize) * 3;
-                    img.data[i..i + 3].copy_from_slice(&colour);
+                    img.data[i..i + 3].copy_from_slice(colour);
+                }
+            }
+        }
+    }
+    (w, h, img.data)
+}
+
+/// The GeoJSON overview: `base` scaled to `max_side` with every polygon ring drawn as lines.
+pub fn outline_overview(
+    base: &RgbImage,
+    width: usize,
+    height: usize,
+    outlines: &[geojson::Outline],
+    max_side: usize,
+) -> (usize, usize, Vec<u8>) {
+    let (w, h) = picture_size(width, height, max_side);
+    let mut img = resize::resize_rgb(base, w, h);
+    let (sx, sy) = (w as f64 / width as f64, h as f64 / height as f64);
+    let mut plot = |x: f64, y: f64| {
+        let (px, py) = (x.floor() as isize, y.floor() as isize);
+        if px >= 0 && py >= 0 && (px as usize) < w && (py as usize) < h {
+            let i = (py as usize * w + px as usize) * 3;
+            img.data[i..i + 3].copy_from_slice(&PRED_COLOUR);
+        }
+    };
+    for o in outlines {
+        for ring in std::iter::once(&o.outer).chain(&o.holes) {
+            for seg in ring.windows(2) {
+                let (ax, ay, bx, by) = (seg[0][0] * sx, seg[0][1] * sy, seg[1][0] * sx, seg[1][1] * sy);
+                let steps = ((bx - ax).abs().max((by - ay).abs()).ceil() as usize).max(1);
+                for k in 0..=steps {
+                    let f = k as f64 / steps as f64;
+                    plot(ax + f * (bx - ax), ay + f * (by - ay));
                 }
             }
         }

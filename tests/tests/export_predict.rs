@@ -95,8 +95,11 @@ norm = "imagenet"
         overlay_size: 256,
         on_error: OnError::Fail,
         limits: Default::default(),
+        geojson: None,
+        masks: None,
+        shard: None,
     };
-    let report = predict::predict_dir(&mut engine, &opts, &mut |_, _, _| {}).unwrap();
+    let report = predict::predict_dir(&mut engine, &opts, &mut |_| {}).unwrap();
     assert_eq!(report.predicted, 5);
     let test_ids: Vec<String> = ftu_infer::schema::read_test(&data.join("test.csv"))
         .unwrap()
