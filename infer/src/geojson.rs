@@ -222,7 +222,10 @@ mod tests {
             "......#...",
             ".......##.",
         ];
-        let data = rows.iter().flat_map(|r| r.bytes().map(|b| u8::from(b == b'#'))).collect();
+        let data = rows
+            .iter()
+            .flat_map(|r| r.bytes().map(|b| u8::from(b == b'#')))
+            .collect();
         let mask = Mask::from_row_major(8, 10, data).unwrap();
         let runs = RunMask::from_mask(&mask);
         let out = outlines(&runs, |y, _| y as f32);
@@ -246,13 +249,17 @@ mod tests {
             assert!(signed_area(&o.outer) > 0.0);
         }
         let fc = feature_collection("s1", Organ::Kidney, &out);
-        assert_eq!(fc["features"][0]["geometry"]["coordinates"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            fc["features"][0]["geometry"]["coordinates"].as_array().unwrap().len(),
+            2
+        );
         assert_eq!(fc["features"][1]["properties"]["classification"]["name"], "kidney");
     }
 
     /// Whether two closed segments share a point.
     fn segments_meet(a: [f64; 2], b: [f64; 2], c: [f64; 2], d: [f64; 2]) -> bool {
-        let cross = |o: [f64; 2], p: [f64; 2], q: [f64; 2]| (p[0] - o[0]) * (q[1] - o[1]) - (p[1] - o[1]) * (q[0] - o[0]);
+        let cross =
+            |o: [f64; 2], p: [f64; 2], q: [f64; 2]| (p[0] - o[0]) * (q[1] - o[1]) - (p[1] - o[1]) * (q[0] - o[0]);
         let on = |p: [f64; 2], q: [f64; 2], r: [f64; 2]| {
             r[0] >= p[0].min(q[0]) && r[0] <= p[0].max(q[0]) && r[1] >= p[1].min(q[1]) && r[1] <= p[1].max(q[1])
         };
@@ -260,7 +267,10 @@ mod tests {
         if ((d1 > 0.0 && d2 < 0.0) || (d1 < 0.0 && d2 > 0.0)) && ((d3 > 0.0 && d4 < 0.0) || (d3 < 0.0 && d4 > 0.0)) {
             return true;
         }
-        (d1 == 0.0 && on(c, d, a)) || (d2 == 0.0 && on(c, d, b)) || (d3 == 0.0 && on(a, b, c)) || (d4 == 0.0 && on(a, b, d))
+        (d1 == 0.0 && on(c, d, a))
+            || (d2 == 0.0 && on(c, d, b))
+            || (d3 == 0.0 && on(a, b, c))
+            || (d4 == 0.0 && on(a, b, d))
     }
 
     /// A closed ring is simple when no two non-adjacent edges meet.

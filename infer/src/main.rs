@@ -236,7 +236,12 @@ fn main() -> Result<()> {
         Command::Merge(a) => {
             let rows = ftu_infer::merge::merge(&a.test, &a.shards)?;
             ftu_infer::schema::write_rows(&a.out, &rows).with_context(|| format!("writing {}", a.out.display()))?;
-            println!("wrote {} ({} rows from {} shards)", a.out.display(), rows.len(), a.shards.len());
+            println!(
+                "wrote {} ({} rows from {} shards)",
+                a.out.display(),
+                rows.len(),
+                a.shards.len()
+            );
         }
         Command::Score(a) => {
             let scores = score::score_files(&a.truth, &a.pred, a.meta.as_deref())?;

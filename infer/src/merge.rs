@@ -12,7 +12,11 @@ pub enum MergeError {
     #[error(transparent)]
     Csv(#[from] CsvError),
     #[error("id {id} is in both {first} and {second}")]
-    Duplicate { id: String, first: PathBuf, second: PathBuf },
+    Duplicate {
+        id: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
     #[error("{path} has id {id}, which {test} does not list")]
     Unknown { id: String, path: PathBuf, test: PathBuf },
     #[error("{count} ids of {test} are in no shard (first: {}); did a shard fail?", .missing.join(", "))]
@@ -91,7 +95,9 @@ mod tests {
         assert_eq!(ids, [("7", "1 2"), ("3", "4 5"), ("5", "")]);
         let err = merge(&test, std::slice::from_ref(&a)).unwrap_err().to_string();
         assert!(err.contains("1 ids") && err.contains("first: 3"), "{err}");
-        let err = merge(&test, &[a.clone(), b.clone(), a.clone()]).unwrap_err().to_string();
+        let err = merge(&test, &[a.clone(), b.clone(), a.clone()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("id 7 is in both"), "{err}");
         let c = write(d, "c.csv", "id,rle\n9,1 1\n");
         let err = merge(&test, &[a, b, c]).unwrap_err().to_string();

@@ -98,7 +98,10 @@ impl std::str::FromStr for Shard {
     fn from_str(s: &str) -> Result<Shard, String> {
         let bad = || format!("shard `{s}`: expected i/N with 0 <= i < N, e.g. 0/4");
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        let (index, count): (usize, usize) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
         if count == 0 || index >= count {
             return Err(bad());
         }
@@ -221,7 +224,10 @@ pub fn predict_dir(
             .collect(),
         _ => HashMap::new(),
     };
-    for dir in [&opts.probs, &opts.overlays, &opts.geojson, &opts.masks].into_iter().flatten() {
+    for dir in [&opts.probs, &opts.overlays, &opts.geojson, &opts.masks]
+        .into_iter()
+        .flatten()
+    {
         std::fs::create_dir_all(dir).map_err(|cause| WriteError {
             path: dir.clone(),
             cause,
@@ -239,8 +245,8 @@ pub fn predict_dir(
     let mut tiles = Vec::new();
     let mut foreground = 0f64;
     let total = rows.len();
-    let mut record = |row: &TestRow, outcome: Result<Outcome, SlideFailure>, submission: &mut Vec<SubmissionRow>| {
-        match outcome {
+    let mut record =
+        |row: &TestRow, outcome: Result<Outcome, SlideFailure>, submission: &mut Vec<SubmissionRow>| match outcome {
             Ok(o) => {
                 foreground += o.fraction;
                 if let Some(stats) = o.tiles {
@@ -270,8 +276,7 @@ pub fn predict_dir(
                 id: row.id.clone(),
                 cause,
             }),
-        }
-    };
+        };
     if tiled {
         // Slides are opened region by region: nothing to decode ahead.
         for (i, row) in rows.iter().enumerate() {
@@ -308,7 +313,8 @@ pub fn predict_dir(
                     read: read_time,
                     ..Timings::default()
                 };
-                let outcome = slide.and_then(|slide| predict_one(engine, opts, row, &slide, truth.get(&row.id), &mut t));
+                let outcome =
+                    slide.and_then(|slide| predict_one(engine, opts, row, &slide, truth.get(&row.id), &mut t));
                 timings.add(&t);
                 record(row, outcome, &mut submission)?;
                 progress(Event::Slide {
@@ -362,7 +368,8 @@ struct Outcome {
 }
 
 fn image_path(data: &Path, row: &TestRow) -> Result<PathBuf, SlideFailure> {
-    slide_path(data, &row.id).ok_or_else(|| SlideFailure::Missing(data.join("test_images").join(format!("{}.tiff", row.id))))
+    slide_path(data, &row.id)
+        .ok_or_else(|| SlideFailure::Missing(data.join("test_images").join(format!("{}.tiff", row.id))))
 }
 
 /// The RLE numbers pixels by the CSV's size: a mismatch would misplace every run.
