@@ -12,3 +12,4 @@ pub mod plots;
 pub mod synth;
 pub mod thresholds;
 pub mod train;
+pub mod wsi;

@@ -25,6 +25,9 @@ struct Cli {
 enum Command {
     /// Write a synthetic Kaggle-layout folder (slides, train.csv, test.csv, truth.csv).
     Synth(SynthArgs),
+    /// Write one synthetic whole-slide image (tiled BigTIFF, tile by tile) with test.csv and
+    /// truth.csv: glass with tissue islands holding FTU discs.
+    SynthWsi(SynthWsiArgs),
     /// Build an architecture, optionally fill it from weights, and write it as ONNX.
     Export(ExportArgs),
     /// k-fold training on a Kaggle-layout folder; exports each fold to ONNX and writes
@@ -242,6 +245,27 @@ struct SynthArgs {
     mixed_formats: bool,
 }
 
+#[derive(Args)]
+struct SynthWsiArgs {
+    #[arg(long)]
+    out: PathBuf,
+    /// Width in pixels.
+    #[arg(long, default_value_t = 40000)]
+    width: u32,
+    /// Height in pixels.
+    #[arg(long, default_value_t = 40000)]
+    height: u32,
+    #[arg(long, default_value_t = 6)]
+    islands: usize,
+    /// Island radius in pixels.
+    #[arg(long, default_value_t = 1500.0)]
+    island_radius: f64,
+    #[arg(long, default_value_t = 12)]
+    ftus_per_island: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Synth(a) => {
@@ -264,6 +288,35 @@ fn main() -> Result<()> {
                 "wrote {} training and {} test slides to {}",
                 summary.train.len(),
                 summary.test.len(),
+                a.out.display()
+            );
+        }
+        Command::SynthWsi(a) => {
+            let cfg = ftu_trainer::wsi::WsiConfig {
+                width: a.width,
+                height: a.height,
+                islands: a.islands,
+                island_radius: a.island_radius,
+                ftus_per_island: a.ftus_per_island,
+                seed: a.seed,
+            };
+            let bar = ProgressBar::new(0)
+                .with_style(ProgressStyle::with_template(
+                    "{prefix} {bar:30} {pos}/{len} tiles {elapsed}",
+                )?)
+                .with_prefix("synth-wsi");
+            let plan = ftu_trainer::wsi::generate(&a.out, &cfg, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .with_context(|| format!("writing a synthetic whole-slide image in {}", a.out.display()))?;
+            bar.finish_and_clear();
+            eprintln!(
+                "wrote {}×{} slide with {} tissue islands and {} FTUs to {}",
+                a.width,
+                a.height,
+                plan.islands.len(),
+                plan.ftus.len(),
                 a.out.display()
             );
         }

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Tiled whole-slide inference on a generated SIZE² tiled BigTIFF (default 40000², ~2.5% tissue):
+# peak RSS from /usr/bin/time -v and seconds per tissue window, for two ensembles:
+#   - conv-net: a strided conv net of width 16 at 512² windows, the compute of a small real model;
+#   - colour rule: a 1×1 model that marks the FTUs' colour, so the Dice against the generated
+#     truth checks that tiling, blending, postprocessing and RLE are right at this size.
+# Fails when a peak RSS is over LIMIT_MB (1536) or the colour rule's Dice is under 0.99.
+#   bash bench/wsi/run.sh
+#   SIZE=20000 bash bench/wsi/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SIZE=${SIZE:-40000}
+WINDOW=${WINDOW:-512}
+LIMIT_MB=${LIMIT_MB:-1536}
+
+source scripts/ort.sh
+echo "== build"
+cargo build --release --quiet -p ftu-infer -p ftu-trainer -p ftu-onnx
+bin=target/release
+work=bench-out/wsi
+mkdir -p "$work"
+if [ ! -f "$work/data/test_images/wsi0.tiff" ] || [ "$(cat "$work/size" 2>/dev/null)" != "$SIZE" ]; then
+  echo "== writing a ${SIZE}² tiled BigTIFF"
+  rm -rf "$work/data"
+  /usr/bin/time -f "synth-wsi: %e s, peak RSS %M KB" "$bin/ftu-train" synth-wsi --out "$work/data" --width "$SIZE" --height "$SIZE"
+  echo "$SIZE" > "$work/size"
+fi
+ls -l "$work/data/test_images/wsi0.tiff"
+"$bin/ftu-onnx-samples" conv-net --width 16 --depth 3 --seed 1 --out "$work/net.onnx" 2>/dev/null
+"$bin/ftu-onnx-samples" linear --weights 0,-20,0 --bias 8 --out "$work/colour.onnx" 2>/dev/null
+for name in net colour; do
+  norm=$([ $name = net ] && echo imagenet || echo unit)
+  cat > "$work/$name.toml" <<TOML
+[thresholds]
+default = 0.5
+[postprocess.kidney]
+min_area_px = 50
+[[group]]
+size = $WINDOW
+mode = "tiles"
+overlap = 0.5
+batch = 4
+[[group.model]]
+path = "$name.onnx"
+norm = "$norm"
+TOML
+done
+
+status=0
+for name in net colour; do
+  echo "== predict with $name.toml"
+  out="$work/out-$name"
+  rm -rf "$out" && mkdir -p "$out"
+  extra=()
+  [ $name = colour ] && extra=(--masks "$out/masks" --geojson "$out/geojson")
+  /usr/bin/time -v "$bin/ftu-infer" predict --manifest "$work/$name.toml" --data "$work/data" \
+    --out "$out/submission.csv" "${extra[@]}" 2> "$out/time.txt" | tee "$out/predict.txt"
+  rss_kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$out/time.txt")
+  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$out/time.txt")
+  echo "$name: wall $wall, peak RSS $((rss_kb / 1024)) MB (limit $LIMIT_MB MB)"
+  if [ $((rss_kb / 1024)) -gt "$LIMIT_MB" ]; then
+    echo "FAIL: $name peak RSS over $LIMIT_MB MB"; status=1
+  fi
+  if [ $name = colour ]; then
+    "$bin/ftu-infer" score --truth "$work/data/truth.csv" --pred "$out/submission.csv" --meta "$work/data/test.csv" | tee "$out/score.txt"
+    dice=$(awk '/^mean dice/ {print $3}' "$out/score.txt")
+    if awk -v d="$dice" 'BEGIN {exit !(d < 0.99)}'; then echo "FAIL: colour-rule Dice $dice < 0.99"; status=1; fi
+    ls -l "$out/masks" "$out/geojson"
+  fi
+done
+exit $status
