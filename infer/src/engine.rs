@@ -255,7 +255,7 @@ impl Engine {
         let mut maps = vec![vec![0f32; h_in * w_in]; inputs.len()];
         let mut model_weights = 0f32;
         // Models that normalise alike share their input planes.
-        let mut prepared: Vec<((Normalisation, ChannelOrder), Vec<Vec<Planes>>)> = Vec::new();
+        let mut prepared: Vec<(PlaneKey, Vec<Vec<Planes>>)> = Vec::new();
         for model in self.groups[gi].iter_mut().filter(|m| m.spec.serves(organ)) {
             let key = (model.spec.norm, model.spec.channels);
             if !prepared.iter().any(|(k, _)| *k == key) {
@@ -368,6 +368,9 @@ fn model_maps(
     sums.iter_mut().for_each(|s| s.iter_mut().for_each(|v| *v /= variants));
     Ok(sums)
 }
+
+/// How a model wants its input: models that agree share their planes.
+type PlaneKey = (Normalisation, ChannelOrder);
 
 /// An input image as three normalised float planes in a model's channel order.
 struct Planes {

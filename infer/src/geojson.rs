@@ -49,6 +49,9 @@ pub fn outlines(mask: &RunMask, prob: impl Fn(usize, usize) -> f32) -> Vec<Outli
         .collect()
 }
 
+/// A point in doubled grid units.
+type Point = (i32, i32);
+
 /// Marching squares over one component's pixels (padded by one pixel so every ring closes).
 fn rings(c: &Component) -> (Ring, Vec<Ring>) {
     let (x0, y0, x1, y1) = c.bbox();
@@ -72,7 +75,7 @@ fn rings(c: &Component) -> (Ring, Vec<Ring>) {
             let b = (ii + 1, jj + 2);
             let l = (ii, jj + 1);
             // Directed so that foreground lies on the left (x right, y down numbers).
-            let segments: &[((i32, i32), (i32, i32))] = match case {
+            let segments: &[(Point, Point)] = match case {
                 0b1000 => &[(t, l)],
                 0b0100 => &[(r, t)],
                 0b0010 => &[(b, r)],

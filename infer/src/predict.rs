@@ -489,7 +489,7 @@ fn predict_tiled_one(
             }
         });
         let pred_at = |y: usize, x: usize| runs.get(y, x);
-        let mut layers: Vec<(&dyn Fn(usize, usize) -> bool, [u8; 3])> = Vec::new();
+        let mut layers: Vec<Layer> = Vec::new();
         if let Some(f) = &truth_at {
             layers.push((f, TRUTH_COLOUR));
         }
@@ -531,6 +531,9 @@ fn to_grey(p: f32) -> u8 {
     (p.clamp(0.0, 1.0) * 255.0).round() as u8
 }
 
+/// A mask to outline, as a predicate over slide pixels, and its colour.
+pub type Layer<'a> = (&'a dyn Fn(usize, usize) -> bool, [u8; 3]);
+
 /// Prediction outline in yellow, truth outline in cyan: both stand out on pink and purple stain.
 const PRED_COLOUR: [u8; 3] = [255, 230, 0];
 const TRUTH_COLOUR: [u8; 3] = [0, 220, 255];
@@ -539,7 +542,7 @@ const TRUTH_COLOUR: [u8; 3] = [0, 220, 255];
 pub fn overlay(slide: &RgbImage, pred: &Mask, truth: Option<&Mask>, max_side: usize) -> (usize, usize, Vec<u8>) {
     let pred_at = |y: usize, x: usize| pred.get(y, x);
     let truth_at = |y: usize, x: usize| truth.is_some_and(|m| m.get(y, x));
-    let mut layers: Vec<(&dyn Fn(usize, usize) -> bool, [u8; 3])> = Vec::new();
+    let mut layers: Vec<Layer> = Vec::new();
     if truth.is_some() {
         layers.push((&truth_at, TRUTH_COLOUR));
     }
@@ -562,7 +565,7 @@ pub fn outline_overlay(
     base: &RgbImage,
     width: usize,
     height: usize,
-    layers: &[(&dyn Fn(usize, usize) -> bool, [u8; 3])],
+    layers: &[Layer],
     max_side: usize,
 ) -> (usize, usize, Vec<u8>) {
     let (w, h) = picture_size(width, height, max_side);

@@ -277,7 +277,7 @@ fn for_each_change(prev: &Row, cur: &Row, mut f: impl FnMut(u32, bool)) {
     let (mut in_prev, mut in_cur) = (false, false);
     let bound = |row: &Row, k: usize| -> Option<u32> {
         let r = row.get(k / 2)?;
-        Some(if k % 2 == 0 { r.0 } else { r.1 })
+        Some(if k.is_multiple_of(2) { r.0 } else { r.1 })
     };
     let mut x = 0u32;
     loop {
