@@ -870,6 +870,47 @@ mod tests {
     }
 
     #[test]
+    fn tiles_tissue_and_postprocess_parse_into_typed_fields() {
+        let dir = with_models(&["a.onnx"]);
+        let text = "[tissue]\ndetect = false\nmin_fraction = 0.2\n\
+            [postprocess.default]\nmin_area_px = 100\n\
+            [postprocess.lung]\nmin_area_um2 = 2000\nmax_hole_px = 50\nerode_px = 10\n\
+            [[group]]\nsize = 512\nmode = \"tiles\"\noverlap = 0.25\nscale = 0.5\nbatch = 2\n\
+            [[group.model]]\npath = \"a.onnx\"\nnorm = \"unit\"\n\
+            [[group]]\nsize = 256\n[[group.model]]\npath = \"a.onnx\"\nnorm = \"unit\"\n";
+        let m = parse(text, dir.path()).unwrap();
+        let spec = TileSpec {
+            overlap: 0.25,
+            scale: 0.5,
+            batch: 2,
+        };
+        assert_eq!(m.groups[0].mode, GroupMode::Tiles(spec));
+        assert_eq!(m.groups[1].mode, GroupMode::Resize);
+        assert_eq!(
+            m.tissue,
+            TissueDetection {
+                enabled: false,
+                min_fraction: 0.2
+            }
+        );
+        let lung = m.postprocess.get(Organ::Lung);
+        assert_eq!(lung.min_area, Some(Area::SquareMicrons(2000.0)));
+        assert_eq!((lung.max_hole, lung.dilate), (Some(Area::Pixels(50.0)), -10));
+        // 2000 µm² at 0.5 µm/px is 8000 px.
+        assert_eq!(lung.min_area.unwrap().pixels(0.5), 8000.0);
+        assert_eq!(m.postprocess.get(Organ::Kidney).min_area, Some(Area::Pixels(100.0)));
+        assert!(PostprocessTable::default().get(Organ::Kidney).is_identity());
+        // Without target_pixel_size the window scale is the group's; with it, the slide's pixel
+        // size decides: a 0.8 µm slide at target 0.4 and reference = size gives 2 model px per px.
+        assert_eq!(spec.factor(512, None, 0.8), 0.5);
+        let scaling = PixelScaling {
+            target_pixel_size: 0.4,
+            reference_size: 512.0,
+        };
+        assert_eq!(spec.factor(512, Some(&scaling), 0.8), 2.0);
+    }
+
+    #[test]
     fn thresholds_prefer_source_then_organ_then_default() {
         let dir = with_models(&["a.onnx"]);
         std::fs::create_dir(dir.path().join("sub")).unwrap();
@@ -926,11 +967,46 @@ mod tests {
             ("[thresholds.hubmap]\nliver = 0.5\n", "thresholds.hubmap.liver"),
             ("[thresholds]\nkidney = \"high\"\n", "thresholds.kidney"),
             ("target_pixel_size = -1\n", "target_pixel_size"),
+            ("[tissue]\nmin_fraction = 2\n", "tissue.min_fraction"),
+            ("[postprocess.liver]\nmin_area_px = 5\n", "postprocess.liver"),
+            (
+                "[postprocess.kidney]\nmin_area_px = -5\n",
+                "postprocess.kidney.min_area_px",
+            ),
+            (
+                "[postprocess.kidney]\nmin_area_px = 5\nmin_area_um2 = 5\n",
+                "postprocess.kidney.min_area_px",
+            ),
+            (
+                "[postprocess.lung]\nerode_px = 3\ndilate_px = 2\n",
+                "postprocess.lung.erode_px",
+            ),
+            ("[postprocess.lung]\nerode_px = 999\n", "postprocess.lung.erode_px"),
             ("reference_size = 3000\n", "reference_size"),
         ] {
             let err = parse(&format!("{extra}{model}"), dir.path()).unwrap_err().to_string();
             assert!(err.contains(&format!("{field}:")), "expected {field} in: {err}");
         }
+        let tiles = |extra: &str| {
+            format!("[[group]]\nsize = 512\n{extra}\n[[group.model]]\npath = \"a.onnx\"\nnorm = \"unit\"\n")
+        };
+        for (extra, field) in [
+            ("mode = \"slide\"", "group[0].mode"),
+            ("overlap = 0.5", "group[0].overlap"),
+            ("mode = \"tiles\"\noverlap = 1.0", "group[0].overlap"),
+            ("mode = \"tiles\"\nscale = 0", "group[0].scale"),
+            ("mode = \"tiles\"\nbatch = 0", "group[0].batch"),
+        ] {
+            let err = parse(&tiles(extra), dir.path()).unwrap_err().to_string();
+            assert!(err.contains(&format!("{field}:")), "expected {field} in: {err}");
+        }
+        let err = parse(
+            &format!("target_pixel_size = 0.4\n{}", tiles("mode = \"tiles\"\nscale = 0.5")),
+            dir.path(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("group[0].scale:"), "{err}");
         // Unknown keys are typos, not silently ignored.
         let err = parse(&format!("{model}sise = 3\n"), dir.path())
             .unwrap_err()

@@ -451,3 +451,55 @@ fn shards_merged_equal_one_run_row_for_row() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("in no shard"));
     assert!(!out.join("x.csv").exists());
 }
+
+/// Resize mode gets the same postprocessing, GeoJSON and mask TIFF as tiled mode.
+#[test]
+fn resize_mode_postprocesses_and_outlines_too() {
+    let dir = tempfile::tempdir().unwrap();
+    green_model(dir.path());
+    let fixture = WsiFixture::new();
+    let data = kaggle_folder(dir.path(), &[("s", 1024, 1024)], &fixture);
+    let manifest = "[postprocess.kidney]\nmin_area_px = 80\n\
+        [[group]]\nsize = 1024\n[[group.model]]\npath = \"green.onnx\"\nnorm = \"unit\"\n";
+    let mut e = engine(dir.path(), manifest);
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut opts = options(&data, &out);
+    opts.geojson = Some(out.join("geojson"));
+    opts.masks = Some(out.join("masks"));
+    let report = predict::predict_dir(&mut e, &opts, &mut |_| {}).unwrap();
+    assert!(report.tiles.is_empty(), "no tiled groups");
+    let sub = schema::read_submission(&opts.out).unwrap();
+    // The speckle (28 px) is gone, so the submission is exactly the truth.
+    assert_eq!(sub[0].rle, fixture.truth(1024, 1024, 5.0).rle());
+    let mask = mask_image::read_mask(&out.join("masks/s.tiff"), SlideLimits::default()).unwrap();
+    assert_eq!(rle::encode(&mask), sub[0].rle);
+    let fc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("geojson/s.geojson")).unwrap()).unwrap();
+    assert_eq!(fc["features"].as_array().unwrap().len(), 3);
+}
+
+/// Windows seen at half resolution (`scale = 0.5`: 256 slide px per 128² window) still find the
+/// FTUs; only their edges blur through the two resizes.
+#[test]
+fn scaled_windows_resize_in_and_out() {
+    let dir = tempfile::tempdir().unwrap();
+    green_model(dir.path());
+    let fixture = WsiFixture::new();
+    let (w, h) = (1200, 1000);
+    let data = kaggle_folder(dir.path(), &[("wsi", w, h)], &fixture);
+    let manifest = "[[group]]\nsize = 128\nmode = \"tiles\"\nscale = 0.5\n\
+        [[group.model]]\npath = \"green.onnx\"\nnorm = \"unit\"\n";
+    let mut e = engine(dir.path(), manifest);
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let opts = options(&data, &out);
+    let report = predict::predict_dir(&mut e, &opts, &mut |_| {}).unwrap();
+    // 256-px windows every 128 px: 9 × 7.
+    assert_eq!(report.tiles[0].stats.windows, 9 * 7);
+    let sub = schema::read_submission(&opts.out).unwrap();
+    let got = rle::decode(&sub[0].rle, h, w).unwrap();
+    let truth = fixture.truth(w, h, 0.0).to_mask();
+    let dice = ftu_infer::dice::dice_masks(&got, &truth);
+    assert!(dice > 0.95 && dice < 1.0, "dice {dice}");
+}
