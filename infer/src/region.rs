@@ -458,36 +458,67 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let img = pattern(300, 170);
         let cases = [
-            (Chunking::Tiles { size: 64 }, Compression::Lzw, false),
-            (Chunking::Tiles { size: 48 }, Compression::Deflate, true),
-            (Chunking::Strips { rows: 7 }, Compression::None, false),
-            (Chunking::Strips { rows: 16 }, Compression::Lzw, false),
+            (Samples::Rgb8, Chunking::Tiles { size: 64 }, Compression::Lzw, false),
+            (Samples::Rgb8, Chunking::Tiles { size: 48 }, Compression::Deflate, true),
+            (Samples::Rgb8, Chunking::Strips { rows: 7 }, Compression::None, false),
+            (Samples::Rgb8, Chunking::Strips { rows: 16 }, Compression::Lzw, false),
+            (
+                Samples::Rgb8,
+                Chunking::Tiles { size: 64 },
+                Compression::Jpeg { quality: 90 },
+                false,
+            ),
+            (
+                Samples::Rgba8,
+                Chunking::Tiles { size: 32 },
+                Compression::Deflate,
+                false,
+            ),
+            (Samples::Rgb16, Chunking::Tiles { size: 64 }, Compression::Lzw, true),
+            (
+                Samples::Grey8,
+                Chunking::Strips { rows: 5 },
+                Compression::Deflate,
+                false,
+            ),
         ];
-        for (k, (chunking, compression, bigtiff)) in cases.into_iter().enumerate() {
+        for (k, (samples, chunking, compression, bigtiff)) in cases.into_iter().enumerate() {
             let path = dir.path().join(format!("{k}.tiff"));
             let spec = TiffSpec {
                 width: 300,
                 height: 170,
-                samples: Samples::Rgb8,
+                samples,
                 compression,
                 chunking,
                 bigtiff,
             };
-            write_tiff_image(&path, &spec, &img.data).unwrap();
+            let raw: Vec<u8> = match samples {
+                Samples::Rgb8 => img.data.clone(),
+                Samples::Rgba8 => img.data.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect(),
+                Samples::Rgb16 => img.data.iter().flat_map(|&v| (v as u16 * 257).to_ne_bytes()).collect(),
+                Samples::Grey8 => img.data.chunks_exact(3).map(|p| p[1]).collect(),
+                Samples::Grey16 => unreachable!(),
+            };
+            write_tiff_image(&path, &spec, &raw).unwrap();
+            // The whole-slide reader is the reference (JPEG decodes alike through both).
+            let whole = read_slide(&path, SlideLimits::default()).unwrap();
             let mut src = SlideSource::open(&path, SlideLimits::default()).unwrap();
             assert!(matches!(src, SlideSource::Tiff(_)), "case {k}");
             assert_eq!((src.width(), src.height()), (300, 170));
             for (x, y, w, h) in [(0, 0, 300, 170), (63, 47, 70, 60), (250, 100, 50, 70), (5, 160, 1, 10)] {
                 assert_eq!(
                     src.region(x, y, w, h).unwrap(),
-                    crop(&img, x, y, w, h),
+                    crop(&whole, x, y, w, h),
                     "case {k} region {x},{y}"
                 );
             }
             let thumb = src.thumbnail(4).unwrap();
-            let mem = SlideSource::Memory(img.clone()).thumbnail(4).unwrap();
+            let mem = SlideSource::Memory(whole.clone()).thumbnail(4).unwrap();
             assert_eq!(thumb, mem, "case {k}");
             assert_eq!((thumb.width, thumb.height), (75, 43));
+            if !matches!(compression, Compression::Jpeg { .. }) && samples != Samples::Grey8 {
+                assert_eq!(whole, img, "case {k} is lossless");
+            }
         }
     }
 
