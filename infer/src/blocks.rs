@@ -10,6 +10,8 @@ pub struct BlockMap {
     pub height: usize,
     across: usize,
     blocks: Vec<Option<Box<[f32]>>>,
+    live: usize,
+    peak: usize,
 }
 
 impl BlockMap {
@@ -21,6 +23,8 @@ impl BlockMap {
             height,
             across,
             blocks: vec![None; across * down],
+            live: 0,
+            peak: 0,
         }
     }
 
@@ -45,7 +49,12 @@ impl BlockMap {
                 let x = x0 + c;
                 let (bx, ix) = (x / BLOCK, x % BLOCK);
                 let n = (BLOCK - ix).min(w - c);
-                let block = self.blocks[by * self.across + bx].get_or_insert_with(|| vec![0f32; BLOCK * BLOCK].into());
+                let slot = &mut self.blocks[by * self.across + bx];
+                if slot.is_none() {
+                    self.live += 1;
+                    self.peak = self.peak.max(self.live);
+                }
+                let block = slot.get_or_insert_with(|| vec![0f32; BLOCK * BLOCK].into());
                 let dst = &mut block[iy * BLOCK + ix..iy * BLOCK + ix + n];
                 for ((d, v), cw) in dst.iter_mut().zip(&row[c..c + n]).zip(&col_w[c..c + n]) {
                     *d += kr * v * cw;
@@ -75,6 +84,29 @@ impl BlockMap {
         }
     }
 
+    /// Row `y`'s values in block column `bx`, if that block exists.
+    pub fn block_row(&self, y: usize, bx: usize) -> Option<&[f32]> {
+        let n = BLOCK.min(self.width - bx * BLOCK);
+        let iy = y % BLOCK;
+        self.blocks[(y / BLOCK) * self.across + bx]
+            .as_deref()
+            .map(|b| &b[iy * BLOCK..iy * BLOCK + n])
+    }
+
+    /// Frees every block whose rows all lie above `y` (rows no window will write again).
+    pub fn free_rows_above(&mut self, y: usize) {
+        for slot in &mut self.blocks[..(y / BLOCK) * self.across] {
+            if slot.take().is_some() {
+                self.live -= 1;
+            }
+        }
+    }
+
+    /// The most bytes the blocks held at once.
+    pub fn peak_bytes(&self) -> usize {
+        self.peak * BLOCK * BLOCK * 4
+    }
+
     /// For row `y`, the column ranges of the blocks that exist (missing ones are all 0).
     pub fn present_spans(&self, y: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
         let by = y / BLOCK;
@@ -97,7 +129,7 @@ impl BlockMap {
 
     /// Bytes held by the blocks that exist.
     pub fn allocated_bytes(&self) -> usize {
-        self.blocks.iter().flatten().count() * BLOCK * BLOCK * 4
+        self.live * BLOCK * BLOCK * 4
     }
 }
 

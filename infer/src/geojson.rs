@@ -27,23 +27,17 @@ pub struct Outline {
     pub mean_probability: f64,
 }
 
-/// The outline of every component, with its mean probability from `prob(y, x)`.
-pub fn outlines(mask: &RunMask, prob: impl Fn(usize, usize) -> f32) -> Vec<Outline> {
+/// The outline of every 8-connected component, with its mean probability.
+pub fn outlines(mask: &RunMask, mean_probability: impl Fn(&Component) -> f64) -> Vec<Outline> {
     mask.components(true)
         .into_iter()
         .map(|c| {
-            let sum: f64 = c
-                .runs
-                .iter()
-                .flat_map(|&(y, s, e)| (s..e).map(move |x| (y as usize, x as usize)))
-                .map(|(y, x)| prob(y, x) as f64)
-                .sum();
             let (outer, holes) = rings(&c);
             Outline {
                 outer,
                 holes,
                 area: c.area,
-                mean_probability: sum / c.area.max(1) as f64,
+                mean_probability: mean_probability(&c),
             }
         })
         .collect()
@@ -231,7 +225,10 @@ mod tests {
             .collect();
         let mask = Mask::from_row_major(8, 10, data).unwrap();
         let runs = RunMask::from_mask(&mask);
-        let out = outlines(&runs, |y, _| y as f32);
+        // The mean "probability" is the mean row of the component's pixels.
+        let out = outlines(&runs, |c| {
+            c.runs.iter().map(|&(y, s, e)| y as f64 * (e - s) as f64).sum::<f64>() / c.area as f64
+        });
         // The square ring with the diagonal tail is one component; the centre pixel another.
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].holes.len(), 1);
@@ -298,7 +295,7 @@ mod tests {
             })
         ) {
             let mask = Mask::from_row_major(h, w, data).unwrap();
-            let out = outlines(&RunMask::from_mask(&mask), |_, _| 1.0);
+            let out = outlines(&RunMask::from_mask(&mask), |_| 1.0);
             for y in 0..h {
                 for x in 0..w {
                     let hits = out.iter().filter(|o| {

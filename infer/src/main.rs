@@ -357,13 +357,14 @@ fn run_predict(a: PredictArgs) -> Result<()> {
             })
             .unwrap_or_default();
         println!(
-            "{}: {} of {} windows run{tissue}, {:.3} s per tissue window, thumbnail {:.1} s, map {:.0} MB",
+            "{}: {} of {} windows run{tissue}, {:.3} s per tissue window, thumbnail {:.1} s, probability blocks at most {:.0} MB{}",
             t.id,
             t.stats.windows_run,
             t.stats.windows,
             t.stats.seconds_per_window,
             t.stats.thumbnail_seconds,
-            t.stats.map_bytes as f64 / 1e6
+            t.stats.map_peak_bytes as f64 / 1e6,
+            if t.stats.streamed { " (rows freed as finished)" } else { "" }
         );
     }
     for s in &report.skipped {

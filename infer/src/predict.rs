@@ -17,7 +17,7 @@ use crate::engine::{Engine, EngineError, ProbMap, SlideInfo, Timings};
 use crate::manifest::GroupMode;
 use crate::mask::Mask;
 use crate::region::SlideSource;
-use crate::runs::RunMask;
+use crate::runs::{Component, RunMask};
 use crate::schema::{self, CsvError, SubmissionRow, TestRow};
 use crate::slide::{read_slide, RgbImage, SlideError, SlideLimits};
 use crate::tiled::{self, TileStats};
@@ -434,7 +434,16 @@ fn predict_one(
     }
     if let Some(runs) = &runs {
         let w = prob.width;
-        write_extras(opts, row, runs, |y, x| prob.data[y * w + x], slide)?;
+        let mean = |c: &Component| {
+            let sum: f64 = c
+                .runs
+                .iter()
+                .flat_map(|&(y, s, e)| prob.data[y as usize * w + s as usize..y as usize * w + e as usize].iter())
+                .map(|&p| p as f64)
+                .sum();
+            sum / c.area.max(1) as f64
+        };
+        write_extras(opts, row, runs, mean, slide)?;
     }
     Ok(Outcome {
         rle: encoded,
@@ -459,16 +468,28 @@ fn predict_tiled_one(
     t.read += start.elapsed();
     let (width, height) = (source.width(), source.height());
     check_size(&path, row, width, height)?;
-    let pred = tiled::predict_slide(engine, &mut source, &info, opts.limits, t, &mut |done, total| {
-        progress(Event::Windows { done, total })
-    })?;
+    let threshold = engine.threshold(&info);
+    let keep_map = opts.probs.is_some();
+    let pred = tiled::predict_slide(
+        engine,
+        &mut source,
+        &info,
+        threshold,
+        keep_map,
+        opts.limits,
+        t,
+        &mut |done, total| progress(Event::Windows { done, total }),
+    )?;
     let start = Instant::now();
-    let runs = RunMask::threshold(&pred.map, engine.threshold(&info));
-    let runs = postprocess::apply(runs, &engine.manifest().postprocess.get(row.organ), row.pixel_size);
+    let runs = postprocess::apply(
+        pred.mask.mask.clone(),
+        &engine.manifest().postprocess.get(row.organ),
+        row.pixel_size,
+    );
     let encoded = runs.rle();
     t.rle += start.elapsed();
-    if let Some(dir) = &opts.probs {
-        mask_image::write_prob_tiff(&dir.join(format!("{}.tiff", row.id)), &pred.map)?;
+    if let (Some(dir), Some(map)) = (&opts.probs, &pred.map) {
+        mask_image::write_prob_tiff(&dir.join(format!("{}.tiff", row.id)), map)?;
     }
     // Overlays and overviews start from the thumbnail the tissue detector used, or a new one.
     let base = match pred.thumbnail {
@@ -497,7 +518,7 @@ fn predict_tiled_one(
         let (w, h, rgb) = outline_overlay(&base, width, height, &layers, opts.overlay_size);
         mask_image::write_rgb_png(&dir.join(format!("{}.png", row.id)), w, h, &rgb)?;
     }
-    write_extras(opts, row, &runs, |y, x| pred.map.get(y, x), &base)?;
+    write_extras(opts, row, &runs, |c| pred.mask.mean_over(&c.runs), &base)?;
     Ok(Outcome {
         rle: encoded,
         fraction: runs.count() as f64 / (width * height).max(1) as f64,
@@ -511,11 +532,11 @@ fn write_extras(
     opts: &PredictOptions,
     row: &TestRow,
     runs: &RunMask,
-    prob: impl Fn(usize, usize) -> f32,
+    mean_probability: impl Fn(&Component) -> f64,
     base: &RgbImage,
 ) -> Result<(), SlideFailure> {
     if let Some(dir) = &opts.geojson {
-        let outlines = geojson::outlines(runs, prob);
+        let outlines = geojson::outlines(runs, mean_probability);
         let fc = geojson::feature_collection(&row.id, row.organ, &outlines);
         geojson::write(&dir.join(format!("{}.geojson", row.id)), &fc)?;
         let (w, h, rgb) = outline_overview(base, runs.width, runs.height, &outlines, opts.overlay_size);

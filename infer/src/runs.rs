@@ -84,15 +84,7 @@ impl RunMask {
         let mut out = RunMask::empty(map.height, map.width);
         let mut buf = vec![0f32; map.width];
         for y in 0..map.height {
-            let row = &mut out.rows[y];
-            if threshold < 0.0 {
-                map.row(y, &mut buf);
-                push_runs(row, 0, map.width, |x| buf[x] > threshold);
-            } else {
-                for (x0, x1) in map.present_spans(y) {
-                    push_runs(row, x0, x1 - x0, |x| map.get(y, x0 + x) > threshold);
-                }
-            }
+            out.rows[y] = threshold_row(map, y, threshold, &mut buf).0;
         }
         out
     }
@@ -257,6 +249,60 @@ impl RunMask {
     }
 }
 
+/// Row `y` of a block map above `threshold`: its runs and each run's sum of probabilities.
+/// `buf` holds `width` values.
+pub fn threshold_row(map: &BlockMap, y: usize, threshold: f32, buf: &mut [f32]) -> (Row, Vec<f64>) {
+    let mut row = Vec::new();
+    if threshold < 0.0 {
+        // Even never-written pixels (0) are above the threshold.
+        map.row(y, buf);
+        push_runs(&mut row, 0, map.width, |x| buf[x] > threshold);
+    } else {
+        for (x0, x1) in map.present_spans(y) {
+            let values = map.block_row(y, x0 / crate::blocks::BLOCK).expect("a present block");
+            push_runs(&mut row, x0, x1 - x0, |x| values[x] > threshold);
+        }
+    }
+    let sums = row
+        .iter()
+        .map(|&(s, e)| (s as usize..e as usize).map(|x| map.get(y, x) as f64).sum())
+        .collect();
+    (row, sums)
+}
+
+/// A thresholded mask with each run's probability sum: the mean probability of any later mask's
+/// component over the pixels it shares with this one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSums {
+    pub mask: RunMask,
+    pub sums: Vec<Vec<f64>>,
+}
+
+impl RunSums {
+    /// Mean probability over the pixels of `runs` ((y, start, end), e.g. a component after
+    /// postprocessing) that are in the thresholded mask; a run partly covered counts by its share.
+    pub fn mean_over(&self, runs: &[(u32, u32, u32)]) -> f64 {
+        let (mut sum, mut n) = (0f64, 0f64);
+        for &(y, s, e) in runs {
+            let row = &self.mask.rows[y as usize];
+            let first = row.partition_point(|r| r.1 <= s);
+            for (k, &(a, b)) in row.iter().enumerate().skip(first) {
+                if a >= e {
+                    break;
+                }
+                let shared = (b.min(e) - a.max(s)) as f64;
+                sum += self.sums[y as usize][k] * shared / (b - a) as f64;
+                n += shared;
+            }
+        }
+        if n > 0.0 {
+            sum / n
+        } else {
+            0.0
+        }
+    }
+}
+
 /// Sorts and merges overlapping or touching ranges.
 pub fn normalised(mut row: Row) -> Row {
     row.sort_unstable();
@@ -375,6 +421,17 @@ mod tests {
         assert_eq!(runs.rows, [vec![], vec![(350, 450)], vec![]]);
         let all = RunMask::threshold(&map, -0.1);
         assert_eq!(all.count(), 1800);
+        let mut buf = vec![0f32; 600];
+        let (row, sums) = threshold_row(&map, 1, 0.5, &mut buf);
+        assert_eq!(row, [(350, 450)]);
+        assert!((sums[0] - 90.0).abs() < 1e-3, "{sums:?}");
+        let rs = RunSums {
+            mask: runs.clone(),
+            sums: vec![vec![], sums, vec![]],
+        };
+        // Half of the run, and a stretch outside it (not counted): the mean stays 0.9.
+        assert!((rs.mean_over(&[(1, 400, 500)]) - 0.9).abs() < 1e-6);
+        assert_eq!(rs.mean_over(&[(0, 0, 10)]), 0.0);
         // Diagonal neighbours are one component with 8-connectivity, two with 4.
         let d = RunMask {
             width: 3,

@@ -11,6 +11,7 @@ use crate::engine::{Engine, EngineError, SlideInfo, Timings};
 use crate::manifest::{GroupMode, TileSpec};
 use crate::region::SlideSource;
 use crate::resize::resize_map;
+use crate::runs::{threshold_row, RunMask, RunSums};
 use crate::slide::{RgbImage, SlideLimits};
 use crate::tiles;
 use crate::tissue::{thumbnail_factor, TissueMap, TissueSummary};
@@ -28,13 +29,17 @@ pub struct TileStats {
     pub seconds_per_window: f64,
     pub tissue: Option<TissueSummary>,
     pub thumbnail_seconds: f64,
-    /// Memory held by the probability blocks at the end.
-    pub map_bytes: usize,
+    /// The most memory the probability blocks held at once.
+    pub map_peak_bytes: usize,
+    /// Whether finished rows were thresholded and freed as the windows went down the slide.
+    pub streamed: bool,
 }
 
-/// A slide's prediction: the probability map and the thumbnail it was planned on.
+/// A slide's prediction: the thresholded mask with each run's probability sum, the probability
+/// map when it was kept, and the thumbnail the windows were planned on.
 pub struct TiledPrediction {
-    pub map: BlockMap,
+    pub mask: RunSums,
+    pub map: Option<BlockMap>,
     pub thumbnail: Option<(RgbImage, usize)>,
     pub stats: TileStats,
 }
@@ -42,12 +47,53 @@ pub struct TiledPrediction {
 /// Progress within a slide: windows done, windows to run.
 pub type WindowProgress<'a> = &'a mut dyn FnMut(usize, usize);
 
-/// Every group serving the slide's organ, weighted by group weight, into one block map. Groups in
-/// resize mode need the whole slide in memory (within `limits`).
+/// Thresholds rows of the block map as they become final.
+struct Finisher {
+    next_row: usize,
+    threshold: f32,
+    mask: RunSums,
+    buf: Vec<f32>,
+}
+
+impl Finisher {
+    fn new(width: usize, height: usize, threshold: f32) -> Finisher {
+        Finisher {
+            next_row: 0,
+            threshold,
+            mask: RunSums {
+                mask: RunMask::empty(height, width),
+                sums: vec![Vec::new(); height],
+            },
+            buf: vec![0f32; width],
+        }
+    }
+
+    /// Thresholds rows up to `to` (exclusive); with `free`, drops the blocks wholly above it.
+    fn advance(&mut self, map: &mut BlockMap, to: usize, free: bool) {
+        for y in self.next_row..to {
+            let (row, sums) = threshold_row(map, y, self.threshold, &mut self.buf);
+            self.mask.mask.rows[y] = row;
+            self.mask.sums[y] = sums;
+        }
+        self.next_row = self.next_row.max(to);
+        if free {
+            map.free_rows_above(to);
+        }
+    }
+}
+
+/// Every group serving the slide's organ, weighted by group weight, thresholded at `threshold`.
+/// With one tiled group and `keep_map` false, rows are thresholded and their blocks freed as the
+/// windows move down the slide, so memory holds one band of windows, not the slide's tissue.
+/// Otherwise the whole map is built first (and returned with `keep_map`). Groups in resize mode
+/// need the whole slide in memory (within `limits`).
+#[allow(clippy::too_many_arguments)]
 pub fn predict_slide(
     engine: &mut Engine,
     source: &mut SlideSource,
     info: &SlideInfo,
+    threshold: f32,
+    keep_map: bool,
     limits: SlideLimits,
     t: &mut Timings,
     progress: WindowProgress,
@@ -78,6 +124,9 @@ pub fn predict_slide(
     };
     let weight_sum: f32 = serving.iter().map(|&gi| engine.manifest().groups[gi].weight).sum();
     let mut map = BlockMap::new(width, height);
+    let mut finisher = Finisher::new(width, height, threshold);
+    stats.streamed =
+        !keep_map && serving.len() == 1 && matches!(engine.manifest().groups[serving[0]].mode, GroupMode::Tiles(_));
     let mut window_time = 0f64;
     for &gi in &serving {
         let k = engine.manifest().groups[gi].weight / weight_sum;
@@ -91,6 +140,7 @@ pub fn predict_slide(
             }
             GroupMode::Tiles(spec) => {
                 let start = Instant::now();
+                let streaming = stats.streamed.then_some(&mut finisher);
                 let (total, run) = add_tiled_group(
                     engine,
                     gi,
@@ -100,6 +150,7 @@ pub fn predict_slide(
                     tissue.as_ref(),
                     k,
                     &mut map,
+                    streaming,
                     t,
                     progress,
                 )?;
@@ -109,9 +160,17 @@ pub fn predict_slide(
             }
         }
     }
+    let start = Instant::now();
+    finisher.advance(&mut map, height, stats.streamed);
+    t.rle += start.elapsed();
     stats.seconds_per_window = window_time / stats.windows_run.max(1) as f64;
-    stats.map_bytes = map.allocated_bytes();
-    Ok(TiledPrediction { map, thumbnail, stats })
+    stats.map_peak_bytes = map.peak_bytes();
+    Ok(TiledPrediction {
+        mask: finisher.mask,
+        map: keep_map.then_some(map),
+        thumbnail,
+        stats,
+    })
 }
 
 /// Group `gi`'s map on its own (weight 1), over a slide in memory: what resize-mode code uses
@@ -129,13 +188,14 @@ pub fn group_sum(
         unreachable!("group_sum is for tiled groups");
     };
     let mut map = BlockMap::new(source.width(), source.height());
-    add_tiled_group(engine, gi, spec, source, info, tissue, 1.0, &mut map, t, progress)?;
+    add_tiled_group(engine, gi, spec, source, info, tissue, 1.0, &mut map, None, t, progress)?;
     Ok(map)
 }
 
 /// Runs group `gi`'s windows and adds `k ·` its normalised blend to `map`; returns (windows,
 /// windows run). A skipped window counts as predicting 0, so every pixel's weights still sum to 1
-/// and the per-axis coverage makes the normalisation separable.
+/// and the per-axis coverage makes the normalisation separable. With a `finisher`, rows above
+/// the next window to run are final after each batch: they are thresholded and freed.
 #[allow(clippy::too_many_arguments)]
 fn add_tiled_group(
     engine: &mut Engine,
@@ -146,6 +206,7 @@ fn add_tiled_group(
     tissue: Option<&TissueMap>,
     k: f32,
     map: &mut BlockMap,
+    mut finisher: Option<&mut Finisher>,
     t: &mut Timings,
     progress: WindowProgress,
 ) -> Result<(usize, usize), EngineError> {
@@ -159,6 +220,7 @@ fn add_tiled_group(
     let cover_y = tiles::coverage(height, &tiles::starts(height, side, spec.overlap), &weights);
     let windows = tiles::windows(width, height, side, spec.overlap);
     let min_fraction = engine.manifest().tissue.min_fraction;
+    // Row by row, top to bottom: what the finisher relies on.
     let to_run: Vec<tiles::Window> = windows
         .iter()
         .copied()
@@ -185,6 +247,12 @@ fn add_tiled_group(
         }
         t.resize_back += start.elapsed();
         done += batch.len();
+        if let Some(f) = finisher.as_deref_mut() {
+            let start = Instant::now();
+            let final_rows = to_run.get(done).map_or(height, |w| w.y);
+            f.advance(map, final_rows, true);
+            t.rle += start.elapsed();
+        }
         progress(done, to_run.len());
     }
     Ok((windows.len(), to_run.len()))

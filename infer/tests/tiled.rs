@@ -73,13 +73,15 @@ fn tiled_map(engine: &mut Engine, slide: &RgbImage) -> Vec<f32> {
         engine,
         &mut source,
         &KIDNEY,
+        0.5,
+        true,
         SlideLimits::default(),
         &mut Timings::default(),
         &mut |_, _| {},
     )
     .unwrap();
     let mut dense = vec![0f32; slide.width * slide.height];
-    pred.map.add_into(&mut dense);
+    pred.map.expect("kept").add_into(&mut dense);
     dense
 }
 
@@ -502,4 +504,49 @@ fn scaled_windows_resize_in_and_out() {
     let truth = fixture.truth(w, h, 0.0).to_mask();
     let dice = ftu_infer::dice::dice_masks(&got, &truth);
     assert!(dice > 0.95 && dice < 1.0, "dice {dice}");
+}
+
+/// Freeing rows as the windows pass them gives the same mask and probability sums as keeping the
+/// whole map, in less memory.
+#[test]
+fn streamed_rows_equal_the_kept_map() {
+    let dir = tempfile::tempdir().unwrap();
+    green_model(dir.path());
+    // Tissue all the way down a tall slide: kept, the map holds all of it.
+    let fixture = WsiFixture {
+        islands: (0..5).map(|k| (300.0, 300.0 + 600.0 * k as f64, 260.0)).collect(),
+        ftus: (0..5).map(|k| (300.0, 300.0 + 600.0 * k as f64, 60.0)).collect(),
+    };
+    let path = dir.path().join("s.tiff");
+    fixture.write(&path, 600, 3000);
+    let mut e = engine(
+        dir.path(),
+        "[[group]]\nsize = 128\nmode = \"tiles\"\n[[group.model]]\npath = \"green.onnx\"\nnorm = \"unit\"\n",
+    );
+    let mut run = |keep: bool| {
+        let mut source = SlideSource::open(&path, SlideLimits::default()).unwrap();
+        tiled::predict_slide(
+            &mut e,
+            &mut source,
+            &KIDNEY,
+            0.5,
+            keep,
+            SlideLimits::default(),
+            &mut Timings::default(),
+            &mut |_, _| {},
+        )
+        .unwrap()
+    };
+    let (kept, streamed) = (run(true), run(false));
+    assert!(streamed.stats.streamed && !kept.stats.streamed);
+    assert_eq!(streamed.mask, kept.mask);
+    assert!(streamed.map.is_none());
+    assert_eq!(kept.mask.mask, RunMask::threshold(kept.map.as_ref().unwrap(), 0.5));
+    assert!(
+        streamed.stats.map_peak_bytes * 3 <= kept.stats.map_peak_bytes,
+        "peak {} streamed vs {} kept",
+        streamed.stats.map_peak_bytes,
+        kept.stats.map_peak_bytes
+    );
+    assert_eq!(kept.mask.mask.to_mask(), fixture.truth(600, 3000, 0.0).to_mask());
 }
