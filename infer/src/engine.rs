@@ -2,6 +2,7 @@
 //! manifest says about it, and the per-slide probability map — per group resize, normalise, TTA
 //! as one batch, invert, activate, average models, resize back, average groups.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -237,8 +238,8 @@ impl Engine {
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         let transforms = self.manifest.tta.mode.transforms();
         let scales = self.manifest.tta.scales.clone();
-        // Each input at each TTA scale, shared by the group's models.
-        let scaled: Vec<Vec<RgbImage>> = timed(&mut t.resize, || {
+        // Each input at each TTA scale, shared by the group's models (borrowed when it fits).
+        let scaled: Vec<Vec<Cow<RgbImage>>> = timed(&mut t.resize, || {
             inputs
                 .iter()
                 .map(|img| {
@@ -246,7 +247,11 @@ impl Engine {
                         .iter()
                         .map(|&s| {
                             let (h, w) = scaled_dims(h_in, w_in, s);
-                            resize_rgb(img, w, h)
+                            if (img.height, img.width) == (h, w) {
+                                Cow::Borrowed(img)
+                            } else {
+                                Cow::Owned(resize_rgb(img, w, h))
+                            }
                         })
                         .collect()
                 })
@@ -329,7 +334,11 @@ fn model_maps(
                     let mut batch = Vec::with_capacity(run_items.len() * 3 * bh * bw);
                     for &(i, tr) in run_items {
                         for plane in &inputs[i][si].planes {
-                            batch.extend(tr.apply(plane, h, w));
+                            if tr == Transform::IDENTITY {
+                                batch.extend_from_slice(plane);
+                            } else {
+                                batch.extend(tr.apply(plane, h, w));
+                            }
                         }
                     }
                     batch
@@ -359,9 +368,13 @@ fn model_maps(
         }
         for (sum, scale_sum) in sums.iter_mut().zip(scale_sums) {
             if let Some((acc, sh, sw)) = scale_sum {
-                // Resizing is linear, so resizing the scale's sum equals summing resized maps.
-                let fitted = timed(&mut t.resize_back, || resize_map(&acc, sw, sh, w_out, h_out));
-                sum.iter_mut().zip(&fitted).for_each(|(s, v)| *s += v);
+                if (sh, sw) == (h_out, w_out) {
+                    sum.iter_mut().zip(&acc).for_each(|(s, v)| *s += v);
+                } else {
+                    // Resizing is linear, so resizing the scale's sum equals summing resized maps.
+                    let fitted = timed(&mut t.resize_back, || resize_map(&acc, sw, sh, w_out, h_out));
+                    sum.iter_mut().zip(&fitted).for_each(|(s, v)| *s += v);
+                }
             }
         }
     }

@@ -78,46 +78,96 @@ impl SlideSource {
     }
 
     /// The slide shrunk by an integer `factor` (box average; partial edge cells average what
-    /// they hold), streamed chunk by chunk for TIFFs.
+    /// they hold), streamed chunk by chunk for TIFFs, chunks decoded in parallel.
     pub fn thumbnail(&mut self, factor: usize) -> Result<RgbImage, SlideError> {
         let factor = factor.max(1);
         let (tw, th) = (self.width().div_ceil(factor), self.height().div_ceil(factor));
-        let mut sums = vec![0u32; tw * th * 3];
-        let mut counts = vec![0u32; tw * th];
-        let mut add = |img: &RgbImage, x0: usize, y0: usize| {
-            for y in 0..img.height {
-                let ty = (y0 + y) / factor;
-                for x in 0..img.width {
-                    let t = ty * tw + (x0 + x) / factor;
-                    let p = (y * img.width + x) * 3;
-                    sums[t * 3] += img.data[p] as u32;
-                    sums[t * 3 + 1] += img.data[p + 1] as u32;
-                    sums[t * 3 + 2] += img.data[p + 2] as u32;
-                    counts[t] += 1;
-                }
-            }
-        };
+        let mut total = CellSums::zeros(0, 0, tw, th);
         match self {
-            SlideSource::Memory(img) => add(img, 0, 0),
+            SlideSource::Memory(img) => total.merge(&CellSums::of(img, 0, 0, factor)),
             SlideSource::Tiff(t) => {
-                for i in 0..t.chunks() {
-                    let (x0, y0) = t.chunk_origin(i);
-                    // Straight from the decoder: a thumbnail pass would only evict the cache.
-                    let chunk = t.decode_chunk(i)?;
-                    add(&chunk, x0, y0);
+                let indices: Vec<usize> = (0..t.chunks()).collect();
+                // A band of chunks at a time: memory stays at the band's decoded pixels.
+                for band in indices.chunks(rayon::current_num_threads().max(1) * 4) {
+                    for part in t.decode_chunks(band, |img, x0, y0| CellSums::of(img, x0, y0, factor))? {
+                        total.merge(&part);
+                    }
                 }
             }
         }
-        let data = sums
+        Ok(total.average())
+    }
+}
+
+/// Per thumbnail cell, the sums of R, G, B and the pixel count, over a rectangle of cells.
+struct CellSums {
+    x0: usize,
+    y0: usize,
+    width: usize,
+    height: usize,
+    sums: Vec<u32>,
+    counts: Vec<u32>,
+}
+
+impl CellSums {
+    fn zeros(x0: usize, y0: usize, width: usize, height: usize) -> CellSums {
+        CellSums {
+            x0,
+            y0,
+            width,
+            height,
+            sums: vec![0; width * height * 3],
+            counts: vec![0; width * height],
+        }
+    }
+
+    /// The cells an image at slide position `(x0, y0)` touches, with its pixels summed in.
+    fn of(img: &RgbImage, x0: usize, y0: usize, factor: usize) -> CellSums {
+        let (cx0, cy0) = (x0 / factor, y0 / factor);
+        let cx1 = (x0 + img.width).div_ceil(factor);
+        let cy1 = (y0 + img.height).div_ceil(factor);
+        let mut c = CellSums::zeros(cx0, cy0, cx1 - cx0, cy1 - cy0);
+        for y in 0..img.height {
+            let row = ((y0 + y) / factor - cy0) * c.width;
+            for x in 0..img.width {
+                let t = row + (x0 + x) / factor - cx0;
+                let p = (y * img.width + x) * 3;
+                c.sums[t * 3] += img.data[p] as u32;
+                c.sums[t * 3 + 1] += img.data[p + 1] as u32;
+                c.sums[t * 3 + 2] += img.data[p + 2] as u32;
+                c.counts[t] += 1;
+            }
+        }
+        c
+    }
+
+    fn merge(&mut self, part: &CellSums) {
+        for y in 0..part.height {
+            for x in 0..part.width {
+                let (src, dst) = (
+                    y * part.width + x,
+                    (part.y0 + y - self.y0) * self.width + part.x0 + x - self.x0,
+                );
+                self.counts[dst] += part.counts[src];
+                for k in 0..3 {
+                    self.sums[dst * 3 + k] += part.sums[src * 3 + k];
+                }
+            }
+        }
+    }
+
+    fn average(&self) -> RgbImage {
+        let data = self
+            .sums
             .chunks_exact(3)
-            .zip(&counts)
+            .zip(&self.counts)
             .flat_map(|(s, &n)| s.iter().map(move |&v| (v + n / 2).checked_div(n).unwrap_or(0) as u8))
             .collect();
-        Ok(RgbImage {
-            width: tw,
-            height: th,
+        RgbImage {
+            width: self.width,
+            height: self.height,
             data,
-        })
+        }
     }
 }
 
@@ -146,15 +196,24 @@ pub struct TiffRegions {
     chunk_w: usize,
     chunk_h: usize,
     across: usize,
-    /// LZW chunks are decompressed here (the tiff crate's LZW reader can panic on edge tiles).
-    lzw: Option<LzwLayout>,
+    /// Uncompressed, LZW and deflate chunks are decompressed here, in parallel (and the tiff
+    /// crate's LZW reader can panic on edge tiles); other codecs go through the crate.
+    raw: Option<RawLayout>,
     cache: HashMap<usize, Arc<RgbImage>>,
     order: VecDeque<usize>,
     cache_bytes: usize,
     max_cache_bytes: usize,
 }
 
-struct LzwLayout {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RawCodec {
+    None,
+    Lzw,
+    Deflate,
+}
+
+struct RawLayout {
+    codec: RawCodec,
     offsets: Vec<u64>,
     counts: Vec<u64>,
     predictor: u16,
@@ -226,7 +285,13 @@ impl TiffRegions {
             limits.decoding_buffer_size = limits.decoding_buffer_size.max(chunk_bytes * 2);
             limits.intermediate_buffer_size = limits.intermediate_buffer_size.max(chunk_bytes * 2);
             let mut decoder = decoder.with_limits(limits);
-            let lzw = if compression == Some(CompressionMethod::LZW.to_u16()) {
+            let codec = match compression {
+                None | Some(1) => Some(RawCodec::None),
+                Some(5) => Some(RawCodec::Lzw),
+                Some(8) | Some(32946) => Some(RawCodec::Deflate),
+                _ => None,
+            };
+            let raw = if let Some(codec) = codec {
                 let (offsets_tag, counts_tag) = match decoder.get_chunk_type() {
                     ChunkType::Strip => (Tag::StripOffsets, Tag::StripByteCounts),
                     ChunkType::Tile => (Tag::TileOffsets, Tag::TileByteCounts),
@@ -238,13 +303,14 @@ impl TiffRegions {
                     .map_err(tiff_err)?
                     .unwrap_or(1);
                 if predictor != 1 && predictor != 2 {
-                    return Err(unsupported(format!("TIFF predictor {predictor} with LZW")));
+                    return Err(unsupported(format!("TIFF predictor {predictor}")));
                 }
                 let white_is_zero = decoder
                     .find_tag_unsigned::<u16>(Tag::PhotometricInterpretation)
                     .map_err(tiff_err)?
                     == Some(0);
-                Some(LzwLayout {
+                Some(RawLayout {
+                    codec,
                     offsets,
                     counts,
                     predictor,
@@ -266,13 +332,13 @@ impl TiffRegions {
                 chunk_w,
                 chunk_h,
                 across: width.div_ceil(chunk_w),
-                lzw,
+                raw,
                 cache: HashMap::new(),
                 order: VecDeque::new(),
                 cache_bytes: 0,
                 max_cache_bytes,
             };
-            if let Some(l) = &regions.lzw {
+            if let Some(l) = &regions.raw {
                 if l.offsets.len() < regions.chunks() || l.counts.len() < regions.chunks() {
                     return Err(regions.corrupt(format!(
                         "{} chunk offsets for {} chunks",
@@ -313,10 +379,21 @@ impl TiffRegions {
         }
         let (cx0, cx1) = (x / self.chunk_w, (x + w - 1) / self.chunk_w);
         let (cy0, cy1) = (y / self.chunk_h, (y + h - 1) / self.chunk_h);
+        // A row of chunks at a time: their decoding runs in parallel, memory stays at one row.
         for cy in cy0..=cy1 {
-            for cx in cx0..=cx1 {
-                let chunk = self.cached_chunk(cy * self.across + cx)?;
-                let (ox, oy) = (cx * self.chunk_w, cy * self.chunk_h);
+            let needed: Vec<usize> = (cx0..=cx1).map(|cx| cy * self.across + cx).collect();
+            let missing: Vec<usize> = needed.iter().copied().filter(|i| !self.cache.contains_key(i)).collect();
+            let decoded = self.decode_chunks(&missing, |img, _, _| Arc::new(img.clone()))?;
+            let mut fresh: HashMap<usize, Arc<RgbImage>> = missing.into_iter().zip(decoded).collect();
+            for &i in &needed {
+                let chunk = match fresh.remove(&i) {
+                    Some(c) => {
+                        self.remember(i, c.clone());
+                        c
+                    }
+                    None => self.cache[&i].clone(),
+                };
+                let (ox, oy) = self.chunk_origin(i);
                 // The overlap of the chunk and the region, in slide coordinates.
                 let (ax, bx) = (x.max(ox), (x + w).min(ox + chunk.width));
                 let (ay, by) = (y.max(oy), (y + h).min(oy + chunk.height));
@@ -330,11 +407,8 @@ impl TiffRegions {
         Ok(out)
     }
 
-    fn cached_chunk(&mut self, i: usize) -> Result<Arc<RgbImage>, SlideError> {
-        if let Some(c) = self.cache.get(&i) {
-            return Ok(c.clone());
-        }
-        let chunk = Arc::new(self.decode_chunk(i)?);
+    /// Keeps a decoded chunk, dropping the oldest beyond the cache's budget.
+    fn remember(&mut self, i: usize, chunk: Arc<RgbImage>) {
         let bytes = chunk.data.len();
         while self.cache_bytes + bytes > self.max_cache_bytes {
             let Some(old) = self.order.pop_front() else { break };
@@ -342,34 +416,58 @@ impl TiffRegions {
                 self.cache_bytes -= c.data.len();
             }
         }
-        self.cache.insert(i, chunk.clone());
+        self.cache.insert(i, chunk);
         self.order.push_back(i);
         self.cache_bytes += bytes;
-        Ok(chunk)
     }
 
     /// Chunk `i` as RGB8, cropped to the image (edge tiles carry padding in the file).
     pub fn decode_chunk(&mut self, i: usize) -> Result<RgbImage, SlideError> {
-        let (ox, oy) = self.chunk_origin(i);
-        let (dw, dh) = (self.chunk_w.min(self.width - ox), self.chunk_h.min(self.height - oy));
-        let path = self.path.clone();
-        let samples = slide::guarded(&path, || match &self.lzw {
-            Some(_) => self.lzw_chunk(i, dw, dh),
-            None => {
-                let tiff_err = |cause| SlideError::Tiff {
-                    path: path.clone(),
-                    cause,
-                };
-                match self.decoder.read_chunk(i as u32).map_err(tiff_err)? {
-                    DecodingResult::U8(v) => Ok(v),
-                    DecodingResult::U16(v) => Ok(v.into_iter().map(to_u8).collect()),
-                    _ => Err(SlideError::Unsupported {
-                        path: path.clone(),
-                        what: format!("TIFF sample format for {:?}", self.color),
-                    }),
-                }
+        Ok(self.decode_chunks(&[i], |img, _, _| img.clone())?.remove(0))
+    }
+
+    /// Decodes chunks and maps each (with its slide origin) through `f`. Uncompressed, LZW and
+    /// deflate chunks are read in turn and decompressed in parallel; other codecs one by one.
+    fn decode_chunks<T: Send>(
+        &mut self,
+        indices: &[usize],
+        f: impl Fn(&RgbImage, usize, usize) -> T + Sync,
+    ) -> Result<Vec<T>, SlideError> {
+        use rayon::prelude::*;
+        if self.raw.is_some() {
+            let mut compressed = Vec::with_capacity(indices.len());
+            for &i in indices {
+                compressed.push(self.raw_bytes(i)?);
             }
-        })?;
+            let this = &*self;
+            return indices
+                .par_iter()
+                .zip(compressed)
+                .map(|(&i, bytes)| {
+                    let img = slide::guarded(&this.path, || this.decode_raw(i, &bytes))?;
+                    let (x0, y0) = this.chunk_origin(i);
+                    Ok(f(&img, x0, y0))
+                })
+                .collect();
+        }
+        indices
+            .iter()
+            .map(|&i| {
+                let img = self.decode_with_crate(i)?;
+                let (x0, y0) = self.chunk_origin(i);
+                Ok(f(&img, x0, y0))
+            })
+            .collect()
+    }
+
+    fn chunk_data_size(&self, i: usize) -> (usize, usize) {
+        let (ox, oy) = self.chunk_origin(i);
+        (self.chunk_w.min(self.width - ox), self.chunk_h.min(self.height - oy))
+    }
+
+    /// Samples to RGB8 as the whole-slide reader converts them.
+    fn to_rgb_image(&self, i: usize, samples: Vec<u8>) -> Result<RgbImage, SlideError> {
+        let (dw, dh) = self.chunk_data_size(i);
         if samples.len() != dw * dh * self.channels {
             return Err(self.corrupt(format!(
                 "chunk {i} decoded to {} samples, expected {dw}×{dh}×{}",
@@ -389,9 +487,45 @@ impl TiffRegions {
         })
     }
 
-    fn lzw_chunk(&mut self, i: usize, dw: usize, dh: usize) -> Result<Vec<u8>, SlideError> {
-        let l = self.lzw.as_ref().expect("an LZW layout");
+    fn decode_with_crate(&mut self, i: usize) -> Result<RgbImage, SlideError> {
+        let path = self.path.clone();
+        let samples = slide::guarded(&path, || {
+            let tiff_err = |cause| SlideError::Tiff {
+                path: path.clone(),
+                cause,
+            };
+            match self.decoder.read_chunk(i as u32).map_err(tiff_err)? {
+                DecodingResult::U8(v) => Ok(v),
+                DecodingResult::U16(v) => Ok(v.into_iter().map(to_u8).collect()),
+                _ => Err(SlideError::Unsupported {
+                    path: path.clone(),
+                    what: format!("TIFF sample format for {:?}", self.color),
+                }),
+            }
+        })?;
+        self.to_rgb_image(i, samples)
+    }
+
+    /// Chunk `i`'s bytes as stored.
+    fn raw_bytes(&mut self, i: usize) -> Result<Vec<u8>, SlideError> {
+        let l = self.raw.as_ref().expect("a raw layout");
         let (offset, count) = (l.offsets[i], l.counts[i] as usize);
+        let mut bytes = vec![0u8; count];
+        let reader = self.decoder.inner();
+        reader.seek(SeekFrom::Start(offset)).map_err(|cause| SlideError::Io {
+            path: self.path.clone(),
+            cause,
+        })?;
+        if reader.read_exact(&mut bytes).is_err() {
+            return Err(self.corrupt(format!("chunk {i} runs past the end of the file")));
+        }
+        Ok(bytes)
+    }
+
+    /// Decompresses a stored chunk, undoes the predictor, crops the padding, converts to RGB8.
+    fn decode_raw(&self, i: usize, stored: &[u8]) -> Result<RgbImage, SlideError> {
+        let l = self.raw.as_ref().expect("a raw layout");
+        let (dw, dh) = self.chunk_data_size(i);
         let pixel_bytes = self.channels * l.bytes_per_sample;
         // Strips hold only their data rows; tiles are stored padded to full size.
         let (cw, rows) = if self.chunk_w == self.width {
@@ -399,18 +533,22 @@ impl TiffRegions {
         } else {
             (self.chunk_w, self.chunk_h)
         };
-        let mut compressed = vec![0u8; count];
-        let reader = self.decoder.inner();
-        reader.seek(SeekFrom::Start(offset)).map_err(|cause| SlideError::Io {
-            path: self.path.clone(),
-            cause,
-        })?;
-        if reader.read_exact(&mut compressed).is_err() {
-            return Err(self.corrupt(format!("chunk {i} runs past the end of the file")));
+        let needed = cw * rows * pixel_bytes;
+        let mut raw = vec![0u8; needed];
+        match l.codec {
+            RawCodec::None => {
+                if stored.len() < needed {
+                    return Err(self.corrupt(format!("chunk {i} holds {} bytes, expected {needed}", stored.len())));
+                }
+                raw.copy_from_slice(&stored[..needed]);
+            }
+            RawCodec::Lzw => {
+                slide::lzw_decompress(stored, &mut raw).map_err(|e| self.corrupt(format!("chunk {i}: {e}")))?
+            }
+            RawCodec::Deflate => flate2::read::ZlibDecoder::new(stored)
+                .read_exact(&mut raw)
+                .map_err(|e| self.corrupt(format!("chunk {i}: deflate: {e}")))?,
         }
-        let l = self.lzw.as_ref().expect("an LZW layout");
-        let mut raw = vec![0u8; cw * rows * pixel_bytes];
-        slide::lzw_decompress(&compressed, &mut raw).map_err(|e| self.corrupt(format!("chunk {i}: {e}")))?;
         let mut out = Vec::with_capacity(dw * dh * pixel_bytes);
         for row in raw.chunks_exact_mut(cw * pixel_bytes).take(dh) {
             if l.predictor == 2 {
@@ -431,7 +569,7 @@ impl TiffRegions {
         if l.white_is_zero {
             samples.iter_mut().for_each(|s| *s = 255 - *s);
         }
-        Ok(samples)
+        self.to_rgb_image(i, samples)
     }
 }
 
@@ -519,6 +657,54 @@ mod tests {
             if !matches!(compression, Compression::Jpeg { .. }) && samples != Samples::Grey8 {
                 assert_eq!(whole, img, "case {k} is lossless");
             }
+        }
+    }
+
+    #[test]
+    fn damaged_tiles_are_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = pattern(200, 150);
+        for compression in [Compression::Deflate, Compression::Jpeg { quality: 80 }] {
+            let path = dir.path().join("t.tiff");
+            let spec = TiffSpec {
+                width: 200,
+                height: 150,
+                samples: Samples::Rgb8,
+                compression,
+                chunking: Chunking::Tiles { size: 32 },
+                bigtiff: false,
+            };
+            write_tiff_image(&path, &spec, &img.data).unwrap();
+            // Tiles come before the directory: overwriting the middle damages tiles, keeps the header.
+            let bytes = std::fs::read(&path).unwrap();
+            let mut cut = bytes.clone();
+            let n = bytes.len();
+            cut[n / 4..n / 2].fill(0xA5);
+            std::fs::write(&path, &cut).unwrap();
+            let mut src = SlideSource::open(&path, SlideLimits::default()).unwrap();
+            let whole = src.region(0, 0, 200, 150);
+            let thumb = src.thumbnail(8);
+            for result in [whole.map(|_| ()), thumb.map(|_| ())] {
+                let e = result.expect_err("garbage tiles are an error");
+                assert!(
+                    e.to_string().contains("t.tiff") && e.to_string().contains("corrupt"),
+                    "{e}"
+                );
+            }
+            // Regions away from the damage still read (JPEG within its loss).
+            let intact = src.region(0, 140, 10, 10).unwrap();
+            let want = crop(&img, 0, 140, 10, 10);
+            let worst = intact
+                .data
+                .iter()
+                .zip(&want.data)
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .unwrap();
+            assert!(
+                worst <= if compression == Compression::Deflate { 0 } else { 32 },
+                "{worst}"
+            );
         }
     }
 

@@ -233,14 +233,18 @@ fn add_tiled_group(
         let mut images = Vec::with_capacity(batch.len());
         for w in batch {
             let region = source.region(w.x, w.y, w.width, w.height)?;
-            images.push(pad_edge(&region, side));
+            images.push(pad_edge(region, side));
         }
         t.read += start.elapsed();
         let maps = engine.group_maps(gi, &images, (size, size), info.organ, spec.batch, t)?;
         let start = Instant::now();
         for (w, m) in batch.iter().zip(maps) {
-            let back = resize_map(&m, size, size, side, side);
-            let values = crop_map(&back, side, w.width, w.height);
+            let back = if side == size {
+                m
+            } else {
+                resize_map(&m, size, size, side, side)
+            };
+            let values = crop_map(back, side, w.width, w.height);
             let rows: Vec<f32> = (0..w.height).map(|r| weights[r] / cover_y[w.y + r]).collect();
             let cols: Vec<f32> = (0..w.width).map(|c| weights[c] / cover_x[w.x + c]).collect();
             map.add_window((w.x, w.y, w.width, w.height), &values, &rows, &cols, k);
@@ -260,9 +264,9 @@ fn add_tiled_group(
 
 /// The region padded to `side × side` by repeating its last row and column (windows larger than
 /// the slide).
-fn pad_edge(region: &RgbImage, side: usize) -> RgbImage {
+fn pad_edge(region: RgbImage, side: usize) -> RgbImage {
     if region.width == side && region.height == side {
-        return region.clone();
+        return region;
     }
     let mut out = RgbImage::new(side, side);
     for y in 0..side {
@@ -276,9 +280,9 @@ fn pad_edge(region: &RgbImage, side: usize) -> RgbImage {
     out
 }
 
-fn crop_map(map: &[f32], side: usize, w: usize, h: usize) -> Vec<f32> {
+fn crop_map(map: Vec<f32>, side: usize, w: usize, h: usize) -> Vec<f32> {
     if w == side && h == side {
-        return map.to_vec();
+        return map;
     }
     (0..h)
         .flat_map(|y| map[y * side..y * side + w].iter().copied())
@@ -296,10 +300,10 @@ mod tests {
             height: 1,
             data: vec![1, 2, 3, 4, 5, 6],
         };
-        let p = pad_edge(&img, 3);
+        let p = pad_edge(img, 3);
         assert_eq!(p.pixel(2, 2), [4, 5, 6]);
         assert_eq!(p.pixel(0, 1), [1, 2, 3]);
         let map: Vec<f32> = (0..9).map(|v| v as f32).collect();
-        assert_eq!(crop_map(&map, 3, 2, 1), [0.0, 1.0]);
+        assert_eq!(crop_map(map, 3, 2, 1), [0.0, 1.0]);
     }
 }
