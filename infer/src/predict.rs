@@ -17,7 +17,7 @@ use crate::engine::{Engine, EngineError, ProbMap, SlideInfo, Timings};
 use crate::manifest::GroupMode;
 use crate::mask::Mask;
 use crate::region::SlideSource;
-use crate::runs::{Component, RunMask};
+use crate::runs::{Component, RunMask, RunSums};
 use crate::schema::{self, CsvError, SubmissionRow, TestRow};
 use crate::slide::{read_slide, RgbImage, SlideError, SlideLimits};
 use crate::tiled::{self, TileStats};
@@ -417,8 +417,9 @@ fn predict_one(
     let post = engine.manifest().postprocess.get(row.organ);
     let runs_needed = !post.is_identity() || opts.geojson.is_some() || opts.masks.is_some();
     let (encoded, mask, runs) = if runs_needed {
-        let runs = postprocess::apply(RunMask::from_mask(&mask), &post, row.pixel_size);
-        (runs.rle(), runs.to_mask(), Some(runs))
+        let thresholded = RunSums::of_dense(RunMask::from_mask(&mask), &prob.data);
+        let runs = postprocess::apply(thresholded.mask.clone(), &post, row.pixel_size);
+        (runs.rle(), runs.to_mask(), Some((runs, thresholded)))
     } else {
         (rle::encode(&mask), mask, None)
     };
@@ -432,18 +433,8 @@ fn predict_one(
         let (w, h, rgb) = overlay(slide, &mask, truth.as_ref(), opts.overlay_size);
         mask_image::write_rgb_png(&dir.join(format!("{}.png", row.id)), w, h, &rgb)?;
     }
-    if let Some(runs) = &runs {
-        let w = prob.width;
-        let mean = |c: &Component| {
-            let sum: f64 = c
-                .runs
-                .iter()
-                .flat_map(|&(y, s, e)| prob.data[y as usize * w + s as usize..y as usize * w + e as usize].iter())
-                .map(|&p| p as f64)
-                .sum();
-            sum / c.area.max(1) as f64
-        };
-        write_extras(opts, row, runs, mean, slide)?;
+    if let Some((runs, thresholded)) = &runs {
+        write_extras(opts, row, runs, |c| thresholded.mean_over(&c.runs), slide)?;
     }
     Ok(Outcome {
         rle: encoded,

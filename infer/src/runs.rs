@@ -279,6 +279,27 @@ pub struct RunSums {
 }
 
 impl RunSums {
+    /// Each run's probability sum from a dense row-major map of the mask's size.
+    pub fn of_dense(mask: RunMask, prob: &[f32]) -> RunSums {
+        let w = mask.width;
+        let sums = mask
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(y, row)| {
+                row.iter()
+                    .map(|&(s, e)| {
+                        prob[y * w + s as usize..y * w + e as usize]
+                            .iter()
+                            .map(|&p| p as f64)
+                            .sum()
+                    })
+                    .collect()
+            })
+            .collect();
+        RunSums { mask, sums }
+    }
+
     /// Mean probability over the pixels of `runs` ((y, start, end), e.g. a component after
     /// postprocessing) that are in the thresholded mask; a run partly covered counts by its share.
     pub fn mean_over(&self, runs: &[(u32, u32, u32)]) -> f64 {
@@ -432,6 +453,9 @@ mod tests {
         // Half of the run, and a stretch outside it (not counted): the mean stays 0.9.
         assert!((rs.mean_over(&[(1, 400, 500)]) - 0.9).abs() < 1e-6);
         assert_eq!(rs.mean_over(&[(0, 0, 10)]), 0.0);
+        let mut dense = vec![0f32; 1800];
+        map.add_into(&mut dense);
+        assert_eq!(RunSums::of_dense(runs.clone(), &dense), rs);
         // Diagonal neighbours are one component with 8-connectivity, two with 4.
         let d = RunMask {
             width: 3,
