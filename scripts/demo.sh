@@ -49,7 +49,7 @@ stage "train + export"
 echo "== predict: the trained 2-fold ensemble, flips TTA, per-organ thresholds"
 cat "$out/run/manifest.toml"
 "$bin/ftu-infer" predict --manifest "$out/run/manifest.toml" --data "$out/data" \
-  --out "$out/submission.csv" --overlays "$out/overlays" --probs "$out/probs"
+  --out "$out/submission.csv" --overlays "$out/overlays" --probs "$out/probs" --geojson "$out/geojson"
 stage "predict"
 
 echo "== score against the truth"
@@ -67,6 +67,7 @@ echo
 echo "submission      $out/submission.csv (report: $out/submission.report.json)"
 echo "overlays        $out/overlays/ (predicted outline yellow, truth cyan)"
 echo "probabilities   $out/probs/"
+echo "outlines        $out/geojson/ (QuPath GeoJSON per slide, PNG overview)"
 echo "training        $out/run/ (metrics.csv, fold*/loss.png, fold*/dice.png, fold*/overlays/, fold*/model.onnx)"
 echo "manifest        $out/run/manifest.toml"
 mean=$(awk '/^mean dice/ {print $3}' "$out/score.txt")
