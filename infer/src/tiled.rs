@@ -1,6 +1,7 @@
 //! Whole-slide prediction for manifests with `mode = "tiles"` groups: windows of the model's
 //! input size at the group's scale, background windows skipped by the tissue detector, windows
-//! batched through the engine, Gaussian-blended into a block map at the slide's resolution.
+//! batched through the engine, Gaussian-blended into a block map at the slide's resolution, and
+//! rows thresholded into runs (their blocks freed, with one tiled group) as they become final.
 
 use std::time::Instant;
 
