@@ -164,7 +164,7 @@ impl Engine {
                 GroupMode::Resize => self.resized_group(gi, slide, info, t)?,
                 GroupMode::Tiles(_) => {
                     let mut source = crate::region::SlideSource::Memory(slide.clone());
-                    let map = crate::tiled::group_sum(self, gi, &mut source, info, None, t, &mut |_, _| {})?;
+                    let map = crate::tiled::group_sum(self, gi, &mut source, info, None, t)?;
                     let mut dense = vec![0f32; width * height];
                     map.add_into(&mut dense);
                     dense

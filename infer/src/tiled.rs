@@ -1,7 +1,7 @@
 //! Whole-slide prediction for manifests with `mode = "tiles"` groups: windows of the model's
 //! input size at the group's scale, background windows skipped by the tissue detector, windows
 //! batched through the engine, Gaussian-blended into a block map at the slide's resolution, and
-//! rows thresholded into runs (their blocks freed, with one tiled group) as they become final.
+//! rows thresholded into runs (their blocks freed when every group is tiled) as they become final.
 
 use std::time::Instant;
 
@@ -84,10 +84,11 @@ impl Finisher {
 }
 
 /// Every group serving the slide's organ, weighted by group weight, thresholded at `threshold`.
-/// With one tiled group and `keep_map` false, rows are thresholded and their blocks freed as the
-/// windows move down the slide, so memory holds one band of windows, not the slide's tissue.
-/// Otherwise the whole map is built first (and returned with `keep_map`). Groups in resize mode
-/// need the whole slide in memory (within `limits`).
+/// When every serving group is tiled and `keep_map` is false, the groups' windows go down the
+/// slide together and rows are thresholded and their blocks freed once no group's windows can
+/// reach them, so memory holds a band of windows, not the slide's tissue. Otherwise the whole map
+/// is built first (and returned with `keep_map`). Groups in resize mode need the whole slide in
+/// memory (within `limits`).
 #[allow(clippy::too_many_arguments)]
 pub fn predict_slide(
     engine: &mut Engine,
@@ -107,11 +108,11 @@ pub fn predict_slide(
         return Err(EngineError::NoModel(info.organ));
     }
     let mut stats = TileStats::default();
-    let tiled = serving
-        .iter()
-        .any(|&gi| matches!(engine.manifest().groups[gi].mode, GroupMode::Tiles(_)));
+    let tiled = |gi: &usize| matches!(engine.manifest().groups[*gi].mode, GroupMode::Tiles(_));
+    let any_tiled = serving.iter().any(tiled);
+    let all_tiled = serving.iter().all(tiled);
     let detection = engine.manifest().tissue;
-    let (thumbnail, tissue) = if tiled && detection.enabled {
+    let (thumbnail, tissue) = if any_tiled && detection.enabled {
         let start = Instant::now();
         let factor = thumbnail_factor(width, height, THUMBNAIL_SIDE);
         let thumb = source.thumbnail(factor)?;
@@ -126,9 +127,8 @@ pub fn predict_slide(
     let weight_sum: f32 = serving.iter().map(|&gi| engine.manifest().groups[gi].weight).sum();
     let mut map = BlockMap::new(width, height);
     let mut finisher = Finisher::new(width, height, threshold);
-    stats.streamed =
-        !keep_map && serving.len() == 1 && matches!(engine.manifest().groups[serving[0]].mode, GroupMode::Tiles(_));
-    let mut window_time = 0f64;
+    stats.streamed = !keep_map && all_tiled;
+    let mut plans = Vec::new();
     for &gi in &serving {
         let k = engine.manifest().groups[gi].weight / weight_sum;
         match engine.manifest().groups[gi].mode {
@@ -139,32 +139,41 @@ pub fn predict_slide(
                 let dense = engine.resized_group(gi, &whole, info, t)?;
                 map.add_window((0, 0, width, height), &dense, &vec![1.0; height], &vec![1.0; width], k);
             }
-            GroupMode::Tiles(spec) => {
-                let start = Instant::now();
-                let streaming = stats.streamed.then_some(&mut finisher);
-                let (total, run) = add_tiled_group(
-                    engine,
-                    gi,
-                    spec,
-                    source,
-                    info,
-                    tissue.as_ref(),
-                    k,
-                    &mut map,
-                    streaming,
-                    t,
-                    progress,
-                )?;
-                window_time += start.elapsed().as_secs_f64();
-                stats.windows += total;
-                stats.windows_run += run;
-            }
+            GroupMode::Tiles(spec) => plans.push(GroupPlan::new(
+                engine,
+                gi,
+                spec,
+                (width, height),
+                info,
+                tissue.as_ref(),
+                k,
+            )),
         }
     }
+    stats.windows = plans.iter().map(|p| p.windows).sum();
+    stats.windows_run = plans.iter().map(|p| p.to_run.len()).sum();
     let start = Instant::now();
+    let mut done = 0;
+    progress(0, stats.windows_run);
+    // The group whose next window is highest runs next: all groups move down together.
+    while let Some(plan) = plans
+        .iter_mut()
+        .filter(|p| !p.finished())
+        .min_by_key(|p| p.next_row(height))
+    {
+        done += plan.run_batch(engine, source, info, &mut map, t)?;
+        if stats.streamed {
+            let begin = Instant::now();
+            let final_rows = plans.iter().map(|p| p.next_row(height)).min().unwrap_or(height);
+            finisher.advance(&mut map, final_rows, true);
+            t.rle += begin.elapsed();
+        }
+        progress(done, stats.windows_run);
+    }
+    stats.seconds_per_window = start.elapsed().as_secs_f64() / stats.windows_run.max(1) as f64;
+    let begin = Instant::now();
     finisher.advance(&mut map, height, stats.streamed);
-    t.rle += start.elapsed();
-    stats.seconds_per_window = window_time / stats.windows_run.max(1) as f64;
+    t.rle += begin.elapsed();
     stats.map_peak_bytes = map.peak_bytes();
     Ok(TiledPrediction {
         mask: finisher.mask,
@@ -183,61 +192,107 @@ pub fn group_sum(
     info: &SlideInfo,
     tissue: Option<&TissueMap>,
     t: &mut Timings,
-    progress: WindowProgress,
 ) -> Result<BlockMap, EngineError> {
     let GroupMode::Tiles(spec) = engine.manifest().groups[gi].mode else {
         unreachable!("group_sum is for tiled groups");
     };
-    let mut map = BlockMap::new(source.width(), source.height());
-    add_tiled_group(engine, gi, spec, source, info, tissue, 1.0, &mut map, None, t, progress)?;
+    let (width, height) = (source.width(), source.height());
+    let mut map = BlockMap::new(width, height);
+    let mut plan = GroupPlan::new(engine, gi, spec, (width, height), info, tissue, 1.0);
+    while !plan.finished() {
+        plan.run_batch(engine, source, info, &mut map, t)?;
+    }
     Ok(map)
 }
 
-/// Runs group `gi`'s windows and adds `k ·` its normalised blend to `map`; returns (windows,
-/// windows run). A skipped window counts as predicting 0, so every pixel's weights still sum to 1
-/// and the per-axis coverage makes the normalisation separable. With a `finisher`, rows above
-/// the next window to run are final after each batch: they are thresholded and freed.
-#[allow(clippy::too_many_arguments)]
-fn add_tiled_group(
-    engine: &mut Engine,
+/// One tiled group's windows over a slide and how far it has got. A skipped window counts as
+/// predicting 0, so every pixel's weights still sum to 1 and the per-axis coverage makes the
+/// normalisation separable.
+struct GroupPlan {
     gi: usize,
     spec: TileSpec,
-    source: &mut SlideSource,
-    info: &SlideInfo,
-    tissue: Option<&TissueMap>,
+    size: usize,
+    /// The window's side in slide pixels.
+    side: usize,
+    weights: Vec<f32>,
+    cover_x: Vec<f32>,
+    cover_y: Vec<f32>,
+    /// Windows with tissue, row by row top to bottom (what finishing rows relies on).
+    to_run: Vec<tiles::Window>,
+    windows: usize,
+    done: usize,
+    /// This group's share of the ensemble.
     k: f32,
-    map: &mut BlockMap,
-    mut finisher: Option<&mut Finisher>,
-    t: &mut Timings,
-    progress: WindowProgress,
-) -> Result<(usize, usize), EngineError> {
-    let (width, height) = (source.width(), source.height());
-    let size = engine.manifest().groups[gi].size;
-    let factor = spec.factor(size, engine.manifest().scaling.as_ref(), info.pixel_size);
-    // The window's side in slide pixels.
-    let side = ((size as f64 / factor).round() as usize).max(1);
-    let weights = tiles::gaussian(side);
-    let cover_x = tiles::coverage(width, &tiles::starts(width, side, spec.overlap), &weights);
-    let cover_y = tiles::coverage(height, &tiles::starts(height, side, spec.overlap), &weights);
-    let windows = tiles::windows(width, height, side, spec.overlap);
-    let min_fraction = engine.manifest().tissue.min_fraction;
-    // Row by row, top to bottom: what the finisher relies on.
-    let to_run: Vec<tiles::Window> = windows
-        .iter()
-        .copied()
-        .filter(|w| tissue.is_none_or(|m| m.fraction(w.x, w.y, w.width, w.height) >= min_fraction))
-        .collect();
-    let mut done = 0;
-    progress(0, to_run.len());
-    for batch in to_run.chunks(spec.batch) {
+}
+
+impl GroupPlan {
+    fn new(
+        engine: &Engine,
+        gi: usize,
+        spec: TileSpec,
+        (width, height): (usize, usize),
+        info: &SlideInfo,
+        tissue: Option<&TissueMap>,
+        k: f32,
+    ) -> GroupPlan {
+        let size = engine.manifest().groups[gi].size;
+        let factor = spec.factor(size, engine.manifest().scaling.as_ref(), info.pixel_size);
+        let side = ((size as f64 / factor).round() as usize).max(1);
+        let weights = tiles::gaussian(side);
+        let cover_x = tiles::coverage(width, &tiles::starts(width, side, spec.overlap), &weights);
+        let cover_y = tiles::coverage(height, &tiles::starts(height, side, spec.overlap), &weights);
+        let windows = tiles::windows(width, height, side, spec.overlap);
+        let min_fraction = engine.manifest().tissue.min_fraction;
+        let to_run: Vec<tiles::Window> = windows
+            .iter()
+            .copied()
+            .filter(|w| tissue.is_none_or(|m| m.fraction(w.x, w.y, w.width, w.height) >= min_fraction))
+            .collect();
+        GroupPlan {
+            gi,
+            spec,
+            size,
+            side,
+            weights,
+            cover_x,
+            cover_y,
+            windows: windows.len(),
+            to_run,
+            done: 0,
+            k,
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.done == self.to_run.len()
+    }
+
+    /// Rows above this are final for this group: no window left to run reaches them.
+    fn next_row(&self, height: usize) -> usize {
+        self.to_run.get(self.done).map_or(height, |w| w.y)
+    }
+
+    /// Runs the next `batch` windows and adds `k ·` their normalised blend to `map`; returns how
+    /// many ran.
+    fn run_batch(
+        &mut self,
+        engine: &mut Engine,
+        source: &mut SlideSource,
+        info: &SlideInfo,
+        map: &mut BlockMap,
+        t: &mut Timings,
+    ) -> Result<usize, EngineError> {
+        let end = (self.done + self.spec.batch).min(self.to_run.len());
+        let batch = &self.to_run[self.done..end];
         let start = Instant::now();
         let mut images = Vec::with_capacity(batch.len());
         for w in batch {
             let region = source.region(w.x, w.y, w.width, w.height)?;
-            images.push(pad_edge(region, side));
+            images.push(pad_edge(region, self.side));
         }
         t.read += start.elapsed();
-        let maps = engine.group_maps(gi, &images, (size, size), info.organ, spec.batch, t)?;
+        let (size, side) = (self.size, self.side);
+        let maps = engine.group_maps(self.gi, &images, (size, size), info.organ, self.spec.batch, t)?;
         let start = Instant::now();
         for (w, m) in batch.iter().zip(maps) {
             let back = if side == size {
@@ -246,21 +301,15 @@ fn add_tiled_group(
                 resize_map(&m, size, size, side, side)
             };
             let values = crop_map(back, side, w.width, w.height);
-            let rows: Vec<f32> = (0..w.height).map(|r| weights[r] / cover_y[w.y + r]).collect();
-            let cols: Vec<f32> = (0..w.width).map(|c| weights[c] / cover_x[w.x + c]).collect();
-            map.add_window((w.x, w.y, w.width, w.height), &values, &rows, &cols, k);
+            let rows: Vec<f32> = (0..w.height).map(|r| self.weights[r] / self.cover_y[w.y + r]).collect();
+            let cols: Vec<f32> = (0..w.width).map(|c| self.weights[c] / self.cover_x[w.x + c]).collect();
+            map.add_window((w.x, w.y, w.width, w.height), &values, &rows, &cols, self.k);
         }
         t.resize_back += start.elapsed();
-        done += batch.len();
-        if let Some(f) = finisher.as_deref_mut() {
-            let start = Instant::now();
-            let final_rows = to_run.get(done).map_or(height, |w| w.y);
-            f.advance(map, final_rows, true);
-            t.rle += start.elapsed();
-        }
-        progress(done, to_run.len());
+        let ran = end - self.done;
+        self.done = end;
+        Ok(ran)
     }
-    Ok((windows.len(), to_run.len()))
 }
 
 /// The region padded to `side × side` by repeating its last row and column (windows larger than

@@ -507,7 +507,7 @@ fn scaled_windows_resize_in_and_out() {
 }
 
 /// Freeing rows as the windows pass them gives the same mask and probability sums as keeping the
-/// whole map, in less memory.
+/// whole map, in less memory, for one tiled group and for two of different window sizes.
 #[test]
 fn streamed_rows_equal_the_kept_map() {
     let dir = tempfile::tempdir().unwrap();
@@ -519,34 +519,41 @@ fn streamed_rows_equal_the_kept_map() {
     };
     let path = dir.path().join("s.tiff");
     fixture.write(&path, 600, 3000);
-    let mut e = engine(
-        dir.path(),
-        "[[group]]\nsize = 128\nmode = \"tiles\"\n[[group.model]]\npath = \"green.onnx\"\nnorm = \"unit\"\n",
-    );
-    let mut run = |keep: bool| {
-        let mut source = SlideSource::open(&path, SlideLimits::default()).unwrap();
-        tiled::predict_slide(
-            &mut e,
-            &mut source,
-            &KIDNEY,
-            0.5,
-            keep,
-            SlideLimits::default(),
-            &mut Timings::default(),
-            &mut |_, _| {},
-        )
-        .unwrap()
-    };
-    let (kept, streamed) = (run(true), run(false));
-    assert!(streamed.stats.streamed && !kept.stats.streamed);
-    assert_eq!(streamed.mask, kept.mask);
-    assert!(streamed.map.is_none());
-    assert_eq!(kept.mask.mask, RunMask::threshold(kept.map.as_ref().unwrap(), 0.5));
-    assert!(
-        streamed.stats.map_peak_bytes * 3 <= kept.stats.map_peak_bytes,
-        "peak {} streamed vs {} kept",
-        streamed.stats.map_peak_bytes,
-        kept.stats.map_peak_bytes
-    );
-    assert_eq!(kept.mask.mask.to_mask(), fixture.truth(600, 3000, 0.0).to_mask());
+    let one = "[[group]]\nsize = 128\nmode = \"tiles\"\n[[group.model]]\npath = \"green.onnx\"\nnorm = \"unit\"\n";
+    // Two tiled groups of other window sizes and weights go down the slide together.
+    let two = "[[group]]\nsize = 128\nmode = \"tiles\"\nweight = 2\n[[group.model]]\npath = \"green.onnx\"\nnorm = \"unit\"\n\
+        [[group]]\nsize = 96\nmode = \"tiles\"\noverlap = 0.25\nbatch = 3\n[[group.model]]\npath = \"green.onnx\"\nnorm = \"unit\"\n";
+    for text in [one, two] {
+        let mut e = engine(dir.path(), text);
+        let mut run = |keep: bool| {
+            let mut source = SlideSource::open(&path, SlideLimits::default()).unwrap();
+            tiled::predict_slide(
+                &mut e,
+                &mut source,
+                &KIDNEY,
+                0.5,
+                keep,
+                SlideLimits::default(),
+                &mut Timings::default(),
+                &mut |_, _| {},
+            )
+            .unwrap()
+        };
+        let (kept, streamed) = (run(true), run(false));
+        assert!(streamed.stats.streamed && !kept.stats.streamed);
+        assert!(streamed.map.is_none());
+        assert_eq!(kept.mask.mask, RunMask::threshold(kept.map.as_ref().unwrap(), 0.5));
+        assert_eq!(streamed.mask.mask, kept.mask.mask);
+        // Sums agree up to the order in which the groups' windows were added.
+        for (a, b) in streamed.mask.sums.iter().flatten().zip(kept.mask.sums.iter().flatten()) {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs {b}");
+        }
+        assert!(
+            streamed.stats.map_peak_bytes * 3 <= kept.stats.map_peak_bytes,
+            "peak {} streamed vs {} kept",
+            streamed.stats.map_peak_bytes,
+            kept.stats.map_peak_bytes
+        );
+        assert_eq!(kept.mask.mask.to_mask(), fixture.truth(600, 3000, 0.0).to_mask());
+    }
 }
