@@ -4,10 +4,12 @@
 #   - conv-net: a strided conv net of width 16 at 512² windows, the compute of a small real model;
 #   - colour rule: a 1×1 model that marks the FTUs' colour, so the Dice against the generated
 #     truth checks that tiling, blending, postprocessing and RLE are right at this size.
-# Fails when a peak RSS is over LIMIT_MB (1536) or the colour rule's Dice is under 0.99.
+# Fails when a peak RSS is over LIMIT_MB (1536) or the colour rule's Dice is under MIN_DICE
+# (0.99; 0.95 with JPEG tiles).
 #   bash bench/wsi/run.sh
 #   SIZE=20000 bash bench/wsi/run.sh
 #   ISLANDS=30 RADIUS=3000 bash bench/wsi/run.sh    # about 40% tissue: memory must still hold
+#   JPEG=1 bash bench/wsi/run.sh                     # JPEG tiles, as scanners write them
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SIZE=${SIZE:-40000}
@@ -15,6 +17,9 @@ WINDOW=${WINDOW:-512}
 LIMIT_MB=${LIMIT_MB:-1536}
 ISLANDS=${ISLANDS:-6}
 RADIUS=${RADIUS:-1500}
+JPEG=${JPEG:-0}
+# JPEG blurs the FTUs' edges, which the colour rule then misses by a pixel here and there.
+MIN_DICE=${MIN_DICE:-$([ "$JPEG" = 1 ] && echo 0.95 || echo 0.99)}
 
 source scripts/ort.sh
 echo "== build"
@@ -22,12 +27,12 @@ cargo build --release --quiet -p ftu-infer -p ftu-trainer -p ftu-onnx
 bin=target/release
 work=bench-out/wsi
 mkdir -p "$work"
-if [ ! -f "$work/data/test_images/wsi0.tiff" ] || [ "$(cat "$work/params" 2>/dev/null)" != "$SIZE $ISLANDS $RADIUS" ]; then
+if [ ! -f "$work/data/test_images/wsi0.tiff" ] || [ "$(cat "$work/params" 2>/dev/null)" != "$SIZE $ISLANDS $RADIUS $JPEG" ]; then
   echo "== writing a ${SIZE}² tiled BigTIFF ($ISLANDS tissue islands of radius $RADIUS)"
   rm -rf "$work/data"
   /usr/bin/time -f "synth-wsi: %e s, peak RSS %M KB" "$bin/ftu-train" synth-wsi --out "$work/data" \
-    --width "$SIZE" --height "$SIZE" --islands "$ISLANDS" --island-radius "$RADIUS"
-  echo "$SIZE $ISLANDS $RADIUS" > "$work/params"
+    --width "$SIZE" --height "$SIZE" --islands "$ISLANDS" --island-radius "$RADIUS" $([ "$JPEG" = 1 ] && echo --jpeg)
+  echo "$SIZE $ISLANDS $RADIUS $JPEG" > "$work/params"
 fi
 ls -l "$work/data/test_images/wsi0.tiff"
 "$bin/ftu-onnx-samples" conv-net --width 16 --depth 3 --seed 1 --out "$work/net.onnx" 2>/dev/null
@@ -68,7 +73,7 @@ for name in net colour; do
   if [ $name = colour ]; then
     "$bin/ftu-infer" score --truth "$work/data/truth.csv" --pred "$out/submission.csv" --meta "$work/data/test.csv" | tee "$out/score.txt"
     dice=$(awk '/^mean dice/ {print $3}' "$out/score.txt")
-    if awk -v d="$dice" 'BEGIN {exit !(d < 0.99)}'; then echo "FAIL: colour-rule Dice $dice < 0.99"; status=1; fi
+    if awk -v d="$dice" -v m="$MIN_DICE" 'BEGIN {exit !(d < m)}'; then echo "FAIL: colour-rule Dice $dice < $MIN_DICE"; status=1; fi
     ls -l "$out/masks" "$out/geojson"
   fi
 done

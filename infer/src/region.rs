@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tiff::decoder::{ChunkType, Decoder, DecodingResult};
 use tiff::tags::{CompressionMethod, PlanarConfiguration, Tag};
@@ -190,7 +190,9 @@ pub struct TiffRegions {
     pub path: PathBuf,
     pub width: usize,
     pub height: usize,
-    decoder: Decoder<BufReader<File>>,
+    /// One decoder per thread for chunks the tiff crate decodes (JPEG, PackBits, …), so those
+    /// decode in parallel too; the first also reads stored chunk bytes.
+    decoders: Vec<Mutex<Decoder<BufReader<File>>>>,
     color: ColorType,
     channels: usize,
     chunk_w: usize,
@@ -284,7 +286,7 @@ impl TiffRegions {
             let chunk_bytes = chunk_w * chunk_h * channels * bytes_per_sample;
             limits.decoding_buffer_size = limits.decoding_buffer_size.max(chunk_bytes * 2);
             limits.intermediate_buffer_size = limits.intermediate_buffer_size.max(chunk_bytes * 2);
-            let mut decoder = decoder.with_limits(limits);
+            let mut decoder = decoder.with_limits(limits.clone());
             let codec = match compression {
                 None | Some(1) => Some(RawCodec::None),
                 Some(5) => Some(RawCodec::Lzw),
@@ -322,11 +324,19 @@ impl TiffRegions {
                 None
             };
             let (width, height) = (width as usize, height as usize);
+            let mut decoders = vec![Mutex::new(decoder)];
+            if raw.is_none() {
+                for _ in 1..rayon::current_num_threads() {
+                    let file = File::open(path).map_err(io_err)?;
+                    let d = Decoder::new(BufReader::with_capacity(1 << 16, file)).map_err(tiff_err)?;
+                    decoders.push(Mutex::new(d.with_limits(limits.clone())));
+                }
+            }
             let regions = TiffRegions {
                 path: path.to_owned(),
                 width,
                 height,
-                decoder,
+                decoders,
                 color,
                 channels,
                 chunk_w,
@@ -450,11 +460,12 @@ impl TiffRegions {
                 })
                 .collect();
         }
+        let this = &*self;
         indices
-            .iter()
+            .par_iter()
             .map(|&i| {
-                let img = self.decode_with_crate(i)?;
-                let (x0, y0) = self.chunk_origin(i);
+                let img = this.decode_with_crate(i)?;
+                let (x0, y0) = this.chunk_origin(i);
                 Ok(f(&img, x0, y0))
             })
             .collect()
@@ -487,14 +498,17 @@ impl TiffRegions {
         })
     }
 
-    fn decode_with_crate(&mut self, i: usize) -> Result<RgbImage, SlideError> {
+    fn decode_with_crate(&self, i: usize) -> Result<RgbImage, SlideError> {
         let path = self.path.clone();
+        let slot = rayon::current_thread_index().unwrap_or(0) % self.decoders.len();
+        // A decoder that panicked is still usable for other chunks: seeks start afresh.
+        let mut decoder = self.decoders[slot].lock().unwrap_or_else(PoisonError::into_inner);
         let samples = slide::guarded(&path, || {
             let tiff_err = |cause| SlideError::Tiff {
                 path: path.clone(),
                 cause,
             };
-            match self.decoder.read_chunk(i as u32).map_err(tiff_err)? {
+            match decoder.read_chunk(i as u32).map_err(tiff_err)? {
                 DecodingResult::U8(v) => Ok(v),
                 DecodingResult::U16(v) => Ok(v.into_iter().map(to_u8).collect()),
                 _ => Err(SlideError::Unsupported {
@@ -511,7 +525,10 @@ impl TiffRegions {
         let l = self.raw.as_ref().expect("a raw layout");
         let (offset, count) = (l.offsets[i], l.counts[i] as usize);
         let mut bytes = vec![0u8; count];
-        let reader = self.decoder.inner();
+        let reader = self.decoders[0]
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .inner();
         reader.seek(SeekFrom::Start(offset)).map_err(|cause| SlideError::Io {
             path: self.path.clone(),
             cause,

@@ -557,3 +557,45 @@ fn streamed_rows_equal_the_kept_map() {
         assert_eq!(kept.mask.mask.to_mask(), fixture.truth(600, 3000, 0.0).to_mask());
     }
 }
+
+/// In tiled mode too, a slide that cannot be read gets an empty row with --on-error skip, and
+/// stops the run (writing nothing) with fail.
+#[test]
+fn a_bad_slide_in_tiled_mode_keeps_its_row() {
+    let dir = tempfile::tempdir().unwrap();
+    green_model(dir.path());
+    let fixture = WsiFixture::new();
+    let data = kaggle_folder(
+        dir.path(),
+        &[("good", 1100, 900), ("bad", 1100, 900), ("gone", 1100, 900)],
+        &fixture,
+    );
+    // Damage the middle of one slide's tiles and delete another.
+    let bad = data.join("test_images/bad.tiff");
+    let mut bytes = std::fs::read(&bad).unwrap();
+    let n = bytes.len();
+    bytes[n / 4..n / 2].fill(0x5A);
+    std::fs::write(&bad, bytes).unwrap();
+    std::fs::remove_file(data.join("test_images/gone.tiff")).unwrap();
+    let manifest = "[[group]]\nsize = 128\nmode = \"tiles\"\n[[group.model]]\npath = \"green.onnx\"\nnorm = \"unit\"\n";
+    let mut e = engine(dir.path(), manifest);
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut opts = options(&data, &out);
+    let err = predict::predict_dir(&mut e, &opts, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("slide bad") && err.contains("bad.tiff"), "{err}");
+    assert!(!opts.out.exists(), "fail writes nothing");
+    opts.on_error = OnError::Skip;
+    let report = predict::predict_dir(&mut e, &opts, &mut |_| {}).unwrap();
+    let rows = schema::read_submission(&opts.out).unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["good", "bad", "gone"]
+    );
+    assert!(!rows[0].rle.is_empty() && rows[1].rle.is_empty() && rows[2].rle.is_empty());
+    let skipped: Vec<_> = report.skipped.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(skipped, ["bad", "gone"]);
+    assert_eq!(report.tiles.len(), 1);
+}

@@ -264,6 +264,9 @@ struct SynthWsiArgs {
     ftus_per_island: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// JPEG tiles (quality 90) as slide scanners write them, instead of deflate.
+    #[arg(long)]
+    jpeg: bool,
 }
 
 fn main() -> Result<()> {
@@ -299,6 +302,7 @@ fn main() -> Result<()> {
                 island_radius: a.island_radius,
                 ftus_per_island: a.ftus_per_island,
                 seed: a.seed,
+                jpeg: a.jpeg,
             };
             let bar = ProgressBar::new(0)
                 .with_style(ProgressStyle::with_template(

@@ -23,6 +23,8 @@ pub struct WsiConfig {
     pub island_radius: f64,
     pub ftus_per_island: usize,
     pub seed: u64,
+    /// JPEG tiles (quality 90, YCbCr) as slide scanners write them, instead of deflate.
+    pub jpeg: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -199,7 +201,11 @@ pub fn generate(out: &Path, cfg: &WsiConfig, on_tile: impl Fn(u64, u64)) -> Resu
         height: cfg.height,
         samples: Samples::Rgb8,
         chunking: Chunking::Tiles { size: 512 },
-        compression: Compression::Deflate,
+        compression: if cfg.jpeg {
+            Compression::Jpeg { quality: 90 }
+        } else {
+            Compression::Deflate
+        },
         bigtiff: needs_bigtiff(cfg.width, cfg.height, Samples::Rgb8),
     };
     let total = cfg.width.div_ceil(512) as u64 * cfg.height.div_ceil(512) as u64;
@@ -243,6 +249,7 @@ mod tests {
             island_radius: 200.0,
             ftus_per_island: 4,
             seed: 7,
+            jpeg: false,
         };
         let plan = generate(dir.path(), &cfg, |_, _| {}).unwrap();
         assert_eq!((plan.islands.len(), plan.ftus.len()), (3, 12));
