@@ -123,7 +123,8 @@ struct PredictArgs {
     /// The submission to write (id,rle); a .report.json lands beside it.
     #[arg(long, default_value = "submission.csv")]
     out: PathBuf,
-    /// Write each slide's probability map here as an 8-bit PNG (round(p·255)).
+    /// Write each slide's probability map here as an 8-bit PNG (round(p·255)), or as a tiled
+    /// TIFF (ID.tiff) for slides predicted by a tiled manifest.
     #[arg(long)]
     probs: Option<PathBuf>,
     /// Write each slide with the predicted (yellow) and true (cyan) outlines here as PNG.
