@@ -10,6 +10,7 @@
 #   SIZE=20000 bash bench/wsi/run.sh
 #   ISLANDS=30 RADIUS=3000 bash bench/wsi/run.sh    # about 40% tissue: memory must still hold
 #   JPEG=1 bash bench/wsi/run.sh                     # JPEG tiles, as scanners write them
+#   PYRAMID=4,16 bash bench/wsi/run.sh               # reduced pages: the thumbnail reads one
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SIZE=${SIZE:-40000}
@@ -18,6 +19,7 @@ LIMIT_MB=${LIMIT_MB:-1536}
 ISLANDS=${ISLANDS:-6}
 RADIUS=${RADIUS:-1500}
 JPEG=${JPEG:-0}
+PYRAMID=${PYRAMID:-}
 # JPEG blurs the FTUs' edges, which the colour rule then misses by a pixel here and there.
 MIN_DICE=${MIN_DICE:-$([ "$JPEG" = 1 ] && echo 0.95 || echo 0.99)}
 
@@ -27,12 +29,13 @@ cargo build --release --quiet -p ftu-infer -p ftu-trainer -p ftu-onnx
 bin=target/release
 work=bench-out/wsi
 mkdir -p "$work"
-if [ ! -f "$work/data/test_images/wsi0.tiff" ] || [ "$(cat "$work/params" 2>/dev/null)" != "$SIZE $ISLANDS $RADIUS $JPEG" ]; then
+if [ ! -f "$work/data/test_images/wsi0.tiff" ] || [ "$(cat "$work/params" 2>/dev/null)" != "$SIZE $ISLANDS $RADIUS $JPEG $PYRAMID" ]; then
   echo "== writing a ${SIZE}² tiled BigTIFF ($ISLANDS tissue islands of radius $RADIUS)"
   rm -rf "$work/data"
   /usr/bin/time -f "synth-wsi: %e s, peak RSS %M KB" "$bin/ftu-train" synth-wsi --out "$work/data" \
-    --width "$SIZE" --height "$SIZE" --islands "$ISLANDS" --island-radius "$RADIUS" $([ "$JPEG" = 1 ] && echo --jpeg)
-  echo "$SIZE $ISLANDS $RADIUS $JPEG" > "$work/params"
+    --width "$SIZE" --height "$SIZE" --islands "$ISLANDS" --island-radius "$RADIUS" $([ "$JPEG" = 1 ] && echo --jpeg) \
+    $([ -n "$PYRAMID" ] && echo --pyramid "$PYRAMID")
+  echo "$SIZE $ISLANDS $RADIUS $JPEG $PYRAMID" > "$work/params"
 fi
 ls -l "$work/data/test_images/wsi0.tiff"
 "$bin/ftu-onnx-samples" conv-net --width 16 --depth 3 --seed 1 --out "$work/net.onnx" 2>/dev/null

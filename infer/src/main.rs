@@ -357,8 +357,13 @@ fn run_predict(a: PredictArgs) -> Result<()> {
                 )
             })
             .unwrap_or_default();
+        let level = t
+            .stats
+            .thumbnail_level
+            .map(|l| format!(" (from pyramid page {}, {}×{})", l.page, l.width, l.height))
+            .unwrap_or_default();
         println!(
-            "{}: {} of {} windows run{tissue}, {:.3} s per tissue window, thumbnail {:.1} s, probability blocks at most {:.0} MB{}",
+            "{}: {} of {} windows run{tissue}, {:.3} s per tissue window, thumbnail {:.2} s{level}, probability blocks at most {:.0} MB{}",
             t.id,
             t.stats.windows_run,
             t.stats.windows,

@@ -12,6 +12,8 @@ use tiff::decoder::{ChunkType, Decoder, DecodingResult};
 use tiff::tags::{CompressionMethod, PlanarConfiguration, Tag};
 use tiff::ColorType;
 
+use serde::Serialize;
+
 use crate::slide::{self, read_slide, RgbImage, SlideError, SlideLimits};
 
 /// Decoded chunks kept for neighbouring windows (overlapping windows read the same chunks).
@@ -80,22 +82,141 @@ impl SlideSource {
     /// The slide shrunk by an integer `factor` (box average; partial edge cells average what
     /// they hold), streamed chunk by chunk for TIFFs, chunks decoded in parallel.
     pub fn thumbnail(&mut self, factor: usize) -> Result<RgbImage, SlideError> {
+        Ok(self.thumbnail_with_level(factor)?.0)
+    }
+
+    /// The thumbnail, and the pyramid level it was made from. A pyramidal TIFF's smallest
+    /// reduced-resolution page that is still at least as fine as the thumbnail is read instead
+    /// of the full-resolution page, so only a fraction of the slide is decoded; each thumbnail
+    /// cell then averages the level's pixels whose centres fall in it.
+    pub fn thumbnail_with_level(&mut self, factor: usize) -> Result<(RgbImage, Option<PyramidLevel>), SlideError> {
         let factor = factor.max(1);
-        let (tw, th) = (self.width().div_ceil(factor), self.height().div_ceil(factor));
+        let (width, height) = (self.width(), self.height());
+        let (tw, th) = (width.div_ceil(factor), height.div_ceil(factor));
         let mut total = CellSums::zeros(0, 0, tw, th);
-        match self {
-            SlideSource::Memory(img) => total.merge(&CellSums::of(img, 0, 0, factor)),
+        let full = CellMap::new(1.0, 1.0, factor, tw, th);
+        let level = match self {
+            SlideSource::Memory(img) => {
+                total.merge(&CellSums::of(img, 0, 0, &full));
+                None
+            }
             SlideSource::Tiff(t) => {
-                let indices: Vec<usize> = (0..t.chunks()).collect();
+                let level = pyramid_levels(&t.path, width, height)
+                    .into_iter()
+                    .filter(|l| l.fits(width, height, factor))
+                    .min_by_key(|l| l.width * l.height);
+                let mut page = match level {
+                    Some(l) => Some(TiffRegions::open_page(&t.path, l.page, 0)?),
+                    None => None,
+                };
+                let (source, map) = match (&mut page, level) {
+                    (Some(p), Some(l)) => {
+                        let (dx, dy) = l.downsample(width, height);
+                        (p, CellMap::new(dx, dy, factor, tw, th))
+                    }
+                    _ => (&mut **t, full),
+                };
+                let indices: Vec<usize> = (0..source.chunks()).collect();
                 // A band of chunks at a time: memory stays at the band's decoded pixels.
                 for band in indices.chunks(rayon::current_num_threads().max(1) * 4) {
-                    for part in t.decode_chunks(band, |img, x0, y0| CellSums::of(img, x0, y0, factor))? {
+                    for part in source.decode_chunks(band, |img, x0, y0| CellSums::of(img, x0, y0, &map))? {
                         total.merge(&part);
                     }
                 }
+                level
             }
+        };
+        Ok((total.average(), level))
+    }
+}
+
+/// A reduced-resolution page of a pyramidal TIFF (as whole-slide scanners write: SVS, NDPI-like
+/// and generic tiled pyramids keep each level as a later page of the same file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PyramidLevel {
+    /// The page's index in the file (0 is the full-resolution image).
+    pub page: usize,
+    pub width: usize,
+    pub height: usize,
+}
+
+impl PyramidLevel {
+    /// Slide pixels per level pixel, across and down.
+    pub fn downsample(&self, width: usize, height: usize) -> (f64, f64) {
+        (width as f64 / self.width as f64, height as f64 / self.height as f64)
+    }
+
+    /// Whether a thumbnail at `factor` can be made from this level: each thumbnail cell then
+    /// holds at least one of the level's pixels.
+    fn fits(&self, width: usize, height: usize, factor: usize) -> bool {
+        let (dx, dy) = self.downsample(width, height);
+        dx <= factor as f64 + 1e-9 && dy <= factor as f64 + 1e-9
+    }
+}
+
+/// The pages after the first that hold the same image at a lower resolution: smaller, and with
+/// the same aspect ratio (the height within a pixel of height / (width / level width)). Label and
+/// macro photographs, which have other shapes, are left out, and so is anything past a page that
+/// cannot be read: the levels only ever save time, the full-resolution page is always there.
+pub fn pyramid_levels(path: &Path, width: usize, height: usize) -> Vec<PyramidLevel> {
+    let mut levels = Vec::new();
+    let Ok(file) = File::open(path) else {
+        return levels;
+    };
+    let Ok(mut decoder) = Decoder::new(BufReader::new(file)) else {
+        return levels;
+    };
+    let mut page = 0;
+    while decoder.more_images() {
+        page += 1;
+        // A page the crate cannot describe is skipped; a broken chain of pages ends the walk.
+        if decoder.next_image().is_err() {
+            continue;
         }
-        Ok(total.average())
+        let Ok((w, h)) = decoder.dimensions() else { continue };
+        let (w, h) = (w as usize, h as usize);
+        if w == 0 || h == 0 || w >= width || h >= height {
+            continue;
+        }
+        let expected_h = height as f64 * w as f64 / width as f64;
+        if (h as f64 - expected_h).abs() <= 1.0 {
+            levels.push(PyramidLevel {
+                page,
+                width: w,
+                height: h,
+            });
+        }
+    }
+    levels
+}
+
+/// Which thumbnail cell each pixel of a (possibly reduced) page falls in: the one holding its
+/// centre, clamped to the thumbnail.
+#[derive(Debug, Clone, Copy)]
+struct CellMap {
+    /// Thumbnail cells per page pixel, across and down.
+    sx: f64,
+    sy: f64,
+    width: usize,
+    height: usize,
+}
+
+impl CellMap {
+    fn new(downsample_x: f64, downsample_y: f64, factor: usize, width: usize, height: usize) -> CellMap {
+        CellMap {
+            sx: downsample_x / factor as f64,
+            sy: downsample_y / factor as f64,
+            width,
+            height,
+        }
+    }
+
+    fn cell_x(&self, x: usize) -> usize {
+        (((x as f64 + 0.5) * self.sx) as usize).min(self.width - 1)
+    }
+
+    fn cell_y(&self, y: usize) -> usize {
+        (((y as f64 + 0.5) * self.sy) as usize).min(self.height - 1)
     }
 }
 
@@ -121,16 +242,19 @@ impl CellSums {
         }
     }
 
-    /// The cells an image at slide position `(x0, y0)` touches, with its pixels summed in.
-    fn of(img: &RgbImage, x0: usize, y0: usize, factor: usize) -> CellSums {
-        let (cx0, cy0) = (x0 / factor, y0 / factor);
-        let cx1 = (x0 + img.width).div_ceil(factor);
-        let cy1 = (y0 + img.height).div_ceil(factor);
+    /// The cells an image at page position `(x0, y0)` touches, with its pixels summed in.
+    fn of(img: &RgbImage, x0: usize, y0: usize, map: &CellMap) -> CellSums {
+        if img.width == 0 || img.height == 0 {
+            return CellSums::zeros(0, 0, 0, 0);
+        }
+        let xs: Vec<usize> = (x0..x0 + img.width).map(|x| map.cell_x(x)).collect();
+        let (cx0, cx1) = (xs[0], xs[xs.len() - 1] + 1);
+        let (cy0, cy1) = (map.cell_y(y0), map.cell_y(y0 + img.height - 1) + 1);
         let mut c = CellSums::zeros(cx0, cy0, cx1 - cx0, cy1 - cy0);
         for y in 0..img.height {
-            let row = ((y0 + y) / factor - cy0) * c.width;
-            for x in 0..img.width {
-                let t = row + (x0 + x) / factor - cx0;
+            let row = (map.cell_y(y0 + y) - cy0) * c.width;
+            for (x, &cx) in xs.iter().enumerate() {
+                let t = row + cx - cx0;
                 let p = (y * img.width + x) * 3;
                 c.sums[t * 3] += img.data[p] as u32;
                 c.sums[t * 3 + 1] += img.data[p + 1] as u32;
@@ -156,19 +280,54 @@ impl CellSums {
         }
     }
 
+    /// Each cell's mean colour. A pixel's cell depends on its column and row alone, so cells no
+    /// pixel fell in (possible at the far edges when a pyramid level was rounded down) form
+    /// whole columns and rows; each takes the colour of the nearest column and row that have
+    /// pixels.
     fn average(&self) -> RgbImage {
-        let data = self
+        let mut data: Vec<u8> = self
             .sums
             .chunks_exact(3)
             .zip(&self.counts)
             .flat_map(|(s, &n)| s.iter().map(move |&v| (v + n / 2).checked_div(n).unwrap_or(0) as u8))
             .collect();
+        let w = self.width;
+        let cols = nearest_filled((0..w).map(|x| (0..self.height).any(|y| self.counts[y * w + x] > 0)));
+        let rows = nearest_filled((0..self.height).map(|y| self.counts[y * w..(y + 1) * w].iter().any(|&n| n > 0)));
+        for (y, &sy) in rows.iter().enumerate() {
+            for (x, &sx) in cols.iter().enumerate() {
+                if (sx, sy) != (x, y) {
+                    let j = sy * w + sx;
+                    data.copy_within(j * 3..j * 3 + 3, (y * w + x) * 3);
+                }
+            }
+        }
         RgbImage {
             width: self.width,
             height: self.height,
             data,
         }
     }
+}
+
+/// For each index, the nearest index that is filled (itself when it is; the left side first).
+fn nearest_filled(filled: impl Iterator<Item = bool>) -> Vec<usize> {
+    let filled: Vec<bool> = filled.collect();
+    (0..filled.len())
+        .map(|i| {
+            if filled[i] {
+                return i;
+            }
+            let left = (0..i).rev().find(|&j| filled[j]);
+            let right = (i + 1..filled.len()).find(|&j| filled[j]);
+            match (left, right) {
+                (Some(l), Some(r)) if r - i < i - l => r,
+                (Some(l), _) => l,
+                (None, Some(r)) => r,
+                (None, None) => i,
+            }
+        })
+        .collect()
 }
 
 /// A copy of the `w × h` region at `(x, y)`.
@@ -225,7 +384,13 @@ struct RawLayout {
 }
 
 impl TiffRegions {
+    /// The first page (the full-resolution image).
     pub fn open(path: &Path, max_cache_bytes: usize) -> Result<TiffRegions, SlideError> {
+        TiffRegions::open_page(path, 0, max_cache_bytes)
+    }
+
+    /// Page `page` of the file (0 is the first image; pyramids keep reduced levels after it).
+    pub fn open_page(path: &Path, page: usize, max_cache_bytes: usize) -> Result<TiffRegions, SlideError> {
         let io_err = |cause| SlideError::Io {
             path: path.to_owned(),
             cause,
@@ -244,6 +409,9 @@ impl TiffRegions {
             file.read_exact(&mut order).map_err(io_err)?;
             file.rewind().map_err(io_err)?;
             let mut decoder = Decoder::new(BufReader::with_capacity(1 << 16, file)).map_err(tiff_err)?;
+            if page > 0 {
+                decoder.seek_to_image(page).map_err(tiff_err)?;
+            }
             let (width, height) = decoder.dimensions().map_err(tiff_err)?;
             let planar = decoder
                 .find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
@@ -328,8 +496,13 @@ impl TiffRegions {
             if raw.is_none() {
                 for _ in 1..rayon::current_num_threads() {
                     let file = File::open(path).map_err(io_err)?;
-                    let d = Decoder::new(BufReader::with_capacity(1 << 16, file)).map_err(tiff_err)?;
-                    decoders.push(Mutex::new(d.with_limits(limits.clone())));
+                    let mut d = Decoder::new(BufReader::with_capacity(1 << 16, file))
+                        .map_err(tiff_err)?
+                        .with_limits(limits.clone());
+                    if page > 0 {
+                        d.seek_to_image(page).map_err(tiff_err)?;
+                    }
+                    decoders.push(Mutex::new(d));
                 }
             }
             let regions = TiffRegions {
@@ -723,6 +896,114 @@ mod tests {
                 "{worst}"
             );
         }
+    }
+
+    /// A smooth picture (gradients), so box averages at different scales agree.
+    fn smooth(w: usize, h: usize) -> RgbImage {
+        let mut img = RgbImage::new(w, h);
+        for (i, px) in img.data.chunks_exact_mut(3).enumerate() {
+            let (y, x) = (i / w, i % w);
+            px.copy_from_slice(&[
+                (x * 255 / w) as u8,
+                (y * 255 / h) as u8,
+                ((x + y) * 255 / (w + h)) as u8,
+            ]);
+        }
+        img
+    }
+
+    /// `img` box-averaged by `d`, rounded down in size as scanners do.
+    fn shrink(img: &RgbImage, d: usize) -> RgbImage {
+        let (w, h) = (img.width / d, img.height / d);
+        let mut out = RgbImage::new(w, h);
+        for y in 0..h {
+            for x in 0..w {
+                for k in 0..3 {
+                    let mut sum = 0usize;
+                    for dy in 0..d {
+                        for dx in 0..d {
+                            sum += img.data[((y * d + dy) * img.width + x * d + dx) * 3 + k] as usize;
+                        }
+                    }
+                    out.data[(y * w + x) * 3 + k] = ((sum + d * d / 2) / (d * d)) as u8;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_pyramid_level_makes_the_thumbnail_when_one_is_fine_enough() {
+        use crate::tiff_write::write_tiff_pages;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pyramid.tiff");
+        let full = smooth(300, 170);
+        // Levels at 2× and 4× (150×85, 75×42), then a square "label" photograph.
+        let mut label = RgbImage::new(60, 60);
+        label.data.fill(255);
+        let pages = [full.clone(), shrink(&full, 2), shrink(&full, 4), label];
+        let specs: Vec<TiffSpec> = pages
+            .iter()
+            .map(|p| TiffSpec {
+                width: p.width as u32,
+                height: p.height as u32,
+                samples: Samples::Rgb8,
+                chunking: Chunking::Tiles { size: 32 },
+                compression: Compression::Deflate,
+                bigtiff: false,
+            })
+            .collect();
+        write_tiff_pages(&path, &specs, |page, rect, buf| {
+            let p = &pages[page];
+            for y in rect.y as usize..(rect.y + rect.height) as usize {
+                buf.extend_from_slice(&p.data[(y * p.width + rect.x as usize) * 3..][..rect.width as usize * 3]);
+            }
+            Ok(())
+        })
+        .unwrap();
+
+        let levels = pyramid_levels(&path, 300, 170);
+        let want = |page: usize| {
+            Some(PyramidLevel {
+                page,
+                width: pages[page].width,
+                height: pages[page].height,
+            })
+        };
+        assert_eq!(levels.len(), 2, "the label is not a level: {levels:?}");
+        assert_eq!((Some(levels[0]), Some(levels[1])), (want(1), want(2)));
+
+        let mut src = SlideSource::open(&path, SlideLimits::default()).unwrap();
+        // The page itself is still the full-resolution image.
+        assert_eq!(src.region(0, 0, 300, 170).unwrap(), full);
+        for (factor, level) in [(1, None), (2, want(1)), (3, want(1)), (5, want(2)), (8, want(2))] {
+            let (thumb, used) = src.thumbnail_with_level(factor).unwrap();
+            assert_eq!(used, level, "factor {factor}");
+            let reference = SlideSource::Memory(full.clone()).thumbnail(factor).unwrap();
+            assert_eq!((thumb.width, thumb.height), (reference.width, reference.height));
+            // Gradients of at most 255 over 170 px: where a level pixel's centre falls shifts the
+            // mean by under one level pixel's worth (6 at 4×). The last row and column may lie
+            // beyond a level rounded down in size and take their neighbours' colour (one cell).
+            let (tw, th) = (thumb.width, thumb.height);
+            for (i, (a, b)) in thumb
+                .data
+                .chunks_exact(3)
+                .zip(reference.data.chunks_exact(3))
+                .enumerate()
+            {
+                let edge = i % tw == tw - 1 || i / tw == th - 1;
+                let bound = if edge { (2 * factor * 255 / 170) as u8 } else { 6 };
+                let worst = a.iter().zip(b).map(|(p, q)| p.abs_diff(*q)).max().unwrap();
+                assert!(worst <= bound, "factor {factor} cell {i}: {a:?} vs {b:?}");
+            }
+            if level.is_none() {
+                assert_eq!(thumb, reference);
+            }
+        }
+        // A level that is exactly the thumbnail's scale gives the level's own pixels.
+        let (thumb, used) = src.thumbnail_with_level(2).unwrap();
+        assert_eq!(used, want(1));
+        assert_eq!(crop(&thumb, 0, 0, 150, 85), pages[1]);
     }
 
     #[test]

@@ -110,26 +110,52 @@ impl TiffSpec {
 pub fn write_tiff(
     path: &Path,
     spec: &TiffSpec,
-    fill: impl FnMut(ChunkRect, &mut Vec<u8>) -> io::Result<()>,
+    mut fill: impl FnMut(ChunkRect, &mut Vec<u8>) -> io::Result<()>,
+) -> Result<(), WriteError> {
+    write_tiff_pages(path, std::slice::from_ref(spec), |_, rect, buf| fill(rect, buf))
+}
+
+/// Writes a multi-page TIFF atomically: the first page is the image, each later one a
+/// reduced-resolution copy of it (`NewSubfileType` = 1), as whole-slide pyramids are stored.
+/// `fill(page, rect, buf)` appends a chunk of page `page`. The container (classic or BigTIFF)
+/// is the first page's `bigtiff`.
+pub fn write_tiff_pages(
+    path: &Path,
+    pages: &[TiffSpec],
+    mut fill: impl FnMut(usize, ChunkRect, &mut Vec<u8>) -> io::Result<()>,
 ) -> Result<(), WriteError> {
     let invalid = |msg: &str| invalid_input(path, msg);
-    if spec.width == 0 || spec.height == 0 {
-        return Err(invalid("image has zero width or height"));
-    }
-    if let Chunking::Tiles { size } = spec.chunking {
-        if size == 0 || size % 16 != 0 {
-            return Err(invalid("tile size must be a positive multiple of 16"));
+    let Some(first) = pages.first() else {
+        return Err(invalid("a TIFF needs at least one page"));
+    };
+    for spec in pages {
+        if spec.width == 0 || spec.height == 0 {
+            return Err(invalid("image has zero width or height"));
         }
-    }
-    if matches!(spec.compression, Compression::Jpeg { .. }) && !matches!(spec.samples, Samples::Rgb8 | Samples::Grey8) {
-        return Err(invalid("JPEG compression needs 8-bit grey or RGB samples"));
+        if let Chunking::Tiles { size } = spec.chunking {
+            if size == 0 || size % 16 != 0 {
+                return Err(invalid("tile size must be a positive multiple of 16"));
+            }
+        }
+        if matches!(spec.compression, Compression::Jpeg { .. })
+            && !matches!(spec.samples, Samples::Rgb8 | Samples::Grey8)
+        {
+            return Err(invalid("JPEG compression needs 8-bit grey or RGB samples"));
+        }
     }
     write_atomic(path, |w| {
-        if spec.bigtiff {
-            write_kind(TiffEncoder::new_big(w).map_err(io::Error::other)?, spec, fill)
+        if first.bigtiff {
+            let mut encoder = TiffEncoder::new_big(w).map_err(io::Error::other)?;
+            for (i, spec) in pages.iter().enumerate() {
+                write_page(&mut encoder, spec, i > 0, |rect, buf| fill(i, rect, buf))?;
+            }
         } else {
-            write_kind(TiffEncoder::new(w).map_err(io::Error::other)?, spec, fill)
+            let mut encoder = TiffEncoder::new(w).map_err(io::Error::other)?;
+            for (i, spec) in pages.iter().enumerate() {
+                write_page(&mut encoder, spec, i > 0, |rect, buf| fill(i, rect, buf))?;
+            }
         }
+        Ok(())
     })
 }
 
@@ -164,9 +190,10 @@ fn tiff_err(e: tiff::TiffError) -> io::Error {
     io::Error::other(e)
 }
 
-fn write_kind<W: Write + Seek, K: TiffKind>(
-    mut encoder: TiffEncoder<W, K>,
+fn write_page<W: Write + Seek, K: TiffKind>(
+    encoder: &mut TiffEncoder<W, K>,
     spec: &TiffSpec,
+    reduced: bool,
     mut fill: impl FnMut(ChunkRect, &mut Vec<u8>) -> io::Result<()>,
 ) -> io::Result<()> {
     let (rects, cw, ch) = spec.chunks();
@@ -202,6 +229,9 @@ fn write_kind<W: Write + Seek, K: TiffKind>(
     }
 
     let t = |r: tiff::TiffResult<()>| r.map_err(tiff_err);
+    if reduced {
+        t(dir.write_tag(Tag::NewSubfileType, 1u32))?; // a reduced-resolution copy
+    }
     t(dir.write_tag(Tag::ImageWidth, spec.width))?;
     t(dir.write_tag(Tag::ImageLength, spec.height))?;
     let channels = spec.samples.channels();

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::blocks::BlockMap;
 use crate::engine::{Engine, EngineError, SlideInfo, Timings};
 use crate::manifest::{GroupMode, TileSpec};
-use crate::region::SlideSource;
+use crate::region::{PyramidLevel, SlideSource};
 use crate::resize::resize_map;
 use crate::runs::{threshold_row, RunMask, RunSums};
 use crate::slide::{RgbImage, SlideLimits};
@@ -30,6 +30,8 @@ pub struct TileStats {
     pub seconds_per_window: f64,
     pub tissue: Option<TissueSummary>,
     pub thumbnail_seconds: f64,
+    /// The pyramid page the thumbnail was made from, when the TIFF had a suitable one.
+    pub thumbnail_level: Option<PyramidLevel>,
     /// The most memory the probability blocks held at once.
     pub map_peak_bytes: usize,
     /// Whether finished rows were thresholded and freed as the windows went down the slide.
@@ -115,7 +117,8 @@ pub fn predict_slide(
     let (thumbnail, tissue) = if any_tiled && detection.enabled {
         let start = Instant::now();
         let factor = thumbnail_factor(width, height, THUMBNAIL_SIDE);
-        let thumb = source.thumbnail(factor)?;
+        let (thumb, level) = source.thumbnail_with_level(factor)?;
+        stats.thumbnail_level = level;
         let map = TissueMap::detect(&thumb, factor);
         stats.thumbnail_seconds = start.elapsed().as_secs_f64();
         t.read += start.elapsed();

@@ -15,7 +15,7 @@ use ftu_infer::runs::RunMask;
 use ftu_infer::schema::{self, SubmissionRow, TestRow};
 use ftu_infer::session::{Runtime, RuntimeOptions};
 use ftu_infer::slide::{RgbImage, SlideLimits};
-use ftu_infer::tiff_write::{write_tiff, Chunking, Compression, Samples, TiffSpec};
+use ftu_infer::tiff_write::{write_tiff_pages, Chunking, Compression, Samples, TiffSpec};
 use ftu_infer::{mask_image, rle, tiled};
 use ftu_onnx::samples::{self, InputShape};
 use rand::{Rng, SeedableRng};
@@ -201,18 +201,29 @@ impl WsiFixture {
     }
 
     fn write(&self, path: &Path, width: usize, height: usize) {
-        let spec = TiffSpec {
-            width: width as u32,
-            height: height as u32,
-            samples: Samples::Rgb8,
-            chunking: Chunking::Tiles { size: 128 },
-            compression: Compression::Deflate,
-            bigtiff: true,
-        };
-        write_tiff(path, &spec, |rect, buf| {
+        self.write_pyramid(path, width, height, &[]);
+    }
+
+    /// The slide, then a reduced page per downsample in `levels` (each level pixel is the
+    /// slide's pixel at its centre).
+    fn write_pyramid(&self, path: &Path, width: usize, height: usize, levels: &[usize]) {
+        let downsamples: Vec<usize> = std::iter::once(1).chain(levels.iter().copied()).collect();
+        let pages: Vec<TiffSpec> = downsamples
+            .iter()
+            .map(|&d| TiffSpec {
+                width: (width / d) as u32,
+                height: (height / d) as u32,
+                samples: Samples::Rgb8,
+                chunking: Chunking::Tiles { size: 128 },
+                compression: Compression::Deflate,
+                bigtiff: true,
+            })
+            .collect();
+        write_tiff_pages(path, &pages, |page, rect, buf| {
+            let d = downsamples[page];
             for y in rect.y..rect.y + rect.height {
                 for x in rect.x..rect.x + rect.width {
-                    buf.extend_from_slice(&self.pixel(x as usize, y as usize));
+                    buf.extend_from_slice(&self.pixel(x as usize * d + d / 2, y as usize * d + d / 2));
                 }
             }
             Ok(())
@@ -358,6 +369,55 @@ fn a_tiled_bigtiff_runs_only_its_tissue_windows_and_outlines_round_trip() {
         assert_eq!(rings[0].first(), rings[0].last(), "closed");
     }
     assert!(out.join("geojson/wsi.png").is_file() && out.join("overlays/wsi.png").is_file());
+}
+
+#[test]
+fn a_pyramidal_slide_plans_its_windows_on_a_reduced_page_and_predicts_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    green_model(dir.path());
+    let fixture = WsiFixture::new();
+    // Wider than the 2048-px thumbnail, so the thumbnail shrinks by 3 and the 2× page serves it.
+    let (w, h) = (4300, 1000);
+    let data = kaggle_folder(dir.path(), &[("flat", w, h), ("pyramid", w, h)], &fixture);
+    fixture.write_pyramid(&data.join("test_images/pyramid.tiff"), w, h, &[2, 8]);
+    let manifest = "[thresholds]\ndefault = 0.5\n\
+        [postprocess.kidney]\nmin_area_um2 = 20.0\n\
+        [[group]]\nsize = 128\nmode = \"tiles\"\noverlap = 0.5\nbatch = 4\n\
+        [[group.model]]\npath = \"green.onnx\"\nnorm = \"unit\"\n";
+    let mut e = engine(dir.path(), manifest);
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let opts = options(&data, &out);
+    let report = predict::predict_dir(&mut e, &opts, &mut |_| {}).unwrap();
+    let (flat, pyramid) = (&report.tiles[0].stats, &report.tiles[1].stats);
+    assert_eq!(flat.thumbnail_level, None);
+    let level = pyramid.thumbnail_level.expect("the 2× page made the thumbnail");
+    assert_eq!((level.page, level.width, level.height), (1, 2150, 500));
+    println!(
+        "windows run: flat {} of {}, pyramid {}; thumbnail {:.3} s vs {:.3} s",
+        flat.windows_run, flat.windows, pyramid.windows_run, flat.thumbnail_seconds, pyramid.thumbnail_seconds
+    );
+    // The same windows are found to hold tissue, give or take the islands' rims.
+    assert!(
+        flat.windows_run.abs_diff(pyramid.windows_run) * 20 <= flat.windows_run,
+        "{} vs {} windows",
+        flat.windows_run,
+        pyramid.windows_run
+    );
+    let ft = (flat.tissue.as_ref().unwrap(), pyramid.tissue.as_ref().unwrap());
+    assert!(
+        (ft.0.tissue_fraction - ft.1.tissue_fraction).abs() < 0.005,
+        "{:?} vs {:?}",
+        ft.0,
+        ft.1
+    );
+    // The full-resolution page is what the windows read: the same masks, and the truth's.
+    let sub = schema::read_submission(&opts.out).unwrap();
+    assert_eq!(sub[0].rle, sub[1].rle);
+    let truth = fixture.truth(w, h, 5.0);
+    let got = RunMask::from_mask(&rle::decode(&sub[1].rle, h, w).unwrap());
+    let dice = ftu_infer::dice::dice_masks(&got.to_mask(), &truth.to_mask());
+    assert!(dice > 0.999, "dice {dice}");
 }
 
 #[test]

@@ -267,6 +267,10 @@ struct SynthWsiArgs {
     /// JPEG tiles (quality 90) as slide scanners write them, instead of deflate.
     #[arg(long)]
     jpeg: bool,
+    /// Also write reduced-resolution pages at these downsamples (e.g. 4,16), as pyramidal
+    /// scanner files carry them; ftu-infer makes thumbnails from them.
+    #[arg(long, value_delimiter = ',')]
+    pyramid: Vec<u32>,
 }
 
 fn main() -> Result<()> {
@@ -303,6 +307,7 @@ fn main() -> Result<()> {
                 ftus_per_island: a.ftus_per_island,
                 seed: a.seed,
                 jpeg: a.jpeg,
+                pyramid: a.pyramid,
             };
             let bar = ProgressBar::new(0)
                 .with_style(ProgressStyle::with_template(

@@ -33,6 +33,8 @@ pub struct SynthConfig {
 pub enum SynthError {
     #[error("--size must be at least 64 pixels, got {0}")]
     TooSmall(u32),
+    #[error("--pyramid: downsample {downsample} must be at least 2 and leave the {width}×{height} slide at least a pixel a side")]
+    Pyramid { downsample: u32, width: u32, height: u32 },
     #[error("cannot create {path}: {cause}")]
     CreateDir { path: PathBuf, cause: std::io::Error },
     #[error(transparent)]

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use ftu_infer::runs::RunMask;
 use ftu_infer::schema::{self, SubmissionRow, TestRow};
-use ftu_infer::tiff_write::{needs_bigtiff, write_tiff, Chunking, Compression, Samples, TiffSpec};
+use ftu_infer::tiff_write::{needs_bigtiff, write_tiff_pages, Chunking, Compression, Samples, TiffSpec};
 use ftu_infer::{DataSource, Organ};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -25,6 +25,9 @@ pub struct WsiConfig {
     pub seed: u64,
     /// JPEG tiles (quality 90, YCbCr) as slide scanners write them, instead of deflate.
     pub jpeg: bool,
+    /// Reduced-resolution pages after the full image, by downsample (e.g. 4, 16), as pyramidal
+    /// slides carry them; each level pixel is the full-resolution pixel at its centre.
+    pub pyramid: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -139,20 +142,27 @@ pub fn plan(cfg: &WsiConfig) -> WsiPlan {
 impl WsiPlan {
     /// Appends the pixels of the rectangle (row-major RGB8) to `buf`.
     pub fn fill(&self, x0: u32, y0: u32, w: u32, h: u32, buf: &mut Vec<u8>) {
-        let (x1, y1) = (x0 + w, y0 + h);
-        let islands: Vec<&Disc> = self.islands.iter().filter(|d| d.meets(x0, y0, x1, y1)).collect();
+        self.fill_level(1, x0, y0, w, h, buf)
+    }
+
+    /// Appends the rectangle of the level downsampled by `d` (pixel `(x, y)` of the level is the
+    /// slide's pixel at `(x·d + d/2, y·d + d/2)`).
+    pub fn fill_level(&self, d: u32, x0: u32, y0: u32, w: u32, h: u32, buf: &mut Vec<u8>) {
+        let at = |v: u32| v * d + d / 2;
+        let (sx0, sy0, sx1, sy1) = (x0 * d, y0 * d, (x0 + w) * d, (y0 + h) * d);
+        let islands: Vec<&Disc> = self.islands.iter().filter(|c| c.meets(sx0, sy0, sx1, sy1)).collect();
         if islands.is_empty() {
             for _ in 0..w * h {
                 buf.extend_from_slice(&GLASS);
             }
             return;
         }
-        let ftus: Vec<&Disc> = self.ftus.iter().filter(|d| d.meets(x0, y0, x1, y1)).collect();
-        for y in y0..y1 {
-            for x in x0..x1 {
-                let base: Option<[i32; 3]> = if ftus.iter().any(|d| d.holds(x, y)) {
+        let ftus: Vec<&Disc> = self.ftus.iter().filter(|c| c.meets(sx0, sy0, sx1, sy1)).collect();
+        for y in (y0..y0 + h).map(at) {
+            for x in (x0..x0 + w).map(at) {
+                let base: Option<[i32; 3]> = if ftus.iter().any(|c| c.holds(x, y)) {
                     Some([115, 45, 140])
-                } else if islands.iter().any(|d| d.holds(x, y)) {
+                } else if islands.iter().any(|c| c.holds(x, y)) {
                     Some([224, 132, 176])
                 } else {
                     None
@@ -196,22 +206,41 @@ pub fn generate(out: &Path, cfg: &WsiConfig, on_tile: impl Fn(u64, u64)) -> Resu
         cause,
     })?;
     let plan = plan(cfg);
-    let spec = TiffSpec {
-        width: cfg.width,
-        height: cfg.height,
-        samples: Samples::Rgb8,
-        chunking: Chunking::Tiles { size: 512 },
-        compression: if cfg.jpeg {
-            Compression::Jpeg { quality: 90 }
-        } else {
-            Compression::Deflate
-        },
-        bigtiff: needs_bigtiff(cfg.width, cfg.height, Samples::Rgb8),
+    let compression = if cfg.jpeg {
+        Compression::Jpeg { quality: 90 }
+    } else {
+        Compression::Deflate
     };
-    let total = cfg.width.div_ceil(512) as u64 * cfg.height.div_ceil(512) as u64;
+    let bigtiff = needs_bigtiff(cfg.width, cfg.height, Samples::Rgb8);
+    let mut downsamples = vec![1];
+    for &d in &cfg.pyramid {
+        if d < 2 || cfg.width / d == 0 || cfg.height / d == 0 {
+            return Err(SynthError::Pyramid {
+                downsample: d,
+                width: cfg.width,
+                height: cfg.height,
+            });
+        }
+        downsamples.push(d);
+    }
+    let pages: Vec<TiffSpec> = downsamples
+        .iter()
+        .map(|&d| TiffSpec {
+            width: cfg.width / d,
+            height: cfg.height / d,
+            samples: Samples::Rgb8,
+            chunking: Chunking::Tiles { size: 512 },
+            compression,
+            bigtiff,
+        })
+        .collect();
+    let total: u64 = pages
+        .iter()
+        .map(|p| p.width.div_ceil(512) as u64 * p.height.div_ceil(512) as u64)
+        .sum();
     let mut done = 0;
-    write_tiff(&images.join("wsi0.tiff"), &spec, |rect, buf| {
-        plan.fill(rect.x, rect.y, rect.width, rect.height, buf);
+    write_tiff_pages(&images.join("wsi0.tiff"), &pages, |page, rect, buf| {
+        plan.fill_level(downsamples[page], rect.x, rect.y, rect.width, rect.height, buf);
         done += 1;
         on_tile(done, total);
         Ok(())
@@ -250,6 +279,7 @@ mod tests {
             ftus_per_island: 4,
             seed: 7,
             jpeg: false,
+            pyramid: vec![4, 16],
         };
         let plan = generate(dir.path(), &cfg, |_, _| {}).unwrap();
         assert_eq!((plan.islands.len(), plan.ftus.len()), (3, 12));
@@ -272,5 +302,24 @@ mod tests {
             .find(|&x| plan.islands.iter().all(|d| !d.holds(x, 0)))
             .unwrap();
         assert_eq!(img.pixel(outside as usize, 0), GLASS);
+
+        // The pyramid's pages are the slide's pixels at each level pixel's centre.
+        let path = dir.path().join("test_images/wsi0.tiff");
+        let levels = ftu_infer::region::pyramid_levels(&path, 1500, 1100);
+        let sizes: Vec<(usize, usize)> = levels.iter().map(|l| (l.width, l.height)).collect();
+        assert_eq!(sizes, [(375, 275), (93, 68)]);
+        for (level, d) in levels.iter().zip([4, 16]) {
+            let mut page = ftu_infer::region::TiffRegions::open_page(&path, level.page, 0).unwrap();
+            let small = page.region(0, 0, level.width, level.height).unwrap();
+            for y in 0..level.height {
+                for x in 0..level.width {
+                    assert_eq!(
+                        small.pixel(x, y),
+                        img.pixel(x * d + d / 2, y * d + d / 2),
+                        "level {d} ({y},{x})"
+                    );
+                }
+            }
+        }
     }
 }
