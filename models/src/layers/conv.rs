@@ -1,11 +1,12 @@
 //! 2-D convolution (stride, padding, dilation, groups; depthwise is groups = channels), and the
 //! conv → BatchNorm → activation unit that decoders stack (smp's `Conv2dReLU` names: `0`, `1`).
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{Init, VarBuilder};
 use ftu_onnx::Attr;
 
+use super::conv_op::Spacing;
 use super::{Activation, BatchNorm2d, Layer};
 use crate::{Ctx, Exporter, Result};
 
@@ -107,23 +108,27 @@ impl Conv2d {
 }
 
 impl Layer for Conv2d {
-    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<Tensor> {
         let c = self.cfg;
-        let (_, c_in, h, w) = x.dims4()?;
-        // candle 0.9.2's tiled CPU conv2d takes a contiguous NCHW input for NHWC when C = H = W
-        // (`layout_is_valid` in cpu_backend/conv2d.rs) and returns wrong values; a strided view
-        // of the same values takes its copying path instead.
-        let x = if c.groups == 1 && c_in == h && h == w {
-            x.pad_with_zeros(3, 0, 1)?.narrow(3, 0, w)?
+        // On the CPU, ftu's own im2col + gemm op (forward and gradients); elsewhere, and for
+        // grouped or depthwise convolutions, candle's.
+        let y = if c.groups == 1 && x.device().is_cpu() && x.dtype() == DType::F32 {
+            let spacing = Spacing {
+                stride: c.stride,
+                padding: c.padding,
+                dilation: c.dilation,
+            };
+            super::conv_op::conv2d(x, &self.weight, spacing)?
         } else {
-            x.clone()
-        };
-        // candle's conv2d backward runs conv_transpose2d, a direct loop on the CPU that made a
-        // training step ~10× slower than PyTorch's; in training the gradients come from
-        // im2col convolutions instead (same values).
-        let y = if ctx.is_train() && c.groups == 1 && x.device().is_cpu() {
-            super::conv_grad::conv2d(&x, &self.weight, c)?
-        } else {
+            // candle 0.9.2's tiled CPU conv2d takes a contiguous NCHW input for NHWC when
+            // C = H = W (`layout_is_valid` in cpu_backend/conv2d.rs) and returns wrong values; a
+            // strided view of the same values takes its copying path instead.
+            let (_, c_in, h, w) = x.dims4()?;
+            let x = if x.device().is_cpu() && c.groups == 1 && c_in == h && h == w {
+                x.pad_with_zeros(3, 0, 1)?.narrow(3, 0, w)?
+            } else {
+                x.clone()
+            };
             x.conv2d(&self.weight, c.padding, c.stride, c.dilation, c.groups)?
         };
         Ok(match &self.bias {

@@ -5,7 +5,7 @@ mod activation;
 mod attention;
 mod batch_norm_op;
 mod conv;
-mod conv_grad;
+mod conv_op;
 mod drop;
 mod linear;
 mod mix_ffn;
