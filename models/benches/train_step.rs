@@ -2,13 +2,17 @@
 //! 256². Prints the median over the timed steps; `bench/train_step/run.sh` sets it beside the
 //! same step in PyTorch.
 //!
-//! `cargo bench -p ftu-models --bench train_step [-- --steps N --batch B --size S --arch A]`
+//! `cargo bench -p ftu-models --bench train_step [-- --steps N --batch B --size S --arch A --profile]`
+//!
+//! With `--profile`, a table of where a step's time goes, per op (ftu's own ops, the layers
+//! built from candle ops, candle's autograd as the rest of the backward, AdamW), with the
+//! effective bandwidth of each.
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use ftu_models::{Arch, ArchConfig, Ctx, Segmenter};
+use ftu_models::{profile, Arch, ArchConfig, Ctx, Segmenter};
 
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
@@ -27,12 +31,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batch: usize = arg("--batch", batch).parse()?;
     let size: usize = arg("--size", size).parse()?;
     let arch: Arch = arg("--arch", "unet-resnet34").parse()?;
+    let profiling = std::env::args().any(|a| a == "--profile");
+    let mut table: Vec<(String, f64, f64, usize)> = Vec::new();
     let model = Segmenter::new(arch, ArchConfig::default(), 0)?;
     let image = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &Device::Cpu)?;
     let mask = image.mean_keepdim(1)?.gt(0.0)?.to_dtype(DType::F32)?;
     let mut opt = AdamW::new(model.store().trainable(), ParamsAdamW::default())?;
     let mut times = Vec::new();
     for step in 0..=steps {
+        profile::set_enabled(profiling && step > 0);
         let start = Instant::now();
         let out = model.forward(&image, &Ctx::train(step as u64))?;
         let loss = candle_nn::loss::binary_cross_entropy_with_logit(&out.logits, &mask)?;
@@ -44,11 +51,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The first step allocates everything once; it is not timed.
         if step > 0 {
             times.push(ms);
+            if profiling {
+                record(&mut table, profile::take(), forward, backward, ms - forward - backward);
+            }
         }
         eprintln!(
             "step {step}: {ms:.0} ms (forward {forward:.0}, backward {backward:.0}), loss {:.4}",
             loss.to_scalar::<f32>()?
         );
+    }
+    if profiling {
+        print_table(&table, steps, &times);
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
@@ -59,4 +72,61 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("CANDLE_MS {median:.1}");
     Ok(())
+}
+
+/// Adds one step's profile to `table` (name, ms, share of step, bytes): ftu's ops and candle
+/// layers as recorded, the unaccounted rest of the forward and of the backward, and AdamW.
+fn record(
+    table: &mut Vec<(String, f64, f64, usize)>,
+    ops: std::collections::BTreeMap<&'static str, profile::OpTime>,
+    forward: f64,
+    backward: f64,
+    optimiser: f64,
+) {
+    let mut add = |name: String, ms: f64, bytes: usize| match table.iter_mut().find(|row| row.0 == name) {
+        Some(row) => {
+            row.1 += ms;
+            row.3 += bytes;
+        }
+        None => table.push((name, ms, 0.0, bytes)),
+    };
+    let (mut in_forward, mut in_backward) = (0.0, 0.0);
+    for (name, t) in &ops {
+        let ms = t.seconds * 1e3;
+        // Gradients run inside candle's backward; everything else inside the forward.
+        if name.contains("gradient") || name.contains("backward") {
+            in_backward += ms;
+        } else {
+            in_forward += ms;
+        }
+        add(name.to_string(), ms, t.bytes);
+    }
+    add(
+        "forward: other candle ops (loss, adds, reshapes)".into(),
+        forward - in_forward,
+        0,
+    );
+    add(
+        "backward: candle autograd (its ops' gradients, every gradient's accumulation)".into(),
+        backward - in_backward,
+        0,
+    );
+    add("AdamW (candle-nn)".into(), optimiser, 0);
+}
+
+fn print_table(table: &[(String, f64, f64, usize)], steps: usize, times: &[f64]) {
+    let total: f64 = times.iter().sum::<f64>() / steps as f64;
+    println!("profile, mean of {steps} steps ({total:.0} ms/step):");
+    println!("{:<80} {:>9} {:>7} {:>9}", "op", "ms/step", "share", "GB/s");
+    let mut rows: Vec<_> = table.to_vec();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (name, ms, _, bytes) in rows {
+        let ms = ms / steps as f64;
+        let gbs = if bytes > 0 && ms > 0.0 {
+            format!("{:.1}", bytes as f64 / steps as f64 / (ms * 1e-3) / 1e9)
+        } else {
+            "-".into()
+        };
+        println!("{name:<80} {ms:>9.0} {:>6.1}% {gbs:>9}", 100.0 * ms / total);
+    }
 }

@@ -87,7 +87,8 @@ impl Decoder for Unet {
         for (i, block) in self.blocks.iter().enumerate() {
             x = UP.forward(&x, ctx)?;
             if let Some(k) = block.skip {
-                x = Tensor::cat(&[&x, &levels[k]], 1)?;
+                let values = 2 * (x.elem_count() + levels[k].elem_count());
+                x = crate::profile::scope("concat (candle op)", values, || Tensor::cat(&[&x, &levels[k]], 1))?;
             }
             x = block.conv2.forward(&block.conv1.forward(&x, ctx)?, ctx)?;
             if let Some((head, up)) = self.aux.get(i) {

@@ -86,12 +86,38 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let branch = crate::layers::forward_all(&self.layers(), x, ctx)?;
         let shortcut = match &self.downsample {
             Some((conv, bn)) => bn.forward(&conv.forward(x, ctx)?, ctx)?,
             None => x.clone(),
         };
-        Ok((branch + shortcut)?.relu()?)
+        let relu = Activation::Relu;
+        // Each BatchNorm takes its ReLU, and the last one the shortcut, in one op; drop-path
+        // scales the branch before the add, so with it the add stays apart.
+        let (last_conv, last_bn, h) = match &self.body {
+            Body::Basic { conv1, bn1, conv2, bn2 } => {
+                let h = bn1.forward_act(&conv1.forward(x, ctx)?, ctx, None, relu)?;
+                (conv2, bn2, h)
+            }
+            Body::Bottleneck {
+                conv1,
+                bn1,
+                conv2,
+                bn2,
+                conv3,
+                bn3,
+            } => {
+                let h = bn1.forward_act(&conv1.forward(x, ctx)?, ctx, None, relu)?;
+                let h = bn2.forward_act(&conv2.forward(&h, ctx)?, ctx, None, relu)?;
+                (conv3, bn3, h)
+            }
+        };
+        let h = last_conv.forward(&h, ctx)?;
+        if self.drop_path.is_active(ctx) {
+            let branch = self.drop_path.forward(&last_bn.forward(&h, ctx)?, ctx)?;
+            Ok((branch + shortcut)?.relu()?)
+        } else {
+            last_bn.forward_act(&h, ctx, Some(&shortcut), relu)
+        }
     }
 
     fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {
@@ -161,7 +187,9 @@ impl ResNet {
 
 impl Encoder for ResNet {
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Vec<Tensor>> {
-        let stem = crate::layers::forward_all(&[&self.conv1, &self.bn1, &Activation::Relu], x, ctx)?;
+        let stem = self
+            .bn1
+            .forward_act(&self.conv1.forward(x, ctx)?, ctx, None, Activation::Relu)?;
         let mut x = self.maxpool.forward(&stem, ctx)?;
         let mut levels = vec![stem];
         for stage in &self.stages {

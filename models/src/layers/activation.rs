@@ -18,13 +18,10 @@ pub enum Activation {
 
 impl Layer for Activation {
     fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<Tensor> {
-        Ok(match self {
-            Activation::Identity => x.clone(),
-            Activation::Relu => x.relu()?,
-            Activation::Silu => x.silu()?,
-            Activation::Gelu => x.gelu_erf()?,
-            Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
-        })
+        if *self == Activation::Identity {
+            return Ok(x.clone());
+        }
+        crate::profile::scope("activation (candle op)", 2 * x.elem_count(), || self.apply(x))
     }
 
     fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {
@@ -46,6 +43,18 @@ impl Layer for Activation {
                 let xhalf = e.mul(x, &half);
                 e.mul(&xhalf, &plus)
             }
+        })
+    }
+}
+
+impl Activation {
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Identity => x.clone(),
+            Activation::Relu => x.relu()?,
+            Activation::Silu => x.silu()?,
+            Activation::Gelu => x.gelu_erf()?,
+            Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
         })
     }
 }

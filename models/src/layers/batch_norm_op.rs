@@ -1,17 +1,29 @@
-//! BatchNorm with batch statistics as one fused CPU op with its own backward pass.
+//! Training-mode BatchNorm, optionally followed by a residual add and an activation, as one CPU
+//! op with its own backward pass.
 //!
-//! Composed from candle ops (mean, subtract, square, mean, divide, multiply, add), training-mode
-//! BatchNorm costs about a dozen passes over the activation forwards and more backwards, each
-//! reduction over (N, H, W) a strided walk; in a U-Net step that was a large share of the time.
-//! Here the forward is two passes (statistics, then the affine map) and the backward two (the two
-//! per-channel sums, then the input gradient), each parallel over channels or planes.
+//! Composed from candle ops, BatchNorm → add → ReLU costs about fifteen passes over the activation
+//! forwards, more backwards, and every gradient of every step is accumulated by candle as
+//! `zeros + grad` (two more passes and an allocation). Here the forward is two passes (per-plane
+//! sums, then the affine map with the residual and the activation) and the backward two (the
+//! per-channel sums of the activation's gradient, then the input gradient), each parallel over
+//! (image, channel) planes; per-plane partial sums are added in a fixed order, so results do not
+//! depend on the thread count.
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
+use crate::profile;
 use crate::Result;
+
+/// The activation applied after the normalisation (and the residual add).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Act {
+    Identity,
+    Relu,
+    Silu,
+}
 
 /// Per-channel batch mean and biased variance, as the forward pass used them.
 #[derive(Debug, Clone)]
@@ -20,17 +32,37 @@ pub(crate) struct BatchStats {
     pub var: Vec<f32>,
 }
 
-/// `γ·(x − mean)/√(var + eps) + β` with the batch's statistics of `x` (N, C, H, W); returns the
-/// statistics for the running averages.
-pub(crate) fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<(Tensor, BatchStats)> {
+/// `act(γ·(x − mean)/√(var + eps) + β [+ residual])` with the batch's statistics of `x`
+/// (N, C, H, W); returns the statistics for the running averages.
+pub(crate) fn batch_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    residual: Option<&Tensor>,
+    act: Act,
+) -> Result<(Tensor, BatchStats)> {
     let stats = Arc::new(Mutex::new(None));
     let op = FusedBatchNorm {
         eps: eps as f32,
+        act,
         stats: stats.clone(),
     };
-    let y = x
-        .contiguous()?
-        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    // γ and β as one argument, so that a residual fits the three a custom op takes.
+    let params = Tensor::cat(&[gamma, beta], 0)?;
+    let x = x.contiguous()?;
+    let y = match residual {
+        Some(r) => {
+            if r.shape() != x.shape() {
+                return Err(crate::ModelError::Input {
+                    what: format!("residual of {:?}", r.dims()),
+                    expected: format!("the normalised tensor's shape {:?}", x.dims()),
+                });
+            }
+            x.apply_op3(&params, &r.contiguous()?, op)?
+        }
+        None => x.apply_op2(&params, op)?,
+    };
     let stats = stats
         .lock()
         .map_err(|_| candle_core::Error::Msg("batch-norm statistics lock poisoned".into()))?
@@ -41,6 +73,7 @@ pub(crate) fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) ->
 
 struct FusedBatchNorm {
     eps: f32,
+    act: Act,
     stats: Arc<Mutex<Option<BatchStats>>>,
 }
 
@@ -54,31 +87,247 @@ fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'
     Ok(&v[start..end])
 }
 
+/// The f32 values of a contiguous CPU tensor's storage (from `Tensor::storage_and_layout`).
+fn cpu_f32s<'a>(s: &'a Storage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let Storage::Cpu(s) = s else {
+        candle_core::bail!("ftu-batch-norm: {what} must be on the CPU")
+    };
+    f32s(s, l, what)
+}
+
 /// (N, C, plane) of an NCHW shape.
 fn split(shape: &Shape) -> candle_core::Result<(usize, usize, usize)> {
     let (n, c, h, w) = shape.dims4()?;
     Ok((n, c, h * w))
 }
 
-/// Per channel, the sum of `f(channel, plane)` over all images, in f64.
-fn per_channel(
-    data: &[f32],
-    (n, c, plane): (usize, usize, usize),
-    f: impl Fn(usize, &[f32]) -> f64 + Sync,
-) -> Vec<f64> {
-    (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            (0..n)
-                .map(|i| f(ch, &data[(i * c + ch) * plane..(i * c + ch + 1) * plane]))
-                .sum()
-        })
-        .collect()
+/// Per channel, the sums of the per-plane pairs, images in order.
+fn per_channel(partial: &[(f64, f64)], c: usize) -> Vec<(f64, f64)> {
+    let mut sums = vec![(0f64, 0f64); c];
+    for (nc, (a, b)) in partial.iter().enumerate() {
+        sums[nc % c].0 += a;
+        sums[nc % c].1 += b;
+    }
+    sums
+}
+
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+impl Act {
+    fn apply(self, z: f32) -> f32 {
+        match self {
+            Act::Identity => z,
+            Act::Relu => z.max(0.0),
+            Act::Silu => z * sigmoid(z),
+        }
+    }
+}
+
+impl FusedBatchNorm {
+    fn forward(
+        &self,
+        x: &[f32],
+        params: &[f32],
+        residual: Option<&[f32]>,
+        shape: &Shape,
+    ) -> candle_core::Result<CpuStorage> {
+        let (n, c, plane) = split(shape)?;
+        if params.len() != 2 * c {
+            candle_core::bail!("ftu-batch-norm: {} weights and biases for {c} channels", params.len())
+        }
+        let (gamma, beta) = params.split_at(c);
+        let partial: Vec<(f64, f64)> = x
+            .par_chunks(plane)
+            .map(|p| {
+                p.iter().fold((0f64, 0f64), |(s, q), &v| {
+                    let v = v as f64;
+                    (s + v, q + v * v)
+                })
+            })
+            .collect();
+        let count = (n * plane) as f64;
+        let (mean, var): (Vec<f64>, Vec<f64>) = per_channel(&partial, c)
+            .into_iter()
+            .map(|(s, q)| {
+                let mean = s / count;
+                (mean, (q / count - mean * mean).max(0.0))
+            })
+            .unzip();
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(plane).enumerate().for_each(|(nc, dst)| {
+            let ch = nc % c;
+            let scale = gamma[ch] / (var[ch] as f32 + self.eps).sqrt();
+            let shift = beta[ch] - mean[ch] as f32 * scale;
+            let src = &x[nc * plane..(nc + 1) * plane];
+            let act = self.act;
+            match residual {
+                Some(r) => {
+                    let r = &r[nc * plane..(nc + 1) * plane];
+                    for ((d, &s), &r) in dst.iter_mut().zip(src).zip(r) {
+                        *d = act.apply(s * scale + shift + r);
+                    }
+                }
+                None => {
+                    for (d, &s) in dst.iter_mut().zip(src) {
+                        *d = act.apply(s * scale + shift);
+                    }
+                }
+            }
+        });
+        let stats = BatchStats {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            var: var.iter().map(|&v| v as f32).collect(),
+        };
+        *self
+            .stats
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("batch-norm statistics lock poisoned".into()))? = Some(stats);
+        Ok(CpuStorage::F32(y))
+    }
+
+    /// The gradients for x, (γ, β) and the residual when there is one.
+    fn backward(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        residual: Option<&Tensor>,
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor, Option<Tensor>)> {
+        let stats = self
+            .stats
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("batch-norm statistics lock poisoned".into()))?
+            .clone()
+            .ok_or_else(|| candle_core::Error::Msg("batch-norm backward before forward".into()))?;
+        let (n, c, plane) = split(x.shape())?;
+        let count = (n * plane) as f64;
+        let params = params.to_vec1::<f32>()?;
+        let (gamma, beta) = params.split_at(c);
+        let inv: Vec<f32> = stats.var.iter().map(|&v| 1.0 / (v + self.eps).sqrt()).collect();
+        let grad = grad.contiguous()?;
+        let act = self.act;
+        // The activation's input gradient dz, per plane (written out: it is the residual's
+        // gradient, and the second pass reads it instead of recomputing it).
+        let mut dz = vec![0f32; x.elem_count()];
+        let (x_storage, x_layout) = x.storage_and_layout();
+        let xs = cpu_f32s(&x_storage, x_layout, "input")?;
+        let (dy_storage, dy_layout) = grad.storage_and_layout();
+        let dy = cpu_f32s(&dy_storage, dy_layout, "gradient")?;
+        let (y_storage, y_layout) = y.storage_and_layout();
+        let ys = cpu_f32s(&y_storage, y_layout, "output")?;
+        let r_guard = residual.map(|r| r.storage_and_layout());
+        let rs = match &r_guard {
+            Some((storage, layout)) => Some(cpu_f32s(storage, layout, "residual")?),
+            None => None,
+        };
+        let partial: Vec<(f64, f64)> = dz
+            .par_chunks_mut(plane)
+            .enumerate()
+            .map(|(nc, dz)| {
+                let ch = nc % c;
+                let range = nc * plane..(nc + 1) * plane;
+                let (xs, dy, ys) = (&xs[range.clone()], &dy[range.clone()], &ys[range.clone()]);
+                let rs = rs.map(|r| &r[range.clone()]);
+                let mean = stats.mean[ch];
+                let scale = gamma[ch] * inv[ch];
+                let shift = beta[ch] - mean * scale;
+                let (mut s, mut sx) = (0f64, 0f64);
+                for k in 0..plane {
+                    let g = match act {
+                        Act::Identity => dy[k],
+                        Act::Relu => {
+                            if ys[k] > 0.0 {
+                                dy[k]
+                            } else {
+                                0.0
+                            }
+                        }
+                        Act::Silu => {
+                            let z = xs[k] * scale + shift + rs.map_or(0.0, |r| r[k]);
+                            let sg = sigmoid(z);
+                            dy[k] * sg * (1.0 + z * (1.0 - sg))
+                        }
+                    };
+                    dz[k] = g;
+                    s += g as f64;
+                    sx += (g * (xs[k] - mean)) as f64;
+                }
+                (s, sx * inv[ch] as f64)
+            })
+            .collect();
+        let sums = per_channel(&partial, c);
+        let mut dx = vec![0f32; x.elem_count()];
+        dx.par_chunks_mut(plane)
+            .zip(dz.par_chunks(plane))
+            .enumerate()
+            .for_each(|(nc, (dst, dz))| {
+                let ch = nc % c;
+                let (mean_dz, mean_dz_xhat) = ((sums[ch].0 / count) as f32, (sums[ch].1 / count) as f32);
+                let (mean, inv) = (stats.mean[ch], inv[ch]);
+                let k = gamma[ch] * inv;
+                let xs = &xs[nc * plane..(nc + 1) * plane];
+                for ((d, &xv), &g) in dst.iter_mut().zip(xs).zip(dz) {
+                    let xhat = (xv - mean) * inv;
+                    *d = k * (g - mean_dz - xhat * mean_dz_xhat);
+                }
+            });
+        let dev = x.device();
+        let dparams: Vec<f32> = sums
+            .iter()
+            .map(|&(_, sx)| sx as f32)
+            .chain(sums.iter().map(|&(s, _)| s as f32))
+            .collect();
+        let dr = match residual {
+            Some(_) => Some(Tensor::from_vec(dz, x.shape(), dev)?),
+            None => None,
+        };
+        Ok((
+            Tensor::from_vec(dx, x.shape(), dev)?,
+            Tensor::from_vec(dparams, 2 * c, dev)?,
+            dr,
+        ))
+    }
+}
+
+impl CustomOp2 for FusedBatchNorm {
+    fn name(&self) -> &'static str {
+        "ftu-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, params) = (f32s(s1, l1, "input")?, f32s(s2, l2, "weight and bias")?);
+        let y = profile::scope("batch_norm+act forward", 3 * x.len(), || {
+            self.forward(x, params, None, l1.shape())
+        })?;
+        Ok((y, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dp, _) = profile::scope("batch_norm+act backward", 7 * x.elem_count(), || {
+            self.backward(x, params, None, y, grad)
+        })?;
+        Ok((Some(dx), Some(dp)))
+    }
 }
 
 impl CustomOp3 for FusedBatchNorm {
     fn name(&self) -> &'static str {
-        "ftu-batch-norm"
+        "ftu-batch-norm-residual"
     }
 
     fn cpu_fwd(
@@ -90,103 +339,26 @@ impl CustomOp3 for FusedBatchNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32s(s1, l1, "input")?;
-        let (gamma, beta) = (f32s(s2, l2, "weight")?, f32s(s3, l3, "bias")?);
-        let dims = split(l1.shape())?;
-        let (n, c, plane) = dims;
-        let count = (n * plane) as f64;
-        let mean: Vec<f64> = per_channel(x, dims, |_, p| p.iter().map(|&v| v as f64).sum())
-            .into_iter()
-            .map(|s| s / count)
-            .collect();
-        let var: Vec<f64> = per_channel(x, dims, |ch, p| p.iter().map(|&v| (v as f64 - mean[ch]).powi(2)).sum())
-            .into_iter()
-            .map(|s| s / count)
-            .collect();
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(plane)
-            .zip(x.par_chunks(plane))
-            .enumerate()
-            .for_each(|(nc, (dst, src))| {
-                let ch = nc % c;
-                let scale = gamma[ch] / (var[ch] as f32 + self.eps).sqrt();
-                let shift = beta[ch] - mean[ch] as f32 * scale;
-                for (d, &s) in dst.iter_mut().zip(src) {
-                    *d = s * scale + shift;
-                }
-            });
-        let stats = BatchStats {
-            mean: mean.iter().map(|&m| m as f32).collect(),
-            var: var.iter().map(|&v| v as f32).collect(),
-        };
-        *self
-            .stats
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("batch-norm statistics lock poisoned".into()))? = Some(stats);
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        let (x, params) = (f32s(s1, l1, "input")?, f32s(s2, l2, "weight and bias")?);
+        let r = f32s(s3, l3, "residual")?;
+        let y = profile::scope("batch_norm+add+act forward", 4 * x.len(), || {
+            self.forward(x, params, Some(r), l1.shape())
+        })?;
+        Ok((y, l1.shape().clone()))
     }
 
     fn bwd(
         &self,
         x: &Tensor,
-        gamma: &Tensor,
-        _beta: &Tensor,
-        _res: &Tensor,
+        params: &Tensor,
+        residual: &Tensor,
+        y: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let stats = self
-            .stats
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("batch-norm statistics lock poisoned".into()))?
-            .clone()
-            .ok_or_else(|| candle_core::Error::Msg("batch-norm backward before forward".into()))?;
-        let dims = split(x.shape())?;
-        let (n, c, plane) = dims;
-        let count = (n * plane) as f64;
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let dy = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let g = gamma.to_vec1::<f32>()?;
-        let inv: Vec<f64> = stats
-            .var
-            .iter()
-            .map(|&v| 1.0 / (v as f64 + self.eps as f64).sqrt())
-            .collect();
-        let sum_dy = per_channel(&dy, dims, |_, p| p.iter().map(|&v| v as f64).sum());
-        // Σ dy·x̂ per channel: x and dy planes walked together.
-        let sum_dy_xhat: Vec<f64> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                (0..n)
-                    .map(|i| {
-                        let r = (i * c + ch) * plane..(i * c + ch + 1) * plane;
-                        xs[r.clone()]
-                            .iter()
-                            .zip(&dy[r])
-                            .map(|(&xv, &d)| d as f64 * (xv as f64 - stats.mean[ch] as f64) * inv[ch])
-                            .sum::<f64>()
-                    })
-                    .sum()
-            })
-            .collect();
-        let mut dx = vec![0f32; xs.len()];
-        dx.par_chunks_mut(plane).enumerate().for_each(|(nc, dst)| {
-            let ch = nc % c;
-            let r = nc * plane..(nc + 1) * plane;
-            let (mean_dy, mean_dy_xhat) = (sum_dy[ch] / count, sum_dy_xhat[ch] / count);
-            let k = g[ch] as f64 * inv[ch];
-            for ((d, &xv), &gy) in dst.iter_mut().zip(&xs[r.clone()]).zip(&dy[r]) {
-                let xhat = (xv as f64 - stats.mean[ch] as f64) * inv[ch];
-                *d = (k * (gy as f64 - mean_dy - xhat * mean_dy_xhat)) as f32;
-            }
-        });
-        let dev = x.device();
-        let dgamma: Vec<f32> = sum_dy_xhat.iter().map(|&v| v as f32).collect();
-        let dbeta: Vec<f32> = sum_dy.iter().map(|&v| v as f32).collect();
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dgamma, c, dev)?),
-            Some(Tensor::from_vec(dbeta, c, dev)?),
-        ))
+        let (dx, dp, dr) = profile::scope("batch_norm+add+act backward", 7 * x.elem_count(), || {
+            self.backward(x, params, Some(residual), y, grad)
+        })?;
+        Ok((Some(dx), Some(dp), dr))
     }
 }
 
@@ -206,15 +378,16 @@ mod tests {
             .unwrap()
     }
 
-    /// Values, statistics and all three gradients equal BatchNorm composed from candle ops.
-    #[test]
-    fn fused_batch_norm_matches_the_composed_one() {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&(Tensor::randn(0f32, 2.0, (3, 5, 6, 7), &dev).unwrap() + 0.7).unwrap()).unwrap();
-        let gamma = Var::from_tensor(&Tensor::randn(1f32, 0.3, 5, &dev).unwrap()).unwrap();
-        let beta = Var::from_tensor(&Tensor::randn(0f32, 0.3, 5, &dev).unwrap()).unwrap();
-        let eps = 1e-5;
-        let (fused, stats) = batch_norm(&x, &gamma, &beta, eps).unwrap();
+    /// BatchNorm → add → activation composed from candle ops: the device-generic path.
+    fn composed(
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+        r: Option<&Tensor>,
+        act: Act,
+    ) -> (Tensor, Tensor, Tensor) {
+        let c = gamma.elem_count();
         let mean = x.mean_keepdim((0, 2, 3)).unwrap();
         let var = x
             .broadcast_sub(&mean)
@@ -223,29 +396,80 @@ mod tests {
             .unwrap()
             .mean_keepdim((0, 2, 3))
             .unwrap();
-        let composed = x
+        let mut z = x
             .broadcast_sub(&mean)
             .unwrap()
             .broadcast_div(&(&var + eps).unwrap().sqrt().unwrap())
             .unwrap()
-            .broadcast_mul(&gamma.reshape((1, 5, 1, 1)).unwrap())
+            .broadcast_mul(&gamma.reshape((1, c, 1, 1)).unwrap())
             .unwrap()
-            .broadcast_add(&beta.reshape((1, 5, 1, 1)).unwrap())
+            .broadcast_add(&beta.reshape((1, c, 1, 1)).unwrap())
             .unwrap();
-        assert!(max_abs(&(&fused - &composed).unwrap()) < 1e-5);
-        let mean_v = mean.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let var_v = var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        for ch in 0..5 {
-            assert!((stats.mean[ch] - mean_v[ch]).abs() < 1e-5);
-            assert!((stats.var[ch] - var_v[ch]).abs() < 1e-4);
+        if let Some(r) = r {
+            z = (z + r).unwrap();
         }
-        let weights = Tensor::randn(0f32, 1.0, (3, 5, 6, 7), &dev).unwrap();
-        let g_fused = (&fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        let g_comp = (&composed * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        for (name, v) in [("input", &x), ("weight", &gamma), ("bias", &beta)] {
-            let (a, b) = (g_comp.get(v).unwrap(), g_fused.get(v).unwrap());
-            let d = max_abs(&(a - b).unwrap());
-            assert!(d < 1e-4 * max_abs(a).max(1.0), "{name} gradient off by {d}");
+        let y = match act {
+            Act::Identity => z,
+            Act::Relu => z.relu().unwrap(),
+            Act::Silu => z.silu().unwrap(),
+        };
+        (y, mean, var)
+    }
+
+    /// Values, statistics and every gradient equal the composed ops, for each activation, with
+    /// and without a residual.
+    #[test]
+    fn fused_batch_norm_matches_the_composed_one() {
+        let dev = Device::Cpu;
+        for act in [Act::Identity, Act::Relu, Act::Silu] {
+            for with_residual in [false, true] {
+                let what = format!("{act:?}, residual {with_residual}");
+                let x =
+                    Var::from_tensor(&(Tensor::randn(0f32, 2.0, (3, 5, 6, 7), &dev).unwrap() + 0.7).unwrap()).unwrap();
+                let gamma = Var::from_tensor(&Tensor::randn(1f32, 0.3, 5, &dev).unwrap()).unwrap();
+                let beta = Var::from_tensor(&Tensor::randn(0f32, 0.3, 5, &dev).unwrap()).unwrap();
+                let r = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 5, 6, 7), &dev).unwrap()).unwrap();
+                let r_arg = with_residual.then_some(r.as_tensor());
+                let eps = 1e-5;
+                let (fused, stats) = batch_norm(&x, &gamma, &beta, eps, r_arg, act).unwrap();
+                let (reference, mean, var) = composed(&x, &gamma, &beta, eps, r_arg, act);
+                assert!(max_abs(&(&fused - &reference).unwrap()) < 1e-5, "{what}: values");
+                let mean_v = mean.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let var_v = var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for ch in 0..5 {
+                    assert!((stats.mean[ch] - mean_v[ch]).abs() < 1e-5, "{what}: mean");
+                    assert!((stats.var[ch] - var_v[ch]).abs() < 1e-4, "{what}: variance");
+                }
+                let weights = Tensor::randn(0f32, 1.0, (3, 5, 6, 7), &dev).unwrap();
+                let g_fused = (&fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+                let g_comp = (&reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut vars = vec![("input", &x), ("weight", &gamma), ("bias", &beta)];
+                if with_residual {
+                    vars.push(("residual", &r));
+                } else {
+                    assert!(g_fused.get(&r).is_none(), "{what}: no residual, no gradient");
+                }
+                for (name, v) in vars {
+                    let (a, b) = (g_comp.get(v).unwrap(), g_fused.get(v).unwrap());
+                    let d = max_abs(&(a - b).unwrap());
+                    assert!(d < 1e-4 * max_abs(a).max(1.0), "{what}: {name} gradient off by {d}");
+                }
+            }
         }
+    }
+
+    #[test]
+    fn a_residual_of_another_shape_is_an_error() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 4, 4), &dev).unwrap();
+        let (g, b) = (
+            Tensor::ones(3, candle_core::DType::F32, &dev).unwrap(),
+            Tensor::zeros(3, candle_core::DType::F32, &dev).unwrap(),
+        );
+        let r = Tensor::zeros((2, 3, 4, 5), candle_core::DType::F32, &dev).unwrap();
+        let err = batch_norm(&x, &g, &b, 1e-5, Some(&r), Act::Relu)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("residual"), "{err}");
     }
 }

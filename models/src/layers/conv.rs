@@ -187,7 +187,7 @@ impl ConvBnAct {
 
 impl Layer for ConvBnAct {
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        super::forward_all(&[&self.conv, &self.bn, &self.act], x, ctx)
+        self.bn.forward_act(&self.conv.forward(x, ctx)?, ctx, None, self.act)
     }
 
     fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {

@@ -22,7 +22,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::Result;
+use crate::{profile, Result};
 
 /// Stride, zero padding and dilation, the same along both axes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,8 @@ impl CustomOp2 for Conv2dOp {
         let x = f32s(s1, l1, self.name(), "input")?;
         let w = f32s(s2, l2, self.name(), "kernel")?;
         let g = Geometry::new(l1.shape(), l2.shape(), self.spacing)?;
-        Ok((CpuStorage::F32(forward(x, w, g)), g.output_shape()))
+        let y = profile::scope("conv2d forward", g.traffic(), || forward(x, w, g));
+        Ok((CpuStorage::F32(y), g.output_shape()))
     }
 
     fn bwd(
@@ -125,7 +126,8 @@ impl CustomOp2 for InputGradient {
         let w = f32s(s2, l2, self.name(), "kernel")?;
         let g = Geometry::new(&self.input, l2.shape(), self.spacing)?;
         g.check_output(l1.shape(), self.name())?;
-        Ok((CpuStorage::F32(input_gradient(dy, w, g)), self.input.clone()))
+        let dx = profile::scope("conv2d input gradient", g.traffic(), || input_gradient(dy, w, g));
+        Ok((CpuStorage::F32(dx), self.input.clone()))
     }
 }
 
@@ -151,7 +153,8 @@ impl CustomOp2 for KernelGradient {
         let x = f32s(s2, l2, self.name(), "input")?;
         let g = Geometry::new(l2.shape(), &self.kernel, self.spacing)?;
         g.check_output(l1.shape(), self.name())?;
-        Ok((CpuStorage::F32(kernel_gradient(dy, x, g)), self.kernel.clone()))
+        let dw = profile::scope("conv2d kernel gradient", g.traffic(), || kernel_gradient(dy, x, g));
+        Ok((CpuStorage::F32(dw), self.kernel.clone()))
     }
 }
 
@@ -183,7 +186,10 @@ impl Geometry {
         let out = |size: usize, k: usize| -> candle_core::Result<usize> {
             let span = s.dilation * (k - 1) + 1;
             if size + 2 * s.padding < span {
-                candle_core::bail!("ftu-conv2d: input {input:?} padded by {} is smaller than kernel {kernel:?}", s.padding)
+                candle_core::bail!(
+                    "ftu-conv2d: input {input:?} padded by {} is smaller than kernel {kernel:?}",
+                    s.padding
+                )
             }
             Ok((size + 2 * s.padding - span) / s.stride + 1)
         };
@@ -212,6 +218,13 @@ impl Geometry {
         Ok(())
     }
 
+    /// Values one pass reads and writes: input, kernel and output, and the patches written and
+    /// read once (from cache, for the most part).
+    fn traffic(&self) -> usize {
+        let patches = 2 * self.n * self.rows() * self.len();
+        self.n * (self.c * self.plane() + self.c_out * self.len()) + self.c_out * self.rows() + patches
+    }
+
     /// Rows of the patch matrix: C·k_h·k_w.
     fn rows(&self) -> usize {
         self.c * self.k_h * self.k_w
@@ -224,11 +237,6 @@ impl Geometry {
 
     fn plane(&self) -> usize {
         self.h * self.w
-    }
-
-    /// The patch matrix is the input itself: a 1×1 kernel at stride 1 without padding.
-    fn is_pointwise(&self) -> bool {
-        self.k_h == 1 && self.k_w == 1 && self.s.stride == 1 && self.s.padding == 0
     }
 
     /// The outputs `u` whose input index `u·stride + offset` lies in `0..size`.
@@ -248,24 +256,27 @@ impl Geometry {
         (i * self.s.dilation) as isize - self.s.padding as isize
     }
 
-    /// Calls `f(tap, out_start, in_start, count)` for every run of outputs that read an input
-    /// plane: `count` outputs from `out_start` read `in_start`, `in_start + stride`, …
-    fn runs(&self, mut f: impl FnMut(usize, usize, usize, usize)) {
+    /// Calls `f(tap, out_start, in_start, count)` for every run of outputs of rows `band` that
+    /// read an input plane: `count` outputs from `out_start` (counted from the band's first
+    /// output) read `in_start`, `in_start + stride`, …
+    fn runs(&self, band: (usize, usize), mut f: impl FnMut(usize, usize, usize, usize)) {
         let s = self.s.stride;
         for i in 0..self.k_h {
             let oy = self.offset(i);
+            let rows = self.valid(self.out_h, self.h, oy);
+            let rows = rows.start.max(band.0)..rows.end.min(band.1);
             for j in 0..self.k_w {
                 let ox = self.offset(j);
                 let cols = self.valid(self.out_w, self.w, ox);
                 if cols.is_empty() {
                     continue;
                 }
-                for t in self.valid(self.out_h, self.h, oy) {
+                for t in rows.clone() {
                     let y = (t * s) as isize + oy;
                     let x = (cols.start * s) as isize + ox;
                     f(
                         i * self.k_w + j,
-                        t * self.out_w + cols.start,
+                        (t - band.0) * self.out_w + cols.start,
                         y as usize * self.w + x as usize,
                         cols.len(),
                     );
@@ -273,106 +284,234 @@ impl Geometry {
             }
         }
     }
+
+    /// Output rows per band: enough that a band's patches (C·k_h·k_w × rows·out_w) make a
+    /// matrix product worth its call, few enough that they stay in a core's L2 cache between
+    /// im2col writing them and the product reading them.
+    fn band_rows(&self) -> usize {
+        const PATCH_VALUES: usize = 96 * 1024;
+        (PATCH_VALUES / (self.rows() * self.out_w).max(1)).clamp(1, self.out_h.max(1))
+    }
+
+    /// Every (image, first row, end row) band, images in order.
+    fn bands(&self) -> Vec<(usize, usize, usize)> {
+        let step = self.band_rows();
+        (0..self.n)
+            .flat_map(|n| {
+                (0..self.out_h)
+                    .step_by(step)
+                    .map(move |r| (n, r, (r + step).min(self.out_h)))
+            })
+            .collect()
+    }
 }
 
-/// im2col of one image (C, H, W) into `cols` (C·k_h·k_w × L), row `c·k_h·k_w + tap`. Entries that
-/// read padding are never written: `cols` starts zeroed and every image writes the same entries.
-fn im2col(image: &[f32], g: Geometry, cols: &mut [f32]) {
-    let (plane, taps, len, s) = (g.plane(), g.k_h * g.k_w, g.len(), g.s.stride);
-    cols.par_chunks_mut(taps * len)
-        .zip(image.par_chunks(plane))
-        .for_each(|(out, src)| {
-            g.runs(|tap, o, i, count| {
-                let dst = &mut out[tap * len + o..][..count];
-                if s == 1 {
-                    dst.copy_from_slice(&src[i..i + count]);
-                } else {
-                    for (k, d) in dst.iter_mut().enumerate() {
-                        *d = src[i + k * s];
-                    }
+/// Row stride of a band's patch matrix of `width` columns: a little more than the width and
+/// never a multiple of 64 values, so that the product's strided walk down the rows does not
+/// map every row to the same cache sets.
+fn patch_stride(width: usize) -> usize {
+    let ld = width.next_multiple_of(16) + 16;
+    if ld % 64 == 0 {
+        ld + 16
+    } else {
+        ld
+    }
+}
+
+/// im2col of output rows `band` of one image (C, H, W) into `cols`, row `c·k_h·k_w + tap` at
+/// `row·ld`; entries that read padding are zero.
+fn im2col(image: &[f32], g: Geometry, band: (usize, usize), cols: &mut [f32], ld: usize) {
+    let (plane, taps, s) = (g.plane(), g.k_h * g.k_w, g.s.stride);
+    if g.s.padding > 0 {
+        cols.fill(0.0);
+    }
+    for (c, src) in image.chunks_exact(plane).enumerate() {
+        let out = &mut cols[c * taps * ld..(c + 1) * taps * ld];
+        g.runs(band, |tap, o, i, count| {
+            let dst = &mut out[tap * ld + o..][..count];
+            if s == 1 {
+                dst.copy_from_slice(&src[i..i + count]);
+            } else {
+                for (k, d) in dst.iter_mut().enumerate() {
+                    *d = src[i + k * s];
                 }
-            });
+            }
         });
+    }
 }
 
-/// col2im, the adjoint of `im2col`: each patch entry is added back where it was read from.
+/// col2im, the adjoint of whole-image `im2col` (`cols` of C·k_h·k_w × L): each patch entry is
+/// added back where it was read from.
 fn col2im(cols: &[f32], g: Geometry, image: &mut [f32]) {
     let (plane, taps, len, s) = (g.plane(), g.k_h * g.k_w, g.len(), g.s.stride);
-    image
-        .par_chunks_mut(plane)
-        .zip(cols.par_chunks(taps * len))
-        .for_each(|(dst, src)| {
-            dst.fill(0.0);
-            g.runs(|tap, o, i, count| {
-                let src = &src[tap * len + o..][..count];
-                if s == 1 {
-                    for (d, v) in dst[i..i + count].iter_mut().zip(src) {
-                        *d += v;
-                    }
-                } else {
-                    for (k, v) in src.iter().enumerate() {
-                        dst[i + k * s] += v;
-                    }
+    for (dst, src) in image.chunks_exact_mut(plane).zip(cols.chunks_exact(taps * len)) {
+        dst.fill(0.0);
+        g.runs((0, g.out_h), |tap, o, i, count| {
+            let src = &src[tap * len + o..][..count];
+            if s == 1 {
+                for (d, v) in dst[i..i + count].iter_mut().zip(src) {
+                    *d += v;
                 }
-            });
+            } else {
+                for (k, v) in src.iter().enumerate() {
+                    dst[i + k * s] += v;
+                }
+            }
         });
+    }
 }
 
+/// The output buffer shared by the tasks of `forward`, each of which writes its own disjoint
+/// region of it.
+struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: only `region` hands out access, and its callers take disjoint regions.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// Values `start..start + len`.
+    ///
+    /// # Safety
+    /// No two live regions may overlap, and the buffer must outlive them.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn region(&self, start: usize, len: usize) -> &mut [f32] {
+        assert!(start + len <= self.len, "output region {start}+{len} past {}", self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(start), len)
+    }
+}
+
+/// `Y_n[:, band] = W · patches(band)` for every band of every image, bands in parallel, each
+/// with its own patch buffer and a single-threaded product.
 fn forward(x: &[f32], w: &[f32], g: Geometry) -> Vec<f32> {
     let (rows, len) = (g.rows(), g.len());
     let mut y = vec![0f32; g.n * g.c_out * len];
-    let mut cols = if g.is_pointwise() { Vec::new() } else { vec![0f32; rows * len] };
-    for (image, out) in x.chunks_exact(g.c * g.plane()).zip(y.chunks_exact_mut(g.c_out * len)) {
-        let patches = if g.is_pointwise() {
-            image
-        } else {
-            im2col(image, g, &mut cols);
-            &cols
-        };
+    let out = SharedOut {
+        ptr: y.as_mut_ptr(),
+        len: y.len(),
+    };
+    g.bands().into_par_iter().for_each_init(Vec::new, |cols, (n, r0, r1)| {
+        let width = (r1 - r0) * g.out_w;
+        let ld = patch_stride(width);
+        cols.resize(rows * ld, 0.0);
+        im2col(
+            &x[n * g.c * g.plane()..(n + 1) * g.c * g.plane()],
+            g,
+            (r0, r1),
+            cols,
+            ld,
+        );
+        let start = n * g.c_out * len + r0 * g.out_w;
+        // SAFETY: the band's outputs are rows `start + o·len .. + width` for o < C_out: bands
+        // of one image cover disjoint output rows and images disjoint planes, so no two tasks
+        // write the same value, and nothing reads `y` until all have finished.
+        let dst = unsafe { out.region(start, (g.c_out - 1) * len + width) };
         matmul(
-            Mat::rows(out, g.c_out, len),
+            Mat::strided(dst, g.c_out, width, len),
             false,
             MatRef::rows(w, g.c_out, rows),
-            MatRef::rows(patches, rows, len),
+            MatRef::strided(cols, rows, width, ld),
+            false,
         );
-    }
+    });
     y
 }
 
+/// The gradient for the input. At stride 1 it is itself a convolution: of the output gradient
+/// with the kernel flipped in space and its channel axes swapped, padded by
+/// `dilation·(k − 1) − padding`, so it runs banded like the forward. Strided convolutions
+/// scatter `Wᵀ · dY_n` back with col2im, images in parallel.
 fn input_gradient(dy: &[f32], w: &[f32], g: Geometry) -> Vec<f32> {
+    let (k_h, k_w, d, p) = (g.k_h, g.k_w, g.s.dilation, g.s.padding);
+    if g.s.stride == 1 && d * (k_h - 1) >= p && d * (k_w - 1) >= p && k_h == k_w {
+        let taps = k_h * k_w;
+        let mut flipped = vec![0f32; w.len()];
+        for o in 0..g.c_out {
+            for c in 0..g.c {
+                let src = &w[(o * g.c + c) * taps..][..taps];
+                let dst = &mut flipped[(c * g.c_out + o) * taps..][..taps];
+                for (t, v) in dst.iter_mut().enumerate() {
+                    *v = src[taps - 1 - t];
+                }
+            }
+        }
+        let transposed = Geometry {
+            n: g.n,
+            c: g.c_out,
+            h: g.out_h,
+            w: g.out_w,
+            c_out: g.c,
+            k_h,
+            k_w,
+            out_h: g.h,
+            out_w: g.w,
+            s: Spacing {
+                stride: 1,
+                padding: d * (k_h - 1) - p,
+                dilation: d,
+            },
+        };
+        return forward(dy, &flipped, transposed);
+    }
     let (rows, len) = (g.rows(), g.len());
     let mut dx = vec![0f32; g.n * g.c * g.plane()];
-    let mut dcols = if g.is_pointwise() { Vec::new() } else { vec![0f32; rows * len] };
     let w_t = MatRef::rows(w, g.c_out, rows).t();
-    for (grad, image) in dy.chunks_exact(g.c_out * len).zip(dx.chunks_exact_mut(g.c * g.plane())) {
-        let grad = MatRef::rows(grad, g.c_out, len);
-        if g.is_pointwise() {
-            matmul(Mat::rows(image, rows, len), false, w_t, grad);
-        } else {
-            matmul(Mat::rows(&mut dcols, rows, len), false, w_t, grad);
-            col2im(&dcols, g, image);
-        }
-    }
+    let parallel_products = g.n < rayon::current_num_threads();
+    dx.par_chunks_exact_mut(g.c * g.plane())
+        .zip(dy.par_chunks_exact(g.c_out * len))
+        .for_each_init(Vec::new, |dcols, (image, grad)| {
+            dcols.resize(rows * len, 0.0);
+            let grad = MatRef::rows(grad, g.c_out, len);
+            matmul(Mat::rows(dcols, rows, len), false, w_t, grad, parallel_products);
+            col2im(dcols, g, image);
+        });
     dx
 }
 
+/// `dW = Σ_bands dY_n[:, band] · patches(band)ᵀ`. The bands are cut into one contiguous share per
+/// thread, each summed into its own matrix, and the shares added in order, so the result does
+/// not depend on scheduling.
 fn kernel_gradient(dy: &[f32], x: &[f32], g: Geometry) -> Vec<f32> {
     let (rows, len) = (g.rows(), g.len());
-    let mut dw = vec![0f32; g.c_out * rows];
-    let mut cols = if g.is_pointwise() { Vec::new() } else { vec![0f32; rows * len] };
-    for (i, (grad, image)) in dy.chunks_exact(g.c_out * len).zip(x.chunks_exact(g.c * g.plane())).enumerate() {
-        let patches = if g.is_pointwise() {
-            image
-        } else {
-            im2col(image, g, &mut cols);
-            &cols
-        };
-        matmul(
-            Mat::rows(&mut dw, g.c_out, rows),
-            i > 0,
-            MatRef::rows(grad, g.c_out, len),
-            MatRef::rows(patches, rows, len).t(),
-        );
+    let bands = g.bands();
+    let shares = rayon::current_num_threads().min(bands.len()).max(1);
+    let partial: Vec<Vec<f32>> = (0..shares)
+        .into_par_iter()
+        .map(|t| {
+            let mut dw = vec![0f32; g.c_out * rows];
+            let mut cols = Vec::new();
+            let mine = &bands[t * bands.len() / shares..(t + 1) * bands.len() / shares];
+            for (i, &(n, r0, r1)) in mine.iter().enumerate() {
+                let width = (r1 - r0) * g.out_w;
+                let ld = patch_stride(width);
+                cols.resize(rows * ld, 0.0);
+                im2col(
+                    &x[n * g.c * g.plane()..(n + 1) * g.c * g.plane()],
+                    g,
+                    (r0, r1),
+                    &mut cols,
+                    ld,
+                );
+                let start = n * g.c_out * len + r0 * g.out_w;
+                let grad = &dy[start..start + (g.c_out - 1) * len + width];
+                matmul(
+                    Mat::rows(&mut dw, g.c_out, rows),
+                    i > 0,
+                    MatRef::strided(grad, g.c_out, width, len),
+                    MatRef::strided(&cols, rows, width, ld).t(),
+                    false,
+                );
+            }
+            dw
+        })
+        .collect();
+    let mut partial = partial.into_iter();
+    let mut dw = partial.next().unwrap_or_else(|| vec![0f32; g.c_out * rows]);
+    for p in partial {
+        dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
     }
     dw
 }
@@ -390,11 +529,16 @@ pub(crate) struct MatRef<'a> {
 impl<'a> MatRef<'a> {
     /// A row-major `rows × cols` matrix.
     pub(crate) fn rows(data: &'a [f32], rows: usize, cols: usize) -> MatRef<'a> {
+        Self::strided(data, rows, cols, cols)
+    }
+
+    /// A row-major `rows × cols` matrix whose rows start `stride` values apart.
+    pub(crate) fn strided(data: &'a [f32], rows: usize, cols: usize, stride: usize) -> MatRef<'a> {
         MatRef {
             data,
             rows,
             cols,
-            rs: cols,
+            rs: stride,
             cs: 1,
         }
     }
@@ -415,41 +559,59 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// A row-major destination matrix.
+/// A row-major destination matrix whose rows start `stride` values apart.
 pub(crate) struct Mat<'a> {
     data: &'a mut [f32],
     rows: usize,
     cols: usize,
+    stride: usize,
 }
 
 impl<'a> Mat<'a> {
     pub(crate) fn rows(data: &'a mut [f32], rows: usize, cols: usize) -> Mat<'a> {
-        Mat { data, rows, cols }
+        Self::strided(data, rows, cols, cols)
+    }
+
+    pub(crate) fn strided(data: &'a mut [f32], rows: usize, cols: usize, stride: usize) -> Mat<'a> {
+        Mat {
+            data,
+            rows,
+            cols,
+            stride,
+        }
     }
 }
 
-/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`; split over the rayon pool when large.
-pub(crate) fn matmul(dst: Mat, accumulate: bool, lhs: MatRef, rhs: MatRef) {
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`; split over the rayon pool when
+/// `parallel` and large.
+pub(crate) fn matmul(dst: Mat, accumulate: bool, lhs: MatRef, rhs: MatRef, parallel: bool) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert!(
-        rhs.rows == k && dst.rows == m && dst.cols == n,
-        "matmul: {m}×{k} · {}×{n} into {}×{}",
+        rhs.rows == k && dst.rows == m && dst.cols == n && dst.stride >= n,
+        "matmul: {m}×{k} · {}×{n} into {}×{} (row stride {})",
         rhs.rows,
         dst.rows,
-        dst.cols
+        dst.cols,
+        dst.stride
     );
-    assert!(lhs.fits() && rhs.fits() && dst.data.len() >= m * n, "matmul: a view reaches past its data");
+    let dst_fits = m == 0 || n == 0 || (m - 1) * dst.stride + n <= dst.data.len();
+    assert!(
+        lhs.fits() && rhs.fits() && dst_fits,
+        "matmul: a view reaches past its data"
+    );
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            dst.data[..m * n].fill(0.0);
+            for row in 0..m {
+                dst.data[row * dst.stride..row * dst.stride + n].fill(0.0);
+            }
         }
         return;
     }
     let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 && m * n * k >= 1 << 18 {
+    let parallelism = if parallel && threads > 1 && m * n * k >= 1 << 18 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
@@ -463,7 +625,7 @@ pub(crate) fn matmul(dst: Mat, accumulate: bool, lhs: MatRef, rhs: MatRef) {
             k,
             dst.data.as_mut_ptr(),
             1,
-            n as isize,
+            dst.stride as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.cs as isize,
@@ -531,6 +693,7 @@ mod tests {
             true,
             MatRef::rows(&a, 3, 4),
             MatRef::rows(&b, 5, 4).t(),
+            false,
         );
         for r in 0..3 {
             for c in 0..5 {

@@ -28,9 +28,16 @@ pub struct DropPath {
     pub p: f64,
 }
 
+impl DropPath {
+    /// Whether this forward pass drops anything (training with p > 0).
+    pub fn is_active(&self, ctx: &Ctx) -> bool {
+        ctx.is_train() && self.p > 0.0
+    }
+}
+
 impl Layer for DropPath {
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        if !ctx.is_train() || self.p == 0.0 {
+        if !self.is_active(ctx) {
             return Ok(x.clone());
         }
         let mut dims = vec![1; x.rank()];

@@ -1,11 +1,12 @@
 //! Normalisation: BatchNorm2d (batch statistics and running-statistic updates in training,
 //! running statistics in eval and in ONNX) and LayerNorm over the last axis.
 
-use candle_core::{Tensor, Var, D};
+use candle_core::{DType, Tensor, Var, D};
 use candle_nn::{Init, VarBuilder};
 use ftu_onnx::Attr;
 
-use super::Layer;
+use super::batch_norm_op::Act;
+use super::{Activation, Layer};
 use crate::{Ctx, Exporter, Result};
 
 pub struct BatchNorm2d {
@@ -37,15 +38,18 @@ impl BatchNorm2d {
     }
 }
 
-impl Layer for BatchNorm2d {
-    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+impl BatchNorm2d {
+    /// `act(bn(x) [+ residual])`. In training on the CPU one fused op with its own backward;
+    /// otherwise (eval, other devices, activations the op lacks) the composed ops.
+    pub fn forward_act(&self, x: &Tensor, ctx: &Ctx, residual: Option<&Tensor>, act: Activation) -> Result<Tensor> {
         let Some(momentum) = ctx.batch_statistics() else {
             let mean = Self::per_channel(self.running_mean.as_tensor())?;
             let var = Self::per_channel(self.running_var.as_tensor())?;
             let normed = x.broadcast_sub(&mean)?.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-            return Ok(normed
+            let y = normed
                 .broadcast_mul(&Self::per_channel(&self.weight)?)?
-                .broadcast_add(&Self::per_channel(&self.bias)?)?);
+                .broadcast_add(&Self::per_channel(&self.bias)?)?;
+            return finish(y, residual, act, ctx);
         };
         let (n, _, h, w) = x.dims4()?;
         let count = n * h * w;
@@ -55,9 +59,26 @@ impl Layer for BatchNorm2d {
                 expected: "more than one value per channel (batch × height × width > 1)".into(),
             });
         }
-        let (y, mean, var) = if x.device().is_cpu() {
+        let fused = match act {
+            Activation::Identity => Some(Act::Identity),
+            Activation::Relu => Some(Act::Relu),
+            Activation::Silu => Some(Act::Silu),
+            Activation::Gelu | Activation::Sigmoid => None,
+        };
+        let (y, mean, var) = if x.device().is_cpu() && x.dtype() == DType::F32 {
             // One fused op (two passes each way) instead of a dozen composed ones.
-            let (y, stats) = super::batch_norm_op::batch_norm(x, &self.weight, &self.bias, self.eps)?;
+            let (y, stats) = super::batch_norm_op::batch_norm(
+                x,
+                &self.weight,
+                &self.bias,
+                self.eps,
+                residual.filter(|_| fused.is_some()),
+                fused.unwrap_or(Act::Identity),
+            )?;
+            let y = match fused {
+                Some(_) => y,
+                None => finish(y, residual, act, ctx)?,
+            };
             let c = stats.mean.len();
             let dev = x.device();
             (
@@ -72,7 +93,11 @@ impl Layer for BatchNorm2d {
             let y = normed
                 .broadcast_mul(&Self::per_channel(&self.weight)?)?
                 .broadcast_add(&Self::per_channel(&self.bias)?)?;
-            (y, mean.flatten_all()?.detach(), var.flatten_all()?.detach())
+            (
+                finish(y, residual, act, ctx)?,
+                mean.flatten_all()?.detach(),
+                var.flatten_all()?.detach(),
+            )
         };
         // Running variance is unbiased, as in PyTorch.
         let m = momentum.unwrap_or(self.momentum);
@@ -82,6 +107,21 @@ impl Layer for BatchNorm2d {
         self.running_mean.set(&rm)?;
         self.running_var.set(&rv)?;
         Ok(y)
+    }
+}
+
+/// The residual add and the activation, as composed ops.
+fn finish(y: Tensor, residual: Option<&Tensor>, act: Activation, ctx: &Ctx) -> Result<Tensor> {
+    let y = match residual {
+        Some(r) => (y + r)?,
+        None => y,
+    };
+    act.forward(&y, ctx)
+}
+
+impl Layer for BatchNorm2d {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        self.forward_act(x, ctx, None, Activation::Identity)
     }
 
     fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {

@@ -42,6 +42,25 @@ impl Layer for MaxPool2d {
     /// The maximum of the k×k shifted views, then every stride-th: unlike Candle's own max pool,
     /// this has a backward pass when the kernel and stride differ (ResNet's 3×3, stride 2 stem).
     fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<Tensor> {
+        let values = x.elem_count() * (2 * self.kernel * self.kernel + 1);
+        crate::profile::scope("max pool (candle ops)", values, || self.max_pool(x))
+    }
+
+    fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {
+        Ok(e.op(
+            "MaxPool",
+            &[x],
+            &[
+                ("kernel_shape", Attr::Ints(vec![self.kernel as i64; 2])),
+                ("strides", Attr::Ints(vec![self.stride as i64; 2])),
+                ("pads", Attr::Ints(vec![self.padding as i64; 4])),
+            ],
+        ))
+    }
+}
+
+impl MaxPool2d {
+    fn max_pool(&self, x: &Tensor) -> Result<Tensor> {
         let x = if self.padding > 0 {
             pad_spatial(x, self.padding, f32::NEG_INFINITY)?
         } else {
@@ -69,18 +88,6 @@ impl Layer for MaxPool2d {
         let max = max.expect("kernel ≥ 1");
         let s = self.stride;
         subsample(&max, s, (h - k) / s + 1, (w - k) / s + 1)
-    }
-
-    fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {
-        Ok(e.op(
-            "MaxPool",
-            &[x],
-            &[
-                ("kernel_shape", Attr::Ints(vec![self.kernel as i64; 2])),
-                ("strides", Attr::Ints(vec![self.stride as i64; 2])),
-                ("pads", Attr::Ints(vec![self.padding as i64; 4])),
-            ],
-        ))
     }
 }
 

@@ -46,10 +46,12 @@ impl Layer for Upsample {
             // Not `upsample_nearest2d`: its backward in candle 0.9.2 overwrites the gradient
             // other consumers of `x` have already added (`*sum_grad = conv_sum`).
             Interpolation::Nearest => {
-                let n_c = &x.dims()[..2];
-                x.reshape((n_c[0], n_c[1], h, 1, w, 1))?
-                    .broadcast_as((n_c[0], n_c[1], h, s, w, s))?
-                    .reshape((n_c[0], n_c[1], h * s, w * s))?
+                crate::profile::scope("upsample (candle ops)", 5 * x.elem_count() * s * s, || {
+                    let n_c = &x.dims()[..2];
+                    x.reshape((n_c[0], n_c[1], h, 1, w, 1))?
+                        .broadcast_as((n_c[0], n_c[1], h, s, w, s))?
+                        .reshape((n_c[0], n_c[1], h * s, w * s))
+                })?
             }
             Interpolation::Bilinear => {
                 let dev = x.device();
