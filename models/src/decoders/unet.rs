@@ -85,11 +85,7 @@ impl Decoder for Unet {
         let mut x = levels.last().expect("encoder levels").clone();
         let mut aux = Vec::new();
         for (i, block) in self.blocks.iter().enumerate() {
-            x = UP.forward(&x, ctx)?;
-            if let Some(k) = block.skip {
-                let values = 2 * (x.elem_count() + levels[k].elem_count());
-                x = crate::profile::scope("concat (candle op)", values, || Tensor::cat(&[&x, &levels[k]], 1))?;
-            }
+            x = UP.forward_cat(&x, block.skip.map(|k| &levels[k]), ctx)?;
             x = block.conv2.forward(&block.conv1.forward(&x, ctx)?, ctx)?;
             if let Some((head, up)) = self.aux.get(i) {
                 aux.push(up.forward(&head.forward(&x, ctx)?, ctx)?);

@@ -11,8 +11,10 @@ mod linear;
 mod mix_ffn;
 mod norm;
 mod pool;
+mod pool_op;
 mod resample;
 mod se;
+mod upsample_op;
 
 pub use activation::Activation;
 pub use attention::EfficientSelfAttention;

@@ -39,11 +39,13 @@ fn subsample(x: &Tensor, stride: usize, rows: usize, cols: usize) -> Result<Tens
 }
 
 impl Layer for MaxPool2d {
-    /// The maximum of the k×k shifted views, then every stride-th: unlike Candle's own max pool,
-    /// this has a backward pass when the kernel and stride differ (ResNet's 3×3, stride 2 stem).
+    /// Unlike Candle's own max pool, both paths have a backward pass when the kernel and stride
+    /// differ (ResNet's 3×3, stride 2 stem).
     fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<Tensor> {
-        let values = x.elem_count() * (2 * self.kernel * self.kernel + 1);
-        crate::profile::scope("max pool (candle ops)", values, || self.max_pool(x))
+        if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+            return super::pool_op::max_pool2d(x, self.kernel, self.stride, self.padding);
+        }
+        self.max_pool(x)
     }
 
     fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {
@@ -60,6 +62,8 @@ impl Layer for MaxPool2d {
 }
 
 impl MaxPool2d {
+    /// The maximum of the k×k shifted views, then every stride-th, from candle ops: the path on
+    /// other devices, and the reference the CPU op is tested against.
     fn max_pool(&self, x: &Tensor) -> Result<Tensor> {
         let x = if self.padding > 0 {
             pad_spatial(x, self.padding, f32::NEG_INFINITY)?
@@ -142,6 +146,35 @@ mod tests {
         };
         let y = pool.forward(&x, &Ctx::eval()).unwrap();
         assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![-1.0]);
+    }
+
+    /// The CPU op equals the composed ops (the device-generic path) in values and gradients,
+    /// padded or not, on odd and even sides.
+    #[test]
+    fn the_cpu_op_matches_the_composed_pool() {
+        for (h, w, kernel, stride, padding) in [(9, 7, 3, 2, 1), (8, 8, 3, 2, 1), (9, 7, 2, 2, 0), (6, 5, 3, 1, 1)] {
+            // Distinct values, so that both paths pick the same maximum.
+            let values: Vec<f32> = (0..2 * 3 * h * w).map(|i| ((i * 7919) % 1009) as f32 - 500.0).collect();
+            let x =
+                candle_core::Var::from_tensor(&Tensor::from_vec(values, (2, 3, h, w), &Device::Cpu).unwrap()).unwrap();
+            let pool = MaxPool2d {
+                kernel,
+                stride,
+                padding,
+            };
+            let ours = pool.forward(x.as_tensor(), &Ctx::train(0)).unwrap();
+            let reference = pool.max_pool(x.as_tensor()).unwrap();
+            let what = format!("{h}×{w} k {kernel} s {stride} p {padding}");
+            assert_eq!(ours.dims(), reference.dims(), "{what}");
+            let diff = (&ours - &reference).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{what}: values");
+            let weights = Tensor::randn(0f32, 1.0, ours.dims(), &Device::Cpu).unwrap();
+            let g_ours = (&ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_ref = (&reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let (a, b) = (g_ours.get(x.as_tensor()).unwrap(), g_ref.get(x.as_tensor()).unwrap());
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-5, "{what}: gradients");
+        }
     }
 
     #[test]

@@ -35,8 +35,23 @@ fn bilinear_matrix(n: usize, scale: usize) -> Vec<f32> {
     a
 }
 
-impl Layer for Upsample {
-    fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<Tensor> {
+impl Upsample {
+    /// The upsampled `x` with `skip` appended along the channels, as the U-Net decoder joins
+    /// levels; on the CPU one op for nearest upsampling (no upsampled copy is materialised).
+    pub fn forward_cat(&self, x: &Tensor, skip: Option<&Tensor>, ctx: &Ctx) -> Result<Tensor> {
+        if self.mode == Interpolation::Nearest && x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+            return super::upsample_op::upsample_nearest(x, self.scale, skip);
+        }
+        let up = self.composed(x, ctx)?;
+        Ok(match skip {
+            Some(skip) => Tensor::cat(&[&up, skip], 1)?,
+            None => up,
+        })
+    }
+
+    /// From candle ops: the path on other devices and for bilinear, and the reference the CPU op
+    /// is tested against.
+    fn composed(&self, x: &Tensor, _ctx: &Ctx) -> Result<Tensor> {
         if self.scale == 1 {
             return Ok(x.clone());
         }
@@ -46,12 +61,10 @@ impl Layer for Upsample {
             // Not `upsample_nearest2d`: its backward in candle 0.9.2 overwrites the gradient
             // other consumers of `x` have already added (`*sum_grad = conv_sum`).
             Interpolation::Nearest => {
-                crate::profile::scope("upsample (candle ops)", 5 * x.elem_count() * s * s, || {
-                    let n_c = &x.dims()[..2];
-                    x.reshape((n_c[0], n_c[1], h, 1, w, 1))?
-                        .broadcast_as((n_c[0], n_c[1], h, s, w, s))?
-                        .reshape((n_c[0], n_c[1], h * s, w * s))
-                })?
+                let n_c = &x.dims()[..2];
+                x.reshape((n_c[0], n_c[1], h, 1, w, 1))?
+                    .broadcast_as((n_c[0], n_c[1], h, s, w, s))?
+                    .reshape((n_c[0], n_c[1], h * s, w * s))?
             }
             Interpolation::Bilinear => {
                 let dev = x.device();
@@ -61,6 +74,15 @@ impl Layer for Upsample {
                 a_h.broadcast_matmul(&rows)?
             }
         })
+    }
+}
+
+impl Layer for Upsample {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        if self.scale == 1 {
+            return Ok(x.clone());
+        }
+        self.forward_cat(x, None, ctx)
     }
 
     fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {
@@ -133,6 +155,62 @@ mod tests {
                 .unwrap();
             assert_eq!(g, vec![14.0; 4], "4 copies each plus 10");
         }
+    }
+
+    /// The CPU op equals the composed ops (the device-generic path) in values and in the
+    /// gradients of both inputs, with and without a skip tensor.
+    #[test]
+    fn the_cpu_op_matches_upsample_then_concat() {
+        let dev = Device::Cpu;
+        for scale in [2, 4] {
+            for with_skip in [false, true] {
+                let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 5, 4), &dev).unwrap()).unwrap();
+                let skip = candle_core::Var::from_tensor(
+                    &Tensor::randn(0f32, 1.0, (2, 2, 5 * scale, 4 * scale), &dev).unwrap(),
+                )
+                .unwrap();
+                let up = Upsample {
+                    scale,
+                    mode: Interpolation::Nearest,
+                };
+                let skip_arg = with_skip.then_some(skip.as_tensor());
+                let ours = up.forward_cat(&x, skip_arg, &Ctx::train(0)).unwrap();
+                let composed = up.composed(&x, &Ctx::train(0)).unwrap();
+                let reference = match skip_arg {
+                    Some(s) => Tensor::cat(&[&composed, s], 1).unwrap(),
+                    None => composed,
+                };
+                let what = format!("scale {scale}, skip {with_skip}");
+                assert_eq!(ours.dims(), reference.dims(), "{what}");
+                let diff = (&ours - &reference).unwrap().abs().unwrap().max_all().unwrap();
+                assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{what}: values");
+                let weights = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+                let g_ours = (&ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+                let g_ref = (&reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut vars = vec![("input", &x)];
+                if with_skip {
+                    vars.push(("skip", &skip));
+                }
+                for (name, v) in vars {
+                    let (a, b) = (g_ours.get(v).unwrap(), g_ref.get(v).unwrap());
+                    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+                    assert!(diff.to_scalar::<f32>().unwrap() < 1e-5, "{what}: {name} gradient");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_skip_of_the_wrong_size_is_an_error() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 2, 4, 4), candle_core::DType::F32, &dev).unwrap();
+        let skip = Tensor::zeros((1, 2, 7, 8), candle_core::DType::F32, &dev).unwrap();
+        let up = Upsample {
+            scale: 2,
+            mode: Interpolation::Nearest,
+        };
+        let err = up.forward_cat(&x, Some(&skip), &Ctx::eval()).unwrap_err().to_string();
+        assert!(err.contains("skip tensor"), "{err}");
     }
 
     #[test]
