@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 STEPS="${STEPS:-5}"
 
-candle_out="$(cargo bench -q -p ftu-models --bench train_step -- --steps "$STEPS")"
+candle_out="$(cargo bench -q -p ftu-trainer --bench train_step -- --steps "$STEPS")"
 echo "$candle_out"
 candle_ms="$(sed -n 's/^CANDLE_MS //p' <<<"$candle_out")"
 

@@ -8,6 +8,7 @@ use std::path::Path;
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
+use crate::adamw_op;
 use crate::config::OptimConfig;
 
 /// The learning rate at optimiser step `step` of `total`: linear warmup from 0, then cosine
@@ -31,8 +32,9 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(params: Vec<(String, Var)>, cfg: OptimConfig) -> Result<AdamW> {
+        // Separate storage for every moment: the CPU path updates them in place.
         let m = params.iter().map(|(_, p)| p.zeros_like()).collect::<Result<Vec<_>>>()?;
-        let v = m.clone();
+        let v = params.iter().map(|(_, p)| p.zeros_like()).collect::<Result<Vec<_>>>()?;
         Ok(AdamW {
             params,
             m,
@@ -56,6 +58,19 @@ impl AdamW {
     /// One update with learning rate `lr`; gradients are scaled by `scale` first (clipping,
     /// accumulation). Parameters for which `frozen(name)` holds keep their values.
     pub fn step(&mut self, grads: &GradStore, lr: f64, scale: f64, frozen: impl Fn(&str) -> bool) -> Result<()> {
+        self.step_with(grads, lr, scale, frozen, true)
+    }
+
+    /// [`AdamW::step`]; `in_place` takes the in-place CPU passes where they apply, else every
+    /// parameter goes through composed tensor ops (the path on other devices).
+    fn step_with(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        scale: f64,
+        frozen: impl Fn(&str) -> bool,
+        in_place: bool,
+    ) -> Result<()> {
         self.step += 1;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let c1 = 1.0 - b1.powi(self.step as i32);
@@ -63,6 +78,20 @@ impl AdamW {
         for (i, (name, p)) in self.params.iter().enumerate() {
             let Some(g) = grads.get(p) else { continue };
             if frozen(name) {
+                continue;
+            }
+            if in_place && adamw_op::applies(p) && adamw_op::applies(&self.m[i]) && adamw_op::applies(&self.v[i]) {
+                let update = adamw_op::Update {
+                    beta1: b1 as f32,
+                    beta2: b2 as f32,
+                    correction1: c1 as f32,
+                    correction2: c2 as f32,
+                    eps: self.cfg.eps as f32,
+                    lr: lr as f32,
+                    weight_decay: self.cfg.weight_decay as f32,
+                    scale: scale as f32,
+                };
+                adamw_op::step(p.as_tensor(), g, &self.m[i], &self.v[i], update)?;
                 continue;
             }
             let g = (g * scale)?;
@@ -223,6 +252,44 @@ mod tests {
         other.load(&path).unwrap();
         assert_eq!(other.step, opt.step);
         assert_eq!(other.m[0].to_vec1::<f32>().unwrap(), opt.m[0].to_vec1::<f32>().unwrap());
+    }
+
+    /// The in-place CPU passes and the composed ops (the path on other devices) take the same
+    /// steps, with weight decay, scaling and several parameters.
+    #[test]
+    fn in_place_steps_equal_composed_steps() {
+        let dev = Device::Cpu;
+        let start: Vec<Tensor> = [(3usize, 4usize), (5, 1)]
+            .iter()
+            .map(|&shape| Tensor::randn(0f32, 1.0, shape, &dev).unwrap())
+            .collect();
+        let run = |in_place: bool| -> Vec<Vec<f32>> {
+            let vars: Vec<(String, Var)> = start
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (format!("p{i}"), Var::from_tensor(&t.copy().unwrap()).unwrap()))
+                .collect();
+            let mut opt = AdamW::new(vars.clone(), OptimConfig::default()).unwrap();
+            for step in 0..5 {
+                let loss = vars
+                    .iter()
+                    .map(|(_, v)| (v.as_tensor() - step as f64).unwrap().sqr().unwrap().sum_all().unwrap())
+                    .reduce(|a, b| (a + b).unwrap())
+                    .unwrap();
+                opt.step_with(&loss.backward().unwrap(), 0.05, 0.7, |_| false, in_place)
+                    .unwrap();
+            }
+            vars.iter()
+                .map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .chain(opt.v.iter().map(|v| v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+                .collect()
+        };
+        let (fused, composed) = (run(true), run(false));
+        for (a, b) in fused.iter().zip(&composed) {
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "{x} vs {y}");
+            }
+        }
     }
 
     #[test]

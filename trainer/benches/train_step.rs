@@ -1,8 +1,8 @@
-//! One training step (forward, BCE loss, backward, AdamW) of unet-resnet34 on the CPU: batch 4,
-//! 256². Prints the median over the timed steps; `bench/train_step/run.sh` sets it beside the
-//! same step in PyTorch.
+//! One training step (forward, BCE loss, backward, the trainer's AdamW) of unet-resnet34 on the
+//! CPU: batch 4, 256². Prints the median over the timed steps; `bench/train_step/run.sh` sets it
+//! beside the same step in PyTorch.
 //!
-//! `cargo bench -p ftu-models --bench train_step [-- --steps N --batch B --size S --arch A --profile]`
+//! `cargo bench -p ftu-trainer --bench train_step [-- --steps N --batch B --size S --arch A --profile]`
 //!
 //! With `--profile`, a table of where a step's time goes, per op (ftu's own ops, the layers
 //! built from candle ops, candle's autograd as the rest of the backward, AdamW), with the
@@ -11,8 +11,10 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use ftu_models::store::is_buffer;
 use ftu_models::{profile, Arch, ArchConfig, Ctx, Segmenter};
+use ftu_trainer::config::OptimConfig;
+use ftu_trainer::optim::AdamW;
 
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
@@ -36,7 +38,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = Segmenter::new(arch, ArchConfig::default(), 0)?;
     let image = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &Device::Cpu)?;
     let mask = image.mean_keepdim(1)?.gt(0.0)?.to_dtype(DType::F32)?;
-    let mut opt = AdamW::new(model.store().trainable(), ParamsAdamW::default())?;
+    let params = model
+        .store()
+        .named_vars()
+        .into_iter()
+        .filter(|(n, _)| !is_buffer(n))
+        .collect();
+    let mut opt = AdamW::new(params, OptimConfig::default())?;
     let mut times = Vec::new();
     for step in 0..=steps {
         profile::set_enabled(profiling && step > 0);
@@ -46,7 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let forward = start.elapsed().as_secs_f64() * 1e3;
         let grads = loss.backward()?;
         let backward = start.elapsed().as_secs_f64() * 1e3 - forward;
-        opt.step(&grads)?;
+        opt.step(&grads, 1e-3, 1.0, |_| false)?;
         let ms = start.elapsed().as_secs_f64() * 1e3;
         // The first step allocates everything once; it is not timed.
         if step > 0 {
@@ -111,7 +119,7 @@ fn record(
         backward - in_backward,
         0,
     );
-    add("AdamW (candle-nn)".into(), optimiser, 0);
+    add("AdamW (in place)".into(), optimiser, 0);
 }
 
 fn print_table(table: &[(String, f64, f64, usize)], steps: usize, times: &[f64]) {
