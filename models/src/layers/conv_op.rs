@@ -288,14 +288,14 @@ impl Geometry {
     /// Output rows per band: enough that a band's patches (C·k_h·k_w × rows·out_w) make a
     /// matrix product worth its call, few enough that they stay in a core's L2 cache between
     /// im2col writing them and the product reading them.
-    fn band_rows(&self) -> usize {
-        const PATCH_VALUES: usize = 96 * 1024;
-        (PATCH_VALUES / (self.rows() * self.out_w).max(1)).clamp(1, self.out_h.max(1))
+    fn band_rows(&self, patch_values: usize) -> usize {
+        (patch_values / (self.rows() * self.out_w).max(1)).clamp(1, self.out_h.max(1))
     }
 
-    /// Every (image, first row, end row) band, images in order.
-    fn bands(&self) -> Vec<(usize, usize, usize)> {
-        let step = self.band_rows();
+    /// Every (image, first row, end row) band of about `patch_values` patch entries, images in
+    /// order.
+    fn bands(&self, patch_values: usize) -> Vec<(usize, usize, usize)> {
+        let step = self.band_rows(patch_values);
         (0..self.n)
             .flat_map(|n| {
                 (0..self.out_h)
@@ -305,6 +305,14 @@ impl Geometry {
             .collect()
     }
 }
+
+/// Patch entries per band in the forward (and stride-1 input gradient): written by im2col and
+/// read back by the product while they are still in L2.
+const FORWARD_BAND: usize = 96 * 1024;
+
+/// Patch entries per band for the kernel gradient, whose product sums over the band's width:
+/// wider bands mean fewer read-modify-writes of the kernel-sized result.
+const KERNEL_GRADIENT_BAND: usize = 768 * 1024;
 
 /// Row stride of a band's patch matrix of `width` columns: a little more than the width and
 /// never a multiple of 64 values, so that the product's strided walk down the rows does not
@@ -393,30 +401,32 @@ fn forward(x: &[f32], w: &[f32], g: Geometry) -> Vec<f32> {
         ptr: y.as_mut_ptr(),
         len: y.len(),
     };
-    g.bands().into_par_iter().for_each_init(Vec::new, |cols, (n, r0, r1)| {
-        let width = (r1 - r0) * g.out_w;
-        let ld = patch_stride(width);
-        cols.resize(rows * ld, 0.0);
-        im2col(
-            &x[n * g.c * g.plane()..(n + 1) * g.c * g.plane()],
-            g,
-            (r0, r1),
-            cols,
-            ld,
-        );
-        let start = n * g.c_out * len + r0 * g.out_w;
-        // SAFETY: the band's outputs are rows `start + o·len .. + width` for o < C_out: bands
-        // of one image cover disjoint output rows and images disjoint planes, so no two tasks
-        // write the same value, and nothing reads `y` until all have finished.
-        let dst = unsafe { out.region(start, (g.c_out - 1) * len + width) };
-        matmul(
-            Mat::strided(dst, g.c_out, width, len),
-            false,
-            MatRef::rows(w, g.c_out, rows),
-            MatRef::strided(cols, rows, width, ld),
-            false,
-        );
-    });
+    g.bands(FORWARD_BAND)
+        .into_par_iter()
+        .for_each_init(Vec::new, |cols, (n, r0, r1)| {
+            let width = (r1 - r0) * g.out_w;
+            let ld = patch_stride(width);
+            cols.resize(rows * ld, 0.0);
+            im2col(
+                &x[n * g.c * g.plane()..(n + 1) * g.c * g.plane()],
+                g,
+                (r0, r1),
+                cols,
+                ld,
+            );
+            let start = n * g.c_out * len + r0 * g.out_w;
+            // SAFETY: the band's outputs are rows `start + o·len .. + width` for o < C_out: bands
+            // of one image cover disjoint output rows and images disjoint planes, so no two tasks
+            // write the same value, and nothing reads `y` until all have finished.
+            let dst = unsafe { out.region(start, (g.c_out - 1) * len + width) };
+            matmul(
+                Mat::strided(dst, g.c_out, width, len),
+                false,
+                MatRef::rows(w, g.c_out, rows),
+                MatRef::strided(cols, rows, width, ld),
+                false,
+            );
+        });
     y
 }
 
@@ -476,7 +486,7 @@ fn input_gradient(dy: &[f32], w: &[f32], g: Geometry) -> Vec<f32> {
 /// not depend on scheduling.
 fn kernel_gradient(dy: &[f32], x: &[f32], g: Geometry) -> Vec<f32> {
     let (rows, len) = (g.rows(), g.len());
-    let bands = g.bands();
+    let bands = g.bands(KERNEL_GRADIENT_BAND);
     let shares = rayon::current_num_threads().min(bands.len()).max(1);
     let partial: Vec<Vec<f32>> = (0..shares)
         .into_par_iter()
