@@ -10,6 +10,7 @@ use rand_chacha::ChaCha8Rng;
 pub struct Ctx {
     train: bool,
     recalibrate: bool,
+    generic: bool,
     rng: Mutex<ChaCha8Rng>,
 }
 
@@ -19,6 +20,7 @@ impl Ctx {
         Ctx {
             train: false,
             recalibrate: false,
+            generic: false,
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(0)),
         }
     }
@@ -37,8 +39,20 @@ impl Ctx {
         Ctx {
             train: true,
             recalibrate: false,
+            generic: false,
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
         }
+    }
+
+    /// The same context, with every layer on its device-generic path (composed candle ops, as
+    /// on a GPU) even on the CPU: the reference ftu's CPU ops are tested against.
+    pub fn generic(self) -> Ctx {
+        Ctx { generic: true, ..self }
+    }
+
+    /// Whether `x` takes ftu's fused CPU ops: f32 on the CPU, unless the generic path is asked.
+    pub fn cpu_ops(&self, x: &Tensor) -> bool {
+        !self.generic && x.device().is_cpu() && x.dtype() == candle_core::DType::F32
     }
 
     /// Dropout and drop-path are active.

@@ -1,7 +1,7 @@
 //! A segmentation network: encoder × decoder plus optional organ and pixel-size heads, its
 //! parameters in one `Store`, and its export to an ONNX model ftu-infer serves as it is.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use ftu_onnx::proto::ModelProto;
 use ftu_onnx::{Dim, ModelMeta};
 
@@ -59,7 +59,13 @@ pub const SIZE_MULTIPLE: usize = 32;
 impl Segmenter {
     /// A randomly initialised network; the same seed gives the same weights.
     pub fn new(arch: Arch, config: ArchConfig, seed: u64) -> Result<Segmenter> {
-        let store = Store::new(seed);
+        Self::with_dtype(arch, config, seed, DType::F32)
+    }
+
+    /// [`Segmenter::new`] with parameters of `dtype`: f64 for reference computations (training
+    /// and export are f32).
+    pub fn with_dtype(arch: Arch, config: ArchConfig, seed: u64, dtype: DType) -> Result<Segmenter> {
+        let store = Store::with_dtype(seed, dtype);
         let root = store.builder();
         let mut vb_encoder = root.clone();
         for part in arch.encoder.prefix().split('.').filter(|p| !p.is_empty()) {

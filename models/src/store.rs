@@ -14,19 +14,27 @@ use rand_chacha::ChaCha8Rng;
 pub struct Store {
     vars: VarMap,
     rng: Arc<Mutex<ChaCha8Rng>>,
+    dtype: DType,
 }
 
 impl Store {
     pub fn new(seed: u64) -> Store {
+        Self::with_dtype(seed, DType::F32)
+    }
+
+    /// A store whose variables have `dtype` (the same initial values, converted): f64 makes
+    /// reference networks that tests measure f32 rounding against.
+    pub fn with_dtype(seed: u64, dtype: DType) -> Store {
         Store {
             vars: VarMap::new(),
             rng: Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed))),
+            dtype,
         }
     }
 
     /// The builder layers take; every tensor it hands out is a variable of this store.
     pub fn builder(&self) -> VarBuilder<'static> {
-        VarBuilder::from_backend(Box::new(self.clone()), DType::F32, Device::Cpu)
+        VarBuilder::from_backend(Box::new(self.clone()), self.dtype, Device::Cpu)
     }
 
     pub fn var_map(&self) -> &VarMap {

@@ -181,9 +181,26 @@ impl Block {
         layers
     }
 
+    /// As `layers()` in order, with each BatchNorm taking its SiLU, and the last one the skip,
+    /// in one op (drop-path scales the branch before the add, so with it the add stays apart).
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let y = crate::layers::forward_all(&self.layers(), x, ctx)?;
-        Ok(if self.skip { (y + x)? } else { y })
+        let silu = Activation::Silu;
+        let mut h = x.clone();
+        if let Some((conv, bn)) = &self.expand {
+            h = bn.forward_act(&conv.forward(&h, ctx)?, ctx, None, silu)?;
+        }
+        h = self
+            .bn_dw
+            .forward_act(&self.conv_dw.forward(&h, ctx)?, ctx, None, silu)?;
+        h = self.project.forward(&self.se.forward(&h, ctx)?, ctx)?;
+        if !self.skip {
+            return self.bn_project.forward(&h, ctx);
+        }
+        if self.drop_path.is_active(ctx) {
+            let branch = self.drop_path.forward(&self.bn_project.forward(&h, ctx)?, ctx)?;
+            return Ok((branch + x)?);
+        }
+        self.bn_project.forward_act(&h, ctx, Some(x), Activation::Identity)
     }
 
     fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {
@@ -238,7 +255,9 @@ impl EfficientNet {
 
 impl Encoder for EfficientNet {
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Vec<Tensor>> {
-        let mut x = crate::layers::forward_all(&[&self.conv_stem, &self.bn1, &Activation::Silu], x, ctx)?;
+        let mut x = self
+            .bn1
+            .forward_act(&self.conv_stem.forward(x, ctx)?, ctx, None, Activation::Silu)?;
         let mut levels = Vec::new();
         for (s, stage) in self.stages.iter().enumerate() {
             for block in stage {

@@ -158,20 +158,22 @@ impl FusedBatchNorm {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(plane).enumerate().for_each(|(nc, dst)| {
             let ch = nc % c;
+            // The mean is subtracted before scaling: folded into one shift, a channel whose mean
+            // is large against its spread would lose its digits to cancellation.
             let scale = gamma[ch] / (var[ch] as f32 + self.eps).sqrt();
-            let shift = beta[ch] - mean[ch] as f32 * scale;
+            let (m, b) = (mean[ch] as f32, beta[ch]);
             let src = &x[nc * plane..(nc + 1) * plane];
             let act = self.act;
             match residual {
                 Some(r) => {
                     let r = &r[nc * plane..(nc + 1) * plane];
                     for ((d, &s), &r) in dst.iter_mut().zip(src).zip(r) {
-                        *d = act.apply(s * scale + shift + r);
+                        *d = act.apply((s - m) * scale + b + r);
                     }
                 }
                 None => {
                     for (d, &s) in dst.iter_mut().zip(src) {
-                        *d = act.apply(s * scale + shift);
+                        *d = act.apply((s - m) * scale + b);
                     }
                 }
             }
@@ -233,7 +235,6 @@ impl FusedBatchNorm {
                 let rs = rs.map(|r| &r[range.clone()]);
                 let mean = stats.mean[ch];
                 let scale = gamma[ch] * inv[ch];
-                let shift = beta[ch] - mean * scale;
                 let (mut s, mut sx) = (0f64, 0f64);
                 for k in 0..plane {
                     let g = match act {
@@ -246,7 +247,7 @@ impl FusedBatchNorm {
                             }
                         }
                         Act::Silu => {
-                            let z = xs[k] * scale + shift + rs.map_or(0.0, |r| r[k]);
+                            let z = (xs[k] - mean) * scale + beta[ch] + rs.map_or(0.0, |r| r[k]);
                             let sg = sigmoid(z);
                             dy[k] * sg * (1.0 + z * (1.0 - sg))
                         }

@@ -1,7 +1,7 @@
 //! 2-D convolution (stride, padding, dilation, groups; depthwise is groups = channels), and the
 //! conv → BatchNorm → activation unit that decoders stack (smp's `Conv2dReLU` names: `0`, `1`).
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{Init, VarBuilder};
 use ftu_onnx::Attr;
@@ -108,22 +108,27 @@ impl Conv2d {
 }
 
 impl Layer for Conv2d {
-    fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let c = self.cfg;
-        // On the CPU, ftu's own im2col + gemm op (forward and gradients); elsewhere, and for
-        // grouped or depthwise convolutions, candle's.
-        let y = if c.groups == 1 && x.device().is_cpu() && x.dtype() == DType::F32 {
-            let spacing = Spacing {
-                stride: c.stride,
-                padding: c.padding,
-                dilation: c.dilation,
-            };
+        let c_in = x.dim(1)?;
+        // On the CPU, ftu's own ops (forward and gradients): im2col + gemm for ordinary
+        // convolutions, direct loops for depthwise ones; elsewhere, and for other grouped
+        // convolutions, candle's.
+        let on_cpu = ctx.cpu_ops(x);
+        let spacing = Spacing {
+            stride: c.stride,
+            padding: c.padding,
+            dilation: c.dilation,
+        };
+        let y = if on_cpu && c.groups == 1 {
             super::conv_op::conv2d(x, &self.weight, spacing)?
+        } else if on_cpu && c.groups == c_in && self.weight.dim(1)? == 1 {
+            super::conv_op::depthwise_conv2d(x, &self.weight, spacing)?
         } else {
             // candle 0.9.2's tiled CPU conv2d takes a contiguous NCHW input for NHWC when
             // C = H = W (`layout_is_valid` in cpu_backend/conv2d.rs) and returns wrong values; a
             // strided view of the same values takes its copying path instead.
-            let (_, c_in, h, w) = x.dims4()?;
+            let (h, w) = (x.dim(2)?, x.dim(3)?);
             let x = if x.device().is_cpu() && c.groups == 1 && c_in == h && h == w {
                 x.pad_with_zeros(3, 0, 1)?.narrow(3, 0, w)?
             } else {

@@ -14,7 +14,7 @@ impl Layer for Dropout {
         if !ctx.is_train() || self.p == 0.0 {
             return Ok(x.clone());
         }
-        let mask = ctx.keep_mask(x.dims(), 1.0 - self.p, x.device())?;
+        let mask = ctx.keep_mask(x.dims(), 1.0 - self.p, x.device())?.to_dtype(x.dtype())?;
         Ok((x * mask)?)
     }
 
@@ -42,7 +42,7 @@ impl Layer for DropPath {
         }
         let mut dims = vec![1; x.rank()];
         dims[0] = x.dims()[0];
-        let mask = ctx.keep_mask(&dims, 1.0 - self.p, x.device())?;
+        let mask = ctx.keep_mask(&dims, 1.0 - self.p, x.device())?.to_dtype(x.dtype())?;
         Ok(x.broadcast_mul(&mask)?)
     }
 

@@ -16,9 +16,9 @@ pub struct MaxPool2d {
 /// Pads H and W with `value` on every side.
 fn pad_spatial(x: &Tensor, pad: usize, value: f32) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
-    let side = Tensor::full(value, (n, c, h, pad), x.device())?;
+    let side = Tensor::full(value, (n, c, h, pad), x.device())?.to_dtype(x.dtype())?;
     let x = Tensor::cat(&[&side, x, &side], 3)?;
-    let band = Tensor::full(value, (n, c, pad, w + 2 * pad), x.device())?;
+    let band = Tensor::full(value, (n, c, pad, w + 2 * pad), x.device())?.to_dtype(x.dtype())?;
     Ok(Tensor::cat(&[&band, &x, &band], 2)?)
 }
 
@@ -41,8 +41,8 @@ fn subsample(x: &Tensor, stride: usize, rows: usize, cols: usize) -> Result<Tens
 impl Layer for MaxPool2d {
     /// Unlike Candle's own max pool, both paths have a backward pass when the kernel and stride
     /// differ (ResNet's 3×3, stride 2 stem).
-    fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<Tensor> {
-        if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        if ctx.cpu_ops(x) {
             return super::pool_op::max_pool2d(x, self.kernel, self.stride, self.padding);
         }
         self.max_pool(x)

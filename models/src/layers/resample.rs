@@ -39,7 +39,7 @@ impl Upsample {
     /// The upsampled `x` with `skip` appended along the channels, as the U-Net decoder joins
     /// levels; on the CPU one op for nearest upsampling (no upsampled copy is materialised).
     pub fn forward_cat(&self, x: &Tensor, skip: Option<&Tensor>, ctx: &Ctx) -> Result<Tensor> {
-        if self.mode == Interpolation::Nearest && x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        if self.mode == Interpolation::Nearest && ctx.cpu_ops(x) {
             return super::upsample_op::upsample_nearest(x, self.scale, skip);
         }
         let up = self.composed(x, ctx)?;
@@ -68,8 +68,8 @@ impl Upsample {
             }
             Interpolation::Bilinear => {
                 let dev = x.device();
-                let a_w = Tensor::from_vec(bilinear_matrix(w, s), (w * s, w), dev)?;
-                let a_h = Tensor::from_vec(bilinear_matrix(h, s), (h * s, h), dev)?;
+                let a_w = Tensor::from_vec(bilinear_matrix(w, s), (w * s, w), dev)?.to_dtype(x.dtype())?;
+                let a_h = Tensor::from_vec(bilinear_matrix(h, s), (h * s, h), dev)?.to_dtype(x.dtype())?;
                 let rows = x.contiguous()?.broadcast_matmul(&a_w.t()?)?;
                 a_h.broadcast_matmul(&rows)?
             }
