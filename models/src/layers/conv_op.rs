@@ -978,7 +978,10 @@ mod tests {
             (5, spacing(1, 2, 1)),
             (5, spacing(2, 2, 1)),
         ];
-        for ((k, s), side) in cases.into_iter().flat_map(|case| [(case, 11), (case, 12)]) {
+        for ((k, s), side) in cases
+            .into_iter()
+            .flat_map(|case| [2, 3, 4, 11, 12].map(|side| (case, side)))
+        {
             let c = 4;
             let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, c, side, side), &dev).unwrap()).unwrap();
             let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (c, 1, k, k), &dev).unwrap()).unwrap();

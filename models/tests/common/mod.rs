@@ -50,7 +50,7 @@ pub fn jitter(model: &Segmenter, seed: u64) {
         };
         let values: Vec<f32> = (0..var.elem_count()).map(|_| rng.random_range(lo..hi)).collect();
         let t = Tensor::from_vec(values, var.dims(), &Device::Cpu).unwrap();
-        var.set(&t).unwrap();
+        var.set(&t.to_dtype(var.dtype()).unwrap()).unwrap();
     }
 }
 
