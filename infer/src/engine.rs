@@ -257,7 +257,8 @@ impl Engine {
                 })
                 .collect()
         });
-        let mut maps = vec![vec![0f32; h_in * w_in]; inputs.len()];
+        // The weighted sum of the models' maps; the first model's maps are taken as they are.
+        let mut maps: Option<Vec<Vec<f32>>> = None;
         let mut model_weights = 0f32;
         // Models that normalise alike share their input planes.
         let mut prepared: Vec<(PlaneKey, Vec<Vec<Planes>>)> = Vec::new();
@@ -265,8 +266,9 @@ impl Engine {
             let key = (model.spec.norm, model.spec.channels);
             if !prepared.iter().any(|(k, _)| *k == key) {
                 let p = timed(&mut t.tta, || {
+                    use rayon::prelude::*;
                     scaled
-                        .iter()
+                        .par_iter()
                         .map(|per_scale| per_scale.iter().map(|img| planes(img, key.0, key.1)).collect())
                         .collect()
                 });
@@ -274,14 +276,25 @@ impl Engine {
             }
             let base = &prepared.iter().find(|(k, _)| *k == key).expect("just prepared").1;
             let max_items = windows_per_run.saturating_mul(transforms.len()).max(1);
-            let model_maps = model_maps(model, base, &transforms, (h_in, w_in), max_items, t)?;
+            let mut model_maps = model_maps(model, base, &transforms, (h_in, w_in), max_items, t)?;
             let w = model.spec.weight;
-            for (map, m) in maps.iter_mut().zip(&model_maps) {
-                map.iter_mut().zip(m).for_each(|(g, v)| *g += w * v);
+            match &mut maps {
+                None => {
+                    if w != 1.0 {
+                        model_maps.iter_mut().for_each(|m| m.iter_mut().for_each(|v| *v *= w));
+                    }
+                    maps = Some(model_maps);
+                }
+                Some(maps) => {
+                    for (map, m) in maps.iter_mut().zip(&model_maps) {
+                        map.iter_mut().zip(m).for_each(|(g, v)| *g += w * v);
+                    }
+                }
             }
             model_weights += w;
         }
-        if model_weights > 0.0 {
+        let mut maps = maps.unwrap_or_else(|| vec![vec![0f32; h_in * w_in]; inputs.len()]);
+        if model_weights > 0.0 && model_weights != 1.0 {
             maps.iter_mut()
                 .for_each(|m| m.iter_mut().for_each(|v| *v /= model_weights));
         }
@@ -308,7 +321,8 @@ fn model_maps(
     max_items: usize,
     t: &mut Timings,
 ) -> Result<Vec<Vec<f32>>, EngineError> {
-    let mut sums = vec![vec![0f32; h_out * w_out]; inputs.len()];
+    // Per input, the sum over scales (the first scale's sum is taken as it is).
+    let mut sums: Vec<Option<Vec<f32>>> = vec![None; inputs.len()];
     let n_scales = inputs.first().map_or(0, Vec::len);
     let variants = (n_scales * transforms.len()) as f32;
     for si in 0..n_scales {
@@ -330,25 +344,40 @@ fn model_maps(
                 .collect();
             let chunk = model.batch.unwrap_or(max_items).min(max_items).max(1);
             for run_items in items.chunks(chunk) {
+                // Items are laid out and read back in parallel: on many cores (or with the model
+                // on a GPU) this CPU work, not the model, would otherwise set the pace.
                 let batch = timed(&mut t.tta, || {
-                    let mut batch = Vec::with_capacity(run_items.len() * 3 * bh * bw);
-                    for &(i, tr) in run_items {
-                        for plane in &inputs[i][si].planes {
-                            if tr == Transform::IDENTITY {
-                                batch.extend_from_slice(plane);
-                            } else {
-                                batch.extend(tr.apply(plane, h, w));
+                    use rayon::prelude::*;
+                    let item_len = 3 * bh * bw;
+                    let mut batch = vec![0f32; run_items.len() * item_len];
+                    batch
+                        .par_chunks_mut(item_len)
+                        .zip(run_items.par_iter())
+                        .for_each(|(dst, &(i, tr))| {
+                            for (plane, d) in inputs[i][si].planes.iter().zip(dst.chunks_exact_mut(bh * bw)) {
+                                tr.apply_into(plane, h, w, d);
                             }
-                        }
-                    }
+                        });
                     batch
                 });
                 let (shape, out) = timed(&mut t.model, || run(model, &batch, run_items.len(), bh, bw))?;
                 timed(&mut t.tta, || -> Result<(), EngineError> {
+                    use rayon::prelude::*;
                     let (oh, ow) = (shape[shape.len() - 2], shape[shape.len() - 1]);
-                    for (k, &(i, tr)) in run_items.iter().enumerate() {
-                        let map = activated(&model.spec, &shape, &out, k).map_err(|m| model.run_error(m))?;
-                        let inv = tr.invert(&map, oh, ow);
+                    let model = &*model;
+                    let inverted: Vec<Vec<f32>> = run_items
+                        .par_iter()
+                        .enumerate()
+                        .map(|(k, &(_, tr))| {
+                            let map = activated(&model.spec, &shape, &out, k).map_err(|m| model.run_error(m))?;
+                            Ok(if tr == Transform::IDENTITY {
+                                map
+                            } else {
+                                tr.invert(&map, oh, ow)
+                            })
+                        })
+                        .collect::<Result<_, EngineError>>()?;
+                    for (&(i, tr), inv) in run_items.iter().zip(inverted) {
                         let (ih, iw) = tr.dims(oh, ow);
                         match &mut scale_sums[i] {
                             None => scale_sums[i] = Some((inv, ih, iw)),
@@ -368,18 +397,29 @@ fn model_maps(
         }
         for (sum, scale_sum) in sums.iter_mut().zip(scale_sums) {
             if let Some((acc, sh, sw)) = scale_sum {
-                if (sh, sw) == (h_out, w_out) {
-                    sum.iter_mut().zip(&acc).for_each(|(s, v)| *s += v);
+                let fitted = if (sh, sw) == (h_out, w_out) {
+                    acc
                 } else {
                     // Resizing is linear, so resizing the scale's sum equals summing resized maps.
-                    let fitted = timed(&mut t.resize_back, || resize_map(&acc, sw, sh, w_out, h_out));
-                    sum.iter_mut().zip(&fitted).for_each(|(s, v)| *s += v);
+                    timed(&mut t.resize_back, || resize_map(&acc, sw, sh, w_out, h_out))
+                };
+                match sum {
+                    None => *sum = Some(fitted),
+                    Some(sum) => sum.iter_mut().zip(&fitted).for_each(|(s, v)| *s += v),
                 }
             }
         }
     }
-    sums.iter_mut().for_each(|s| s.iter_mut().for_each(|v| *v /= variants));
-    Ok(sums)
+    Ok(sums
+        .into_iter()
+        .map(|s| {
+            let mut s = s.unwrap_or_else(|| vec![0f32; h_out * w_out]);
+            if variants != 1.0 {
+                s.iter_mut().for_each(|v| *v /= variants);
+            }
+            s
+        })
+        .collect())
 }
 
 /// How a model wants its input: models that agree share their planes.
@@ -400,19 +440,26 @@ fn planes(image: &RgbImage, norm: Normalisation, channels: ChannelOrder) -> Plan
     }
 }
 
-/// The image as three normalised float planes in the model's channel order.
+/// The image as three normalised float planes in the model's channel order, in one pass.
 fn normalised(image: &RgbImage, norm: Normalisation, channels: ChannelOrder) -> [Vec<f32>; 3] {
     let n = image.width * image.height;
-    std::array::from_fn(|c| {
-        let src = match channels {
-            ChannelOrder::Rgb => c,
-            ChannelOrder::Bgr => 2 - c,
-        };
+    let src = match channels {
+        ChannelOrder::Rgb => [0, 1, 2],
+        ChannelOrder::Bgr => [2, 1, 0],
+    };
+    // Per channel, a table of the 256 byte values (the same arithmetic as per pixel).
+    let tables: [[f32; 256]; 3] = std::array::from_fn(|c| {
         let (mean, inv_std) = (norm.mean[c], 1.0 / norm.std[c]);
-        let mut plane = Vec::with_capacity(n);
-        plane.extend(image.data.chunks_exact(3).map(|p| (p[src] as f32 - mean) * inv_std));
-        plane
-    })
+        std::array::from_fn(|v| (v as f32 - mean) * inv_std)
+    });
+    let mut planes: [Vec<f32>; 3] = std::array::from_fn(|_| vec![0f32; n]);
+    let [p0, p1, p2] = &mut planes;
+    for (((px, a), b), c) in image.data.chunks_exact(3).zip(p0).zip(p1).zip(p2) {
+        *a = tables[0][px[src[0]] as usize];
+        *b = tables[1][px[src[1]] as usize];
+        *c = tables[2][px[src[2]] as usize];
+    }
+    planes
 }
 
 /// Runs one batch; returns the selected output's shape and values.

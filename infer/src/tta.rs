@@ -73,12 +73,19 @@ impl Transform {
 
     /// Transforms one row-major `height×width` plane.
     pub fn apply<T: Copy + Default>(self, plane: &[T], height: usize, width: usize) -> Vec<T> {
-        debug_assert_eq!(plane.len(), height * width);
+        let mut out = vec![T::default(); plane.len()];
+        self.apply_into(plane, height, width, &mut out);
+        out
+    }
+
+    /// [`Transform::apply`] into `out` (of the plane's length), without allocating.
+    pub fn apply_into<T: Copy>(self, plane: &[T], height: usize, width: usize, out: &mut [T]) {
+        assert_eq!(plane.len(), height * width, "plane of {height}×{width}");
+        assert_eq!(out.len(), plane.len(), "output of the plane's length");
         if !self.transpose {
-            return flip_rows(plane, height, width, self.flip_y, self.flip_x);
+            return flip_rows(plane, height, width, self.flip_y, self.flip_x, out);
         }
-        let (oh, ow) = self.dims(height, width);
-        let mut out = vec![T::default(); oh * ow];
+        let (_, ow) = self.dims(height, width);
         for (y, row) in out.chunks_exact_mut(ow).enumerate() {
             for (x, v) in row.iter_mut().enumerate() {
                 // Output (y, x) comes from the flipped image at (x, y).
@@ -87,7 +94,6 @@ impl Transform {
                 *v = plane[sy * width + sx];
             }
         }
-        out
     }
 
     /// Undoes [`Transform::apply`] on a map in the transformed frame (`height×width` there), for
@@ -112,8 +118,7 @@ impl Transform {
 }
 
 /// A plane with its row order and/or each row reversed: whole-row copies, no per-pixel index math.
-fn flip_rows<T: Copy + Default>(plane: &[T], height: usize, width: usize, flip_y: bool, flip_x: bool) -> Vec<T> {
-    let mut out = vec![T::default(); height * width];
+fn flip_rows<T: Copy>(plane: &[T], height: usize, width: usize, flip_y: bool, flip_x: bool, out: &mut [T]) {
     for (y, row) in out.chunks_exact_mut(width).enumerate() {
         let sy = if flip_y { height - 1 - y } else { y };
         let src = &plane[sy * width..(sy + 1) * width];
@@ -123,7 +128,6 @@ fn flip_rows<T: Copy + Default>(plane: &[T], height: usize, width: usize, flip_y
             row.copy_from_slice(src);
         }
     }
-    out
 }
 
 impl fmt::Display for Transform {
