@@ -652,10 +652,10 @@ fn kernel_gradient(dy: &[f32], x: &[f32], g: Geometry) -> Vec<f32> {
                 let start = n * g.c_out * len + r0 * g.out_w;
                 let grad = &dy[start..start + (g.c_out - 1) * len + width];
                 matmul(
-                    Mat::rows(&mut dw, g.c_out, rows),
+                    Mat::rows(&mut dw, rows, g.c_out),
                     i > 0,
-                    MatRef::strided(grad, g.c_out, width, len),
-                    MatRef::strided(&cols, rows, width, ld).t(),
+                    MatRef::strided(&cols, rows, width, ld),
+                    MatRef::strided(grad, g.c_out, width, len).t(),
                     false,
                 );
             }
@@ -663,9 +663,15 @@ fn kernel_gradient(dy: &[f32], x: &[f32], g: Geometry) -> Vec<f32> {
         })
         .collect();
     let mut partial = partial.into_iter();
-    let mut dw = partial.next().unwrap_or_else(|| vec![0f32; g.c_out * rows]);
+    let mut dw_t = partial.next().unwrap_or_else(|| vec![0f32; g.c_out * rows]);
     for p in partial {
-        dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+        dw_t.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    let mut dw = vec![0f32; g.c_out * rows];
+    for (r, row) in dw_t.chunks_exact(g.c_out).enumerate() {
+        for (o, &v) in row.iter().enumerate() {
+            dw[o * rows + r] = v;
+        }
     }
     dw
 }
