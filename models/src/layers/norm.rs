@@ -65,8 +65,7 @@ impl BatchNorm2d {
             Activation::Silu => Some(Act::Silu),
             Activation::Gelu | Activation::Sigmoid => None,
         };
-        let generic_here = std::env::var("GEN_BN").is_ok_and(|p| self.name.starts_with(&p));
-        let (y, mean, var) = if ctx.cpu_ops(x) && !generic_here {
+        let (y, mean, var) = if ctx.cpu_ops(x) {
             // One fused op (two passes each way) instead of a dozen composed ones.
             let (y, stats) = super::batch_norm_op::batch_norm(
                 x,
