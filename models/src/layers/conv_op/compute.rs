@@ -7,26 +7,24 @@ use super::geometry::{col2im, im2col, patch_stride, Geometry, FORWARD_BAND, KERN
 use super::matmul::{matmul, Mat, MatRef};
 use super::Spacing;
 
-/// The output buffer shared by the tasks of `forward`, each of which writes its own disjoint
-/// region of it.
+/// The output buffer shared by the tasks of `forward`, each of which writes its own entries.
 struct SharedOut {
     ptr: *mut f32,
     len: usize,
 }
 
-// SAFETY: only `region` hands out access, and its callers take disjoint regions.
+// SAFETY: only `band` hands out access, and each band's entries are its own.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
-    /// Values `start..start + len`.
+    /// The `rows × cols` matrix at `start`, rows `stride` apart.
     ///
     /// # Safety
-    /// No two live regions may overlap, and the buffer must outlive them.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn region(&self, start: usize, len: usize) -> &mut [f32] {
-        assert!(start + len <= self.len, "output region {start}+{len} past {}", self.len);
-        std::slice::from_raw_parts_mut(self.ptr.add(start), len)
+    /// No two live matrices may share an entry, and the buffer must outlive them.
+    unsafe fn band(&self, start: usize, rows: usize, cols: usize, stride: usize) -> Mat<'_> {
+        assert!(start <= self.len, "output band at {start} past {}", self.len);
+        Mat::from_raw(self.ptr.add(start), self.len - start, rows, cols, stride)
     }
 }
 
@@ -53,12 +51,12 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: Geometry) -> Vec<f32> {
                 ld,
             );
             let start = n * g.c_out * len + r0 * g.out_w;
-            // SAFETY: the band's outputs are rows `start + o·len .. + width` for o < C_out: bands
-            // of one image cover disjoint output rows and images disjoint planes, so no two tasks
-            // write the same value, and nothing reads `y` until all have finished.
-            let dst = unsafe { out.region(start, (g.c_out - 1) * len + width) };
+            // SAFETY: the band's entries are `start + o·len .. + width` for o < C_out: bands of
+            // one image cover disjoint output rows and images disjoint planes, so no two tasks
+            // share an entry, and nothing reads `y` until all have finished.
+            let dst = unsafe { out.band(start, g.c_out, width, len) };
             matmul(
-                Mat::strided(dst, g.c_out, width, len),
+                dst,
                 false,
                 MatRef::rows(w, g.c_out, rows),
                 MatRef::strided(cols, rows, width, ld),

@@ -43,25 +43,39 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// A row-major destination matrix whose rows start `stride` values apart.
+/// A row-major destination matrix whose rows start `stride` values apart. It holds a pointer
+/// rather than a slice so that tasks can write interleaved matrices of one buffer (the bands of
+/// a convolution's output: the same rows, different columns) without overlapping `&mut` slices.
 pub(crate) struct Mat<'a> {
-    data: &'a mut [f32],
+    ptr: *mut f32,
+    /// Values reachable from `ptr`.
+    len: usize,
     rows: usize,
     cols: usize,
     stride: usize,
+    _data: std::marker::PhantomData<&'a mut [f32]>,
 }
 
 impl<'a> Mat<'a> {
     pub(crate) fn rows(data: &'a mut [f32], rows: usize, cols: usize) -> Mat<'a> {
-        Self::strided(data, rows, cols, cols)
+        // SAFETY: the matrix borrows `data` mutably for its whole life.
+        unsafe { Self::from_raw(data.as_mut_ptr(), data.len(), rows, cols, cols) }
     }
 
-    pub(crate) fn strided(data: &'a mut [f32], rows: usize, cols: usize, stride: usize) -> Mat<'a> {
+    /// The matrix at `ptr`, which reaches `len` values.
+    ///
+    /// # Safety
+    /// The `len` values must stay valid while the matrix lives, and nothing else may read or
+    /// write the entries the matrix covers (row `r`, column `c < cols` at `r·stride + c`)
+    /// meanwhile; entries between them may belong to other matrices.
+    pub(crate) unsafe fn from_raw(ptr: *mut f32, len: usize, rows: usize, cols: usize, stride: usize) -> Mat<'a> {
         Mat {
-            data,
+            ptr,
+            len,
             rows,
             cols,
             stride,
+            _data: std::marker::PhantomData,
         }
     }
 }
@@ -78,7 +92,7 @@ pub(crate) fn matmul(dst: Mat, accumulate: bool, lhs: MatRef, rhs: MatRef, paral
         dst.cols,
         dst.stride
     );
-    let dst_fits = m == 0 || n == 0 || (m - 1) * dst.stride + n <= dst.data.len();
+    let dst_fits = m == 0 || n == 0 || (m - 1) * dst.stride + n <= dst.len;
     assert!(
         lhs.fits() && rhs.fits() && dst_fits,
         "matmul: a view reaches past its data"
@@ -89,7 +103,8 @@ pub(crate) fn matmul(dst: Mat, accumulate: bool, lhs: MatRef, rhs: MatRef, paral
     if k == 0 {
         if !accumulate {
             for row in 0..m {
-                dst.data[row * dst.stride..row * dst.stride + n].fill(0.0);
+                // SAFETY: within the `len` values checked above, and the matrix's own entries.
+                unsafe { std::slice::from_raw_parts_mut(dst.ptr.add(row * dst.stride), n).fill(0.0) };
             }
         }
         return;
@@ -100,14 +115,14 @@ pub(crate) fn matmul(dst: Mat, accumulate: bool, lhs: MatRef, rhs: MatRef, paral
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: every view was checked to lie within its slice above, and `dst` is borrowed
-    // mutably, so it overlaps neither operand.
+    // SAFETY: every view was checked to lie within its data above; `dst`'s entries belong to
+    // it alone (its constructors' contract), so they overlap neither operand.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.data.as_mut_ptr(),
+            dst.ptr,
             1,
             dst.stride as isize,
             accumulate,
