@@ -11,11 +11,15 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_values::{f32s, storage_f32s};
 use crate::profile;
 use crate::Result;
+
+/// The name errors give.
+const OP: &str = "ftu-batch-norm";
 
 /// The activation applied after the normalisation (and the residual add).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,24 +79,6 @@ struct FusedBatchNorm {
     eps: f32,
     act: Act,
     stats: Arc<Mutex<Option<BatchStats>>>,
-}
-
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("ftu-batch-norm: {what} must be f32")
-    };
-    let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!("ftu-batch-norm: {what} must be contiguous")
-    };
-    Ok(&v[start..end])
-}
-
-/// The f32 values of a contiguous CPU tensor's storage (from `Tensor::storage_and_layout`).
-fn cpu_f32s<'a>(s: &'a Storage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let Storage::Cpu(s) = s else {
-        candle_core::bail!("ftu-batch-norm: {what} must be on the CPU")
-    };
-    f32s(s, l, what)
 }
 
 /// (N, C, plane) of an NCHW shape.
@@ -240,14 +226,14 @@ impl FusedBatchNorm {
         // gradient, and the second pass reads it instead of recomputing it).
         let mut dz = vec![0f32; x.elem_count()];
         let (x_storage, x_layout) = x.storage_and_layout();
-        let xs = cpu_f32s(&x_storage, x_layout, "input")?;
+        let xs = storage_f32s(&x_storage, x_layout, OP, "input")?;
         let (dy_storage, dy_layout) = grad.storage_and_layout();
-        let dy = cpu_f32s(&dy_storage, dy_layout, "gradient")?;
+        let dy = storage_f32s(&dy_storage, dy_layout, OP, "gradient")?;
         let (y_storage, y_layout) = y.storage_and_layout();
-        let ys = cpu_f32s(&y_storage, y_layout, "output")?;
+        let ys = storage_f32s(&y_storage, y_layout, OP, "output")?;
         let r_guard = residual.map(|r| r.storage_and_layout());
         let rs = match &r_guard {
-            Some((storage, layout)) => Some(cpu_f32s(storage, layout, "residual")?),
+            Some((storage, layout)) => Some(storage_f32s(storage, layout, OP, "residual")?),
             None => None,
         };
         let partial: Vec<(f64, f64)> = dz
@@ -327,7 +313,7 @@ impl CustomOp2 for FusedBatchNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, params) = (f32s(s1, l1, "input")?, f32s(s2, l2, "weight and bias")?);
+        let (x, params) = (f32s(s1, l1, OP, "input")?, f32s(s2, l2, OP, "weight and bias")?);
         let y = profile::scope("batch_norm+act forward", 3 * x.len(), || {
             self.forward(x, params, None, l1.shape())
         })?;
@@ -362,8 +348,8 @@ impl CustomOp3 for FusedBatchNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, params) = (f32s(s1, l1, "input")?, f32s(s2, l2, "weight and bias")?);
-        let r = f32s(s3, l3, "residual")?;
+        let (x, params) = (f32s(s1, l1, OP, "input")?, f32s(s2, l2, OP, "weight and bias")?);
+        let r = f32s(s3, l3, OP, "residual")?;
         let y = profile::scope("batch_norm+add+act forward", 4 * x.len(), || {
             self.forward(x, params, Some(r), l1.shape())
         })?;

@@ -6,6 +6,7 @@ mod attention;
 mod batch_norm_op;
 mod conv;
 mod conv_op;
+mod cpu_values;
 mod drop;
 mod linear;
 mod mix_ffn;

@@ -7,9 +7,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_values::{f32s, storage_f32s};
 use crate::{profile, Result};
 
 /// Max pooling of `x` (N, C, H, W), `kernel`² windows every `stride`, padded by `padding` on each
@@ -59,13 +60,7 @@ impl CustomOp1 for MaxPoolOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(values) = storage else {
-            candle_core::bail!("ftu-max-pool: f32 input only")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("ftu-max-pool: the input must be contiguous")
-        };
-        let x = &values[start..end];
+        let x = f32s(storage, layout, self.name(), "input")?;
         let (n, c, h, w) = layout.shape().dims4()?;
         if h * w > u32::MAX as usize {
             candle_core::bail!("ftu-max-pool: a {h}×{w} plane is too large")
@@ -115,13 +110,7 @@ impl CustomOp1 for MaxPoolOp {
         };
         let grad = grad.contiguous()?;
         let (storage, layout) = grad.storage_and_layout();
-        let Storage::Cpu(CpuStorage::F32(values)) = &*storage else {
-            candle_core::bail!("ftu-max-pool: the gradient must be f32 on the CPU")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("ftu-max-pool: the gradient must be contiguous")
-        };
-        let dy = &values[start..end];
+        let dy = storage_f32s(&storage, layout, self.name(), "gradient")?;
         if dy.len() != argmax.len() {
             candle_core::bail!(
                 "ftu-max-pool: gradient of {} values for {} outputs",

@@ -6,10 +6,14 @@
 //! forward writes the output planes once, the backward sums each factor² block of the gradient
 //! into the input and copies the skip channels out.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_values::{f32s, storage_f32s};
 use crate::{profile, Result};
+
+/// The name errors give.
+const OP: &str = "ftu-upsample";
 
 /// `x` (N, C, H, W) upsampled by `scale` (nearest: each value repeated in a scale² block), then
 /// `skip` (N, C_skip, H·scale, W·scale) appended after its channels when given.
@@ -39,16 +43,6 @@ pub(crate) fn upsample_nearest(x: &Tensor, scale: usize, skip: Option<&Tensor>) 
 
 struct Upsample {
     scale: usize,
-}
-
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("ftu-upsample: the {what} must be f32")
-    };
-    let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!("ftu-upsample: the {what} must be contiguous")
-    };
-    Ok(&v[start..end])
 }
 
 impl Upsample {
@@ -108,10 +102,7 @@ impl Upsample {
         let c_out = c_x + c_skip;
         let grad = grad.contiguous()?;
         let (storage, layout) = grad.storage_and_layout();
-        let Storage::Cpu(cpu) = &*storage else {
-            candle_core::bail!("ftu-upsample: the gradient must be on the CPU")
-        };
-        let dy = f32s(cpu, layout, "gradient")?;
+        let dy = storage_f32s(&storage, layout, OP, "gradient")?;
         if dy.len() != n * c_out * oh * ow {
             candle_core::bail!(
                 "ftu-upsample: gradient of {} values, expected {n}×{c_out}×{oh}×{ow}",
@@ -158,7 +149,7 @@ impl CustomOp1 for Upsample {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.forward(f32s(s, l, "input")?, l.shape(), None)
+        self.forward(f32s(s, l, OP, "input")?, l.shape(), None)
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -180,9 +171,9 @@ impl CustomOp2 for Upsample {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let c_skip = l2.shape().dims4()?.1;
         self.forward(
-            f32s(s1, l1, "input")?,
+            f32s(s1, l1, OP, "input")?,
             l1.shape(),
-            Some((f32s(s2, l2, "skip")?, c_skip)),
+            Some((f32s(s2, l2, OP, "skip")?, c_skip)),
         )
     }
 

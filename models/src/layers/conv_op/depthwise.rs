@@ -2,11 +2,12 @@
 //! plane's runs: a k² product per value is too little work for a matrix kernel, and candle runs
 //! it as C separate convolutions (its backward as C naive transposed ones).
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::geometry::Geometry;
-use super::{f32s, Spacing};
+use super::Spacing;
+use crate::layers::cpu_values::{f32s, storage_f32s};
 use crate::{profile, Result};
 
 /// `x` (N, C, H, W) convolved per channel with `weight` (C, 1, k_h, k_w): a depthwise
@@ -83,12 +84,9 @@ impl CustomOp2 for DepthwiseOp {
         let (gs, gl) = grad.storage_and_layout();
         let (xs, xl) = x.storage_and_layout();
         let (ws, wl) = weight.storage_and_layout();
-        let (Storage::Cpu(gs), Storage::Cpu(xs), Storage::Cpu(ws)) = (&*gs, &*xs, &*ws) else {
-            candle_core::bail!("ftu-depthwise-conv2d: tensors must be on the CPU")
-        };
-        let dy = f32s(gs, gl, self.name(), "output gradient")?;
-        let xv = f32s(xs, xl, self.name(), "input")?;
-        let w = f32s(ws, wl, self.name(), "kernel")?;
+        let dy = storage_f32s(&gs, gl, self.name(), "output gradient")?;
+        let xv = storage_f32s(&xs, xl, self.name(), "input")?;
+        let w = storage_f32s(&ws, wl, self.name(), "kernel")?;
         if dy.len() != planes * g.len() {
             candle_core::bail!(
                 "ftu-depthwise-conv2d: output gradient of {} values, expected {}",

@@ -24,13 +24,13 @@ mod matmul;
 #[cfg(test)]
 mod tests;
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
 use compute::{forward, input_gradient, kernel_gradient};
 pub(crate) use depthwise::depthwise_conv2d;
 use geometry::Geometry;
 
+use super::cpu_values::f32s;
 use crate::{profile, Result};
 
 /// Stride, zero padding and dilation, the same along both axes.
@@ -49,17 +49,6 @@ pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, spacing: Spacing) -> Result<Te
 
 struct Conv2dOp {
     spacing: Spacing,
-}
-
-/// The f32 values of a contiguous CPU tensor's storage.
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{op}: the {what} must be f32, not {:?}", s.dtype())
-    };
-    let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!("{op}: the {what} must be contiguous")
-    };
-    Ok(&v[start..end])
 }
 
 impl CustomOp2 for Conv2dOp {
