@@ -59,6 +59,28 @@ fn matmul_of_transposed_views_matches_a_direct_sum() {
     }
 }
 
+/// `ours`, computed from `x` and `w`, equals candle's conv2d (the device-generic path, which the
+/// GPU runs) in values and in both gradients, within 1e-5 of the largest entry or of `floor`.
+fn assert_matches_candle(x: &Var, w: &Var, s: Spacing, groups: usize, ours: &Tensor, floor: f32, what: &str) {
+    let reference = x.conv2d(w, s.padding, s.stride, s.dilation, groups).unwrap();
+    assert_eq!(reference.dims(), ours.dims(), "{what}: shape");
+    let d = max_abs(&(&reference - ours).unwrap());
+    assert!(d <= 1e-5 * max_abs(&reference).max(floor), "{what}: values off by {d}");
+    // A loss weighing every output differently checks every gradient entry.
+    let weights = Tensor::randn(0f32, 1.0, reference.dims(), x.device()).unwrap();
+    let g_ref = (&reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+    let g_new = (ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+    for (name, v) in [("input", x), ("kernel", w)] {
+        let (a, b) = (g_ref.get(v).unwrap(), g_new.get(v).unwrap());
+        let d = max_abs(&(a - b).unwrap());
+        assert!(
+            d <= 1e-5 * max_abs(a).max(floor),
+            "{what}: {name} gradient off by {d} of {}",
+            max_abs(a)
+        );
+    }
+}
+
 /// Values and both gradients equal candle's own conv2d (the device-generic path, which the
 /// GPU runs) on square inputs of odd and even sides.
 #[test]
@@ -68,26 +90,8 @@ fn values_and_gradients_match_candles_conv2d() {
         for size in [16, 17] {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, c_in, size, size), &dev).unwrap()).unwrap();
             let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (c_out, c_in, k, k), &dev).unwrap()).unwrap();
-            let reference = x.conv2d(&w, s.padding, s.stride, s.dilation, 1).unwrap();
             let fast = conv2d(&x, &w, s).unwrap();
-            assert_eq!(reference.dims(), fast.dims(), "case {case} size {size}: shape");
-            let d = max_abs(&(&reference - &fast).unwrap());
-            assert!(
-                d <= 1e-5 * max_abs(&reference).max(1.0),
-                "case {case} size {size}: values off by {d}"
-            );
-            // A loss weighing every output differently checks every gradient entry.
-            let weights = Tensor::randn(0f32, 1.0, reference.dims(), &dev).unwrap();
-            let g_ref = (&reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-            let g_new = (&fast * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-            for (name, v) in [("input", &x), ("kernel", &w)] {
-                let (a, b) = (g_ref.get(v).unwrap(), g_new.get(v).unwrap());
-                let d = max_abs(&(a - b).unwrap());
-                assert!(
-                    d <= 1e-5 * max_abs(a).max(1.0),
-                    "case {case} size {size}: {name} gradient off by {d}"
-                );
-            }
+            assert_matches_candle(&x, &w, s, 1, &fast, 1.0, &format!("case {case} size {size}"));
         }
     }
 }
@@ -109,22 +113,8 @@ fn many_bands_match_candles_conv2d() {
             g.bands(FORWARD_BAND).len() > 3 * 2,
             "{c_in}→{c_out}: several bands per image"
         );
-        let reference = x.conv2d(&w, s.padding, s.stride, s.dilation, 1).unwrap();
         let fast = conv2d(&x, &w, s).unwrap();
-        let d = max_abs(&(&reference - &fast).unwrap());
-        assert!(d <= 1e-5 * max_abs(&reference), "{c_in}→{c_out}: values off by {d}");
-        let weights = Tensor::randn(0f32, 1.0, reference.dims(), &dev).unwrap();
-        let g_ref = (&reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        let g_new = (&fast * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        for (name, v) in [("input", &x), ("kernel", &w)] {
-            let (a, b) = (g_ref.get(v).unwrap(), g_new.get(v).unwrap());
-            let d = max_abs(&(a - b).unwrap());
-            assert!(
-                d <= 1e-5 * max_abs(a),
-                "{c_in}→{c_out}: {name} gradient off by {d} of {}",
-                max_abs(a)
-            );
-        }
+        assert_matches_candle(&x, &w, s, 1, &fast, 0.0, &format!("{c_in}→{c_out}"));
     }
 }
 
@@ -187,25 +177,8 @@ fn depthwise_matches_candles_grouped_conv2d() {
         let c = 4;
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, c, side, side), &dev).unwrap()).unwrap();
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (c, 1, k, k), &dev).unwrap()).unwrap();
-        let reference = x.conv2d(&w, s.padding, s.stride, s.dilation, c).unwrap();
         let ours = depthwise_conv2d(&x, &w, s).unwrap();
-        assert_eq!(reference.dims(), ours.dims(), "k {k} {s:?}: shape");
-        let d = max_abs(&(&reference - &ours).unwrap());
-        assert!(
-            d <= 1e-5 * max_abs(&reference).max(1.0),
-            "k {k} {s:?}: values off by {d}"
-        );
-        let weights = Tensor::randn(0f32, 1.0, reference.dims(), &dev).unwrap();
-        let g_ref = (&reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        let g_new = (&ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        for (name, v) in [("input", &x), ("kernel", &w)] {
-            let (a, b) = (g_ref.get(v).unwrap(), g_new.get(v).unwrap());
-            let d = max_abs(&(a - b).unwrap());
-            assert!(
-                d <= 1e-5 * max_abs(a).max(1.0),
-                "k {k} {s:?}: {name} gradient off by {d}"
-            );
-        }
+        assert_matches_candle(&x, &w, s, c, &ours, 1.0, &format!("k {k} {s:?} side {side}"));
     }
 }
 
