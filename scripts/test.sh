@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Every test of the workspace, plus the dependency rule that keeps ftu-infer free of Candle.
+# Every test of the workspace, plus the dependency rules between its crates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== ftu-infer must not depend on Candle"
-if cargo tree -p ftu-infer --edges normal,build --prefix none | grep -i '^candle'; then
-  echo "ftu-infer depends on Candle: it must stay standalone" >&2
-  exit 1
-fi
+# The dependency rules: the engine has no Candle, the trainer no ONNX Runtime, and the formats
+# crate both stand on has neither.
+forbid() { # crate, dependency prefix, why
+  if cargo tree -p "$1" --edges normal,build --prefix none | grep -iE "^$2"; then
+    echo "$1 depends on $2: $3" >&2
+    exit 1
+  fi
+}
+echo "== dependency rules"
+forbid ftu-infer candle "the engine must stay standalone (no Candle)"
+forbid ftu-trainer "ort(-sys)? " "the trainer reads formats from ftu-formats, not from the engine"
+forbid ftu-formats candle "the shared formats carry no Candle"
+forbid ftu-formats "ort(-sys)? " "the shared formats carry no ONNX Runtime"
 
 # The engine's tests run models through the real ONNX Runtime.
 source scripts/ort.sh

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::manifest::{Manifest, ManifestError};
+use ftu_formats::manifest::{Manifest, ManifestError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -74,7 +74,7 @@ pub fn bundle(req: &BundleRequest) -> Result<BundleSummary, BundleError> {
     })?;
     let dir = req.manifest.parent().map(Path::to_path_buf).unwrap_or_default();
 
-    let tmp = crate::atomic::tmp_path(&req.out);
+    let tmp = ftu_formats::atomic::tmp_path(&req.out);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use crate::manifest::{Activation, ChannelOrder, GroupMode, Manifest, ModelSpec, Normalisation, OutputRef};
-use crate::organ::{DataSource, Organ};
-use crate::resize::{resize_map, resize_rgb};
 use crate::session::{Element, ModelInfo, Runtime, RuntimeError, TensorInfo};
-use crate::slide::RgbImage;
-use crate::tta::Transform;
+use ftu_formats::manifest::{Activation, ChannelOrder, GroupMode, Manifest, ModelSpec, Normalisation, OutputRef};
+use ftu_formats::organ::{DataSource, Organ};
+use ftu_formats::resize::{resize_map, resize_rgb};
+use ftu_formats::slide::RgbImage;
+use ftu_formats::tta::Transform;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -33,7 +33,7 @@ pub enum EngineError {
         message: String,
     },
     #[error(transparent)]
-    Slide(#[from] crate::slide::SlideError),
+    Slide(#[from] ftu_formats::slide::SlideError),
     #[error("no model in the manifest serves organ {0}: give one without `organs`, or add {0} to a model's organs")]
     NoModel(Organ),
 }
@@ -163,7 +163,7 @@ impl Engine {
             let back = match self.manifest.groups[gi].mode {
                 GroupMode::Resize => self.resized_group(gi, slide, info, t)?,
                 GroupMode::Tiles(_) => {
-                    let mut source = crate::region::SlideSource::Memory(slide.clone());
+                    let mut source = ftu_formats::slide::region::SlideSource::Memory(slide.clone());
                     let map = crate::tiled::group_sum(self, gi, &mut source, info, None, t)?;
                     let mut dense = vec![0f32; width * height];
                     map.add_into(&mut dense);
@@ -307,7 +307,7 @@ fn scaled_dims(h: usize, w: usize, scale: f32) -> (usize, usize) {
     if scale == 1.0 {
         return (h, w);
     }
-    let r = |v: usize| crate::manifest::round_to_multiple(v as f64 * scale as f64);
+    let r = |v: usize| ftu_formats::manifest::round_to_multiple(v as f64 * scale as f64);
     (r(h), r(w))
 }
 

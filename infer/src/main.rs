@@ -2,11 +2,13 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use ftu_formats::manifest::Manifest;
+use ftu_formats::mask::{image as mask_image, rle};
+use ftu_formats::slide::SlideLimits;
 use ftu_infer::engine::Engine;
-use ftu_infer::manifest::Manifest;
 use ftu_infer::predict::{self, OnError, PredictOptions};
+use ftu_infer::score;
 use ftu_infer::session::{Device, ModelInfo, Runtime, RuntimeOptions};
-use ftu_infer::{mask_image, rle, score, slide::SlideLimits};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Read;
 use std::path::PathBuf;
@@ -71,7 +73,7 @@ enum RleCommand {
     Encode {
         mask: PathBuf,
         /// Refuse images with more pixels than this.
-        #[arg(long, default_value_t = ftu_infer::slide::DEFAULT_MAX_PIXELS)]
+        #[arg(long, default_value_t = ftu_formats::slide::DEFAULT_MAX_PIXELS)]
         max_pixels: u64,
     },
     /// Write the mask an RLE string describes as a 0/255 PNG.
@@ -146,7 +148,7 @@ struct PredictArgs {
     #[arg(long, value_enum, default_value = "fail")]
     on_error: OnError,
     /// Refuse slides with more pixels than this.
-    #[arg(long, default_value_t = ftu_infer::slide::DEFAULT_MAX_PIXELS)]
+    #[arg(long, default_value_t = ftu_formats::slide::DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
     #[command(flatten)]
     runtime: RuntimeArgs,
@@ -236,7 +238,7 @@ fn main() -> Result<()> {
         }
         Command::Merge(a) => {
             let rows = ftu_infer::merge::merge(&a.test, &a.shards)?;
-            ftu_infer::schema::write_rows(&a.out, &rows).with_context(|| format!("writing {}", a.out.display()))?;
+            ftu_formats::schema::write_rows(&a.out, &rows).with_context(|| format!("writing {}", a.out.display()))?;
             println!(
                 "wrote {} ({} rows from {} shards)",
                 a.out.display(),

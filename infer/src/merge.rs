@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::schema::{self, CsvError, SubmissionRow};
+use ftu_formats::schema::{self, CsvError, SubmissionRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {

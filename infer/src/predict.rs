@@ -12,16 +12,19 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::atomic::{write_atomic, WriteError};
 use crate::engine::{Engine, EngineError, ProbMap, SlideInfo, Timings};
-use crate::manifest::GroupMode;
-use crate::mask::Mask;
-use crate::region::SlideSource;
-use crate::runs::{Component, RunMask, RunSums};
-use crate::schema::{self, CsvError, SubmissionRow, TestRow};
-use crate::slide::{read_slide, RgbImage, SlideError, SlideLimits};
 use crate::tiled::{self, TileStats};
-use crate::{geojson, mask_image, postprocess, resize, rle, score};
+use crate::{postprocess, score};
+use ftu_formats::atomic::{write_atomic, WriteError};
+use ftu_formats::draw::{outline_overlay, outline_overview, overlay, Layer, PRED_COLOUR, TRUTH_COLOUR};
+use ftu_formats::kaggle::Split;
+use ftu_formats::manifest::GroupMode;
+use ftu_formats::mask::runs::{Component, RunMask, RunSums};
+use ftu_formats::mask::Mask;
+use ftu_formats::mask::{geojson, image as mask_image, rle};
+use ftu_formats::schema::{self, CsvError, SubmissionRow, TestRow};
+use ftu_formats::slide::region::SlideSource;
+use ftu_formats::slide::{read_slide, RgbImage, SlideError, SlideLimits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
@@ -180,14 +183,6 @@ pub enum Event<'a> {
 
 pub type Progress<'a> = &'a mut dyn FnMut(Event);
 
-/// The image file of a test id.
-pub fn slide_path(data: &Path, id: &str) -> Option<PathBuf> {
-    ["tiff", "tif", "png", "jpg", "jpeg"]
-        .iter()
-        .map(|ext| data.join("test_images").join(format!("{id}.{ext}")))
-        .find(|p| p.is_file())
-}
-
 /// The mask where the probability is above the threshold.
 pub fn threshold(prob: &ProbMap, threshold: f32) -> Mask {
     let data = prob.data.iter().map(|&p| u8::from(p > threshold)).collect();
@@ -202,7 +197,7 @@ pub fn predict_dir(
     progress: Progress,
 ) -> Result<PredictReport, PredictError> {
     let start = Instant::now();
-    let all_rows = schema::read_test(&opts.data.join("test.csv"))?;
+    let all_rows = schema::read_test(&Split::Test.csv(&opts.data))?;
     if all_rows.is_empty() {
         return Err(PredictError::Empty {
             data: opts.data.clone(),
@@ -218,7 +213,7 @@ pub fn predict_dir(
             .collect(),
     };
     let truth: HashMap<String, String> = match (&opts.overlays, opts.data.join("truth.csv")) {
-        (Some(_), t) if t.is_file() => score::read_truth(&t, Some(&opts.data.join("test.csv")))?
+        (Some(_), t) if t.is_file() => score::read_truth(&t, Some(&Split::Test.csv(&opts.data)))?
             .into_iter()
             .map(|r| (r.meta.id.clone(), r.rle))
             .collect(),
@@ -368,8 +363,9 @@ struct Outcome {
 }
 
 fn image_path(data: &Path, row: &TestRow) -> Result<PathBuf, SlideFailure> {
-    slide_path(data, &row.id)
-        .ok_or_else(|| SlideFailure::Missing(data.join("test_images").join(format!("{}.tiff", row.id))))
+    Split::Test
+        .find_image(data, &row.id)
+        .ok_or_else(|| SlideFailure::Missing(Split::Test.tiff_path(data, &row.id)))
 }
 
 /// The RLE numbers pixels by the CSV's size: a mismatch would misplace every run.
@@ -543,103 +539,6 @@ fn to_grey(p: f32) -> u8 {
     (p.clamp(0.0, 1.0) * 255.0).round() as u8
 }
 
-/// A mask to outline, as a predicate over slide pixels, and its colour.
-pub type Layer<'a> = (&'a dyn Fn(usize, usize) -> bool, [u8; 3]);
-
-/// Prediction outline in yellow, truth outline in cyan: both stand out on pink and purple stain.
-const PRED_COLOUR: [u8; 3] = [255, 230, 0];
-const TRUTH_COLOUR: [u8; 3] = [0, 220, 255];
-
-/// The slide scaled to `max_side` with the outlines of the prediction (and truth) drawn on it.
-pub fn overlay(slide: &RgbImage, pred: &Mask, truth: Option<&Mask>, max_side: usize) -> (usize, usize, Vec<u8>) {
-    let pred_at = |y: usize, x: usize| pred.get(y, x);
-    let truth_at = |y: usize, x: usize| truth.is_some_and(|m| m.get(y, x));
-    let mut layers: Vec<Layer> = Vec::new();
-    if truth.is_some() {
-        layers.push((&truth_at, TRUTH_COLOUR));
-    }
-    layers.push((&pred_at, PRED_COLOUR));
-    outline_overlay(slide, slide.width, slide.height, &layers, max_side)
-}
-
-/// The size of a picture of a `width × height` slide whose longer side is at most `max_side`.
-fn picture_size(width: usize, height: usize, max_side: usize) -> (usize, usize) {
-    let scale = (max_side as f64 / width.max(height) as f64).min(1.0);
-    (
-        ((width as f64 * scale).round() as usize).max(1),
-        ((height as f64 * scale).round() as usize).max(1),
-    )
-}
-
-/// `base` (the slide, or a thumbnail of a `width × height` slide) scaled to `max_side`, with the
-/// boundary of each layer's mask (a predicate over slide pixels) drawn in its colour.
-pub fn outline_overlay(
-    base: &RgbImage,
-    width: usize,
-    height: usize,
-    layers: &[Layer],
-    max_side: usize,
-) -> (usize, usize, Vec<u8>) {
-    let (w, h) = picture_size(width, height, max_side);
-    let mut img = resize::resize_rgb(base, w, h);
-    for (inside_slide, colour) in layers {
-        // Nearest sampling of the mask at the overlay's size, then its boundary pixels.
-        let small: Vec<bool> = (0..h * w)
-            .map(|i| {
-                let (y, x) = (i / w, i % w);
-                inside_slide(y * height / h, x * width / w)
-            })
-            .collect();
-        let inside = |y: isize, x: isize| {
-            y >= 0 && x >= 0 && (y as usize) < h && (x as usize) < w && small[y as usize * w + x as usize]
-        };
-        for y in 0..h as isize {
-            for x in 0..w as isize {
-                // 8-neighbourhood: lines two pixels wide on diagonals, visible at any zoom.
-                let edge = inside(y, x) && !(-1..=1).all(|dy| (-1..=1).all(|dx| inside(y + dy, x + dx)));
-                if edge {
-                    let i = (y as usize * w + x as usize) * 3;
-                    img.data[i..i + 3].copy_from_slice(colour);
-                }
-            }
-        }
-    }
-    (w, h, img.data)
-}
-
-/// The GeoJSON overview: `base` scaled to `max_side` with every polygon ring drawn as lines.
-pub fn outline_overview(
-    base: &RgbImage,
-    width: usize,
-    height: usize,
-    outlines: &[geojson::Outline],
-    max_side: usize,
-) -> (usize, usize, Vec<u8>) {
-    let (w, h) = picture_size(width, height, max_side);
-    let mut img = resize::resize_rgb(base, w, h);
-    let (sx, sy) = (w as f64 / width as f64, h as f64 / height as f64);
-    let mut plot = |x: f64, y: f64| {
-        let (px, py) = (x.floor() as isize, y.floor() as isize);
-        if px >= 0 && py >= 0 && (px as usize) < w && (py as usize) < h {
-            let i = (py as usize * w + px as usize) * 3;
-            img.data[i..i + 3].copy_from_slice(&PRED_COLOUR);
-        }
-    };
-    for o in outlines {
-        for ring in std::iter::once(&o.outer).chain(&o.holes) {
-            for seg in ring.windows(2) {
-                let (ax, ay, bx, by) = (seg[0][0] * sx, seg[0][1] * sy, seg[1][0] * sx, seg[1][1] * sy);
-                let steps = ((bx - ax).abs().max((by - ay).abs()).ceil() as usize).max(1);
-                for k in 0..=steps {
-                    let f = k as f64 / steps as f64;
-                    plot(ax + f * (bx - ax), ay + f * (by - ay));
-                }
-            }
-        }
-    }
-    (w, h, img.data)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -654,27 +553,6 @@ mod tests {
         let m = threshold(&prob, 0.5);
         assert_eq!(m.data(), [0, 0, 1, 1]);
         assert_eq!((m.height(), m.width()), (2, 2));
-    }
-
-    #[test]
-    fn overlays_outline_the_mask_and_keep_the_inside() {
-        let mut slide = RgbImage::new(20, 10);
-        slide.data.fill(100);
-        let mut mask = Mask::zeros(10, 20);
-        for y in 2..8 {
-            for x in 5..15 {
-                mask.set(y, x, true);
-            }
-        }
-        let (w, h, rgb) = overlay(&slide, &mask, None, 100);
-        assert_eq!((w, h), (20, 10));
-        let px = |y: usize, x: usize| [rgb[(y * w + x) * 3], rgb[(y * w + x) * 3 + 1], rgb[(y * w + x) * 3 + 2]];
-        assert_eq!(px(2, 5), PRED_COLOUR);
-        assert_eq!(px(7, 14), PRED_COLOUR);
-        assert_eq!(px(4, 8), [100; 3], "inside stays the slide");
-        assert_eq!(px(0, 0), [100; 3], "outside stays the slide");
-        let (w, h, _) = overlay(&slide, &mask, Some(&mask), 10);
-        assert_eq!((w, h), (10, 5));
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Scoring a submission against the truth: rows matched by id, sizes and organs from the truth
 //! (a train.csv) or from a metadata file (test.csv), Dice per image and per organ.
 
-use crate::dice::{dice_runs, ImageScore, Scores};
-use crate::rle::{self, RleError};
-use crate::schema::{self, CsvError, SubmissionRow, TestRow};
+use ftu_formats::dice::{dice_runs, ImageScore, Scores};
+use ftu_formats::mask::rle::{self, RleError};
+use ftu_formats::schema::{self, CsvError, SubmissionRow, TestRow};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -138,7 +138,7 @@ pub fn score_files(truth: &Path, pred: &Path, meta: Option<&Path>) -> Result<Sco
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::organ::Organ;
+    use ftu_formats::organ::Organ;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);

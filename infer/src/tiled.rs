@@ -7,15 +7,15 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::blocks::BlockMap;
 use crate::engine::{Engine, EngineError, SlideInfo, Timings};
-use crate::manifest::{GroupMode, TileSpec};
-use crate::region::{PyramidLevel, SlideSource};
-use crate::resize::resize_map;
-use crate::runs::{threshold_row, RunMask, RunSums};
-use crate::slide::{RgbImage, SlideLimits};
-use crate::tiles;
 use crate::tissue::{thumbnail_factor, TissueMap, TissueSummary};
+use ftu_formats::blocks::BlockMap;
+use ftu_formats::manifest::{GroupMode, TileSpec};
+use ftu_formats::mask::runs::{threshold_row, RunMask, RunSums};
+use ftu_formats::resize::resize_map;
+use ftu_formats::slide::region::{PyramidLevel, SlideSource};
+use ftu_formats::slide::{RgbImage, SlideLimits};
+use ftu_formats::tiles;
 
 /// Longest side of the thumbnail the tissue detector and overviews use.
 pub const THUMBNAIL_SIDE: usize = 2048;

@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
+use ftu_formats::manifest::Manifest;
+use ftu_formats::organ::{DataSource, Organ};
+use ftu_formats::slide::RgbImage;
 use ftu_infer::engine::{Engine, ProbMap, SlideInfo, Timings};
-use ftu_infer::manifest::Manifest;
-use ftu_infer::organ::{DataSource, Organ};
 use ftu_infer::session::{Runtime, RuntimeOptions};
-use ftu_infer::slide::RgbImage;
 use ftu_onnx::samples::{self, InputShape};
 use rand::{Rng, SeedableRng};
 
@@ -204,7 +204,7 @@ fn half_resolution_outputs_are_resized_to_the_slide() {
     let p = predict(&mut e, &slide, &KIDNEY);
     assert_eq!((p.width, p.height), (64, 64));
     let half: Vec<f32> = (0..32 * 32).map(|i| ((i % 32) * 8) as f32 / 255.0).collect();
-    let want = ftu_infer::resize::resize_map(&half, 32, 32, 64, 64);
+    let want = ftu_formats::resize::resize_map(&half, 32, 32, 64, 64);
     assert_close(&p.data, &want, 1e-6, "half resolution");
     // And a slide of another size comes back at its own size.
     let big = random_slide(100, 70, 4);
@@ -323,8 +323,8 @@ fn fixed_batch_and_size_exports_run_when_they_fit() {
     let slide = random_slide(48, 40, 8);
     let p = predict(&mut e, &slide, &KIDNEY);
     assert_eq!((p.width, p.height), (48, 40));
-    let small = ftu_infer::resize::resize_rgb(&slide, 32, 32);
-    let want = ftu_infer::resize::resize_map(&linear_expected(&small, w, 0.0), 32, 32, 48, 40);
+    let small = ftu_formats::resize::resize_rgb(&slide, 32, 32);
+    let want = ftu_formats::resize::resize_map(&linear_expected(&small, w, 0.0), 32, 32, 48, 40);
     assert_close(&p.data, &want, 1e-5, "fixed batch 1 under flips");
 }
 

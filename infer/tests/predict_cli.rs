@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use ftu_infer::mask::Mask;
-use ftu_infer::organ::{DataSource, Organ};
-use ftu_infer::rle;
-use ftu_infer::schema::{self, SubmissionRow, TestRow};
-use ftu_infer::slide::RgbImage;
-use ftu_infer::tiff_write::{write_tiff_image, Chunking, Compression, Samples, TiffSpec};
+use ftu_formats::mask::rle;
+use ftu_formats::mask::Mask;
+use ftu_formats::organ::{DataSource, Organ};
+use ftu_formats::schema::{self, SubmissionRow, TestRow};
+use ftu_formats::slide::write::{write_tiff_image, Chunking, Compression, Samples, TiffSpec};
+use ftu_formats::slide::RgbImage;
 use ftu_onnx::samples::{self, InputShape};
 
 const SIDE: usize = 64;

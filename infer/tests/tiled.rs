@@ -6,17 +6,18 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use ftu_formats::manifest::Manifest;
+use ftu_formats::mask::runs::RunMask;
+use ftu_formats::mask::{image as mask_image, rle};
+use ftu_formats::organ::{DataSource, Organ};
+use ftu_formats::schema::{self, SubmissionRow, TestRow};
+use ftu_formats::slide::region::SlideSource;
+use ftu_formats::slide::write::{write_tiff_pages, Chunking, Compression, Samples, TiffSpec};
+use ftu_formats::slide::{RgbImage, SlideLimits};
 use ftu_infer::engine::{Engine, SlideInfo, Timings};
-use ftu_infer::manifest::Manifest;
-use ftu_infer::organ::{DataSource, Organ};
 use ftu_infer::predict::{self, OnError, PredictOptions};
-use ftu_infer::region::SlideSource;
-use ftu_infer::runs::RunMask;
-use ftu_infer::schema::{self, SubmissionRow, TestRow};
 use ftu_infer::session::{Runtime, RuntimeOptions};
-use ftu_infer::slide::{RgbImage, SlideLimits};
-use ftu_infer::tiff_write::{write_tiff_pages, Chunking, Compression, Samples, TiffSpec};
-use ftu_infer::{mask_image, rle, tiled};
+use ftu_infer::tiled;
 use ftu_onnx::samples::{self, InputShape};
 use rand::{Rng, SeedableRng};
 
@@ -186,7 +187,7 @@ impl WsiFixture {
     }
 
     fn truth(&self, width: usize, height: usize, min_r: f64) -> RunMask {
-        let mut m = ftu_infer::mask::Mask::zeros(height, width);
+        let mut m = ftu_formats::mask::Mask::zeros(height, width);
         for y in 0..height {
             for x in 0..width {
                 let (px, py) = (x as f64 + 0.5, y as f64 + 0.5);
@@ -331,7 +332,7 @@ fn a_tiled_bigtiff_runs_only_its_tissue_windows_and_outlines_round_trip() {
     let sub = schema::read_submission(&opts.out).unwrap();
     let truth = fixture.truth(w, h, 5.0);
     let got = RunMask::from_mask(&rle::decode(&sub[0].rle, h, w).unwrap());
-    let dice = ftu_infer::dice::dice_masks(&got.to_mask(), &truth.to_mask());
+    let dice = ftu_formats::dice::dice_masks(&got.to_mask(), &truth.to_mask());
     assert!(dice > 0.999, "dice {dice}");
 
     // The mask TIFF is the submission's mask.
@@ -354,7 +355,7 @@ fn a_tiled_bigtiff_runs_only_its_tissue_windows_and_outlines_round_trip() {
             serde_json::from_value(f["geometry"]["coordinates"].clone()).unwrap()
         })
         .collect();
-    let mut raster = ftu_infer::mask::Mask::zeros(h, w);
+    let mut raster = ftu_formats::mask::Mask::zeros(h, w);
     for y in 0..h {
         for x in 0..w {
             let hit = polygons
@@ -363,7 +364,7 @@ fn a_tiled_bigtiff_runs_only_its_tissue_windows_and_outlines_round_trip() {
             raster.set(y, x, hit);
         }
     }
-    let round_trip = ftu_infer::dice::dice_masks(&raster, &mask);
+    let round_trip = ftu_formats::dice::dice_masks(&raster, &mask);
     assert!(round_trip >= 0.99, "GeoJSON round trip dice {round_trip}");
     for rings in &polygons {
         assert_eq!(rings[0].first(), rings[0].last(), "closed");
@@ -416,7 +417,7 @@ fn a_pyramidal_slide_plans_its_windows_on_a_reduced_page_and_predicts_the_same()
     assert_eq!(sub[0].rle, sub[1].rle);
     let truth = fixture.truth(w, h, 5.0);
     let got = RunMask::from_mask(&rle::decode(&sub[1].rle, h, w).unwrap());
-    let dice = ftu_infer::dice::dice_masks(&got.to_mask(), &truth.to_mask());
+    let dice = ftu_formats::dice::dice_masks(&got.to_mask(), &truth.to_mask());
     assert!(dice > 0.999, "dice {dice}");
 }
 
@@ -562,7 +563,7 @@ fn scaled_windows_resize_in_and_out() {
     let sub = schema::read_submission(&opts.out).unwrap();
     let got = rle::decode(&sub[0].rle, h, w).unwrap();
     let truth = fixture.truth(w, h, 0.0).to_mask();
-    let dice = ftu_infer::dice::dice_masks(&got, &truth);
+    let dice = ftu_formats::dice::dice_masks(&got, &truth);
     assert!(dice > 0.95 && dice < 1.0, "dice {dice}");
 }
 

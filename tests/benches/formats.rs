@@ -2,8 +2,9 @@
 //! and TIFF decode of a 3000² RGB slide, uncompressed, LZW strips and LZW tiles.
 //! Run: `cargo bench -p ftu-tests --bench formats`. Prints medians against the goals.
 
-use ftu_infer::tiff_write::{write_tiff_image, Chunking, Compression, Samples, TiffSpec};
-use ftu_infer::{read_slide, rle, SlideLimits};
+use ftu_formats::mask::rle;
+use ftu_formats::slide::write::{write_tiff_image, Chunking, Compression, Samples, TiffSpec};
+use ftu_formats::{read_slide, SlideLimits};
 use ftu_trainer::synth::{self, SynthConfig};
 use std::hint::black_box;
 use std::time::{Duration, Instant};

@@ -6,8 +6,8 @@
 
 use std::path::Path;
 
+use ftu_formats::manifest::Manifest;
 use ftu_infer::engine::Engine;
-use ftu_infer::manifest::Manifest;
 use ftu_infer::predict::{self, OnError, PredictOptions};
 use ftu_infer::session::{Runtime, RuntimeOptions};
 use ftu_models::{ArchConfig, ExportMeta};
@@ -101,7 +101,7 @@ norm = "imagenet"
     };
     let report = predict::predict_dir(&mut engine, &opts, &mut |_| {}).unwrap();
     assert_eq!(report.predicted, 5);
-    let test_ids: Vec<String> = ftu_infer::schema::read_test(&data.join("test.csv"))
+    let test_ids: Vec<String> = ftu_formats::schema::read_test(&data.join("test.csv"))
         .unwrap()
         .iter()
         .map(|r| r.id.clone())
@@ -114,9 +114,9 @@ norm = "imagenet"
 #[test]
 fn ftu_infer_probabilities_are_candles() {
     use candle_core::{Device, Tensor};
+    use ftu_formats::organ::{DataSource, Organ};
+    use ftu_formats::slide::RgbImage;
     use ftu_infer::engine::{SlideInfo, Timings};
-    use ftu_infer::organ::{DataSource, Organ};
-    use ftu_infer::slide::RgbImage;
     use rand::{Rng, SeedableRng};
 
     let dir = tempfile::tempdir().unwrap();

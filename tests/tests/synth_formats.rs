@@ -1,8 +1,10 @@
 //! Synthetic data through the shared formats: every slide format synth writes reads back as the
 //! image it rendered, the truth RLE decodes to the rendered mask, and scoring behaves.
 
-use ftu_infer::schema::{read_submission, read_test, read_train};
-use ftu_infer::{read_slide, rle, score, SlideLimits};
+use ftu_formats::mask::rle;
+use ftu_formats::schema::{read_submission, read_test, read_train};
+use ftu_formats::{read_slide, SlideLimits};
+use ftu_infer::score;
 use ftu_trainer::synth::{self, SlideFormat, SynthConfig};
 
 #[test]
@@ -84,12 +86,12 @@ fn every_synth_format_reads_back_and_truth_matches_render() {
     let train_path = dir.path().join("train.csv");
     let train_as_pred: Vec<_> = train
         .iter()
-        .map(|r| ftu_infer::schema::SubmissionRow {
+        .map(|r| ftu_formats::schema::SubmissionRow {
             id: r.id.clone(),
             rle: r.rle.clone(),
         })
         .collect();
     let pred = dir.path().join("train_pred.csv");
-    ftu_infer::schema::write_rows(&pred, &train_as_pred).unwrap();
+    ftu_formats::schema::write_rows(&pred, &train_as_pred).unwrap();
     assert_eq!(score::score_files(&train_path, &pred, None).unwrap().mean(), 1.0);
 }

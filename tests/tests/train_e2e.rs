@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
+use ftu_formats::manifest::Manifest;
 use ftu_infer::engine::Engine;
-use ftu_infer::manifest::Manifest;
 use ftu_infer::predict::{self, OnError, PredictOptions};
 use ftu_infer::session::{Runtime, RuntimeOptions};
 use ftu_trainer::config::TrainConfig;
@@ -110,12 +110,12 @@ fn the_trainers_manifest_serves_every_test_id_in_ftu_infer() {
     };
     let report = predict::predict_dir(&mut engine, &opts, &mut |_| {}).unwrap();
     assert_eq!(report.predicted, 4);
-    let test_ids: Vec<String> = ftu_infer::schema::read_test(&data.join("test.csv"))
+    let test_ids: Vec<String> = ftu_formats::schema::read_test(&data.join("test.csv"))
         .unwrap()
         .iter()
         .map(|r| r.id.clone())
         .collect();
-    let ids: Vec<String> = ftu_infer::schema::read_submission(&out)
+    let ids: Vec<String> = ftu_formats::schema::read_submission(&out)
         .unwrap()
         .into_iter()
         .map(|r| r.id)

@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use ftu_infer::manifest::{ChannelOrder, Normalisation};
-use ftu_infer::schema::TrainRow;
-use ftu_infer::{read_slide, rle, DataSource, SlideLimits};
+use ftu_formats::kaggle::Split;
+use ftu_formats::manifest::{ChannelOrder, Normalisation};
+use ftu_formats::mask::rle;
+use ftu_formats::schema::TrainRow;
+use ftu_formats::{read_slide, DataSource, SlideLimits};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -22,7 +24,7 @@ pub enum DataError {
     #[error("slide {id}: {cause}")]
     Slide {
         id: String,
-        cause: ftu_infer::slide::SlideError,
+        cause: ftu_formats::slide::SlideError,
     },
     #[error("slide {id}: its image is {got_w}×{got_h}, train.csv says {want_w}×{want_h}")]
     Size {
@@ -35,7 +37,7 @@ pub enum DataError {
     #[error("slide {id}: rle: {cause}")]
     Rle {
         id: String,
-        cause: ftu_infer::rle::RleError,
+        cause: ftu_formats::mask::rle::RleError,
     },
     #[error("stain target {id}: not a training slide id")]
     UnknownStainTarget { id: String },
@@ -64,18 +66,11 @@ impl Slide {
     }
 }
 
-pub fn image_path(data: &Path, id: &str) -> Option<PathBuf> {
-    ["tiff", "tif", "png", "jpg", "jpeg"]
-        .iter()
-        .map(|ext| data.join("train_images").join(format!("{id}.{ext}")))
-        .find(|p| p.is_file())
-}
-
 /// Decodes one training slide and its RLE mask and resizes both to `size`² (area for the image;
 /// the mask by area then > ½, so thin structures do not alias).
 pub fn load_slide(data: &Path, row: &TrainRow, size: usize, stain: Option<&StainBasis>) -> Result<Slide, DataError> {
     let id = &row.id;
-    let path = image_path(data, id).ok_or_else(|| DataError::Missing {
+    let path = Split::Train.find_image(data, id).ok_or_else(|| DataError::Missing {
         id: id.clone(),
         dir: data.to_path_buf(),
     })?;
@@ -91,7 +86,7 @@ pub fn load_slide(data: &Path, row: &TrainRow, size: usize, stain: Option<&Stain
     }
     let mask =
         rle::decode(&row.rle, img.height, img.width).map_err(|cause| DataError::Rle { id: id.clone(), cause })?;
-    let small = ftu_infer::resize::resize_rgb(&img, size, size);
+    let small = ftu_formats::resize::resize_rgb(&img, size, size);
     let mut image: Vec<f32> = small.data.iter().map(|&v| v as f32 / 255.0).collect();
     if let Some(target) = stain {
         if let Some(own) = StainBasis::fit(&image) {
@@ -99,7 +94,7 @@ pub fn load_slide(data: &Path, row: &TrainRow, size: usize, stain: Option<&Stain
         }
     }
     let m: Vec<f32> = mask.data().iter().map(|&v| v as f32).collect();
-    let m = ftu_infer::resize::resize_map(&m, img.width, img.height, size, size);
+    let m = ftu_formats::resize::resize_map(&m, img.width, img.height, size, size);
     let mask = m.iter().map(|&v| u8::from(v > 0.5)).collect();
     Ok(Slide { size, image, mask })
 }

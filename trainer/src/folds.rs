@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use ftu_infer::atomic::WriteError;
-use ftu_infer::schema::TrainRow;
-use ftu_infer::Organ;
+use ftu_formats::atomic::WriteError;
+use ftu_formats::schema::TrainRow;
+use ftu_formats::Organ;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -41,7 +41,7 @@ struct FoldRow<'a> {
 
 /// RUN/folds.csv: id, organ, fold.
 pub fn write(path: &Path, rows: &[TrainRow], fold_of: &[usize]) -> Result<(), WriteError> {
-    ftu_infer::atomic::write_atomic(path, |w| {
+    ftu_formats::atomic::write_atomic(path, |w| {
         let mut csv = csv::Writer::from_writer(w);
         for (r, &fold) in rows.iter().zip(fold_of) {
             csv.serialize(FoldRow {
@@ -58,7 +58,7 @@ pub fn write(path: &Path, rows: &[TrainRow], fold_of: &[usize]) -> Result<(), Wr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ftu_infer::DataSource;
+    use ftu_formats::DataSource;
 
     fn row(id: usize, organ: Organ) -> TrainRow {
         TrainRow {

@@ -147,7 +147,7 @@ impl AdamW {
 
 /// Writes tensors to `path` through a temp file and a rename.
 pub fn save_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let tmp = ftu_infer::atomic::tmp_path(path);
+    let tmp = ftu_formats::atomic::tmp_path(path);
     candle_core::safetensors::save(tensors, &tmp)?;
     std::fs::rename(&tmp, path)?;
     Ok(())

@@ -42,7 +42,7 @@ pub fn line_chart(path: &Path, title: &str, series: &[Series]) -> Result<(), Str
         (a.0.max(p.0), a.1.min(p.1), a.2.max(p.1))
     });
     let pad = ((y_max - y_min) * 0.05).max(1e-3);
-    let tmp = ftu_infer::atomic::tmp_path(path).with_extension("tmp.png");
+    let tmp = ftu_formats::atomic::tmp_path(path).with_extension("tmp.png");
     let text = font_available();
     {
         let root = BitMapBackend::new(&tmp, (800, 480)).into_drawing_area();

@@ -4,13 +4,14 @@
 //! sample_submission.csv. Deterministic for a seed: every random draw comes from a seeded
 //! generator or from a hash of (seed, x, y), so slides render in parallel and still repeat.
 
-use ftu_infer::atomic::WriteError;
-use ftu_infer::mask::Mask;
-use ftu_infer::rle;
-use ftu_infer::schema::{self, CsvError, SubmissionRow, TestRow, TrainRow};
-use ftu_infer::slide::RgbImage;
-use ftu_infer::tiff_write::{self, Chunking, Compression, Samples, TiffSpec};
-use ftu_infer::{DataSource, Organ};
+use ftu_formats::atomic::WriteError;
+use ftu_formats::kaggle::Split;
+use ftu_formats::mask::rle;
+use ftu_formats::mask::Mask;
+use ftu_formats::schema::{self, CsvError, SubmissionRow, TestRow, TrainRow};
+use ftu_formats::slide::write::{self as tiff_write, Chunking, Compression, Samples, TiffSpec};
+use ftu_formats::slide::RgbImage;
+use ftu_formats::{DataSource, Organ};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -187,26 +188,26 @@ pub struct Summary {
 /// Writes a Kaggle-layout folder under `out`. `on_slide` is called once per finished slide.
 pub fn generate(out: &Path, cfg: &SynthConfig, on_slide: impl Fn() + Sync) -> Result<Summary, SynthError> {
     let (train_plans, test_plans) = plan(cfg)?;
-    for dir in [out.to_path_buf(), out.join("train_images"), out.join("test_images")] {
+    for dir in [out.to_path_buf(), Split::Train.images(out), Split::Test.images(out)] {
         std::fs::create_dir_all(&dir).map_err(|cause| SynthError::CreateDir {
             path: dir.clone(),
             cause,
         })?;
     }
-    let write_all = |plans: &[SlidePlan], folder: &str| -> Result<Vec<String>, SynthError> {
+    let write_all = |plans: &[SlidePlan], split: Split| -> Result<Vec<String>, SynthError> {
         plans
             .par_iter()
             .map(|p| {
                 let (image, mask) = render(p);
-                let path = out.join(folder).join(format!("{}.tiff", p.id));
+                let path = split.tiff_path(out, &p.id);
                 write_slide(&path, p.format, &image)?;
                 on_slide();
                 Ok(rle::encode(&mask))
             })
             .collect()
     };
-    let train_rles = write_all(&train_plans, "train_images")?;
-    let test_rles = write_all(&test_plans, "test_images")?;
+    let train_rles = write_all(&train_plans, Split::Train)?;
+    let test_rles = write_all(&test_plans, Split::Test)?;
 
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed);
     let train: Vec<TrainRow> = train_plans
@@ -241,8 +242,8 @@ pub fn generate(out: &Path, cfg: &SynthConfig, on_slide: impl Fn() + Sync) -> Re
             rle: String::new(),
         })
         .collect();
-    schema::write_rows(&out.join("train.csv"), &train)?;
-    schema::write_rows(&out.join("test.csv"), &test)?;
+    schema::write_rows(&Split::Train.csv(out), &train)?;
+    schema::write_rows(&Split::Test.csv(out), &test)?;
     schema::write_rows(&out.join("truth.csv"), &truth)?;
     schema::write_rows(&out.join("sample_submission.csv"), &sample)?;
     Ok(Summary { train, test })

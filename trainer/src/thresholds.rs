@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use ftu_infer::Organ;
+use ftu_formats::Organ;
 use serde::Serialize;
 
 pub struct OofSlide {
@@ -35,17 +35,7 @@ pub fn grid(from: f64, to: f64, step: f64) -> Vec<f64> {
 }
 
 fn dice_at(s: &OofSlide, t: f32) -> f64 {
-    let (mut inter, mut total) = (0usize, 0usize);
-    for (&p, &y) in s.prob.iter().zip(&s.truth) {
-        let pred = u8::from(p > t);
-        inter += (pred & y) as usize;
-        total += (pred + y) as usize;
-    }
-    if total == 0 {
-        1.0
-    } else {
-        2.0 * inter as f64 / total as f64
-    }
+    ftu_formats::dice::dice_thresholded(&s.prob, t, &s.truth)
 }
 
 fn best(slides: &[&OofSlide], grid: &[f64]) -> Choice {

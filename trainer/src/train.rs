@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use ftu_infer::manifest::Normalisation;
-use ftu_infer::schema::TrainRow;
-use ftu_infer::Organ;
+use ftu_formats::manifest::Normalisation;
+use ftu_formats::schema::TrainRow;
+use ftu_formats::Organ;
 use ftu_models::store::is_buffer;
 use ftu_models::weights::{self, Scope};
 use ftu_models::{Arch, ArchConfig, Ctx, ExportMeta, Segmenter};
@@ -36,7 +36,7 @@ pub enum TrainError {
     #[error(transparent)]
     Model(#[from] ftu_models::ModelError),
     #[error(transparent)]
-    Write(#[from] ftu_infer::atomic::WriteError),
+    Write(#[from] ftu_formats::atomic::WriteError),
     #[error("{what} {path}: {cause}")]
     File {
         what: &'static str,
@@ -118,22 +118,9 @@ pub struct RunSummary {
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).at("writing", path)?;
-    Ok(ftu_infer::atomic::write_atomic(path, |w| {
+    Ok(ftu_formats::atomic::write_atomic(path, |w| {
         std::io::Write::write_all(w, text.as_bytes())
     })?)
-}
-
-fn dice(pred: &[u8], truth: &[u8]) -> f64 {
-    let (mut inter, mut total) = (0usize, 0usize);
-    for (&p, &t) in pred.iter().zip(truth) {
-        inter += (p & t) as usize;
-        total += (p + t) as usize;
-    }
-    if total == 0 {
-        1.0
-    } else {
-        2.0 * inter as f64 / total as f64
-    }
 }
 
 fn seed_of(parts: &[u64]) -> u64 {
@@ -181,10 +168,10 @@ pub fn run(cfg: &TrainConfig, resume: bool, progress: &mut dyn Progress) -> Resu
         }
     }
     let text = cfg.to_toml();
-    ftu_infer::atomic::write_atomic(&config_path, |w| std::io::Write::write_all(w, text.as_bytes()))?;
+    ftu_formats::atomic::write_atomic(&config_path, |w| std::io::Write::write_all(w, text.as_bytes()))?;
 
-    let train_csv = cfg.data.join("train.csv");
-    let rows = ftu_infer::schema::read_train(&train_csv).at("reading", &train_csv)?;
+    let train_csv = ftu_formats::kaggle::Split::Train.csv(&cfg.data);
+    let rows = ftu_formats::schema::read_train(&train_csv).at("reading", &train_csv)?;
     if rows.len() < cfg.folds {
         return Err(TrainError::Run(format!(
             "{}: {} slides cannot make {} folds",
@@ -260,7 +247,7 @@ fn read_metrics(path: &Path) -> Result<Vec<Metrics>> {
 }
 
 fn write_metrics(path: &Path, rows: &[Metrics]) -> Result<()> {
-    Ok(ftu_infer::atomic::write_atomic(path, |w| {
+    Ok(ftu_formats::atomic::write_atomic(path, |w| {
         let mut csv = csv::Writer::from_writer(w);
         for r in rows {
             csv.serialize(r).map_err(std::io::Error::other)?;
@@ -293,8 +280,7 @@ fn validate(
         let p = candle_nn::ops::sigmoid(&out.logits)?;
         for (j, &i) in chunk.iter().enumerate() {
             let prob = p.get(j)?.flatten_all()?.to_vec1::<f32>()?;
-            let pred: Vec<u8> = prob.iter().map(|&v| u8::from(v > 0.5)).collect();
-            dice_all.push(dice(&pred, &cache.get(i)?.mask));
+            dice_all.push(ftu_formats::dice::dice_thresholded(&prob, 0.5, &cache.get(i)?.mask));
             probs.push(prob);
         }
     }
@@ -526,18 +512,23 @@ fn train_fold(
         }
         for (&i, p) in val_idx.iter().zip(&val.probs).take(cfg.overlays) {
             let slide = cache.get(i)?;
-            let rgb = ftu_infer::RgbImage {
+            let rgb = ftu_formats::RgbImage {
                 width: cfg.size,
                 height: cfg.size,
                 data: slide.image.iter().map(|&v| (v * 255.0).round() as u8).collect(),
             };
             let mask = |data: Vec<u8>| {
-                ftu_infer::Mask::from_row_major(cfg.size, cfg.size, data).map_err(|e| TrainError::Run(e.to_string()))
+                ftu_formats::Mask::from_row_major(cfg.size, cfg.size, data).map_err(|e| TrainError::Run(e.to_string()))
             };
             let pred = mask(p.iter().map(|&v| u8::from(v > 0.5)).collect())?;
             let truth = mask(slide.mask.clone())?;
-            let (w, h, px) = ftu_infer::predict::overlay(&rgb, &pred, Some(&truth), cfg.size);
-            ftu_infer::mask_image::write_rgb_png(&dir.join("overlays").join(format!("{}.png", rows[i].id)), w, h, &px)?;
+            let (w, h, px) = ftu_formats::draw::overlay(&rgb, &pred, Some(&truth), cfg.size);
+            ftu_formats::mask::image::write_rgb_png(
+                &dir.join("overlays").join(format!("{}.png", rows[i].id)),
+                w,
+                h,
+                &px,
+            )?;
         }
         if let Some(e) = ema.as_mut() {
             e.swap()?;
@@ -717,7 +708,7 @@ fn write_manifest(
         toml::to_string_pretty(&manifest).at("writing", &cfg.out.join("manifest.toml"))?
     );
     let path = cfg.out.join("manifest.toml");
-    ftu_infer::atomic::write_atomic(&path, |w| std::io::Write::write_all(w, text.as_bytes()))?;
+    ftu_formats::atomic::write_atomic(&path, |w| std::io::Write::write_all(w, text.as_bytes()))?;
     write_json(&cfg.out.join("thresholds.json"), &th)?;
     Ok((path, th))
 }

@@ -4,10 +4,11 @@
 
 use std::path::Path;
 
-use ftu_infer::runs::RunMask;
-use ftu_infer::schema::{self, SubmissionRow, TestRow};
-use ftu_infer::tiff_write::{needs_bigtiff, write_tiff_pages, Chunking, Compression, Samples, TiffSpec};
-use ftu_infer::{DataSource, Organ};
+use ftu_formats::kaggle::Split;
+use ftu_formats::mask::runs::RunMask;
+use ftu_formats::schema::{self, SubmissionRow, TestRow};
+use ftu_formats::slide::write::{needs_bigtiff, write_tiff_pages, Chunking, Compression, Samples, TiffSpec};
+use ftu_formats::{DataSource, Organ};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -191,7 +192,7 @@ impl WsiPlan {
             }
         }
         for row in &mut mask.rows {
-            *row = ftu_infer::runs::normalised(std::mem::take(row));
+            *row = ftu_formats::mask::runs::normalised(std::mem::take(row));
         }
         mask
     }
@@ -200,7 +201,7 @@ impl WsiPlan {
 /// Writes `out/test_images/wsi0.tiff` (tiled, deflate, BigTIFF when needed), test.csv and
 /// truth.csv. Memory stays at one tile row of the writer plus the truth's runs.
 pub fn generate(out: &Path, cfg: &WsiConfig, on_tile: impl Fn(u64, u64)) -> Result<WsiPlan, SynthError> {
-    let images = out.join("test_images");
+    let images = Split::Test.images(out);
     std::fs::create_dir_all(&images).map_err(|cause| SynthError::CreateDir {
         path: images.clone(),
         cause,
@@ -254,7 +255,7 @@ pub fn generate(out: &Path, cfg: &WsiConfig, on_tile: impl Fn(u64, u64)) -> Resu
         pixel_size: 0.4,
         tissue_thickness: 4.0,
     };
-    schema::write_rows(&out.join("test.csv"), &[row])?;
+    schema::write_rows(&Split::Test.csv(out), &[row])?;
     let truth = SubmissionRow {
         id: "wsi0".into(),
         rle: plan.truth().rle(),
@@ -266,7 +267,7 @@ pub fn generate(out: &Path, cfg: &WsiConfig, on_tile: impl Fn(u64, u64)) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ftu_infer::slide::{read_slide, SlideLimits};
+    use ftu_formats::slide::{read_slide, SlideLimits};
 
     #[test]
     fn the_slide_and_its_truth_agree_pixel_for_pixel() {
@@ -305,11 +306,11 @@ mod tests {
 
         // The pyramid's pages are the slide's pixels at each level pixel's centre.
         let path = dir.path().join("test_images/wsi0.tiff");
-        let levels = ftu_infer::region::pyramid_levels(&path, 1500, 1100);
+        let levels = ftu_formats::slide::region::pyramid_levels(&path, 1500, 1100);
         let sizes: Vec<(usize, usize)> = levels.iter().map(|l| (l.width, l.height)).collect();
         assert_eq!(sizes, [(375, 275), (93, 68)]);
         for (level, d) in levels.iter().zip([4, 16]) {
-            let mut page = ftu_infer::region::TiffRegions::open_page(&path, level.page, 0).unwrap();
+            let mut page = ftu_formats::slide::region::TiffRegions::open_page(&path, level.page, 0).unwrap();
             let small = page.region(0, 0, level.width, level.height).unwrap();
             for y in 0..level.height {
                 for x in 0..level.width {

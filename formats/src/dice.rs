@@ -1,17 +1,14 @@
 //! The competition metric: Dice per image, its mean, and the mean per organ.
 
+use crate::mask::rle::Run;
 use crate::mask::Mask;
 use crate::organ::Organ;
-use crate::rle::Run;
 
 /// Dice of two run lists over the same pixels, computed on the runs without building masks.
 /// Both empty counts as a perfect match, as the competition scored it.
 pub fn dice_runs(a: &[Run], b: &[Run]) -> f64 {
     let area = |runs: &[Run]| runs.iter().map(|r| r.len).sum::<usize>();
     let total = area(a) + area(b);
-    if total == 0 {
-        return 1.0;
-    }
     let (mut i, mut j, mut both) = (0, 0, 0usize);
     while i < a.len() && j < b.len() {
         let lo = a[i].start.max(b[j].start);
@@ -23,7 +20,7 @@ pub fn dice_runs(a: &[Run], b: &[Run]) -> f64 {
             j += 1;
         }
     }
-    2.0 * both as f64 / total as f64
+    from_counts(both, total)
 }
 
 /// Dice of two masks of the same size.
@@ -33,11 +30,34 @@ pub fn dice_masks(a: &Mask, b: &Mask) -> f64 {
         (b.height(), b.width()),
         "dice of masks of different sizes"
     );
+    dice_bytes(a.data(), b.data())
+}
+
+/// Dice of two 0/1 masks held as bytes over the same pixels.
+pub fn dice_bytes(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len(), "dice of masks of different sizes");
+    dice_pairs(a.iter().copied().zip(b.iter().copied()))
+}
+
+/// Dice of the prediction `prob > threshold` against a 0/1 `truth`, without building the
+/// prediction (the threshold search calls this for every slide at every threshold).
+pub fn dice_thresholded(prob: &[f32], threshold: f32, truth: &[u8]) -> f64 {
+    assert_eq!(prob.len(), truth.len(), "dice of maps of different sizes");
+    dice_pairs(prob.iter().map(|&p| u8::from(p > threshold)).zip(truth.iter().copied()))
+}
+
+/// Dice over (prediction, truth) pixel pairs, each 0 or 1.
+fn dice_pairs(pairs: impl Iterator<Item = (u8, u8)>) -> f64 {
     let (mut both, mut total) = (0usize, 0usize);
-    for (&x, &y) in a.data().iter().zip(b.data()) {
+    for (x, y) in pairs {
         both += (x & y) as usize;
         total += (x + y) as usize;
     }
+    from_counts(both, total)
+}
+
+/// `2·|A∩B| / (|A|+|B|)`, and 1 when both are empty, as the competition scored it.
+fn from_counts(both: usize, total: usize) -> f64 {
     if total == 0 {
         1.0
     } else {
@@ -95,7 +115,7 @@ impl Scores {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rle;
+    use crate::mask::rle;
     use proptest::prelude::*;
 
     #[test]

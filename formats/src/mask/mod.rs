@@ -1,4 +1,10 @@
-//! A binary mask in row-major order, and the blocked transpose that RLE's column-major order needs.
+//! Masks: a binary mask in row-major order (and the blocked transpose that RLE's column-major
+//! order needs), RLE in the competition's convention, row runs, mask images and GeoJSON.
+
+pub mod geojson;
+pub mod image;
+pub mod rle;
+pub mod runs;
 
 /// Height × width binary mask, row-major, each byte 0 or 1.
 #[derive(Debug, Clone, PartialEq, Eq)]

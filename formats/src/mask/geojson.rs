@@ -11,8 +11,8 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::atomic::{write_atomic, WriteError};
+use crate::mask::runs::{Component, RunMask};
 use crate::organ::Organ;
-use crate::runs::{Component, RunMask};
 
 /// A closed ring in slide pixel coordinates (x right, y down; pixel (x, y) covers
 /// `[x, x+1) × [y, y+1)`); the last point repeats the first.

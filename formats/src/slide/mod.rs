@@ -2,7 +2,10 @@
 //! grey, RGB, RGBA; BigTIFF; first page) with the `tiff` crate, PNG and JPEG with `image`.
 //! A pixel-count guard rejects oversized headers before anything is allocated.
 
-use crate::tiff_write::YCBCR_SUBSAMPLING;
+use crate::slide::write::YCBCR_SUBSAMPLING;
+pub mod region;
+pub mod write;
+
 use rayon::prelude::*;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
@@ -468,7 +471,7 @@ fn read_other<R: Read + Seek + std::io::BufRead>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tiff_write::{write_tiff_image, Chunking, Compression, Samples, TiffSpec};
+    use crate::slide::write::{write_tiff_image, Chunking, Compression, Samples, TiffSpec};
     use proptest::prelude::*;
     use tiff::encoder::{colortype, TiffEncoder};
 
@@ -640,7 +643,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rgb = pattern();
         let p = dir.path().join("a.png");
-        crate::mask_image::write_rgb_png(&p, W, H, &rgb).unwrap();
+        crate::mask::image::write_rgb_png(&p, W, H, &rgb).unwrap();
         assert_eq!(read(&p).data, rgb);
         let p = dir.path().join("a.jpg");
         image::RgbImage::from_raw(W as u32, H as u32, vec![120; W * H * 3])

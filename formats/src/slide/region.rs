@@ -435,7 +435,7 @@ impl TiffRegions {
             let compression = decoder.find_tag_unsigned::<u16>(Tag::Compression).map_err(tiff_err)?;
             if let ColorType::YCbCr(_) = color {
                 let subsampling = decoder
-                    .find_tag_unsigned_vec::<u16>(crate::tiff_write::YCBCR_SUBSAMPLING)
+                    .find_tag_unsigned_vec::<u16>(crate::slide::write::YCBCR_SUBSAMPLING)
                     .map_err(tiff_err)?;
                 if compression != Some(CompressionMethod::ModernJPEG.to_u16())
                     && subsampling.as_deref() != Some(&[1, 1])
@@ -770,7 +770,7 @@ fn to_u8(s: u16) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tiff_write::{write_tiff_image, Chunking, Compression, Samples, TiffSpec};
+    use crate::slide::write::{write_tiff_image, Chunking, Compression, Samples, TiffSpec};
 
     fn pattern(w: usize, h: usize) -> RgbImage {
         let mut img = RgbImage::new(w, h);
@@ -934,7 +934,7 @@ mod tests {
 
     #[test]
     fn a_pyramid_level_makes_the_thumbnail_when_one_is_fine_enough() {
-        use crate::tiff_write::write_tiff_pages;
+        use crate::slide::write::write_tiff_pages;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pyramid.tiff");
         let full = smooth(300, 170);

@@ -2,10 +2,10 @@
 
 use crate::atomic::{write_atomic, WriteError};
 use crate::blocks::BlockMap;
+use crate::mask::runs::RunMask;
 use crate::mask::Mask;
-use crate::runs::RunMask;
+use crate::slide::write::{needs_bigtiff, write_tiff, Chunking, Compression, Samples, TiffSpec};
 use crate::slide::{read_slide, SlideError, SlideLimits};
-use crate::tiff_write::{needs_bigtiff, write_tiff, Chunking, Compression, Samples, TiffSpec};
 use image::ImageEncoder;
 use std::io;
 use std::path::Path;

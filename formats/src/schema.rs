@@ -141,7 +141,7 @@ impl Record for TrainRow {
     fn check(&self) -> Result<(), String> {
         check_meta(self.img_height, self.img_width, self.pixel_size, self.tissue_thickness)?;
         let total = self.img_height as usize * self.img_width as usize;
-        crate::rle::parse(&self.rle, total)
+        crate::mask::rle::parse(&self.rle, total)
             .map(drop)
             .map_err(|e| format!("rle: {e}"))
     }

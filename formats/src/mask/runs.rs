@@ -375,7 +375,7 @@ fn for_each_change(prev: &Row, cur: &Row, mut f: impl FnMut(u32, bool)) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rle;
+    use crate::mask::rle;
     use proptest::prelude::*;
 
     fn random_mask() -> impl Strategy<Value = Mask> {

@@ -1,0 +1,23 @@
+//! ftu-formats: what every part of ftu reads and writes — organs and data sources, the
+//! competition's CSV schemas and folder layout, masks (RLE in the competition's convention, row
+//! runs, mask images, GeoJSON), the Dice metric, slides (read whole or by region through one
+//! chunked TIFF reader, and written as TIFF), resizing, TTA transforms, overlays, and the ensemble
+//! manifest. No ONNX Runtime and no Candle: the trainer and the engine both stand on this crate.
+
+pub mod atomic;
+pub mod blocks;
+pub mod dice;
+pub mod draw;
+pub mod kaggle;
+pub mod manifest;
+pub mod mask;
+pub mod organ;
+pub mod resize;
+pub mod schema;
+pub mod slide;
+pub mod tiles;
+pub mod tta;
+
+pub use mask::Mask;
+pub use organ::{DataSource, Organ};
+pub use slide::{read_slide, RgbImage, SlideLimits};
