@@ -6,14 +6,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use ftu_formats::manifest::{Manifest, ManifestError};
+use ftu_formats::manifest::{Manifest, ManifestError, ManifestFile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
-    #[error("manifest {path}: {problem}")]
-    Layout { path: PathBuf, problem: String },
     #[error("{path}: {cause}")]
     Io { path: PathBuf, cause: std::io::Error },
     #[error("{out} exists and is not empty: bundle into a new folder")]
@@ -67,18 +65,14 @@ pub fn bundle(req: &BundleRequest) -> Result<BundleSummary, BundleError> {
     if req.out.exists() && std::fs::read_dir(&req.out).map_err(io(&req.out))?.next().is_some() {
         return Err(BundleError::NotEmpty { out: req.out.clone() });
     }
-    let text = std::fs::read_to_string(&req.manifest).map_err(io(&req.manifest))?;
-    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| BundleError::Layout {
-        path: req.manifest.clone(),
-        problem: e.to_string(),
-    })?;
+    let mut file = ManifestFile::read(&req.manifest)?;
     let dir = req.manifest.parent().map(Path::to_path_buf).unwrap_or_default();
 
     let tmp = ftu_formats::atomic::tmp_path(&req.out);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
-    let result = build(req, &tmp, &mut table, &dir);
+    let result = build(req, &tmp, &mut file, &dir);
     if result.is_err() {
         // A failed bundle leaves nothing behind.
         let _ = std::fs::remove_dir_all(&tmp);
@@ -92,7 +86,7 @@ pub fn bundle(req: &BundleRequest) -> Result<BundleSummary, BundleError> {
     Ok(summary)
 }
 
-fn build(req: &BundleRequest, tmp: &Path, table: &mut toml::Table, dir: &Path) -> Result<BundleSummary, BundleError> {
+fn build(req: &BundleRequest, tmp: &Path, file: &mut ManifestFile, dir: &Path) -> Result<BundleSummary, BundleError> {
     for sub in ["", "lib", "models"] {
         let d = tmp.join(sub);
         std::fs::create_dir_all(&d).map_err(io(&d))?;
@@ -104,25 +98,9 @@ fn build(req: &BundleRequest, tmp: &Path, table: &mut toml::Table, dir: &Path) -
 
     // Models: copied once each into models/, named group/model position + file name.
     let mut copied: HashMap<PathBuf, String> = HashMap::new();
-    let layout = |problem: &str| BundleError::Layout {
-        path: req.manifest.clone(),
-        problem: problem.to_string(),
-    };
-    let groups = table
-        .get_mut("group")
-        .and_then(|g| g.as_array_mut())
-        .ok_or_else(|| layout("no [[group]]"))?;
-    for (gi, group) in groups.iter_mut().enumerate() {
-        let models = group
-            .get_mut("model")
-            .and_then(|m| m.as_array_mut())
-            .ok_or_else(|| layout(&format!("group[{gi}] has no [[group.model]]")))?;
-        for (mi, model) in models.iter_mut().enumerate() {
-            let path = model
-                .get("path")
-                .and_then(|p| p.as_str())
-                .ok_or_else(|| layout(&format!("group[{gi}].model[{mi}].path missing")))?;
-            let source = dir.join(path);
+    for (gi, group) in file.group.iter_mut().enumerate() {
+        for (mi, model) in group.model.iter_mut().enumerate() {
+            let source = dir.join(&model.path);
             let source = source.canonicalize().map_err(io(&source))?;
             let rel = match copied.get(&source) {
                 Some(rel) => rel.clone(),
@@ -137,18 +115,17 @@ fn build(req: &BundleRequest, tmp: &Path, table: &mut toml::Table, dir: &Path) -
                     rel
                 }
             };
-            if let Some(m) = model.as_table_mut() {
-                m.insert("path".into(), toml::Value::String(rel));
-            }
+            model.path = rel.into();
         }
     }
-    let manifest_text = format!(
-        "# Bundled by ftu-infer from {}; model paths are relative to this file.\n{}",
-        req.manifest.display(),
-        toml::to_string_pretty(&*table).map_err(|e| layout(&e.to_string()))?
-    );
     let manifest_out = tmp.join("manifest.toml");
-    std::fs::write(&manifest_out, manifest_text).map_err(io(&manifest_out))?;
+    file.write(
+        &manifest_out,
+        &format!(
+            "Bundled by ftu-infer from {}; model paths are relative to this file.",
+            req.manifest.display()
+        ),
+    )?;
     summary.files.push("manifest.toml".into());
 
     // The binary and the runtime.

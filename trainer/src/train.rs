@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use ftu_formats::manifest::Normalisation;
+use ftu_formats::manifest::file::{GroupFile, ModelFile, TtaFile};
+use ftu_formats::manifest::{ManifestFile, Normalisation, OutputRef};
 use ftu_formats::schema::TrainRow;
 use ftu_formats::Organ;
 use ftu_models::store::is_buffer;
@@ -612,34 +613,6 @@ fn train_fold(
     })
 }
 
-#[derive(Serialize)]
-struct ManifestFile {
-    tta: ManifestTta,
-    thresholds: BTreeMap<String, f64>,
-    group: Vec<ManifestGroup>,
-}
-
-#[derive(Serialize)]
-struct ManifestTta {
-    mode: String,
-}
-
-#[derive(Serialize)]
-struct ManifestGroup {
-    size: usize,
-    weight: f64,
-    model: Vec<ManifestModel>,
-}
-
-#[derive(Serialize)]
-struct ManifestModel {
-    path: String,
-    weight: f64,
-    norm: String,
-    output: String,
-    activation: String,
-}
-
 /// Threshold search on the OOF set of the finished folds, then RUN/manifest.toml.
 fn write_manifest(
     cfg: &TrainConfig,
@@ -677,38 +650,45 @@ fn write_manifest(
     let e = &cfg.ensemble;
     let grid = thresholds::grid(e.threshold_from, e.threshold_to, e.threshold_step);
     let th = thresholds::search(&oof, &grid);
-    let mut table = BTreeMap::new();
-    table.insert("default".to_string(), th.default.threshold);
+    let mut table = toml::Table::new();
+    table.insert("default".to_string(), toml::Value::Float(th.default.threshold));
     for (organ, choice) in &th.per_organ {
-        table.insert(organ.as_str().to_string(), choice.threshold);
+        table.insert(organ.as_str().to_string(), toml::Value::Float(choice.threshold));
     }
     let manifest = ManifestFile {
-        tta: ManifestTta { mode: e.tta.clone() },
-        thresholds: table,
-        group: vec![ManifestGroup {
-            size: cfg.size,
-            weight: 1.0,
+        tta: Some(TtaFile {
+            mode: Some(e.tta.clone()),
+            scales: None,
+        }),
+        thresholds: Some(table),
+        group: vec![GroupFile {
+            size: cfg.size as i64,
+            weight: Some(1.0),
             model: finished
                 .iter()
                 .zip(&weights)
-                .map(|(k, w)| ManifestModel {
-                    path: format!("fold{k}/model.onnx"),
-                    weight: *w,
-                    norm: cfg.norm.clone(),
-                    output: "logits".into(),
-                    activation: "sigmoid".into(),
+                .map(|(k, w)| ModelFile {
+                    path: format!("fold{k}/model.onnx").into(),
+                    weight: Some(*w),
+                    norm: Some(cfg.norm.clone()),
+                    output: Some(OutputRef::Name("logits".into())),
+                    activation: Some("sigmoid".into()),
+                    ..Default::default()
                 })
                 .collect(),
+            ..Default::default()
         }],
+        ..Default::default()
     };
-    let text = format!(
-        "# Written by ftu-train from {} fold(s) of {}; thresholds searched on their out-of-fold predictions.\n{}",
-        finished.len(),
-        cfg.arch,
-        toml::to_string_pretty(&manifest).at("writing", &cfg.out.join("manifest.toml"))?
-    );
     let path = cfg.out.join("manifest.toml");
-    ftu_formats::atomic::write_atomic(&path, |w| std::io::Write::write_all(w, text.as_bytes()))?;
+    let comment = format!(
+        "Written by ftu-train from {} fold(s) of {}; thresholds searched on their out-of-fold predictions.",
+        finished.len(),
+        cfg.arch
+    );
+    manifest
+        .write(&path, &comment)
+        .map_err(|e| TrainError::Run(e.to_string()))?;
     write_json(&cfg.out.join("thresholds.json"), &th)?;
     Ok((path, th))
 }

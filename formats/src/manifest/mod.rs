@@ -1,28 +1,18 @@
 //! The ensemble manifest (TOML): groups of models at an input size, how each model wants its
 //! input and gives its output, TTA, per-organ thresholds. Parsed and checked once here; errors name
-//! the field (`group[1].model[0].norm`).
+//! the field (`group[1].model[0].norm`). The file's own shape, which the trainer and the bundle
+//! write, is [`ManifestFile`]; [`Manifest`] is the checked value the engine runs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 use crate::organ::{DataSource, Organ};
 use crate::tta::TtaMode;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ManifestError {
-    #[error("cannot read manifest {path}: {cause}")]
-    Read { path: PathBuf, cause: std::io::Error },
-    #[error("manifest {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("manifest {path}, {field}: {message}")]
-    Field {
-        path: PathBuf,
-        field: String,
-        message: String,
-    },
-}
+pub mod file;
+
+use file::{GroupFile, ModelFile, PostprocessFile};
+pub use file::{ManifestError, ManifestFile, OutputRef};
 
 /// The model input sizes must divide by this (the encoders' total stride).
 pub const SIZE_MULTIPLE: usize = 32;
@@ -215,14 +205,6 @@ pub enum ChannelOrder {
     Bgr,
 }
 
-/// Which model output holds the mask.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum OutputRef {
-    Index(usize),
-    Name(String),
-}
-
 impl std::fmt::Display for OutputRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -312,72 +294,6 @@ pub fn round_to_multiple(v: f64) -> usize {
     ((v / m).round().max(1.0) * m) as usize
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawManifest {
-    target_pixel_size: Option<f64>,
-    reference_size: Option<f64>,
-    tta: Option<RawTta>,
-    thresholds: Option<toml::Table>,
-    tissue: Option<RawTissue>,
-    postprocess: Option<BTreeMap<String, RawPostprocess>>,
-    #[serde(default)]
-    group: Vec<RawGroup>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTissue {
-    detect: Option<bool>,
-    min_fraction: Option<f64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPostprocess {
-    min_area_px: Option<f64>,
-    min_area_um2: Option<f64>,
-    max_hole_px: Option<f64>,
-    max_hole_um2: Option<f64>,
-    dilate_px: Option<i64>,
-    erode_px: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTta {
-    mode: Option<String>,
-    scales: Option<Vec<f64>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGroup {
-    size: i64,
-    weight: Option<f64>,
-    mode: Option<String>,
-    overlap: Option<f64>,
-    scale: Option<f64>,
-    batch: Option<i64>,
-    #[serde(default)]
-    model: Vec<RawModel>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawModel {
-    path: PathBuf,
-    weight: Option<f64>,
-    norm: Option<String>,
-    mean: Option<Vec<f64>>,
-    std: Option<Vec<f64>>,
-    channels: Option<String>,
-    output: Option<OutputRef>,
-    activation: Option<String>,
-    channel: Option<i64>,
-    organs: Option<Vec<String>>,
-}
-
 impl Manifest {
     /// Reads and checks a manifest file; model files must exist.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
@@ -396,10 +312,11 @@ impl Manifest {
 
     /// Parses manifest text; `path` is for messages, `dir` resolves relative model paths.
     pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Manifest, ManifestError> {
-        let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        Manifest::check(ManifestFile::parse(text, path)?, path, dir)
+    }
+
+    /// Checks a manifest file's fields; `path` is for messages, `dir` resolves relative model paths.
+    pub fn check(raw: ManifestFile, path: &Path, dir: &Path) -> Result<Manifest, ManifestError> {
         let field = |field: &str, message: String| ManifestError::Field {
             path: path.to_path_buf(),
             field: field.to_string(),
@@ -536,7 +453,7 @@ impl Manifest {
 
 type FieldError = (String, String);
 
-fn parse_mode(g: &RawGroup, gname: &str, scaled: bool) -> Result<GroupMode, FieldError> {
+fn parse_mode(g: &GroupFile, gname: &str, scaled: bool) -> Result<GroupMode, FieldError> {
     let err = |f: &str, msg: String| (format!("{gname}.{f}"), msg);
     let tiles_only = [
         ("overlap", g.overlap.is_some()),
@@ -582,7 +499,7 @@ fn parse_mode(g: &RawGroup, gname: &str, scaled: bool) -> Result<GroupMode, Fiel
     }
 }
 
-fn parse_postprocess(tables: BTreeMap<String, RawPostprocess>) -> Result<PostprocessTable, FieldError> {
+fn parse_postprocess(tables: BTreeMap<String, PostprocessFile>) -> Result<PostprocessTable, FieldError> {
     let mut out = PostprocessTable::default();
     for (key, raw) in tables {
         let f = format!("postprocess.{key}");
@@ -645,7 +562,7 @@ fn positive(v: Option<f64>, name: &str) -> Result<f32, FieldError> {
     }
 }
 
-fn parse_model(m: RawModel, name: &str, dir: &Path) -> Result<ModelSpec, FieldError> {
+fn parse_model(m: ModelFile, name: &str, dir: &Path) -> Result<ModelSpec, FieldError> {
     let err = |f: &str, msg: String| (format!("{name}.{f}"), msg);
     let path = dir.join(&m.path);
     if !path.is_file() {
