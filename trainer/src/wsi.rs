@@ -310,7 +310,7 @@ mod tests {
         let sizes: Vec<(usize, usize)> = levels.iter().map(|l| (l.width, l.height)).collect();
         assert_eq!(sizes, [(375, 275), (93, 68)]);
         for (level, d) in levels.iter().zip([4, 16]) {
-            let mut page = ftu_formats::slide::region::TiffRegions::open_page(&path, level.page, 0).unwrap();
+            let mut page = ftu_formats::slide::tiff::TiffRegions::open_page(&path, level.page, 0).unwrap();
             let small = page.region(0, 0, level.width, level.height).unwrap();
             for y in 0..level.height {
                 for x in 0..level.width {

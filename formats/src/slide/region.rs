@@ -1,20 +1,20 @@
-//! Slides read region by region: a tiled or striped (Big)TIFF is decoded one chunk at a time
-//! through a small cache, so memory does not grow with the slide's area; other files are read
-//! whole. Also the slide's thumbnail, streamed chunk by chunk, for tissue detection and overviews.
+//! Slides read region by region: a TIFF is decoded one chunk at a time through a small cache
+//! ([`TiffRegions`]), so memory does not grow with the slide's area; other files are read whole.
+//! Also the slide's thumbnail, streamed chunk by chunk (from a pyramid level when one is fine
+//! enough), for tissue detection and overviews.
 
-use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-
-use tiff::decoder::{ChunkType, Decoder, DecodingResult};
-use tiff::tags::{CompressionMethod, PlanarConfiguration, Tag};
-use tiff::ColorType;
+use std::io::BufReader;
+use std::path::Path;
 
 use serde::Serialize;
+use tiff::decoder::Decoder;
 
-use crate::slide::{self, read_slide, RgbImage, SlideError, SlideLimits};
+use super::error::{SlideError, SlideErrorKind, SlideLimits};
+use super::read::read_slide;
+use super::rgb::{crop, RgbImage};
+use super::sniff::{sniff_file, Format};
+use super::tiff::TiffRegions;
 
 /// Decoded chunks kept for neighbouring windows (overlapping windows read the same chunks).
 pub const DEFAULT_CACHE_BYTES: usize = 192 << 20;
@@ -30,9 +30,8 @@ pub enum SlideSource {
 impl SlideSource {
     /// Opens a slide for region reads: TIFFs chunk by chunk, anything else whole (within `limits`).
     pub fn open(path: &Path, limits: SlideLimits) -> Result<SlideSource, SlideError> {
-        let mut magic = [0u8; 4];
-        let read_magic = File::open(path).and_then(|mut f| f.read_exact(&mut magic));
-        if read_magic.is_ok() && matches!(&magic, [b'I', b'I', 42 | 43, 0] | [b'M', b'M', 0, 42 | 43]) {
+        let (_, format) = sniff_file(path).map_err(|e| SlideErrorKind::Io(e).at(path))?;
+        if format == Some(Format::Tiff) {
             return Ok(SlideSource::Tiff(Box::new(TiffRegions::open(
                 path,
                 DEFAULT_CACHE_BYTES,
@@ -71,11 +70,7 @@ impl SlideSource {
     pub fn whole(&mut self, limits: SlideLimits) -> Result<RgbImage, SlideError> {
         match self {
             SlideSource::Memory(img) => Ok(img.clone()),
-            SlideSource::Tiff(t) => {
-                slide::check_size(&t.path, t.width as u64, t.height as u64, limits)?;
-                let (w, h) = (t.width, t.height);
-                t.region(0, 0, w, h)
-            }
+            SlideSource::Tiff(t) => t.whole(limits),
         }
     }
 
@@ -119,7 +114,7 @@ impl SlideSource {
                 let indices: Vec<usize> = (0..source.chunks()).collect();
                 // A band of chunks at a time: memory stays at the band's decoded pixels.
                 for band in indices.chunks(rayon::current_num_threads().max(1) * 4) {
-                    for part in source.decode_chunks(band, |img, x0, y0| CellSums::of(img, x0, y0, &map))? {
+                    for part in source.decode_chunks(band, |img, x0, y0| CellSums::of(&img, x0, y0, &map))? {
                         total.merge(&part);
                     }
                 }
@@ -328,443 +323,6 @@ fn nearest_filled(filled: impl Iterator<Item = bool>) -> Vec<usize> {
             }
         })
         .collect()
-}
-
-/// A copy of the `w × h` region at `(x, y)`.
-pub fn crop(img: &RgbImage, x: usize, y: usize, w: usize, h: usize) -> RgbImage {
-    let mut data = Vec::with_capacity(w * h * 3);
-    for row in y..y + h {
-        let start = (row * img.width + x) * 3;
-        data.extend_from_slice(&img.data[start..start + w * 3]);
-    }
-    RgbImage {
-        width: w,
-        height: h,
-        data,
-    }
-}
-
-/// A TIFF's first image, decoded chunk by chunk on demand.
-pub struct TiffRegions {
-    pub path: PathBuf,
-    pub width: usize,
-    pub height: usize,
-    /// One decoder per thread for chunks the tiff crate decodes (JPEG, PackBits, …), so those
-    /// decode in parallel too; the first also reads stored chunk bytes.
-    decoders: Vec<Mutex<Decoder<BufReader<File>>>>,
-    color: ColorType,
-    channels: usize,
-    chunk_w: usize,
-    chunk_h: usize,
-    across: usize,
-    /// Uncompressed, LZW and deflate chunks are decompressed here, in parallel (and the tiff
-    /// crate's LZW reader can panic on edge tiles); other codecs go through the crate.
-    raw: Option<RawLayout>,
-    cache: HashMap<usize, Arc<RgbImage>>,
-    order: VecDeque<usize>,
-    cache_bytes: usize,
-    max_cache_bytes: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RawCodec {
-    None,
-    Lzw,
-    Deflate,
-}
-
-struct RawLayout {
-    codec: RawCodec,
-    offsets: Vec<u64>,
-    counts: Vec<u64>,
-    predictor: u16,
-    little_endian: bool,
-    white_is_zero: bool,
-    bytes_per_sample: usize,
-}
-
-impl TiffRegions {
-    /// The first page (the full-resolution image).
-    pub fn open(path: &Path, max_cache_bytes: usize) -> Result<TiffRegions, SlideError> {
-        TiffRegions::open_page(path, 0, max_cache_bytes)
-    }
-
-    /// Page `page` of the file (0 is the first image; pyramids keep reduced levels after it).
-    pub fn open_page(path: &Path, page: usize, max_cache_bytes: usize) -> Result<TiffRegions, SlideError> {
-        let io_err = |cause| SlideError::Io {
-            path: path.to_owned(),
-            cause,
-        };
-        let tiff_err = |cause| SlideError::Tiff {
-            path: path.to_owned(),
-            cause,
-        };
-        let unsupported = |what: String| SlideError::Unsupported {
-            path: path.to_owned(),
-            what,
-        };
-        slide::guarded(path, || {
-            let mut file = File::open(path).map_err(io_err)?;
-            let mut order = [0u8; 2];
-            file.read_exact(&mut order).map_err(io_err)?;
-            file.rewind().map_err(io_err)?;
-            let mut decoder = Decoder::new(BufReader::with_capacity(1 << 16, file)).map_err(tiff_err)?;
-            if page > 0 {
-                decoder.seek_to_image(page).map_err(tiff_err)?;
-            }
-            let (width, height) = decoder.dimensions().map_err(tiff_err)?;
-            let planar = decoder
-                .find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
-                .map_err(tiff_err)?;
-            if planar == Some(PlanarConfiguration::Planar.to_u16()) {
-                return Err(unsupported("planar (separate-plane) TIFF".into()));
-            }
-            let color = decoder.colortype().map_err(tiff_err)?;
-            let (channels, bytes_per_sample) = match color {
-                ColorType::Gray(b) if b == 8 || b == 16 => (1, b as usize / 8),
-                ColorType::GrayA(b) if b == 8 || b == 16 => (2, b as usize / 8),
-                ColorType::RGB(b) if b == 8 || b == 16 => (3, b as usize / 8),
-                ColorType::YCbCr(8) => (3, 1),
-                ColorType::RGBA(b) if b == 8 || b == 16 => (4, b as usize / 8),
-                other => {
-                    return Err(unsupported(format!(
-                        "TIFF colour type {other:?} (expected 8- or 16-bit grey, RGB or RGBA)"
-                    )))
-                }
-            };
-            let compression = decoder.find_tag_unsigned::<u16>(Tag::Compression).map_err(tiff_err)?;
-            if let ColorType::YCbCr(_) = color {
-                let subsampling = decoder
-                    .find_tag_unsigned_vec::<u16>(crate::slide::write::YCBCR_SUBSAMPLING)
-                    .map_err(tiff_err)?;
-                if compression != Some(CompressionMethod::ModernJPEG.to_u16())
-                    && subsampling.as_deref() != Some(&[1, 1])
-                {
-                    return Err(unsupported(
-                        "chroma-subsampled YCbCr TIFF without JPEG compression".into(),
-                    ));
-                }
-            }
-            let (cw, ch) = decoder.chunk_dimensions();
-            let (chunk_w, chunk_h) = (cw as usize, ch as usize);
-            if chunk_w == 0 || chunk_h == 0 {
-                return Err(unsupported("chunks of size 0".into()));
-            }
-            let mut limits = tiff::decoder::Limits::default();
-            let chunk_bytes = chunk_w * chunk_h * channels * bytes_per_sample;
-            limits.decoding_buffer_size = limits.decoding_buffer_size.max(chunk_bytes * 2);
-            limits.intermediate_buffer_size = limits.intermediate_buffer_size.max(chunk_bytes * 2);
-            let mut decoder = decoder.with_limits(limits.clone());
-            let codec = match compression {
-                None | Some(1) => Some(RawCodec::None),
-                Some(5) => Some(RawCodec::Lzw),
-                Some(8) | Some(32946) => Some(RawCodec::Deflate),
-                _ => None,
-            };
-            let raw = if let Some(codec) = codec {
-                let (offsets_tag, counts_tag) = match decoder.get_chunk_type() {
-                    ChunkType::Strip => (Tag::StripOffsets, Tag::StripByteCounts),
-                    ChunkType::Tile => (Tag::TileOffsets, Tag::TileByteCounts),
-                };
-                let offsets = decoder.get_tag_u64_vec(offsets_tag).map_err(tiff_err)?;
-                let counts = decoder.get_tag_u64_vec(counts_tag).map_err(tiff_err)?;
-                let predictor = decoder
-                    .find_tag_unsigned::<u16>(Tag::Predictor)
-                    .map_err(tiff_err)?
-                    .unwrap_or(1);
-                if predictor != 1 && predictor != 2 {
-                    return Err(unsupported(format!("TIFF predictor {predictor}")));
-                }
-                let white_is_zero = decoder
-                    .find_tag_unsigned::<u16>(Tag::PhotometricInterpretation)
-                    .map_err(tiff_err)?
-                    == Some(0);
-                Some(RawLayout {
-                    codec,
-                    offsets,
-                    counts,
-                    predictor,
-                    little_endian: &order == b"II",
-                    white_is_zero,
-                    bytes_per_sample,
-                })
-            } else {
-                None
-            };
-            let (width, height) = (width as usize, height as usize);
-            let mut decoders = vec![Mutex::new(decoder)];
-            if raw.is_none() {
-                for _ in 1..rayon::current_num_threads() {
-                    let file = File::open(path).map_err(io_err)?;
-                    let mut d = Decoder::new(BufReader::with_capacity(1 << 16, file))
-                        .map_err(tiff_err)?
-                        .with_limits(limits.clone());
-                    if page > 0 {
-                        d.seek_to_image(page).map_err(tiff_err)?;
-                    }
-                    decoders.push(Mutex::new(d));
-                }
-            }
-            let regions = TiffRegions {
-                path: path.to_owned(),
-                width,
-                height,
-                decoders,
-                color,
-                channels,
-                chunk_w,
-                chunk_h,
-                across: width.div_ceil(chunk_w),
-                raw,
-                cache: HashMap::new(),
-                order: VecDeque::new(),
-                cache_bytes: 0,
-                max_cache_bytes,
-            };
-            if let Some(l) = &regions.raw {
-                if l.offsets.len() < regions.chunks() || l.counts.len() < regions.chunks() {
-                    return Err(regions.corrupt(format!(
-                        "{} chunk offsets for {} chunks",
-                        l.offsets.len(),
-                        regions.chunks()
-                    )));
-                }
-            }
-            Ok(regions)
-        })
-    }
-
-    pub fn chunks(&self) -> usize {
-        self.across * self.height.div_ceil(self.chunk_h)
-    }
-
-    /// Chunk size (width, height): tiles, or strips as wide as the image.
-    pub fn chunk_size(&self) -> (usize, usize) {
-        (self.chunk_w, self.chunk_h)
-    }
-
-    fn chunk_origin(&self, i: usize) -> (usize, usize) {
-        ((i % self.across) * self.chunk_w, (i / self.across) * self.chunk_h)
-    }
-
-    fn corrupt(&self, what: String) -> SlideError {
-        SlideError::Tiff {
-            path: self.path.clone(),
-            cause: tiff::TiffError::IoError(std::io::Error::new(std::io::ErrorKind::InvalidData, what)),
-        }
-    }
-
-    /// The `w × h` region at `(x, y)` from the chunks that cover it.
-    pub fn region(&mut self, x: usize, y: usize, w: usize, h: usize) -> Result<RgbImage, SlideError> {
-        let mut out = RgbImage::new(w, h);
-        if w == 0 || h == 0 {
-            return Ok(out);
-        }
-        let (cx0, cx1) = (x / self.chunk_w, (x + w - 1) / self.chunk_w);
-        let (cy0, cy1) = (y / self.chunk_h, (y + h - 1) / self.chunk_h);
-        // A row of chunks at a time: their decoding runs in parallel, memory stays at one row.
-        for cy in cy0..=cy1 {
-            let needed: Vec<usize> = (cx0..=cx1).map(|cx| cy * self.across + cx).collect();
-            let missing: Vec<usize> = needed.iter().copied().filter(|i| !self.cache.contains_key(i)).collect();
-            let decoded = self.decode_chunks(&missing, |img, _, _| Arc::new(img.clone()))?;
-            let mut fresh: HashMap<usize, Arc<RgbImage>> = missing.into_iter().zip(decoded).collect();
-            for &i in &needed {
-                let chunk = match fresh.remove(&i) {
-                    Some(c) => {
-                        self.remember(i, c.clone());
-                        c
-                    }
-                    None => self.cache[&i].clone(),
-                };
-                let (ox, oy) = self.chunk_origin(i);
-                // The overlap of the chunk and the region, in slide coordinates.
-                let (ax, bx) = (x.max(ox), (x + w).min(ox + chunk.width));
-                let (ay, by) = (y.max(oy), (y + h).min(oy + chunk.height));
-                for sy in ay..by {
-                    let src = ((sy - oy) * chunk.width + (ax - ox)) * 3;
-                    let dst = ((sy - y) * w + (ax - x)) * 3;
-                    out.data[dst..dst + (bx - ax) * 3].copy_from_slice(&chunk.data[src..src + (bx - ax) * 3]);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Keeps a decoded chunk, dropping the oldest beyond the cache's budget.
-    fn remember(&mut self, i: usize, chunk: Arc<RgbImage>) {
-        let bytes = chunk.data.len();
-        while self.cache_bytes + bytes > self.max_cache_bytes {
-            let Some(old) = self.order.pop_front() else { break };
-            if let Some(c) = self.cache.remove(&old) {
-                self.cache_bytes -= c.data.len();
-            }
-        }
-        self.cache.insert(i, chunk);
-        self.order.push_back(i);
-        self.cache_bytes += bytes;
-    }
-
-    /// Chunk `i` as RGB8, cropped to the image (edge tiles carry padding in the file).
-    pub fn decode_chunk(&mut self, i: usize) -> Result<RgbImage, SlideError> {
-        Ok(self.decode_chunks(&[i], |img, _, _| img.clone())?.remove(0))
-    }
-
-    /// Decodes chunks and maps each (with its slide origin) through `f`. Uncompressed, LZW and
-    /// deflate chunks are read in turn and decompressed in parallel; other codecs one by one.
-    fn decode_chunks<T: Send>(
-        &mut self,
-        indices: &[usize],
-        f: impl Fn(&RgbImage, usize, usize) -> T + Sync,
-    ) -> Result<Vec<T>, SlideError> {
-        use rayon::prelude::*;
-        if self.raw.is_some() {
-            let mut compressed = Vec::with_capacity(indices.len());
-            for &i in indices {
-                compressed.push(self.raw_bytes(i)?);
-            }
-            let this = &*self;
-            return indices
-                .par_iter()
-                .zip(compressed)
-                .map(|(&i, bytes)| {
-                    let img = slide::guarded(&this.path, || this.decode_raw(i, &bytes))?;
-                    let (x0, y0) = this.chunk_origin(i);
-                    Ok(f(&img, x0, y0))
-                })
-                .collect();
-        }
-        let this = &*self;
-        indices
-            .par_iter()
-            .map(|&i| {
-                let img = this.decode_with_crate(i)?;
-                let (x0, y0) = this.chunk_origin(i);
-                Ok(f(&img, x0, y0))
-            })
-            .collect()
-    }
-
-    fn chunk_data_size(&self, i: usize) -> (usize, usize) {
-        let (ox, oy) = self.chunk_origin(i);
-        (self.chunk_w.min(self.width - ox), self.chunk_h.min(self.height - oy))
-    }
-
-    /// Samples to RGB8 as the whole-slide reader converts them.
-    fn to_rgb_image(&self, i: usize, samples: Vec<u8>) -> Result<RgbImage, SlideError> {
-        let (dw, dh) = self.chunk_data_size(i);
-        if samples.len() != dw * dh * self.channels {
-            return Err(self.corrupt(format!(
-                "chunk {i} decoded to {} samples, expected {dw}×{dh}×{}",
-                samples.len(),
-                self.channels
-            )));
-        }
-        let data = match self.color {
-            ColorType::RGB(_) => samples,
-            ColorType::YCbCr(_) => slide::ycbcr_to_rgb(samples),
-            _ => slide::to_rgb(&samples, self.channels),
-        };
-        Ok(RgbImage {
-            width: dw,
-            height: dh,
-            data,
-        })
-    }
-
-    fn decode_with_crate(&self, i: usize) -> Result<RgbImage, SlideError> {
-        let path = self.path.clone();
-        let slot = rayon::current_thread_index().unwrap_or(0) % self.decoders.len();
-        // A decoder that panicked is still usable for other chunks: seeks start afresh.
-        let mut decoder = self.decoders[slot].lock().unwrap_or_else(PoisonError::into_inner);
-        let samples = slide::guarded(&path, || {
-            let tiff_err = |cause| SlideError::Tiff {
-                path: path.clone(),
-                cause,
-            };
-            match decoder.read_chunk(i as u32).map_err(tiff_err)? {
-                DecodingResult::U8(v) => Ok(v),
-                DecodingResult::U16(v) => Ok(v.into_iter().map(to_u8).collect()),
-                _ => Err(SlideError::Unsupported {
-                    path: path.clone(),
-                    what: format!("TIFF sample format for {:?}", self.color),
-                }),
-            }
-        })?;
-        self.to_rgb_image(i, samples)
-    }
-
-    /// Chunk `i`'s bytes as stored.
-    fn raw_bytes(&mut self, i: usize) -> Result<Vec<u8>, SlideError> {
-        let l = self.raw.as_ref().expect("a raw layout");
-        let (offset, count) = (l.offsets[i], l.counts[i] as usize);
-        let mut bytes = vec![0u8; count];
-        let reader = self.decoders[0]
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .inner();
-        reader.seek(SeekFrom::Start(offset)).map_err(|cause| SlideError::Io {
-            path: self.path.clone(),
-            cause,
-        })?;
-        if reader.read_exact(&mut bytes).is_err() {
-            return Err(self.corrupt(format!("chunk {i} runs past the end of the file")));
-        }
-        Ok(bytes)
-    }
-
-    /// Decompresses a stored chunk, undoes the predictor, crops the padding, converts to RGB8.
-    fn decode_raw(&self, i: usize, stored: &[u8]) -> Result<RgbImage, SlideError> {
-        let l = self.raw.as_ref().expect("a raw layout");
-        let (dw, dh) = self.chunk_data_size(i);
-        let pixel_bytes = self.channels * l.bytes_per_sample;
-        // Strips hold only their data rows; tiles are stored padded to full size.
-        let (cw, rows) = if self.chunk_w == self.width {
-            (self.width, dh)
-        } else {
-            (self.chunk_w, self.chunk_h)
-        };
-        let needed = cw * rows * pixel_bytes;
-        let mut raw = vec![0u8; needed];
-        match l.codec {
-            RawCodec::None => {
-                if stored.len() < needed {
-                    return Err(self.corrupt(format!("chunk {i} holds {} bytes, expected {needed}", stored.len())));
-                }
-                raw.copy_from_slice(&stored[..needed]);
-            }
-            RawCodec::Lzw => {
-                slide::lzw_decompress(stored, &mut raw).map_err(|e| self.corrupt(format!("chunk {i}: {e}")))?
-            }
-            RawCodec::Deflate => flate2::read::ZlibDecoder::new(stored)
-                .read_exact(&mut raw)
-                .map_err(|e| self.corrupt(format!("chunk {i}: deflate: {e}")))?,
-        }
-        let mut out = Vec::with_capacity(dw * dh * pixel_bytes);
-        for row in raw.chunks_exact_mut(cw * pixel_bytes).take(dh) {
-            if l.predictor == 2 {
-                slide::undo_horizontal_predictor(row, self.channels, l.bytes_per_sample, l.little_endian);
-            }
-            out.extend_from_slice(&row[..dw * pixel_bytes]);
-        }
-        let mut samples: Vec<u8> = if l.bytes_per_sample == 2 {
-            let from = if l.little_endian {
-                u16::from_le_bytes
-            } else {
-                u16::from_be_bytes
-            };
-            out.chunks_exact(2).map(|b| to_u8(from([b[0], b[1]]))).collect()
-        } else {
-            out
-        };
-        if l.white_is_zero {
-            samples.iter_mut().for_each(|s| *s = 255 - *s);
-        }
-        self.to_rgb_image(i, samples)
-    }
-}
-
-fn to_u8(s: u16) -> u8 {
-    ((s as u32 * 255 + 32767) / 65535) as u8
 }
 
 #[cfg(test)]
