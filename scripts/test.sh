@@ -17,6 +17,9 @@ forbid ftu-trainer "ort(-sys)? " "the trainer reads formats from ftu-formats, no
 forbid ftu-formats candle "the shared formats carry no Candle"
 forbid ftu-formats "ort(-sys)? " "the shared formats carry no ONNX Runtime"
 
+echo "== no two modules import each other, directly or through others"
+python3 scripts/module_cycles.py formats infer models onnx trainer
+
 # The engine's tests run models through the real ONNX Runtime.
 source scripts/ort.sh
 

@@ -1,6 +1,7 @@
-//! The ensemble engine: one ONNX Runtime session per manifest model, checked against what the
-//! manifest says about it, and the per-slide probability map — per group resize, normalise, TTA
-//! as one batch, invert, activate, average models, resize back, average groups.
+//! The engine: one ONNX Runtime session per manifest model, checked against what the manifest
+//! says about it, and one group's maps — resize, normalise, TTA as one batch, invert, activate,
+//! average the group's models, resize back. Groups are combined in [`crate::ensemble`] (a slide
+//! in memory) and [`crate::tiled`] (a slide read in windows).
 
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use crate::session::{Element, ModelInfo, Runtime, RuntimeError, TensorInfo};
-use ftu_formats::manifest::{Activation, ChannelOrder, GroupMode, Manifest, ModelSpec, Normalisation, OutputRef};
+use ftu_formats::manifest::{Activation, ChannelOrder, Manifest, ModelSpec, Normalisation, OutputRef};
 use ftu_formats::organ::{DataSource, Organ};
 use ftu_formats::resize::{resize_map, resize_rgb};
 use ftu_formats::slide::RgbImage;
@@ -87,7 +88,7 @@ impl Timings {
     }
 }
 
-fn timed<T>(slot: &mut Duration, f: impl FnOnce() -> T) -> T {
+pub(crate) fn timed<T>(slot: &mut Duration, f: impl FnOnce() -> T) -> T {
     let start = Instant::now();
     let out = f();
     *slot += start.elapsed();
@@ -146,54 +147,6 @@ impl Engine {
     /// The threshold for a slide.
     pub fn threshold(&self, info: &SlideInfo) -> f32 {
         self.manifest.thresholds.get(info.organ, info.source)
-    }
-
-    /// The ensemble's probability map for one slide, at the slide's size, every group resized
-    /// (a tiled group runs over the in-memory slide: see [`crate::tiled`] for slides read in tiles).
-    pub fn predict(&mut self, slide: &RgbImage, info: &SlideInfo, t: &mut Timings) -> Result<ProbMap, EngineError> {
-        let (height, width) = (slide.height, slide.width);
-        // The first group's resized map becomes the total: no extra slide-sized buffer to fill.
-        let mut total: Option<Vec<f32>> = None;
-        let mut weight_sum = 0f32;
-        for gi in 0..self.groups.len() {
-            if !self.group_serves(gi, info.organ) {
-                continue;
-            }
-            let group_weight = self.manifest.groups[gi].weight;
-            let back = match self.manifest.groups[gi].mode {
-                GroupMode::Resize => self.resized_group(gi, slide, info, t)?,
-                GroupMode::Tiles(_) => {
-                    let mut source = ftu_formats::slide::region::SlideSource::Memory(slide.clone());
-                    let map = crate::tiled::group_sum(self, gi, &mut source, info, None, t)?;
-                    let mut dense = vec![0f32; width * height];
-                    map.add_into(&mut dense);
-                    dense
-                }
-            };
-            match &mut total {
-                None => {
-                    let mut back = back;
-                    back.iter_mut().for_each(|v| *v *= group_weight);
-                    total = Some(back);
-                }
-                Some(total) => total
-                    .iter_mut()
-                    .zip(&back)
-                    .for_each(|(acc, v)| *acc += group_weight * v),
-            }
-            weight_sum += group_weight;
-        }
-        let Some(mut total) = total else {
-            return Err(EngineError::NoModel(info.organ));
-        };
-        if weight_sum != 1.0 {
-            total.iter_mut().for_each(|v| *v /= weight_sum);
-        }
-        Ok(ProbMap {
-            width,
-            height,
-            data: total,
-        })
     }
 
     /// Whether any model of group `gi` serves this organ.

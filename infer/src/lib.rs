@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod engine;
+pub mod ensemble;
 pub mod merge;
 pub mod postprocess;
 pub mod predict;
