@@ -329,58 +329,9 @@ fn run_predict(a: PredictArgs) -> Result<()> {
     windows.finish_and_clear();
     bar.finish_and_clear();
 
-    println!(
-        "wrote {} ({} rows, {} predicted, {} skipped) in {:.1} s, {:.2} slides/s",
-        report.submission.display(),
-        report.slides,
-        report.predicted,
-        report.skipped.len(),
-        report.wall_seconds,
-        report.slides_per_second
-    );
-    println!("{:<16}{:>10}{:>14}", "stage", "seconds", "ms / slide");
-    for (stage, d) in report.timings.stages() {
-        let s = d.as_secs_f64();
-        println!("{stage:<16}{s:>10.2}{:>14.1}", 1000.0 * s / report.slides as f64);
-    }
     if let Some(note) = runtime.fallback() {
         println!("note: {note}");
     }
-    for t in &report.tiles {
-        let tissue = t
-            .stats
-            .tissue
-            .as_ref()
-            .map(|s| {
-                format!(
-                    ", tissue {:.1}% (saturation > {})",
-                    100.0 * s.tissue_fraction,
-                    s.saturation_threshold
-                )
-            })
-            .unwrap_or_default();
-        let level = t
-            .stats
-            .thumbnail_level
-            .map(|l| format!(" (from pyramid page {}, {}×{})", l.page, l.width, l.height))
-            .unwrap_or_default();
-        println!(
-            "{}: {} of {} windows run{tissue}, {:.3} s per tissue window, thumbnail {:.2} s{level}, probability blocks at most {:.0} MB{}",
-            t.id,
-            t.stats.windows_run,
-            t.stats.windows,
-            t.stats.seconds_per_window,
-            t.stats.thumbnail_seconds,
-            t.stats.map_peak_bytes as f64 / 1e6,
-            if t.stats.streamed { " (rows freed as finished)" } else { "" }
-        );
-    }
-    for s in &report.skipped {
-        println!("skipped {}: {}", s.id, s.reason);
-    }
-    println!(
-        "report: {}",
-        predict::PredictReport::path_for(&report.submission).display()
-    );
+    println!("{report}");
     Ok(())
 }

@@ -164,6 +164,66 @@ pub struct SlideTiles {
     pub stats: TileStats,
 }
 
+/// What a run did, as `ftu-infer predict` prints it: the submission, the time per stage, each
+/// tiled slide's windows, the skipped slides, and where the JSON report is.
+impl std::fmt::Display for PredictReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "wrote {} ({} rows, {} predicted, {} skipped) in {:.1} s, {:.2} slides/s",
+            self.submission.display(),
+            self.slides,
+            self.predicted,
+            self.skipped.len(),
+            self.wall_seconds,
+            self.slides_per_second
+        )?;
+        writeln!(f, "{:<16}{:>10}{:>14}", "stage", "seconds", "ms / slide")?;
+        for (stage, d) in self.timings.stages() {
+            let s = d.as_secs_f64();
+            writeln!(
+                f,
+                "{stage:<16}{s:>10.2}{:>14.1}",
+                1000.0 * s / self.slides.max(1) as f64
+            )?;
+        }
+        for t in &self.tiles {
+            let tissue = t
+                .stats
+                .tissue
+                .as_ref()
+                .map(|s| {
+                    format!(
+                        ", tissue {:.1}% (saturation > {})",
+                        100.0 * s.tissue_fraction,
+                        s.saturation_threshold
+                    )
+                })
+                .unwrap_or_default();
+            let level = t
+                .stats
+                .thumbnail_level
+                .map(|l| format!(" (from pyramid page {}, {}×{})", l.page, l.width, l.height))
+                .unwrap_or_default();
+            writeln!(
+                f,
+                "{}: {} of {} windows run{tissue}, {:.3} s per tissue window, thumbnail {:.2} s{level}, probability blocks at most {:.0} MB{}",
+                t.id,
+                t.stats.windows_run,
+                t.stats.windows,
+                t.stats.seconds_per_window,
+                t.stats.thumbnail_seconds,
+                t.stats.map_peak_bytes as f64 / 1e6,
+                if t.stats.streamed { " (rows freed as finished)" } else { "" }
+            )?;
+        }
+        for s in &self.skipped {
+            writeln!(f, "skipped {}: {}", s.id, s.reason)?;
+        }
+        write!(f, "report: {}", PredictReport::path_for(&self.submission).display())
+    }
+}
+
 impl PredictReport {
     /// `submission.csv` → `submission.report.json`.
     pub fn path_for(submission: &Path) -> PathBuf {
@@ -235,50 +295,15 @@ pub fn predict_dir(
         .any(|g| matches!(g.mode, GroupMode::Tiles(_)));
 
     let mut timings = Timings::default();
-    let mut submission = Vec::with_capacity(rows.len());
-    let mut skipped = Vec::new();
-    let mut tiles = Vec::new();
-    let mut foreground = 0f64;
     let total = rows.len();
-    let mut record =
-        |row: &TestRow, outcome: Result<Outcome, SlideFailure>, submission: &mut Vec<SubmissionRow>| match outcome {
-            Ok(o) => {
-                foreground += o.fraction;
-                if let Some(stats) = o.tiles {
-                    tiles.push(SlideTiles {
-                        id: row.id.clone(),
-                        stats,
-                    });
-                }
-                submission.push(SubmissionRow {
-                    id: row.id.clone(),
-                    rle: o.rle,
-                });
-                Ok(())
-            }
-            Err(cause) if opts.on_error == OnError::Skip => {
-                skipped.push(Skipped {
-                    id: row.id.clone(),
-                    reason: cause.to_string(),
-                });
-                submission.push(SubmissionRow {
-                    id: row.id.clone(),
-                    rle: String::new(),
-                });
-                Ok(())
-            }
-            Err(cause) => Err(PredictError::Slide {
-                id: row.id.clone(),
-                cause,
-            }),
-        };
+    let mut results = Results::new(opts.on_error, total);
     if tiled {
         // Slides are opened region by region: nothing to decode ahead.
         for (i, row) in rows.iter().enumerate() {
             let mut t = Timings::default();
             let outcome = predict_tiled_one(engine, opts, row, truth.get(&row.id), &mut t, &mut *progress);
             timings.add(&t);
-            record(row, outcome, &mut submission)?;
+            results.record(row, outcome)?;
             progress(Event::Slide {
                 done: i + 1,
                 total,
@@ -311,7 +336,7 @@ pub fn predict_dir(
                 let outcome =
                     slide.and_then(|slide| predict_one(engine, opts, row, &slide, truth.get(&row.id), &mut t));
                 timings.add(&t);
-                record(row, outcome, &mut submission)?;
+                results.record(row, outcome)?;
                 progress(Event::Slide {
                     done: i + 1,
                     total,
@@ -322,37 +347,7 @@ pub fn predict_dir(
         })?;
     }
 
-    schema::write_rows(&opts.out, &submission)?;
-    let wall = start.elapsed().as_secs_f64();
-    let predicted = total - skipped.len();
-    let report = PredictReport {
-        submission: opts.out.clone(),
-        slides: total,
-        predicted,
-        skipped,
-        stages: timings
-            .stages()
-            .iter()
-            .map(|(n, d)| StageTime {
-                stage: n.to_string(),
-                seconds: d.as_secs_f64(),
-            })
-            .collect(),
-        wall_seconds: wall,
-        slides_per_second: total as f64 / wall.max(1e-9),
-        foreground_fraction: if predicted > 0 {
-            foreground / predicted as f64
-        } else {
-            0.0
-        },
-        shard: opts.shard.map(|s| s.to_string()),
-        tiles,
-        timings,
-    };
-    let json = serde_json::to_vec_pretty(&report).expect("the report serialises");
-    let path = PredictReport::path_for(&opts.out);
-    write_atomic(&path, |w| std::io::Write::write_all(w, &json))?;
-    Ok(report)
+    results.write(opts, timings, start.elapsed())
 }
 
 /// One slide's row and what else it produced.
@@ -360,6 +355,100 @@ struct Outcome {
     rle: String,
     fraction: f64,
     tiles: Option<TileStats>,
+}
+
+/// The run's results as slides finish: the submission's rows in test.csv order (an empty mask
+/// for a skipped slide, never a missing row), what was skipped and why, tiling statistics; then
+/// the submission and its report, each written atomically.
+struct Results {
+    on_error: OnError,
+    rows: Vec<SubmissionRow>,
+    skipped: Vec<Skipped>,
+    tiles: Vec<SlideTiles>,
+    /// Sum over predicted slides of their foreground fraction.
+    foreground: f64,
+}
+
+impl Results {
+    fn new(on_error: OnError, slides: usize) -> Results {
+        Results {
+            on_error,
+            rows: Vec::with_capacity(slides),
+            skipped: Vec::new(),
+            tiles: Vec::new(),
+            foreground: 0.0,
+        }
+    }
+
+    /// A slide's outcome: its row, or (with `--on-error skip`) an empty row and the reason.
+    fn record(&mut self, row: &TestRow, outcome: Result<Outcome, SlideFailure>) -> Result<(), PredictError> {
+        let rle = match outcome {
+            Ok(o) => {
+                self.foreground += o.fraction;
+                if let Some(stats) = o.tiles {
+                    self.tiles.push(SlideTiles {
+                        id: row.id.clone(),
+                        stats,
+                    });
+                }
+                o.rle
+            }
+            Err(cause) if self.on_error == OnError::Skip => {
+                self.skipped.push(Skipped {
+                    id: row.id.clone(),
+                    reason: cause.to_string(),
+                });
+                String::new()
+            }
+            Err(cause) => {
+                return Err(PredictError::Slide {
+                    id: row.id.clone(),
+                    cause,
+                })
+            }
+        };
+        self.rows.push(SubmissionRow {
+            id: row.id.clone(),
+            rle,
+        });
+        Ok(())
+    }
+
+    /// Writes the submission, then the report beside it, and returns the report.
+    fn write(self, opts: &PredictOptions, timings: Timings, wall: Duration) -> Result<PredictReport, PredictError> {
+        schema::write_rows(&opts.out, &self.rows)?;
+        let wall = wall.as_secs_f64();
+        let total = self.rows.len();
+        let predicted = total - self.skipped.len();
+        let report = PredictReport {
+            submission: opts.out.clone(),
+            slides: total,
+            predicted,
+            skipped: self.skipped,
+            stages: timings
+                .stages()
+                .iter()
+                .map(|(n, d)| StageTime {
+                    stage: n.to_string(),
+                    seconds: d.as_secs_f64(),
+                })
+                .collect(),
+            wall_seconds: wall,
+            slides_per_second: total as f64 / wall.max(1e-9),
+            foreground_fraction: if predicted > 0 {
+                self.foreground / predicted as f64
+            } else {
+                0.0
+            },
+            shard: opts.shard.map(|s| s.to_string()),
+            tiles: self.tiles,
+            timings,
+        };
+        let json = serde_json::to_vec_pretty(&report).expect("the report serialises");
+        let path = PredictReport::path_for(&opts.out);
+        write_atomic(&path, |w| std::io::Write::write_all(w, &json))?;
+        Ok(report)
+    }
 }
 
 fn image_path(data: &Path, row: &TestRow) -> Result<PathBuf, SlideFailure> {

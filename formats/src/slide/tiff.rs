@@ -361,7 +361,7 @@ impl TiffRegions {
                 .par_iter()
                 .zip(compressed)
                 .map(|(&i, bytes)| {
-                    let img = guarded(|| this.decode_raw(i, &bytes))?;
+                    let img = guarded(|| this.decode_raw(i, bytes))?;
                     let (x0, y0) = this.chunk_origin(i);
                     Ok(f(img, x0, y0))
                 })
@@ -446,7 +446,7 @@ impl TiffRegions {
     }
 
     /// Decompresses a stored chunk, undoes the predictor, crops the padding, converts to RGB8.
-    fn decode_raw(&self, i: usize, stored: &[u8]) -> Result<RgbImage, SlideErrorKind> {
+    fn decode_raw(&self, i: usize, stored: Vec<u8>) -> Result<RgbImage, SlideErrorKind> {
         let l = self.raw.as_ref().expect("a raw layout");
         let corrupt = |what: String| SlideErrorKind::Corrupt(format!("chunk {i}: {what}"));
         let (dw, dh) = self.chunk_data_size(i);
@@ -458,26 +458,43 @@ impl TiffRegions {
             (self.chunk_w, self.chunk_h)
         };
         let needed = cw * rows * pixel_bytes;
-        let mut raw = vec![0u8; needed];
-        match l.codec {
+        let mut raw = match l.codec {
             RawCodec::None => {
                 if stored.len() < needed {
                     return Err(corrupt(format!("holds {} bytes, expected {needed}", stored.len())));
                 }
-                raw.copy_from_slice(&stored[..needed]);
+                let mut raw = stored;
+                raw.truncate(needed);
+                raw
             }
-            RawCodec::Lzw => lzw_decompress(stored, &mut raw).map_err(corrupt)?,
-            RawCodec::Deflate => flate2::read::ZlibDecoder::new(stored)
-                .read_exact(&mut raw)
-                .map_err(|e| corrupt(format!("deflate: {e}")))?,
-        }
-        let mut out = Vec::with_capacity(dw * dh * pixel_bytes);
-        for row in raw.chunks_exact_mut(cw * pixel_bytes).take(dh) {
-            if l.predictor == 2 {
+            RawCodec::Lzw => {
+                let mut raw = vec![0u8; needed];
+                lzw_decompress(&stored, &mut raw).map_err(corrupt)?;
+                raw
+            }
+            RawCodec::Deflate => {
+                let mut raw = vec![0u8; needed];
+                flate2::read::ZlibDecoder::new(&stored[..])
+                    .read_exact(&mut raw)
+                    .map_err(|e| corrupt(format!("deflate: {e}")))?;
+                raw
+            }
+        };
+        if l.predictor == 2 {
+            for row in raw.chunks_exact_mut(cw * pixel_bytes).take(dh) {
                 undo_horizontal_predictor(row, self.channels, l.bytes_per_sample, l.little_endian);
             }
-            out.extend_from_slice(&row[..dw * pixel_bytes]);
         }
+        // Padding rows and columns cropped (nothing to do for strips and inner tiles).
+        let out = if (cw, rows) == (dw, dh) {
+            raw
+        } else {
+            let mut out = Vec::with_capacity(dw * dh * pixel_bytes);
+            for row in raw.chunks_exact(cw * pixel_bytes).take(dh) {
+                out.extend_from_slice(&row[..dw * pixel_bytes]);
+            }
+            out
+        };
         let mut samples: Vec<u8> = if l.bytes_per_sample == 2 {
             let from = if l.little_endian {
                 u16::from_le_bytes

@@ -1,0 +1,644 @@
+//! One fold of k-fold training as named steps: [`Fold::setup`] (a fresh model, or the last
+//! complete epoch when resuming), then per epoch [`Fold::train_epoch`], [`Fold::validate`]
+//! (best checkpoint, out-of-fold probabilities, overlays), [`Fold::checkpoint`] (last weights,
+//! optimiser state, the fold's state, each atomic) and [`Fold::record`] (metrics CSV and plots),
+//! and at the end [`Fold::export`] of the best checkpoint to ONNX.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use ftu_formats::manifest::Normalisation;
+use ftu_formats::Organ;
+use ftu_models::store::is_buffer;
+use ftu_models::weights::{self, Scope};
+use ftu_models::{Arch, ArchConfig, Ctx, ExportMeta, Segmenter};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+use crate::data::{self, Batch, SlideCache};
+use crate::error::{At, Result, TrainError};
+use crate::optim::{self, AdamW, Ema};
+use crate::{losses, plots};
+
+/// What the caller sees of progress.
+pub trait Progress {
+    /// A counter that worker threads advance (slide decoding); finished by the next `finish`.
+    fn ticker(&mut self, _what: &str, _total: usize) -> Box<dyn Fn() + Send + Sync> {
+        Box::new(|| {})
+    }
+    fn start(&mut self, what: &str, total: usize);
+    fn tick(&mut self, message: &str);
+    fn finish(&mut self, line: &str);
+}
+
+/// One row of RUN/metrics.csv.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub fold: usize,
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub val_loss: f64,
+    pub val_dice: f64,
+    pub dice_kidney: Option<f64>,
+    pub dice_prostate: Option<f64>,
+    pub dice_largeintestine: Option<f64>,
+    pub dice_spleen: Option<f64>,
+    pub dice_lung: Option<f64>,
+    pub seconds: f64,
+}
+
+/// RUN/foldK/state.json: where a fold stands, for `--resume`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct FoldState {
+    /// Epochs finished.
+    pub epochs_done: usize,
+    pub best_dice: f64,
+    pub best_epoch: usize,
+    /// Set once the best checkpoint has been exported.
+    pub exported: bool,
+}
+
+pub struct FoldResult {
+    pub fold: usize,
+    pub best_dice: f64,
+    pub best_epoch: usize,
+    pub onnx: PathBuf,
+}
+
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).at("writing", path)?;
+    Ok(ftu_formats::atomic::write_atomic(path, |w| {
+        std::io::Write::write_all(w, text.as_bytes())
+    })?)
+}
+
+pub(crate) fn seed_of(parts: &[u64]) -> u64 {
+    // SplitMix-style mixing of the parts.
+    parts.iter().fold(0x9E37_79B9_7F4A_7C15u64, |h, &p| {
+        let mut z = h ^ p
+            .wrapping_add(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(h << 6)
+            .wrapping_add(h >> 2);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
+pub fn arch_config(cfg: &TrainConfig) -> ArchConfig {
+    ArchConfig {
+        decoder_channels: cfg.decoder_channels.clone(),
+        deep_supervision: cfg.deep_supervision,
+        organ_head: cfg.organ_head,
+        pixel_size_head: cfg.pixel_size_head,
+        ..ArchConfig::default()
+    }
+}
+
+pub(crate) fn fold_dir(cfg: &TrainConfig, k: usize) -> PathBuf {
+    cfg.out.join(format!("fold{k}"))
+}
+
+fn read_metrics(path: &Path) -> Result<Vec<Metrics>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut reader = csv::Reader::from_path(path).at("reading", path)?;
+    reader
+        .deserialize()
+        .collect::<Result<Vec<Metrics>, _>>()
+        .at("reading", path)
+}
+
+fn write_metrics(path: &Path, rows: &[Metrics]) -> Result<()> {
+    Ok(ftu_formats::atomic::write_atomic(path, |w| {
+        let mut csv = csv::Writer::from_writer(w);
+        for r in rows {
+            csv.serialize(r).map_err(std::io::Error::other)?;
+        }
+        csv.flush()
+    })?)
+}
+
+/// A validation pass: mean loss, per-slide Dice at 0.5 and probabilities (training scale).
+struct Validation {
+    loss: f64,
+    dice: Vec<f64>,
+    probs: Vec<Vec<f32>>,
+}
+
+fn evaluate(
+    cfg: &TrainConfig,
+    model: &Segmenter,
+    cache: &SlideCache,
+    idx: &[usize],
+    norm: &Normalisation,
+) -> Result<Validation> {
+    let ctx = Ctx::eval();
+    let (mut loss, mut dice_all, mut probs) = (0f64, Vec::new(), Vec::new());
+    for chunk in idx.chunks(cfg.batch) {
+        let seeds = vec![0; chunk.len()];
+        let b = data::batch(cache, chunk, &seeds, None, norm)?;
+        let out = model.forward(&b.images, &ctx)?;
+        loss += losses::segmentation(&out.logits, &b.masks, &cfg.loss)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+        let p = candle_nn::ops::sigmoid(&out.logits)?;
+        for (j, &i) in chunk.iter().enumerate() {
+            let prob = p.get(j)?.flatten_all()?.to_vec1::<f32>()?;
+            dice_all.push(ftu_formats::dice::dice_thresholded(&prob, 0.5, &cache.get(i)?.mask));
+            probs.push(prob);
+        }
+    }
+    Ok(Validation {
+        loss: loss / idx.len().max(1) as f64,
+        dice: dice_all,
+        probs,
+    })
+}
+
+/// One fold in training: its model, optimiser, EMA and where it stands.
+pub(crate) struct Fold<'a> {
+    cfg: &'a TrainConfig,
+    arch: Arch,
+    cache: &'a SlideCache,
+    norm: &'a Normalisation,
+    k: usize,
+    dir: PathBuf,
+    train_idx: Vec<usize>,
+    val_idx: Vec<usize>,
+    model: Segmenter,
+    /// Every variable (parameters and buffers) by name.
+    named: Vec<(String, Var)>,
+    opt: AdamW,
+    ema: Option<Ema>,
+    /// Encoder parameters start with this (frozen for the first epochs when asked).
+    encoder_prefix: String,
+    pub(crate) state: FoldState,
+    /// RUN/metrics.csv: every fold's rows, this fold's up to where it stands.
+    metrics: Vec<Metrics>,
+    /// Training samples per epoch.
+    samples: usize,
+    total_steps: usize,
+}
+
+/// What an epoch of training gave.
+pub(crate) struct Trained {
+    pub train_loss: f64,
+    /// The learning rate of the epoch's last step.
+    pub lr: f64,
+}
+
+/// What validation after an epoch gave.
+pub(crate) struct Validated {
+    pub loss: f64,
+    pub dice: f64,
+    /// Mean Dice of each organ present in the validation slides.
+    pub organ_dice: BTreeMap<Organ, f64>,
+    /// Whether this epoch is the fold's best so far (its checkpoint and OOF are saved).
+    pub improved: bool,
+}
+
+impl<'a> Fold<'a> {
+    /// A fresh model (with the pretrained encoder when configured) and optimiser, or, with
+    /// `resume` and a saved state, the last complete epoch's weights, optimiser and EMA.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn setup(
+        cfg: &'a TrainConfig,
+        arch: Arch,
+        cache: &'a SlideCache,
+        fold_of: &[usize],
+        k: usize,
+        norm: &'a Normalisation,
+        resume: bool,
+        progress: &mut dyn Progress,
+    ) -> Result<Fold<'a>> {
+        let dir = fold_dir(cfg, k);
+        std::fs::create_dir_all(dir.join("overlays")).at("creating", &dir.join("overlays"))?;
+        let train_idx: Vec<usize> = (0..fold_of.len()).filter(|&i| fold_of[i] != k).collect();
+        let val_idx: Vec<usize> = (0..fold_of.len()).filter(|&i| fold_of[i] == k).collect();
+
+        let model = Segmenter::new(arch, arch_config(cfg), seed_of(&[cfg.seed, k as u64]))?;
+        if let Some(path) = &cfg.pretrained {
+            let report = weights::load(
+                &model,
+                path,
+                Scope::Encoder {
+                    ignore_classifier: true,
+                },
+            )
+            .at("loading the pretrained encoder", path)?;
+            progress.finish(&format!(
+                "fold {k}: encoder from {} ({} tensors)",
+                path.display(),
+                report.loaded
+            ));
+        }
+        let named = model.store().named_vars();
+        let params: Vec<(String, Var)> = named.iter().filter(|(n, _)| !is_buffer(n)).cloned().collect();
+        let opt = AdamW::new(params, cfg.optim.clone())?;
+        let ema = if cfg.optim.ema > 0.0 {
+            Some(Ema::new(named.clone(), cfg.optim.ema)?)
+        } else {
+            None
+        };
+        let samples = if cfg.samples_per_epoch == 0 {
+            train_idx.len()
+        } else {
+            cfg.samples_per_epoch
+        };
+        let steps_per_epoch = samples.div_ceil(cfg.batch).div_ceil(cfg.optim.accumulate);
+        let mut fold = Fold {
+            cfg,
+            arch,
+            cache,
+            norm,
+            k,
+            dir,
+            train_idx,
+            val_idx,
+            model,
+            named,
+            opt,
+            ema,
+            encoder_prefix: format!("{}.", arch.encoder.prefix()),
+            state: FoldState {
+                epochs_done: 0,
+                best_dice: -1.0,
+                best_epoch: 0,
+                exported: false,
+            },
+            metrics: Vec::new(),
+            samples,
+            total_steps: steps_per_epoch * cfg.epochs,
+        };
+        if resume && fold.path("state.json").exists() {
+            fold.resume(progress)?;
+        }
+        // This fold's earlier rows survive only up to where it resumes.
+        fold.metrics = read_metrics(&fold.metrics_path())?
+            .into_iter()
+            .filter(|m| m.fold != k || m.epoch <= fold.state.epochs_done)
+            .collect();
+        Ok(fold)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn metrics_path(&self) -> PathBuf {
+        self.cfg.out.join("metrics.csv")
+    }
+
+    /// The state, weights, optimiser and EMA of the last complete epoch.
+    fn resume(&mut self, progress: &mut dyn Progress) -> Result<()> {
+        let (state_path, last, last_optim) = (
+            self.path("state.json"),
+            self.path("last.safetensors"),
+            self.path("last.optim.safetensors"),
+        );
+        let text = std::fs::read_to_string(&state_path).at("reading", &state_path)?;
+        self.state = serde_json::from_str(&text).at("reading", &state_path)?;
+        weights::load(&self.model, &last, Scope::Full).at("resuming from", &last)?;
+        self.opt.load(&last_optim).at("resuming from", &last_optim)?;
+        if let Some(e) = self.ema.as_mut() {
+            e.load(&candle_core::safetensors::load(&last_optim, &candle_core::Device::Cpu)?)?;
+        }
+        progress.finish(&format!(
+            "fold {}: resuming after epoch {}",
+            self.k, self.state.epochs_done
+        ));
+        Ok(())
+    }
+
+    /// The epochs still to train.
+    pub(crate) fn remaining_epochs(&self) -> std::ops::RangeInclusive<usize> {
+        self.state.epochs_done + 1..=self.cfg.epochs
+    }
+
+    /// One pass over `samples` training slides in batches (the next batch drawn and augmented
+    /// while the model works on this one), gradients accumulated, clipped, and stepped.
+    pub(crate) fn train_epoch(&mut self, epoch: usize, progress: &mut dyn Progress) -> Result<Trained> {
+        let (cfg, k, cache, norm) = (self.cfg, self.k, self.cache, self.norm);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed_of(&[cfg.seed, k as u64, epoch as u64]));
+        let mut order = Vec::with_capacity(self.samples);
+        while order.len() < self.samples {
+            let mut pass = self.train_idx.clone();
+            pass.shuffle(&mut rng);
+            order.extend(pass);
+        }
+        order.truncate(self.samples);
+        let frozen = epoch <= cfg.freeze_encoder_epochs;
+        let chunks: Vec<&[usize]> = order.chunks(cfg.batch).collect();
+        progress.start(&format!("fold {k} epoch {epoch}/{}", cfg.epochs), chunks.len());
+        let mut loss_sum = 0f64;
+        let mut acc: Option<GradStore> = None;
+        let mut in_acc = 0;
+        let mut lr = 0.0;
+        let seeds_for = |b: usize, n: usize| {
+            (0..n)
+                .map(|j| seed_of(&[cfg.seed, k as u64, epoch as u64, b as u64, j as u64]))
+                .collect::<Vec<_>>()
+        };
+        let mut next = Some(data::batch(
+            cache,
+            chunks[0],
+            &seeds_for(0, chunks[0].len()),
+            Some(&cfg.augment),
+            norm,
+        )?);
+        for b in 0..chunks.len() {
+            let current = next.take().expect("a batch is ready");
+            let model = &self.model;
+            let (loaded, step_result) = std::thread::scope(|scope| {
+                let loader = scope.spawn(|| {
+                    chunks
+                        .get(b + 1)
+                        .map(|c| data::batch(cache, c, &seeds_for(b + 1, c.len()), Some(&cfg.augment), norm))
+                        .transpose()
+                });
+                let ctx = Ctx::train(seed_of(&[cfg.seed, k as u64, epoch as u64, b as u64, 99]));
+                let result = loss_and_gradients(cfg, model, &current, &ctx);
+                let loaded = loader
+                    .join()
+                    .map_err(|_| TrainError::Run("the batch loader panicked".into()));
+                (loaded, result)
+            });
+            next = loaded??;
+            let (value, grads) = step_result?;
+            if !value.is_finite() {
+                return Err(TrainError::Run(format!(
+                    "fold {k} epoch {epoch} batch {b}: the loss is {value}; lower optim.lr"
+                )));
+            }
+            loss_sum += value;
+            acc = Some(match acc.take() {
+                None => grads,
+                Some(mut a) => {
+                    for (_, p) in &self.named {
+                        if let Some(g) = grads.get(p) {
+                            let sum = match a.get(p) {
+                                Some(prev) => (prev + g)?,
+                                None => g.clone(),
+                            };
+                            a.insert(p, sum);
+                        }
+                    }
+                    a
+                }
+            });
+            in_acc += 1;
+            if in_acc == cfg.optim.accumulate || b + 1 == chunks.len() {
+                let grads = acc.take().expect("gradients accumulated");
+                lr = self.step(&grads, in_acc, frozen)?;
+                in_acc = 0;
+            }
+            progress.tick(&format!("loss {:.4}", loss_sum / (b + 1) as f64));
+        }
+        Ok(Trained {
+            train_loss: loss_sum / chunks.len() as f64,
+            lr,
+        })
+    }
+
+    /// One optimiser step on gradients summed over `batches` batches (averaged, clipped to
+    /// `clip_norm`), then the EMA; returns the step's learning rate.
+    fn step(&mut self, grads: &GradStore, batches: usize, frozen: bool) -> Result<f64> {
+        let cfg = self.cfg;
+        let scale = 1.0 / batches as f64;
+        let norm = self.opt.grad_norm(grads)? * scale;
+        let clip = if cfg.optim.clip_norm > 0.0 && norm > cfg.optim.clip_norm {
+            cfg.optim.clip_norm / norm
+        } else {
+            1.0
+        };
+        let lr = optim::learning_rate(&cfg.optim, self.opt.step, self.total_steps);
+        let encoder_prefix = &self.encoder_prefix;
+        self.opt.step(grads, lr, scale * clip, |name| {
+            frozen && name.starts_with(encoder_prefix)
+        })?;
+        if let Some(e) = self.ema.as_mut() {
+            e.update()?;
+        }
+        Ok(lr)
+    }
+
+    /// Validation on the EMA weights when there are some: Dice overall and per organ; a new best
+    /// saves its checkpoint and out-of-fold probabilities; overlays of the first slides.
+    pub(crate) fn validate(&mut self) -> Result<Validated> {
+        let (cfg, cache) = (self.cfg, self.cache);
+        if let Some(e) = self.ema.as_mut() {
+            e.swap()?;
+        }
+        let rows = cache.rows();
+        let val = evaluate(cfg, &self.model, cache, &self.val_idx, self.norm)?;
+        let dice = val.dice.iter().sum::<f64>() / val.dice.len().max(1) as f64;
+        let mut per_organ: BTreeMap<Organ, Vec<f64>> = BTreeMap::new();
+        for (&i, &d) in self.val_idx.iter().zip(&val.dice) {
+            per_organ.entry(rows[i].organ).or_default().push(d);
+        }
+        let organ_dice = per_organ
+            .into_iter()
+            .map(|(o, v)| (o, v.iter().sum::<f64>() / v.len() as f64))
+            .collect();
+        let improved = dice > self.state.best_dice;
+        if improved {
+            self.model.store().save(&self.path("best.safetensors"))?;
+            let oof: HashMap<String, Tensor> = self
+                .val_idx
+                .iter()
+                .zip(&val.probs)
+                .map(|(&i, p)| {
+                    Ok((
+                        rows[i].id.clone(),
+                        Tensor::from_slice(p, (cfg.size, cfg.size), &candle_core::Device::Cpu)?,
+                    ))
+                })
+                .collect::<Result<_>>()?;
+            optim::save_atomic(&oof, &self.path("oof.safetensors"))?;
+        }
+        for (&i, p) in self.val_idx.iter().zip(&val.probs).take(cfg.overlays) {
+            self.overlay(i, p)?;
+        }
+        if let Some(e) = self.ema.as_mut() {
+            e.swap()?;
+        }
+        Ok(Validated {
+            loss: val.loss,
+            dice,
+            organ_dice,
+            improved,
+        })
+    }
+
+    /// foldK/overlays/ID.png: validation slide `i` with its prediction and truth outlined.
+    fn overlay(&self, i: usize, prob: &[f32]) -> Result<()> {
+        let size = self.cfg.size;
+        let slide = self.cache.get(i)?;
+        let rgb = ftu_formats::RgbImage {
+            width: size,
+            height: size,
+            data: slide.image.iter().map(|&v| (v * 255.0).round() as u8).collect(),
+        };
+        let mask = |data: Vec<u8>| {
+            ftu_formats::Mask::from_row_major(size, size, data).map_err(|e| TrainError::Run(e.to_string()))
+        };
+        let pred = mask(prob.iter().map(|&v| u8::from(v > 0.5)).collect())?;
+        let truth = mask(slide.mask.clone())?;
+        let (w, h, px) = ftu_formats::draw::overlay(&rgb, &pred, Some(&truth), size);
+        let id = &self.cache.rows()[i].id;
+        ftu_formats::mask::image::write_rgb_png(&self.dir.join("overlays").join(format!("{id}.png")), w, h, &px)?;
+        Ok(())
+    }
+
+    /// Last checkpoint, optimiser state and the fold's state, each written atomically; the
+    /// state last, so a kill between them resumes from the previous complete epoch.
+    pub(crate) fn checkpoint(&mut self, epoch: usize, validated: &Validated) -> Result<()> {
+        if validated.improved {
+            self.state.best_dice = validated.dice;
+            self.state.best_epoch = epoch;
+        }
+        let last_optim = self.path("last.optim.safetensors");
+        self.model.store().save(&self.path("last.safetensors"))?;
+        let mut optim_tensors = HashMap::new();
+        if let Some(e) = &self.ema {
+            optim_tensors.extend(e.tensors());
+        }
+        self.opt.save(&last_optim)?;
+        if !optim_tensors.is_empty() {
+            let mut all = candle_core::safetensors::load(&last_optim, &candle_core::Device::Cpu)?;
+            all.extend(optim_tensors);
+            optim::save_atomic(&all, &last_optim)?;
+        }
+        self.state.epochs_done = epoch;
+        write_json(&self.path("state.json"), &self.state)
+    }
+
+    /// The epoch's row in RUN/metrics.csv, this fold's loss and Dice curves, and its line.
+    pub(crate) fn record(
+        &mut self,
+        epoch: usize,
+        trained: &Trained,
+        validated: &Validated,
+        took: Duration,
+        progress: &mut dyn Progress,
+    ) -> Result<()> {
+        let k = self.k;
+        let organ_dice = |o: Organ| validated.organ_dice.get(&o).copied();
+        let row = Metrics {
+            fold: k,
+            epoch,
+            lr: trained.lr,
+            train_loss: trained.train_loss,
+            val_loss: validated.loss,
+            val_dice: validated.dice,
+            dice_kidney: organ_dice(Organ::Kidney),
+            dice_prostate: organ_dice(Organ::Prostate),
+            dice_largeintestine: organ_dice(Organ::LargeIntestine),
+            dice_spleen: organ_dice(Organ::Spleen),
+            dice_lung: organ_dice(Organ::Lung),
+            seconds: took.as_secs_f64(),
+        };
+        self.metrics.retain(|m| !(m.fold == k && m.epoch == epoch));
+        self.metrics.push(row);
+        self.metrics.sort_by_key(|m| (m.fold, m.epoch));
+        write_metrics(&self.metrics_path(), &self.metrics)?;
+        let mine: Vec<&Metrics> = self.metrics.iter().filter(|m| m.fold == k).collect();
+        let pts = |f: fn(&Metrics) -> f64| mine.iter().map(|m| (m.epoch as f64, f(m))).collect::<Vec<_>>();
+        let (loss_png, dice_png) = (self.path("loss.png"), self.path("dice.png"));
+        plots::line_chart(
+            &loss_png,
+            &format!("fold {k} loss"),
+            &[("train", pts(|m| m.train_loss)), ("validation", pts(|m| m.val_loss))],
+        )
+        .at("plotting", &loss_png)?;
+        plots::line_chart(
+            &dice_png,
+            &format!("fold {k} validation Dice"),
+            &[("dice", pts(|m| m.val_dice))],
+        )
+        .at("plotting", &dice_png)?;
+        progress.finish(&format!(
+            "fold {k} epoch {epoch}: train loss {:.4}, val loss {:.4}, val Dice {:.4}{} ({:.1} s)",
+            trained.train_loss,
+            validated.loss,
+            validated.dice,
+            if validated.improved { " (best)" } else { "" },
+            took.as_secs_f64()
+        ));
+        Ok(())
+    }
+
+    /// The best checkpoint as foldK/model.onnx.
+    pub(crate) fn export(mut self) -> Result<FoldResult> {
+        let (cfg, k) = (self.cfg, self.k);
+        let onnx = self.path("model.onnx");
+        let best = self.path("best.safetensors");
+        let best_model = Segmenter::new(self.arch, arch_config(cfg), 0)?;
+        weights::load(&best_model, &best, Scope::Full).at("loading", &best)?;
+        let meta = ExportMeta {
+            norm: cfg.norm.clone(),
+            train_size: Some(cfg.size),
+            fold: Some(k),
+            val_dice: Some(self.state.best_dice),
+        };
+        let proto = best_model.export(&meta)?;
+        ftu_onnx::write(&proto, &onnx).at("writing", &onnx)?;
+        self.state.exported = true;
+        write_json(&self.path("state.json"), &self.state)?;
+        Ok(FoldResult {
+            fold: k,
+            best_dice: self.state.best_dice,
+            best_epoch: self.state.best_epoch,
+            onnx,
+        })
+    }
+}
+
+/// Trains fold `k` (or the rest of it, with `resume`) and exports its best checkpoint.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_fold(
+    cfg: &TrainConfig,
+    arch: Arch,
+    cache: &SlideCache,
+    fold_of: &[usize],
+    k: usize,
+    norm: &Normalisation,
+    resume: bool,
+    progress: &mut dyn Progress,
+) -> Result<FoldResult> {
+    let mut fold = Fold::setup(cfg, arch, cache, fold_of, k, norm, resume, progress)?;
+    for epoch in fold.remaining_epochs() {
+        let start = std::time::Instant::now();
+        let trained = fold.train_epoch(epoch, progress)?;
+        let validated = fold.validate()?;
+        fold.checkpoint(epoch, &validated)?;
+        fold.record(epoch, &trained, &validated, start.elapsed(), progress)?;
+    }
+    fold.export()
+}
+
+/// The batch's loss (segmentation, deep supervision, organ and pixel-size heads) and gradients.
+fn loss_and_gradients(cfg: &TrainConfig, model: &Segmenter, batch: &Batch, ctx: &Ctx) -> Result<(f64, GradStore)> {
+    let out = model.forward(&batch.images, ctx)?;
+    let mut loss = losses::segmentation(&out.logits, &batch.masks, &cfg.loss)?;
+    for aux in &out.aux {
+        loss = (loss + (losses::segmentation(aux, &batch.masks, &cfg.loss)? * cfg.loss.deep_supervision)?)?;
+    }
+    if let Some(organ) = &out.organ {
+        let ce = candle_nn::loss::cross_entropy(organ, &batch.organs)?;
+        loss = (loss + (ce * cfg.loss.organ)?)?;
+    }
+    if let Some(px) = &out.pixel_size {
+        let mse = candle_nn::loss::mse(px, &batch.pixel_sizes)?;
+        loss = (loss + (mse * cfg.loss.pixel_size)?)?;
+    }
+    let value = loss.to_scalar::<f32>()? as f64;
+    Ok((value, loss.backward()?))
+}
