@@ -7,8 +7,10 @@ use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use ndarray::{Array4, ArrayD, ArrayView4, ArrayViewD, Axis};
 use ort::session::Session;
 use ort::value::TensorRef;
+use rayon::prelude::*;
 
 use crate::session::{Element, ModelInfo, Runtime, RuntimeError, TensorInfo};
 use ftu_formats::manifest::{Activation, ChannelOrder, Manifest, ModelSpec, Normalisation, OutputRef};
@@ -300,29 +302,29 @@ fn model_maps(
                 // Items are laid out and read back in parallel: on many cores (or with the model
                 // on a GPU) this CPU work, not the model, would otherwise set the pace.
                 let batch = timed(&mut t.tta, || {
-                    use rayon::prelude::*;
-                    let item_len = 3 * bh * bw;
-                    let mut batch = vec![0f32; run_items.len() * item_len];
+                    let mut batch = Array4::<f32>::zeros((run_items.len(), 3, bh, bw));
                     batch
-                        .par_chunks_mut(item_len)
+                        .axis_iter_mut(Axis(0))
+                        .into_par_iter()
                         .zip(run_items.par_iter())
-                        .for_each(|(dst, &(i, tr))| {
-                            for (plane, d) in inputs[i][si].planes.iter().zip(dst.chunks_exact_mut(bh * bw)) {
+                        .for_each(|(mut item, &(i, tr))| {
+                            for (plane, mut d) in inputs[i][si].planes.iter().zip(item.axis_iter_mut(Axis(0))) {
+                                let d = d.as_slice_mut().expect("a standard-layout batch");
                                 tr.apply_into(plane, h, w, d);
                             }
                         });
                     batch
                 });
-                let (shape, out) = timed(&mut t.model, || run(model, &batch, run_items.len(), bh, bw))?;
+                let out = timed(&mut t.model, || run(model, batch.view()))?;
                 timed(&mut t.tta, || -> Result<(), EngineError> {
-                    use rayon::prelude::*;
-                    let (oh, ow) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+                    let (oh, ow) = (out.shape()[out.ndim() - 2], out.shape()[out.ndim() - 1]);
                     let model = &*model;
                     let inverted: Vec<Vec<f32>> = run_items
                         .par_iter()
                         .enumerate()
                         .map(|(k, &(_, tr))| {
-                            let map = activated(&model.spec, &shape, &out, k).map_err(|m| model.run_error(m))?;
+                            let map =
+                                activated(&model.spec, out.index_axis(Axis(0), k)).map_err(|m| model.run_error(m))?;
                             Ok(if tr == Transform::IDENTITY {
                                 map
                             } else {
@@ -415,21 +417,16 @@ fn normalised(image: &RgbImage, norm: Normalisation, channels: ChannelOrder) -> 
     planes
 }
 
-/// Runs one batch; returns the selected output's shape and values.
-fn run(
-    model: &mut LoadedModel,
-    batch: &[f32],
-    n: usize,
-    h: usize,
-    w: usize,
-) -> Result<(Vec<usize>, Vec<f32>), EngineError> {
+/// Runs one N×3×H×W batch; returns the selected output, N×C×H×W or N×H×W.
+fn run(model: &mut LoadedModel, batch: ArrayView4<f32>) -> Result<ArrayD<f32>, EngineError> {
+    let n = batch.len_of(Axis(0));
     let (field, path) = (model.spec.field.clone(), model.spec.path.clone());
     let err = |message: String| EngineError::Run {
         field: field.clone(),
         path: path.clone(),
         message,
     };
-    let tensor = TensorRef::from_array_view(([n, 3, h, w], batch)).map_err(|e| err(e.to_string()))?;
+    let tensor = TensorRef::from_array_view(batch).map_err(|e| err(e.to_string()))?;
     let output = model.output.as_str();
     let outputs = model
         .session
@@ -438,14 +435,14 @@ fn run(
     let value = outputs
         .get(output)
         .ok_or_else(|| err(format!("no output `{output}` in the results")))?;
-    let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| err(e.to_string()))?;
-    let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-    if !matches!(shape.len(), 3 | 4) || shape[0] != n {
+    let out = value.try_extract_array::<f32>().map_err(|e| err(e.to_string()))?;
+    if !matches!(out.ndim(), 3 | 4) || out.len_of(Axis(0)) != n {
         return Err(err(format!(
-            "output `{output}` has shape {shape:?}; expected N×C×H×W or N×H×W with N = {n}"
+            "output `{output}` has shape {:?}; expected N×C×H×W or N×H×W with N = {n}",
+            out.shape()
         )));
     }
-    Ok((shape, data.to_vec()))
+    Ok(out.as_standard_layout().into_owned())
 }
 
 impl LoadedModel {
@@ -458,34 +455,39 @@ impl LoadedModel {
     }
 }
 
-/// Item `i`'s mask channel with the activation applied.
-fn activated(spec: &ModelSpec, shape: &[usize], out: &[f32], i: usize) -> Result<Vec<f32>, String> {
-    let (c, hw) = match shape.len() {
-        4 => (shape[1], shape[2] * shape[3]),
-        _ => (1, shape[1] * shape[2]),
+/// One item of a model's output (C×H×W, or H×W: one implicit channel): its mask channel with
+/// the activation applied, row-major.
+fn activated(spec: &ModelSpec, item: ArrayViewD<f32>) -> Result<Vec<f32>, String> {
+    let item = if item.ndim() == 2 {
+        item.insert_axis(Axis(0))
+    } else {
+        item
     };
+    let c = item.len_of(Axis(0));
     if spec.channel >= c {
         return Err(format!("channel {} asked for, but the output has {c}", spec.channel));
     }
-    let item = &out[i * c * hw..(i + 1) * c * hw];
-    let plane = &item[spec.channel * hw..(spec.channel + 1) * hw];
+    let plane = item.index_axis(Axis(0), spec.channel);
     Ok(match spec.activation {
-        Activation::None => plane.to_vec(),
+        Activation::None => plane.iter().copied().collect(),
         Activation::Sigmoid => {
-            use rayon::prelude::*;
+            let plane = plane.as_slice().expect("a standard-layout output");
             plane
                 .par_iter()
                 .with_min_len(1 << 14)
                 .map(|&x| 1.0 / (1.0 + (-x).exp()))
                 .collect()
         }
-        Activation::Softmax => (0..hw)
-            .map(|p| {
-                let max = (0..c).map(|k| item[k * hw + p]).fold(f32::NEG_INFINITY, f32::max);
-                let denom: f32 = (0..c).map(|k| (item[k * hw + p] - max).exp()).sum();
-                (plane[p] - max).exp() / denom
-            })
-            .collect(),
+        Activation::Softmax => {
+            // Over the channel axis, per pixel: exp(x − max) / Σ exp(x_k − max).
+            let max = item.fold_axis(Axis(0), f32::NEG_INFINITY, |&m, &x| m.max(x));
+            let denom = item
+                .axis_iter(Axis(0))
+                .fold(ArrayD::<f32>::zeros(max.raw_dim()), |acc, lane| {
+                    acc + (&lane - &max).mapv(f32::exp)
+                });
+            ((&plane - &max).mapv(f32::exp) / &denom).iter().copied().collect()
+        }
     })
 }
 
@@ -628,24 +630,26 @@ mod tests {
     #[test]
     fn activations_pick_the_channel_of_the_right_item() {
         // batch 2, 2 channels, 1×2 pixels
-        let out = [0.0, 1.0, 2.0, 3.0, /* item 1 */ 0.0, 0.0, 5.0, -5.0];
-        let shape = [2, 2, 1, 2];
-        assert_eq!(
-            activated(&spec(Activation::None, 1), &shape, &out, 0).unwrap(),
-            [2.0, 3.0]
-        );
-        let s = activated(&spec(Activation::Sigmoid, 0), &shape, &out, 1).unwrap();
+        let out = ndarray::Array::from_shape_vec(
+            ndarray::IxDyn(&[2, 2, 1, 2]),
+            vec![0.0, 1.0, 2.0, 3.0, /* item 1 */ 0.0, 0.0, 5.0, -5.0],
+        )
+        .unwrap();
+        let item = |i: usize| out.index_axis(Axis(0), i);
+        assert_eq!(activated(&spec(Activation::None, 1), item(0)).unwrap(), [2.0, 3.0]);
+        let s = activated(&spec(Activation::Sigmoid, 0), item(1)).unwrap();
         assert_eq!(s, [0.5, 0.5]);
-        let soft = activated(&spec(Activation::Softmax, 1), &shape, &out, 1).unwrap();
+        let soft = activated(&spec(Activation::Softmax, 1), item(1)).unwrap();
         let e5 = 1.0 / (1.0 + (-5.0f32).exp());
         assert!(
             (soft[0] - e5).abs() < 1e-6 && (soft[1] - (1.0 - e5)).abs() < 1e-6,
             "{soft:?}"
         );
-        assert!(activated(&spec(Activation::None, 2), &shape, &out, 0).is_err());
+        assert!(activated(&spec(Activation::None, 2), item(0)).is_err());
         // N×H×W outputs have one implicit channel.
+        let nhw = ndarray::Array::from_shape_vec(ndarray::IxDyn(&[2, 1, 2]), vec![0.0, 1.0, 2.0, 3.0]).unwrap();
         assert_eq!(
-            activated(&spec(Activation::None, 0), &[2, 1, 2], &out[..4], 1).unwrap(),
+            activated(&spec(Activation::None, 0), nhw.index_axis(Axis(0), 1)).unwrap(),
             [2.0, 3.0]
         );
     }

@@ -287,8 +287,6 @@ fn run_predict(a: PredictArgs) -> Result<()> {
         m.tta.scales.len()
     );
     let opts = PredictOptions {
-        data: a.data,
-        out: a.out,
         probs: a.probs,
         overlays: a.overlays,
         overlay_size: a.overlay_size.max(16),
@@ -299,6 +297,7 @@ fn run_predict(a: PredictArgs) -> Result<()> {
         geojson: a.geojson,
         masks: a.masks,
         shard: a.shard,
+        ..PredictOptions::new(a.data, a.out)
     };
     let bars = indicatif::MultiProgress::new();
     let bar = bars.add(ProgressBar::new(0));

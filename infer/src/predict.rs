@@ -89,6 +89,26 @@ pub struct PredictOptions {
     pub shard: Option<Shard>,
 }
 
+impl PredictOptions {
+    /// Predicts `data`'s test.csv into `out` and nothing else: no probability maps, overlays
+    /// (1024 px when asked for), GeoJSON or mask TIFFs; a failed slide stops the run; default
+    /// slide limits; every row.
+    pub fn new(data: impl Into<PathBuf>, out: impl Into<PathBuf>) -> PredictOptions {
+        PredictOptions {
+            data: data.into(),
+            out: out.into(),
+            probs: None,
+            overlays: None,
+            overlay_size: 1024,
+            on_error: OnError::Fail,
+            limits: SlideLimits::default(),
+            geojson: None,
+            masks: None,
+            shard: None,
+        }
+    }
+}
+
 /// `i/N`: rows `i, i + N, i + 2N, …` of test.csv (0-based), so shards get a mix of slides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {

@@ -267,16 +267,8 @@ fn kaggle_folder(dir: &Path, slides: &[(&str, usize, usize)], fixture: &WsiFixtu
 
 fn options(data: &Path, out: &Path) -> PredictOptions {
     PredictOptions {
-        data: data.to_path_buf(),
-        out: out.join("submission.csv"),
-        probs: None,
-        overlays: None,
         overlay_size: 256,
-        on_error: OnError::Fail,
-        limits: SlideLimits::default(),
-        geojson: None,
-        masks: None,
-        shard: None,
+        ..PredictOptions::new(data, out.join("submission.csv"))
     }
 }
 

@@ -6,13 +6,10 @@
 
 use std::path::Path;
 
-use ftu_formats::manifest::Manifest;
-use ftu_infer::engine::Engine;
-use ftu_infer::predict::{self, OnError, PredictOptions};
-use ftu_infer::session::{Runtime, RuntimeOptions};
+use ftu_infer::predict::PredictOptions;
 use ftu_models::{ArchConfig, ExportMeta};
+use ftu_tests::synth_data;
 use ftu_trainer::export::{export, ExportRequest};
-use ftu_trainer::synth::{self, SynthConfig};
 
 fn config(arch: &str, organ_head: bool) -> ArchConfig {
     ArchConfig {
@@ -50,15 +47,7 @@ fn export_to(dir: &Path, arch: &str, organ_head: bool, file: &str) {
 #[test]
 fn exported_models_serve_in_ftu_infer() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let cfg = SynthConfig {
-        train: 0,
-        test: 5,
-        size: 160,
-        seed: 4,
-        mixed_formats: false,
-    };
-    synth::generate(&data, &cfg, || {}).unwrap();
+    let data = synth_data(dir.path(), 0, 5, 160, 4);
     export_to(dir.path(), "unet-resnet18", true, "unet.onnx");
     export_to(dir.path(), "segformer-mit_b0", false, "segformer.onnx");
     let manifest_path = dir.path().join("ensemble.toml");
@@ -83,32 +72,13 @@ norm = "imagenet"
 "#,
     )
     .unwrap();
-    let runtime = Runtime::load(RuntimeOptions::default()).expect("ONNX Runtime (see scripts/test.sh)");
-    let manifest = Manifest::load(&manifest_path).unwrap();
-    let mut engine = Engine::load(manifest, &runtime).unwrap();
-    let out = dir.path().join("submission.csv");
-    let opts = PredictOptions {
-        data: data.clone(),
-        out: out.clone(),
-        probs: None,
-        overlays: None,
-        overlay_size: 256,
-        on_error: OnError::Fail,
-        limits: Default::default(),
-        geojson: None,
-        masks: None,
-        shard: None,
-    };
-    let report = predict::predict_dir(&mut engine, &opts, &mut |_| {}).unwrap();
-    assert_eq!(report.predicted, 5);
-    let test_ids: Vec<String> = ftu_formats::schema::read_test(&data.join("test.csv"))
-        .unwrap()
-        .iter()
-        .map(|r| r.id.clone())
-        .collect();
-    let mut reader = csv::Reader::from_path(&out).unwrap();
-    let ids: Vec<String> = reader.records().map(|r| r.unwrap()[0].to_string()).collect();
-    assert_eq!(ids, test_ids);
+    let mut engine = ftu_tests::engine(&manifest_path);
+    let predicted = ftu_tests::predict(
+        &mut engine,
+        &PredictOptions::new(&data, dir.path().join("submission.csv")),
+    );
+    assert_eq!(predicted.report.predicted, 5);
+    assert_eq!(predicted.ids, predicted.test_ids);
 }
 
 #[test]
@@ -125,8 +95,7 @@ fn ftu_infer_probabilities_are_candles() {
     let toml =
         "[tta]\nmode = \"none\"\n[[group]]\nsize = 64\n[[group.model]]\npath = \"unet.onnx\"\nnorm = \"imagenet\"\n";
     std::fs::write(&manifest_path, toml).unwrap();
-    let runtime = Runtime::load(RuntimeOptions::default()).expect("ONNX Runtime (see scripts/test.sh)");
-    let mut engine = Engine::load(Manifest::load(&manifest_path).unwrap(), &runtime).unwrap();
+    let mut engine = ftu_tests::engine(&manifest_path);
 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let (h, w) = (64, 64);

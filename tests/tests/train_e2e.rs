@@ -6,32 +6,13 @@
 use std::path::Path;
 
 use ftu_formats::manifest::Manifest;
-use ftu_infer::engine::Engine;
-use ftu_infer::predict::{self, OnError, PredictOptions};
-use ftu_infer::session::{Runtime, RuntimeOptions};
+use ftu_infer::predict::PredictOptions;
+use ftu_tests::{synth_data, Quiet};
 use ftu_trainer::config::TrainConfig;
-use ftu_trainer::synth::{self, SynthConfig};
-use ftu_trainer::train::{self, Metrics, Progress};
-
-struct Quiet;
-
-impl Progress for Quiet {
-    fn start(&mut self, _: &str, _: usize) {}
-    fn tick(&mut self, _: &str) {}
-    fn finish(&mut self, _: &str) {}
-}
+use ftu_trainer::train::{self, Metrics};
 
 fn data(dir: &Path, train: usize, test: usize) -> std::path::PathBuf {
-    let data = dir.join("data");
-    let cfg = SynthConfig {
-        train,
-        test,
-        size: 192,
-        seed: 11,
-        mixed_formats: false,
-    };
-    synth::generate(&data, &cfg, || {}).unwrap();
-    data
+    synth_data(dir, train, test, 192, 11)
 }
 
 fn small(data: &Path, out: &Path, epochs: usize) -> TrainConfig {
@@ -89,38 +70,17 @@ fn the_trainers_manifest_serves_every_test_id_in_ftu_infer() {
         vec![(0, 1), (1, 1)]
     );
 
-    let runtime = Runtime::load(RuntimeOptions::default()).expect("ONNX Runtime (see scripts/test.sh)");
     let manifest = Manifest::load(&manifest_path).unwrap();
     assert_eq!(manifest.groups.len(), 1);
     assert_eq!(manifest.groups[0].models.len(), 2);
     assert_eq!(manifest.groups[0].size, 64);
-    let mut engine = Engine::load(manifest, &runtime).unwrap();
-    let out = dir.path().join("submission.csv");
-    let opts = PredictOptions {
-        data: data.clone(),
-        out: out.clone(),
-        probs: None,
-        overlays: None,
-        overlay_size: 256,
-        on_error: OnError::Fail,
-        limits: Default::default(),
-        geojson: None,
-        masks: None,
-        shard: None,
-    };
-    let report = predict::predict_dir(&mut engine, &opts, &mut |_| {}).unwrap();
-    assert_eq!(report.predicted, 4);
-    let test_ids: Vec<String> = ftu_formats::schema::read_test(&data.join("test.csv"))
-        .unwrap()
-        .iter()
-        .map(|r| r.id.clone())
-        .collect();
-    let ids: Vec<String> = ftu_formats::schema::read_submission(&out)
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
-    assert_eq!(ids, test_ids);
+    let mut engine = ftu_tests::engine(&manifest_path);
+    let predicted = ftu_tests::predict(
+        &mut engine,
+        &PredictOptions::new(&data, dir.path().join("submission.csv")),
+    );
+    assert_eq!(predicted.report.predicted, 4);
+    assert_eq!(predicted.ids, predicted.test_ids);
 }
 
 #[test]
