@@ -272,20 +272,6 @@ fn options(data: &Path, out: &Path) -> PredictOptions {
     }
 }
 
-/// Even-odd point-in-polygon over every ring of a GeoJSON polygon.
-fn inside(rings: &[Vec<[f64; 2]>], x: f64, y: f64) -> bool {
-    let mut odd = false;
-    for ring in rings {
-        for w in ring.windows(2) {
-            let ([ax, ay], [bx, by]) = (w[0], w[1]);
-            if (ay > y) != (by > y) && x < ax + (y - ay) * (bx - ax) / (by - ay) {
-                odd = !odd;
-            }
-        }
-    }
-    odd
-}
-
 #[test]
 fn a_tiled_bigtiff_runs_only_its_tissue_windows_and_outlines_round_trip() {
     let dir = tempfile::tempdir().unwrap();
@@ -352,7 +338,7 @@ fn a_tiled_bigtiff_runs_only_its_tissue_windows_and_outlines_round_trip() {
         for x in 0..w {
             let hit = polygons
                 .iter()
-                .any(|rings| inside(rings, x as f64 + 0.5, y as f64 + 0.5));
+                .any(|rings| ftu_formats::mask::geojson::inside(rings, x as f64 + 0.5, y as f64 + 0.5));
             raster.set(y, x, hit);
         }
     }

@@ -27,6 +27,29 @@ pub struct Outline {
     pub mean_probability: f64,
 }
 
+impl Outline {
+    /// Whether the point `(x, y)` (slide pixels, as the rings) lies inside the outline and
+    /// outside its holes.
+    pub fn contains(&self, x: f64, y: f64) -> bool {
+        inside(std::iter::once(&self.outer).chain(&self.holes), x, y)
+    }
+}
+
+/// Even-odd point-in-polygon over every ring (a polygon's outer ring and its holes, as GeoJSON
+/// gives them): inside when a ray from the point crosses the rings an odd number of times.
+pub fn inside<'a>(rings: impl IntoIterator<Item = &'a Ring>, x: f64, y: f64) -> bool {
+    let mut odd = false;
+    for ring in rings {
+        for w in ring.windows(2) {
+            let ([ax, ay], [bx, by]) = (w[0], w[1]);
+            if (ay > y) != (by > y) && x < ax + (y - ay) * (bx - ax) / (by - ay) {
+                odd = !odd;
+            }
+        }
+    }
+    odd
+}
+
 /// The outline of every 8-connected component, with its mean probability.
 pub fn outlines(mask: &RunMask, mean_probability: impl Fn(&Component) -> f64) -> Vec<Outline> {
     mask.components(true)
@@ -193,20 +216,6 @@ mod tests {
     use crate::mask::Mask;
     use proptest::prelude::*;
 
-    /// Even-odd test of a point against every ring.
-    pub(crate) fn inside(rings: &[&Ring], x: f64, y: f64) -> bool {
-        let mut odd = false;
-        for ring in rings {
-            for w in ring.windows(2) {
-                let ([ax, ay], [bx, by]) = (w[0], w[1]);
-                if (ay > y) != (by > y) && x < ax + (y - ay) * (bx - ax) / (by - ay) {
-                    odd = !odd;
-                }
-            }
-        }
-        odd
-    }
-
     #[test]
     fn a_ring_with_a_hole_and_a_diagonal_rasterises_back_exactly() {
         let rows = [
@@ -236,11 +245,7 @@ mod tests {
         assert_eq!(out[1].mean_probability, 3.0);
         for y in 0..8 {
             for x in 0..10 {
-                let hit = out.iter().any(|o| {
-                    let mut rings = vec![&o.outer];
-                    rings.extend(o.holes.iter());
-                    inside(&rings, x as f64 + 0.5, y as f64 + 0.5)
-                });
+                let hit = out.iter().any(|o| o.contains(x as f64 + 0.5, y as f64 + 0.5));
                 assert_eq!(hit, mask.get(y, x), "({y},{x})");
             }
         }
@@ -299,9 +304,7 @@ mod tests {
             for y in 0..h {
                 for x in 0..w {
                     let hits = out.iter().filter(|o| {
-                        let mut rings = vec![&o.outer];
-                        rings.extend(o.holes.iter());
-                        inside(&rings, x as f64 + 0.5, y as f64 + 0.5)
+                        o.contains(x as f64 + 0.5, y as f64 + 0.5)
                     }).count();
                     prop_assert_eq!(hits, usize::from(mask.get(y, x)), "({},{})", y, x);
                 }

@@ -150,34 +150,7 @@ impl TiffRegions {
             decoder.seek_to_image(page)?;
         }
         let (width, height) = decoder.dimensions()?;
-        let planar = decoder.find_tag_unsigned::<u16>(Tag::PlanarConfiguration)?;
-        if planar == Some(PlanarConfiguration::Planar.to_u16()) {
-            // The tiff crate reads only the first plane of planar files: refuse rather than return red.
-            return Err(unsupported("planar (separate-plane) TIFF".into()));
-        }
-        let color = decoder.colortype()?;
-        let (channels, bytes_per_sample) = match color {
-            ColorType::Gray(b) if b == 8 || b == 16 => (1, b as usize / 8),
-            ColorType::GrayA(b) if b == 8 || b == 16 => (2, b as usize / 8),
-            ColorType::RGB(b) if b == 8 || b == 16 => (3, b as usize / 8),
-            ColorType::YCbCr(8) => (3, 1),
-            ColorType::RGBA(b) if b == 8 || b == 16 => (4, b as usize / 8),
-            other => {
-                return Err(unsupported(format!(
-                    "TIFF colour type {other:?} (expected 8- or 16-bit grey, RGB or RGBA)"
-                )))
-            }
-        };
-        let compression = decoder.find_tag_unsigned::<u16>(Tag::Compression)?;
-        if let ColorType::YCbCr(_) = color {
-            let subsampling = decoder.find_tag_unsigned_vec::<u16>(YCBCR_SUBSAMPLING)?;
-            // Outside JPEG the crate does not upsample chroma; only unsubsampled YCbCr decodes right.
-            if compression != Some(CompressionMethod::ModernJPEG.to_u16()) && subsampling.as_deref() != Some(&[1, 1]) {
-                return Err(unsupported(
-                    "chroma-subsampled YCbCr TIFF without JPEG compression".into(),
-                ));
-            }
-        }
+        let (color, channels, bytes_per_sample, compression) = sample_layout(&mut decoder)?;
         let (cw, ch) = decoder.chunk_dimensions();
         let (chunk_w, chunk_h) = (cw as usize, ch as usize);
         if chunk_w == 0 || chunk_h == 0 {
@@ -198,28 +171,7 @@ impl TiffRegions {
             _ => None,
         };
         let raw = match codec {
-            Some(codec) => {
-                let (offsets_tag, counts_tag) = match decoder.get_chunk_type() {
-                    ChunkType::Strip => (Tag::StripOffsets, Tag::StripByteCounts),
-                    ChunkType::Tile => (Tag::TileOffsets, Tag::TileByteCounts),
-                };
-                let offsets = decoder.get_tag_u64_vec(offsets_tag)?;
-                let counts = decoder.get_tag_u64_vec(counts_tag)?;
-                let predictor = decoder.find_tag_unsigned::<u16>(Tag::Predictor)?.unwrap_or(1);
-                if predictor != 1 && predictor != 2 {
-                    return Err(unsupported(format!("TIFF predictor {predictor}")));
-                }
-                let white_is_zero = decoder.find_tag_unsigned::<u16>(Tag::PhotometricInterpretation)? == Some(0);
-                Some(RawLayout {
-                    codec,
-                    offsets,
-                    counts,
-                    predictor,
-                    little_endian: &order == b"II",
-                    white_is_zero,
-                    bytes_per_sample,
-                })
-            }
+            Some(codec) => Some(raw_layout(&mut decoder, codec, &order == b"II", bytes_per_sample)?),
             None => None,
         };
         let (width, height) = (width as usize, height as usize);
@@ -510,6 +462,72 @@ impl TiffRegions {
         }
         self.to_rgb_image(i, samples)
     }
+}
+
+/// The page's colour type, samples per pixel, bytes per sample and compression, refusing what ftu cannot
+/// turn into RGB8 faithfully (planar files, other sample types, subsampled YCbCr outside JPEG).
+fn sample_layout<R: Read + Seek>(
+    decoder: &mut Decoder<R>,
+) -> Result<(ColorType, usize, usize, Option<u16>), SlideErrorKind> {
+    let unsupported = SlideErrorKind::Unsupported;
+    let planar = decoder.find_tag_unsigned::<u16>(Tag::PlanarConfiguration)?;
+    if planar == Some(PlanarConfiguration::Planar.to_u16()) {
+        // The tiff crate reads only the first plane of planar files: refuse rather than return red.
+        return Err(unsupported("planar (separate-plane) TIFF".into()));
+    }
+    let color = decoder.colortype()?;
+    let (channels, bytes_per_sample) = match color {
+        ColorType::Gray(b) if b == 8 || b == 16 => (1, b as usize / 8),
+        ColorType::GrayA(b) if b == 8 || b == 16 => (2, b as usize / 8),
+        ColorType::RGB(b) if b == 8 || b == 16 => (3, b as usize / 8),
+        ColorType::YCbCr(8) => (3, 1),
+        ColorType::RGBA(b) if b == 8 || b == 16 => (4, b as usize / 8),
+        other => {
+            return Err(unsupported(format!(
+                "TIFF colour type {other:?} (expected 8- or 16-bit grey, RGB or RGBA)"
+            )))
+        }
+    };
+    let compression = decoder.find_tag_unsigned::<u16>(Tag::Compression)?;
+    if let ColorType::YCbCr(_) = color {
+        let subsampling = decoder.find_tag_unsigned_vec::<u16>(YCBCR_SUBSAMPLING)?;
+        // Outside JPEG the crate does not upsample chroma; only unsubsampled YCbCr decodes right.
+        if compression != Some(CompressionMethod::ModernJPEG.to_u16()) && subsampling.as_deref() != Some(&[1, 1]) {
+            return Err(unsupported(
+                "chroma-subsampled YCbCr TIFF without JPEG compression".into(),
+            ));
+        }
+    }
+    Ok((color, channels, bytes_per_sample, compression))
+}
+
+/// Where chunk `i`'s stored bytes are, and how to decode them, for the codecs ftu decompresses.
+fn raw_layout<R: Read + Seek>(
+    decoder: &mut Decoder<R>,
+    codec: RawCodec,
+    little_endian: bool,
+    bytes_per_sample: usize,
+) -> Result<RawLayout, SlideErrorKind> {
+    let (offsets_tag, counts_tag) = match decoder.get_chunk_type() {
+        ChunkType::Strip => (Tag::StripOffsets, Tag::StripByteCounts),
+        ChunkType::Tile => (Tag::TileOffsets, Tag::TileByteCounts),
+    };
+    let offsets = decoder.get_tag_u64_vec(offsets_tag)?;
+    let counts = decoder.get_tag_u64_vec(counts_tag)?;
+    let predictor = decoder.find_tag_unsigned::<u16>(Tag::Predictor)?.unwrap_or(1);
+    if predictor != 1 && predictor != 2 {
+        return Err(SlideErrorKind::Unsupported(format!("TIFF predictor {predictor}")));
+    }
+    let white_is_zero = decoder.find_tag_unsigned::<u16>(Tag::PhotometricInterpretation)? == Some(0);
+    Ok(RawLayout {
+        codec,
+        offsets,
+        counts,
+        predictor,
+        little_endian,
+        white_is_zero,
+        bytes_per_sample,
+    })
 }
 
 /// Copies `chunk` into `out` with its top-left corner at `(x0, y0)`.
