@@ -35,6 +35,17 @@ pub enum EngineError {
         path: PathBuf,
         message: String,
     },
+    #[error(
+        "manifest {field} ({path}): {count} of {total} values of output `{output}` are NaN or infinite \
+         (an overflow, e.g. in fp16, or a broken export); no mask is made from them"
+    )]
+    NonFinite {
+        field: String,
+        path: PathBuf,
+        output: String,
+        count: usize,
+        total: usize,
+    },
     #[error(transparent)]
     Slide(#[from] ftu_formats::slide::SlideError),
     #[error("no model in the manifest serves organ {0}: give one without `organs`, or add {0} to a model's organs")]
@@ -441,6 +452,17 @@ fn run(model: &mut LoadedModel, batch: ArrayView4<f32>) -> Result<ArrayD<f32>, E
             "output `{output}` has shape {:?}; expected N×C×H×W or N×H×W with N = {n}",
             out.shape()
         )));
+    }
+    // NaN would threshold to background and +Inf to foreground without a word: refuse both.
+    let count = out.iter().filter(|v| !v.is_finite()).count();
+    if count > 0 {
+        return Err(EngineError::NonFinite {
+            field,
+            path,
+            output: output.to_string(),
+            count,
+            total: out.len(),
+        });
     }
     Ok(out.as_standard_layout().into_owned())
 }

@@ -408,3 +408,54 @@ fn a_bundle_copied_elsewhere_predicts_the_same_submission() {
         );
     }
 }
+
+#[test]
+fn a_model_that_outputs_nan_or_inf_fails_the_slide_instead_of_an_empty_or_full_mask() {
+    for (bias, what) in [(f32::NAN, "NaN"), (f32::INFINITY, "+Inf")] {
+        let f = Folder::new(&[
+            ("1", Organ::Kidney, DataSource::Hpa),
+            ("2", Organ::Lung, DataSource::Hpa),
+        ]);
+        // Every output value is red·1 + bias: all NaN, or all +Inf (which would threshold to a
+        // full mask).
+        let model = samples::pixel_linear([1.0, 0.0, 0.0], bias, InputShape::default(), "logits").unwrap();
+        ftu_onnx::write(&model, &f.path("red.onnx")).unwrap();
+        let manifest = f.manifest("");
+        let o = f.predict(&manifest, &[]);
+        assert!(!o.status.success(), "{what}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let values = SIDE * SIDE;
+        assert!(
+            err.contains("slide 1")
+                && err.contains("group[0].model[0]")
+                && err.contains("red.onnx")
+                && err.contains(&format!(
+                    "{values} of {values} values of output `logits` are NaN or infinite"
+                )),
+            "{what}: {err}"
+        );
+        assert!(!f.path("sub.csv").exists(), "{what}: no submission");
+
+        let o = f.predict(&manifest, &["--on-error", "skip"]);
+        assert!(o.status.success(), "{what}: {}", text(&o));
+        let sub = schema::read_submission(&f.path("sub.csv")).unwrap();
+        assert_eq!(
+            sub.iter().map(|r| (r.id.as_str(), r.rle.as_str())).collect::<Vec<_>>(),
+            [("1", ""), ("2", "")],
+            "{what}: every row kept, empty"
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(f.path("sub.report.json")).unwrap()).unwrap();
+        let reasons: Vec<&str> = report["skipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["reason"].as_str().unwrap())
+            .collect();
+        assert_eq!(reasons.len(), 2, "{what}");
+        assert!(
+            reasons.iter().all(|r| r.contains("NaN or infinite")),
+            "{what}: {reasons:?}"
+        );
+    }
+}
