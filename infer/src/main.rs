@@ -100,6 +100,18 @@ struct RuntimeArgs {
     /// Intra-op threads per model (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Whether ONNX Runtime's idle threads spin before sleeping (default: ONNX Runtime's, on).
+    /// Off leaves the cores to the slide reader between model runs.
+    #[arg(long, value_name = "on|off", value_parser = parse_switch)]
+    spin: Option<bool>,
+}
+
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("`{s}`: expected on or off")),
+    }
 }
 
 impl RuntimeArgs {
@@ -109,6 +121,7 @@ impl RuntimeArgs {
             device,
             allow_cpu_fallback: self.allow_cpu_fallback,
             threads: self.threads,
+            spinning: self.spin,
         })?;
         Ok(runtime)
     }
@@ -202,6 +215,7 @@ fn main() -> Result<()> {
                 device: "cpu".into(),
                 allow_cpu_fallback: false,
                 threads: Some(1),
+                spin: None,
             }
             .load()?;
             let session = runtime.session(&a.model)?;

@@ -78,6 +78,9 @@ pub struct RuntimeOptions {
     pub allow_cpu_fallback: bool,
     /// Intra-op threads per session; ONNX Runtime's default (one per core) when `None`.
     pub threads: Option<usize>,
+    /// Whether idle intra-op threads spin before they sleep (`session.intra_op.allow_spinning`);
+    /// ONNX Runtime's default (they spin) when `None`.
+    pub spinning: Option<bool>,
 }
 
 impl Default for RuntimeOptions {
@@ -86,6 +89,7 @@ impl Default for RuntimeOptions {
             device: Device::Cpu,
             allow_cpu_fallback: false,
             threads: None,
+            spinning: None,
         }
     }
 }
@@ -160,6 +164,11 @@ impl Runtime {
         if let Some(threads) = self.options.threads {
             builder = builder
                 .with_intra_threads(threads)
+                .map_err(|e| model_err(e.to_string()))?;
+        }
+        if let Some(spinning) = self.options.spinning {
+            builder = builder
+                .with_intra_op_spinning(spinning)
                 .map_err(|e| model_err(e.to_string()))?;
         }
         if let Device::Cuda(device) = self.options.device {

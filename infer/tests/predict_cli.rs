@@ -178,6 +178,19 @@ fn predict_writes_one_row_per_id_in_order_with_per_organ_and_source_thresholds()
         serde_json::from_str(&std::fs::read_to_string(f.path("sub.report.json")).unwrap()).unwrap();
     assert_eq!(report["slides"], 4);
     assert_eq!(report["skipped"].as_array().unwrap().len(), 0);
+
+    // ONNX Runtime's threads not spinning changes when they run, not what they compute.
+    let spun = std::fs::read(f.path("sub.csv")).unwrap();
+    let o = f.predict(&manifest, &["--spin", "off"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(f.path("sub.csv")).unwrap(), spun);
+    let o = f.predict(&manifest, &["--spin", "sometimes"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("expected on or off"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
