@@ -65,7 +65,20 @@ impl Segmenter {
     /// [`Segmenter::new`] with parameters of `dtype`: f64 for reference computations (training
     /// and export are f32).
     pub fn with_dtype(arch: Arch, config: ArchConfig, seed: u64, dtype: DType) -> Result<Segmenter> {
-        let store = Store::with_dtype(seed, dtype);
+        Self::on_device(arch, config, seed, dtype, &candle_core::Device::Cpu)
+    }
+
+    /// [`Segmenter::with_dtype`] with its parameters and buffers on `device`: the same initial
+    /// values on every device. Off the CPU (or in another dtype than f32) the layers run candle's
+    /// device-generic ops instead of ftu's CPU ops.
+    pub fn on_device(
+        arch: Arch,
+        config: ArchConfig,
+        seed: u64,
+        dtype: DType,
+        device: &candle_core::Device,
+    ) -> Result<Segmenter> {
+        let store = Store::on_device(seed, dtype, device.clone());
         let root = store.builder();
         let mut vb_encoder = root.clone();
         for part in arch.encoder.prefix().split('.').filter(|p| !p.is_empty()) {

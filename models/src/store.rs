@@ -15,6 +15,7 @@ pub struct Store {
     vars: VarMap,
     rng: Arc<Mutex<ChaCha8Rng>>,
     dtype: DType,
+    device: Device,
 }
 
 impl Store {
@@ -25,16 +26,28 @@ impl Store {
     /// A store whose variables have `dtype` (the same initial values, converted): f64 makes
     /// reference networks that tests measure f32 rounding against.
     pub fn with_dtype(seed: u64, dtype: DType) -> Store {
+        Self::on_device(seed, dtype, Device::Cpu)
+    }
+
+    /// A store whose variables live on `device`. The initial values are drawn on the host from
+    /// the seed, so every device starts from the same network.
+    pub fn on_device(seed: u64, dtype: DType, device: Device) -> Store {
         Store {
             vars: VarMap::new(),
             rng: Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed))),
             dtype,
+            device,
         }
+    }
+
+    /// Where the variables live.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// The builder layers take; every tensor it hands out is a variable of this store.
     pub fn builder(&self) -> VarBuilder<'static> {
-        VarBuilder::from_backend(Box::new(self.clone()), self.dtype, Device::Cpu)
+        VarBuilder::from_backend(Box::new(self.clone()), self.dtype, self.device.clone())
     }
 
     pub fn var_map(&self) -> &VarMap {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use crate::{ModelError, Result, Segmenter};
 
@@ -81,7 +81,8 @@ pub fn load(model: &Segmenter, path: &Path, scope: Scope) -> Result<LoadReport> 
                     .mis_shaped
                     .push((name.clone(), var.dims().to_vec(), t.dims().to_vec()))
             }
-            Some(t) => updates.push((var, t.to_dtype(DType::F32)?)),
+            // Files are read on the host; each value goes to its variable's dtype and device.
+            Some(t) => updates.push((var, t.to_dtype(var.dtype())?.to_device(var.device())?)),
         }
     }
     let wanted: std::collections::HashSet<&String> = targets.iter().collect();

@@ -2,7 +2,10 @@
 //! CPU: batch 4, 256². Prints the median over the timed steps; `bench/train_step/run.sh` sets it
 //! beside the same step in PyTorch.
 //!
-//! `cargo bench -p ftu-trainer --bench train_step [-- --steps N --batch B --size S --arch A --profile]`
+//! `cargo bench -p ftu-trainer --bench train_step [-- --steps N --batch B --size S --arch A --device D --profile]`
+//!
+//! `--device cuda` (a `--features cuda` build) runs the step on the GPU through candle's
+//! device-generic ops; each step ends with the device synchronised, so times are wall times.
 //!
 //! With `--profile`, a table of where a step's time goes, per op (ftu's own ops, the layers
 //! built from candle ops, candle's autograd as the rest of the backward, AdamW), with the
@@ -35,8 +38,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let arch: Arch = arg("--arch", "unet-resnet34").parse()?;
     let profiling = std::env::args().any(|a| a == "--profile");
     let mut table: Vec<(String, f64, f64, usize)> = Vec::new();
-    let model = Segmenter::new(arch, ArchConfig::default(), 0)?;
-    let image = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &Device::Cpu)?;
+    let device = ftu_trainer::device::parse(&arg("--device", "cpu"))?;
+    let model = Segmenter::on_device(arch, ArchConfig::default(), 0, DType::F32, &device)?;
+    let image = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &Device::Cpu)?.to_device(&device)?;
     let mask = image.mean_keepdim(1)?.gt(0.0)?.to_dtype(DType::F32)?;
     let params = model
         .store()
@@ -55,6 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let grads = loss.backward()?;
         let backward = start.elapsed().as_secs_f64() * 1e3 - forward;
         opt.step(&grads, 1e-3, 1.0, |_| false)?;
+        device.synchronize()?;
         let ms = start.elapsed().as_secs_f64() * 1e3;
         // The first step allocates everything once; it is not timed.
         if step > 0 {
@@ -74,7 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
     println!(
-        "candle {arch} batch {batch} {size}²: median {median:.0} ms/step over {} steps ({:.1} M parameters)",
+        "candle {arch} on {device:?} batch {batch} {size}²: median {median:.0} ms/step over {} steps ({:.1} M parameters)",
         times.len(),
         model.store().parameter_count() as f64 / 1e6
     );

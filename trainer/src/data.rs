@@ -194,8 +194,20 @@ pub struct Batch {
     pub pixel_sizes: Tensor,
 }
 
+impl Batch {
+    /// The batch on `device` (the same tensors, shared, when it is already there).
+    pub fn to_device(&self, device: &Device) -> candle_core::Result<Batch> {
+        Ok(Batch {
+            images: self.images.to_device(device)?,
+            masks: self.masks.to_device(device)?,
+            organs: self.organs.to_device(device)?,
+            pixel_sizes: self.pixel_sizes.to_device(device)?,
+        })
+    }
+}
+
 /// Draws the samples of `indices` (augmented with per-sample seeds when `augment` is given) in
-/// parallel and stacks them.
+/// parallel and stacks them, on the host ([`Batch::to_device`] uploads them).
 pub fn batch(
     cache: &SlideCache,
     indices: &[usize],

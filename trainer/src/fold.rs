@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use ftu_formats::manifest::Normalisation;
 use ftu_formats::Organ;
 use ftu_models::store::is_buffer;
@@ -140,15 +140,17 @@ fn evaluate(
     cache: &SlideCache,
     idx: &[usize],
     norm: &Normalisation,
+    device: &Device,
 ) -> Result<Validation> {
     let ctx = Ctx::eval();
     let (mut loss, mut dice_all, mut probs) = (0f64, Vec::new(), Vec::new());
     for chunk in idx.chunks(cfg.batch) {
         let seeds = vec![0; chunk.len()];
-        let b = data::batch(cache, chunk, &seeds, None, norm)?;
+        let b = data::batch(cache, chunk, &seeds, None, norm)?.to_device(device)?;
         let out = model.forward(&b.images, &ctx)?;
         loss += losses::segmentation(&out.logits, &b.masks, &cfg.loss)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
-        let p = candle_nn::ops::sigmoid(&out.logits)?;
+        // The whole batch's probabilities come to the host at once.
+        let p = candle_nn::ops::sigmoid(&out.logits)?.to_device(&Device::Cpu)?;
         for (j, &i) in chunk.iter().enumerate() {
             let prob = p.get(j)?.flatten_all()?.to_vec1::<f32>()?;
             dice_all.push(ftu_formats::dice::dice_thresholded(&prob, 0.5, &cache.get(i)?.mask));
@@ -166,6 +168,8 @@ fn evaluate(
 pub(crate) struct Fold<'a> {
     cfg: &'a TrainConfig,
     arch: Arch,
+    /// Where the parameters, batches and optimiser state live.
+    device: Device,
     cache: &'a SlideCache,
     norm: &'a Normalisation,
     k: usize,
@@ -211,6 +215,7 @@ impl<'a> Fold<'a> {
     pub(crate) fn setup(
         cfg: &'a TrainConfig,
         arch: Arch,
+        device: &Device,
         cache: &'a SlideCache,
         fold_of: &[usize],
         k: usize,
@@ -223,7 +228,13 @@ impl<'a> Fold<'a> {
         let train_idx: Vec<usize> = (0..fold_of.len()).filter(|&i| fold_of[i] != k).collect();
         let val_idx: Vec<usize> = (0..fold_of.len()).filter(|&i| fold_of[i] == k).collect();
 
-        let model = Segmenter::new(arch, arch_config(cfg), seed_of(&[cfg.seed, k as u64]))?;
+        let model = Segmenter::on_device(
+            arch,
+            arch_config(cfg),
+            seed_of(&[cfg.seed, k as u64]),
+            DType::F32,
+            device,
+        )?;
         if let Some(path) = &cfg.pretrained {
             let report = weights::load(
                 &model,
@@ -256,6 +267,7 @@ impl<'a> Fold<'a> {
         let mut fold = Fold {
             cfg,
             arch,
+            device: device.clone(),
             cache,
             norm,
             k,
@@ -364,7 +376,10 @@ impl<'a> Fold<'a> {
                         .transpose()
                 });
                 let ctx = Ctx::train(seed_of(&[cfg.seed, k as u64, epoch as u64, b as u64, 99]));
-                let result = loss_and_gradients(cfg, model, &current, &ctx);
+                let result = current
+                    .to_device(&self.device)
+                    .map_err(TrainError::from)
+                    .and_then(|batch| loss_and_gradients(cfg, model, &batch, &ctx));
                 let loaded = loader
                     .join()
                     .map_err(|_| TrainError::Run("the batch loader panicked".into()));
@@ -437,7 +452,7 @@ impl<'a> Fold<'a> {
             e.swap()?;
         }
         let rows = cache.rows();
-        let val = evaluate(cfg, &self.model, cache, &self.val_idx, self.norm)?;
+        let val = evaluate(cfg, &self.model, cache, &self.val_idx, self.norm, &self.device)?;
         let dice = val.dice.iter().sum::<f64>() / val.dice.len().max(1) as f64;
         let mut per_organ: BTreeMap<Organ, Vec<f64>> = BTreeMap::new();
         for (&i, &d) in self.val_idx.iter().zip(&val.dice) {
@@ -606,6 +621,7 @@ impl<'a> Fold<'a> {
 pub(crate) fn train_fold(
     cfg: &TrainConfig,
     arch: Arch,
+    device: &Device,
     cache: &SlideCache,
     fold_of: &[usize],
     k: usize,
@@ -613,7 +629,7 @@ pub(crate) fn train_fold(
     resume: bool,
     progress: &mut dyn Progress,
 ) -> Result<FoldResult> {
-    let mut fold = Fold::setup(cfg, arch, cache, fold_of, k, norm, resume, progress)?;
+    let mut fold = Fold::setup(cfg, arch, device, cache, fold_of, k, norm, resume, progress)?;
     for epoch in fold.remaining_epochs() {
         let start = std::time::Instant::now();
         let trained = fold.train_epoch(epoch, progress)?;

@@ -5,6 +5,7 @@ pub mod adamw_op;
 pub mod augment;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod export;
 pub mod fold;

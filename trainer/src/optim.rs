@@ -137,8 +137,9 @@ impl AdamW {
                     p.dims()
                 );
             }
-            self.m[i] = m;
-            self.v[i] = v;
+            // Read on the host; the moments live where their parameter does.
+            self.m[i] = m.to_device(p.device())?;
+            self.v[i] = v.to_device(p.device())?;
         }
         self.step = get("step")?.to_vec1::<u32>()?[0] as usize;
         Ok(())
@@ -196,11 +197,11 @@ impl Ema {
     }
 
     pub fn load(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        for (n, _, s) in self.shadow.iter_mut() {
+        for (n, v, s) in self.shadow.iter_mut() {
             *s = tensors
                 .get(&format!("ema.{n}"))
-                .cloned()
-                .ok_or_else(|| candle_core::Error::Msg(format!("no EMA value for {n}")))?;
+                .ok_or_else(|| candle_core::Error::Msg(format!("no EMA value for {n}")))?
+                .to_device(v.device())?;
         }
         Ok(())
     }

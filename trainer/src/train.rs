@@ -29,12 +29,7 @@ pub struct RunSummary {
 /// Runs the configured folds and writes the manifest. `resume` continues fold checkpoints.
 pub fn run(cfg: &TrainConfig, resume: bool, progress: &mut dyn Progress) -> Result<RunSummary> {
     cfg.validate()?;
-    if cfg.device != "cpu" {
-        return Err(TrainError::Run(format!(
-            "device {:?}: this build trains on the CPU only (the models crate keeps its variables on the CPU); use --device cpu",
-            cfg.device
-        )));
-    }
+    let device = crate::device::parse(&cfg.device).map_err(|e| TrainError::Run(e.to_string()))?;
     let arch: Arch = cfg.arch.parse().map_err(|e| TrainError::Run(format!("arch: {e}")))?;
     std::fs::create_dir_all(&cfg.out).at("creating", &cfg.out)?;
     let config_path = cfg.out.join("config.toml");
@@ -89,7 +84,9 @@ pub fn run(cfg: &TrainConfig, resume: bool, progress: &mut dyn Progress) -> Resu
     };
     let mut results = Vec::new();
     for k in folds_to_run {
-        results.push(train_fold(cfg, arch, &cache, &fold_of, k, &norm, resume, progress)?);
+        results.push(train_fold(
+            cfg, arch, &device, &cache, &fold_of, k, &norm, resume, progress,
+        )?);
     }
     // The manifest covers every fold of the run that has finished (folds may run separately).
     let finished: Vec<usize> = (0..cfg.folds)

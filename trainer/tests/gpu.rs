@@ -1,0 +1,97 @@
+//! Checks that need an NVIDIA GPU and a CUDA build, written to run where one is:
+//! `FTU_GPU_TESTS=1 cargo test --release -p ftu-trainer --features cuda --test gpu`.
+//! Without `FTU_GPU_TESTS=1` (CI, which has no GPU) they return at once and say so; with it they
+//! fail when no CUDA device opens — they never pass without having run.
+
+use candle_core::{DType, Device, Tensor, Var};
+use ftu_models::{ArchConfig, Ctx, Segmenter};
+
+fn asked() -> bool {
+    let asked = std::env::var("FTU_GPU_TESTS").is_ok_and(|v| v == "1");
+    if !asked {
+        eprintln!("FTU_GPU_TESTS is not 1: the GPU checks did not run");
+    }
+    asked
+}
+
+/// Loss and every parameter gradient (by name, on the host) of one training step.
+fn step(model: &Segmenter, image: &Tensor, mask: &Tensor) -> (f64, Vec<(String, Vec<f32>)>) {
+    let out = model.forward(image, &Ctx::train(1)).unwrap();
+    let loss = candle_nn::loss::binary_cross_entropy_with_logit(&out.logits, mask).unwrap();
+    let grads = loss.backward().unwrap();
+    let named: Vec<(String, Var)> = model.store().named_vars();
+    let gradients = named
+        .iter()
+        .filter_map(|(name, var)| {
+            let g = grads.get(var)?;
+            Some((
+                name.clone(),
+                g.flatten_all()
+                    .unwrap()
+                    .to_device(&Device::Cpu)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap(),
+            ))
+        })
+        .collect();
+    (loss.to_scalar::<f32>().unwrap() as f64, gradients)
+}
+
+/// The same network, batch and step on the CPU (ftu's CPU ops) and on CUDA (candle's
+/// device-generic ops): the loss within 1e-3 relative, the whole gradient within 1e-2 relative
+/// (L2), every parameter's gradient present on both.
+#[test]
+fn a_training_step_on_cuda_matches_the_cpu_for_each_encoder_family() {
+    if !asked() {
+        return;
+    }
+    let cuda = ftu_trainer::device::parse("cuda").unwrap_or_else(|e| panic!("FTU_GPU_TESTS=1, but {e}"));
+    let config = ArchConfig {
+        // No randomness whose stream differs between devices.
+        drop_path: Some(0.0),
+        ..ArchConfig::default()
+    };
+    for arch in ["unet-resnet18", "unet-efficientnet_b0", "segformer-mit_b0"] {
+        let arch = arch.parse().unwrap();
+        let image = Tensor::randn(0f32, 1.0, (2, 3, 128, 128), &Device::Cpu).unwrap();
+        let mask = image
+            .mean_keepdim(1)
+            .unwrap()
+            .gt(0.0)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let on_cpu = Segmenter::on_device(arch, config.clone(), 3, DType::F32, &Device::Cpu).unwrap();
+        let on_gpu = Segmenter::on_device(arch, config.clone(), 3, DType::F32, &cuda).unwrap();
+        let (loss_cpu, grads_cpu) = step(&on_cpu, &image, &mask);
+        let (loss_gpu, grads_gpu) = step(
+            &on_gpu,
+            &image.to_device(&cuda).unwrap(),
+            &mask.to_device(&cuda).unwrap(),
+        );
+        let loss_error = (loss_gpu - loss_cpu).abs() / loss_cpu.abs().max(1e-12);
+        assert!(
+            loss_error <= 1e-3,
+            "{arch}: loss {loss_gpu} on CUDA, {loss_cpu} on the CPU"
+        );
+        assert_eq!(
+            grads_cpu.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            grads_gpu.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            "{arch}: the same parameters get gradients"
+        );
+        let (mut diff, mut norm) = (0f64, 0f64);
+        for ((_, a), (_, b)) in grads_cpu.iter().zip(&grads_gpu) {
+            for (x, y) in a.iter().zip(b) {
+                diff += ((x - y) as f64).powi(2);
+                norm += (*x as f64).powi(2);
+            }
+        }
+        let relative = (diff / norm.max(1e-30)).sqrt();
+        assert!(
+            relative <= 1e-2,
+            "{arch}: gradients differ by {relative:.2e} (relative L2)"
+        );
+        eprintln!("{arch}: loss {loss_error:.1e}, gradient {relative:.1e} relative difference CUDA vs CPU");
+    }
+}
