@@ -100,8 +100,8 @@ struct RuntimeArgs {
     /// Intra-op threads per model (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
-    /// Whether ONNX Runtime's idle threads spin before sleeping (default: ONNX Runtime's, on).
-    /// Off leaves the cores to the slide reader between model runs.
+    /// Whether ONNX Runtime's idle threads spin before sleeping. Default: off on machines of at
+    /// most 4 cores (it leaves them to the slide reader between model runs), on above.
     #[arg(long, value_name = "on|off", value_parser = parse_switch)]
     spin: Option<bool>,
 }
