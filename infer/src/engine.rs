@@ -101,7 +101,7 @@ impl Timings {
     }
 }
 
-pub(crate) fn timed<T>(slot: &mut Duration, f: impl FnOnce() -> T) -> T {
+fn timed<T>(slot: &mut Duration, f: impl FnOnce() -> T) -> T {
     let start = Instant::now();
     let out = f();
     *slot += start.elapsed();
