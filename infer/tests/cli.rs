@@ -165,3 +165,62 @@ fn score_bad_input_is_a_clear_error() {
         &["organ.csv line 2", "`liver`"],
     );
 }
+
+/// Sets entry `index` of a classic little-endian TIFF's TileByteCounts (tag 325, LONG) to `value`.
+fn patch_tile_byte_count(bytes: &mut [u8], index: usize, value: u32) {
+    assert_eq!(&bytes[..4], b"II*\0", "a classic little-endian TIFF");
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) as usize;
+    let ifd = u32_at(bytes, 4);
+    for e in 0..u16_at(bytes, ifd) {
+        let entry = ifd + 2 + 12 * e;
+        if u16_at(bytes, entry) == 325 {
+            assert_eq!(u16_at(bytes, entry + 2), 4, "TileByteCounts as LONG");
+            assert!(u32_at(bytes, entry + 4) > index, "enough tiles");
+            let at = u32_at(bytes, entry + 8) + 4 * index;
+            bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+            return;
+        }
+    }
+    panic!("no TileByteCounts");
+}
+
+/// The case found by byte-mutating slides: a 260×300 LZW-tiled TIFF whose fifth TileByteCounts
+/// entry says 4294967217 bytes made `rle encode` allocate 4 GB, and abort under a 2 GiB
+/// address-space limit. Now it is a clear error naming the file and the chunk, under that limit,
+/// for ftu's own LZW decoder and for the tiff crate's JPEG alike.
+#[test]
+fn a_chunk_claiming_more_bytes_than_the_file_fails_cleanly_under_a_memory_limit() {
+    use ftu_formats::slide::write::{write_tiff_image, Chunking, Compression, Samples, TiffSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let pixels: Vec<u8> = (0..260 * 300 * 3).map(|i| (i * 7 % 251) as u8).collect();
+    for (name, compression) in [
+        ("lzw.tiff", Compression::Lzw),
+        ("jpeg.tiff", Compression::Jpeg { quality: 90 }),
+    ] {
+        let path = dir.path().join(name);
+        let spec = TiffSpec {
+            width: 260,
+            height: 300,
+            samples: Samples::Rgb8,
+            chunking: Chunking::Tiles { size: 64 },
+            compression,
+            bigtiff: false,
+        };
+        write_tiff_image(&path, &spec, &pixels).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        patch_tile_byte_count(&mut bytes, 4, 4_294_967_217);
+        std::fs::write(&path, &bytes).unwrap();
+        let out = Command::new("sh")
+            .args([
+                "-c",
+                "ulimit -v 2097152 && exec \"$0\" rle encode \"$1\"",
+                env!("CARGO_BIN_EXE_ftu-infer"),
+                path.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}: {out:?}");
+        fails_with(&out, &[name, "chunk 4", "runs past the end of the file"]);
+    }
+}

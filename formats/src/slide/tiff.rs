@@ -77,6 +77,9 @@ pub struct TiffRegions {
     decoders: Vec<Mutex<Decoder<Reader>>>,
     /// The file's length: no stored chunk reaches past it.
     len: u64,
+    /// Where each chunk is stored: (offset, byte count) as the file says, checked against `len`
+    /// before anything is read or allocated for the chunk, whatever its codec.
+    extents: Vec<(u64, u64)>,
     color: ColorType,
     channels: usize,
     chunk_w: usize,
@@ -100,8 +103,6 @@ enum RawCodec {
 
 struct RawLayout {
     codec: RawCodec,
-    offsets: Vec<u64>,
-    counts: Vec<u64>,
     predictor: u16,
     little_endian: bool,
     white_is_zero: bool,
@@ -174,6 +175,7 @@ impl TiffRegions {
             Some(codec) => Some(raw_layout(&mut decoder, codec, &order == b"II", bytes_per_sample)?),
             None => None,
         };
+        let extents = chunk_extents(&mut decoder)?;
         let (width, height) = (width as usize, height as usize);
         let mut decoders = vec![Mutex::new(decoder)];
         if raw.is_none() {
@@ -191,6 +193,7 @@ impl TiffRegions {
             height,
             decoders,
             len,
+            extents,
             color,
             channels,
             chunk_w,
@@ -202,14 +205,12 @@ impl TiffRegions {
             cache_bytes: 0,
             max_cache_bytes,
         };
-        if let Some(l) = &regions.raw {
-            if l.offsets.len() < regions.chunks() || l.counts.len() < regions.chunks() {
-                return Err(SlideErrorKind::Corrupt(format!(
-                    "{} chunk offsets for {} chunks",
-                    l.offsets.len().min(l.counts.len()),
-                    regions.chunks()
-                )));
-            }
+        if regions.extents.len() < regions.chunks() {
+            return Err(SlideErrorKind::Corrupt(format!(
+                "{} chunk offsets for {} chunks",
+                regions.extents.len(),
+                regions.chunks()
+            )));
         }
         Ok(regions)
     }
@@ -359,7 +360,21 @@ impl TiffRegions {
         })
     }
 
+    /// Chunk `i`'s offset and byte count; a chunk said to reach past the end of the file is
+    /// corrupt, before anything is read or allocated for it.
+    fn extent(&self, i: usize) -> Result<(u64, u64), SlideErrorKind> {
+        let (offset, count) = self.extents[i];
+        if offset.checked_add(count).is_none_or(|end| end > self.len) {
+            return Err(SlideErrorKind::Corrupt(format!(
+                "chunk {i} ({count} bytes at {offset}) runs past the end of the file ({} bytes)",
+                self.len
+            )));
+        }
+        Ok((offset, count))
+    }
+
     fn decode_with_crate(&self, i: usize) -> Result<RgbImage, SlideErrorKind> {
+        self.extent(i)?;
         let slot = rayon::current_thread_index().unwrap_or(0) % self.decoders.len();
         // A decoder that panicked is still usable for other chunks: seeks start afresh.
         let mut decoder = self.decoders[slot].lock().unwrap_or_else(PoisonError::into_inner);
@@ -374,17 +389,9 @@ impl TiffRegions {
         self.to_rgb_image(i, samples)
     }
 
-    /// Chunk `i`'s bytes as stored; a chunk said to reach past the end of the file is corrupt
-    /// (and nothing is allocated for it).
+    /// Chunk `i`'s bytes as stored.
     fn raw_bytes(&mut self, i: usize) -> Result<Vec<u8>, SlideErrorKind> {
-        let l = self.raw.as_ref().expect("a raw layout");
-        let (offset, count) = (l.offsets[i], l.counts[i]);
-        if offset.checked_add(count).is_none_or(|end| end > self.len) {
-            return Err(SlideErrorKind::Corrupt(format!(
-                "chunk {i} ({count} bytes at {offset}) runs past the end of the file ({} bytes)",
-                self.len
-            )));
-        }
+        let (offset, count) = self.extent(i)?;
         let mut bytes = vec![0u8; count as usize];
         let reader = self.decoders[0]
             .get_mut()
@@ -501,19 +508,24 @@ fn sample_layout<R: Read + Seek>(
     Ok((color, channels, bytes_per_sample, compression))
 }
 
-/// Where chunk `i`'s stored bytes are, and how to decode them, for the codecs ftu decompresses.
-fn raw_layout<R: Read + Seek>(
-    decoder: &mut Decoder<R>,
-    codec: RawCodec,
-    little_endian: bool,
-    bytes_per_sample: usize,
-) -> Result<RawLayout, SlideErrorKind> {
+/// Each chunk's (offset, byte count), from the strip or tile tags.
+fn chunk_extents<R: Read + Seek>(decoder: &mut Decoder<R>) -> Result<Vec<(u64, u64)>, SlideErrorKind> {
     let (offsets_tag, counts_tag) = match decoder.get_chunk_type() {
         ChunkType::Strip => (Tag::StripOffsets, Tag::StripByteCounts),
         ChunkType::Tile => (Tag::TileOffsets, Tag::TileByteCounts),
     };
     let offsets = decoder.get_tag_u64_vec(offsets_tag)?;
     let counts = decoder.get_tag_u64_vec(counts_tag)?;
+    Ok(offsets.into_iter().zip(counts).collect())
+}
+
+/// How to decode the chunks of the codecs ftu decompresses itself.
+fn raw_layout<R: Read + Seek>(
+    decoder: &mut Decoder<R>,
+    codec: RawCodec,
+    little_endian: bool,
+    bytes_per_sample: usize,
+) -> Result<RawLayout, SlideErrorKind> {
     let predictor = decoder.find_tag_unsigned::<u16>(Tag::Predictor)?.unwrap_or(1);
     if predictor != 1 && predictor != 2 {
         return Err(SlideErrorKind::Unsupported(format!("TIFF predictor {predictor}")));
@@ -521,8 +533,6 @@ fn raw_layout<R: Read + Seek>(
     let white_is_zero = decoder.find_tag_unsigned::<u16>(Tag::PhotometricInterpretation)? == Some(0);
     Ok(RawLayout {
         codec,
-        offsets,
-        counts,
         predictor,
         little_endian,
         white_is_zero,
