@@ -28,6 +28,22 @@ impl SharedOut {
     }
 }
 
+/// The patches of output rows `r0..r1` of image `n` into `cols` (resized to fit): one row per
+/// (channel, tap), `width` columns `ld` apart. Returns `(width, ld)`.
+fn band_patches(x: &[f32], g: Geometry, (n, r0, r1): (usize, usize, usize), cols: &mut Vec<f32>) -> (usize, usize) {
+    let width = (r1 - r0) * g.out_w;
+    let ld = patch_stride(width);
+    cols.resize(g.rows() * ld, 0.0);
+    im2col(
+        &x[n * g.c * g.plane()..(n + 1) * g.c * g.plane()],
+        g,
+        (r0, r1),
+        cols,
+        ld,
+    );
+    (width, ld)
+}
+
 /// `Y_n[:, band] = W · patches(band)` for every band of every image, bands in parallel, each
 /// with its own patch buffer and a single-threaded product.
 pub(super) fn forward(x: &[f32], w: &[f32], g: Geometry) -> Vec<f32> {
@@ -40,16 +56,7 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: Geometry) -> Vec<f32> {
     g.bands(FORWARD_BAND)
         .into_par_iter()
         .for_each_init(Vec::new, |cols, (n, r0, r1)| {
-            let width = (r1 - r0) * g.out_w;
-            let ld = patch_stride(width);
-            cols.resize(rows * ld, 0.0);
-            im2col(
-                &x[n * g.c * g.plane()..(n + 1) * g.c * g.plane()],
-                g,
-                (r0, r1),
-                cols,
-                ld,
-            );
+            let (width, ld) = band_patches(x, g, (n, r0, r1), cols);
             let start = n * g.c_out * len + r0 * g.out_w;
             // SAFETY: the band's entries are `start + o·len .. + width` for o < C_out: bands of
             // one image cover disjoint output rows and images disjoint planes, so no two tasks
@@ -131,16 +138,7 @@ pub(super) fn kernel_gradient(dy: &[f32], x: &[f32], g: Geometry) -> Vec<f32> {
             let mut cols = Vec::new();
             let mine = &bands[t * bands.len() / shares..(t + 1) * bands.len() / shares];
             for (i, &(n, r0, r1)) in mine.iter().enumerate() {
-                let width = (r1 - r0) * g.out_w;
-                let ld = patch_stride(width);
-                cols.resize(rows * ld, 0.0);
-                im2col(
-                    &x[n * g.c * g.plane()..(n + 1) * g.c * g.plane()],
-                    g,
-                    (r0, r1),
-                    &mut cols,
-                    ld,
-                );
+                let (width, ld) = band_patches(x, g, (n, r0, r1), &mut cols);
                 let start = n * g.c_out * len + r0 * g.out_w;
                 let grad = &dy[start..start + (g.c_out - 1) * len + width];
                 matmul(
