@@ -46,6 +46,56 @@ pub fn dice_thresholded(prob: &[f32], threshold: f32, truth: &[u8]) -> f64 {
     dice_pairs(prob.iter().map(|&p| u8::from(p > threshold)).zip(truth.iter().copied()))
 }
 
+/// What Dice needs at every threshold of a grid, from one pass over a slide: so a threshold search
+/// over full-resolution maps keeps a few counts per slide instead of the maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThresholdCounts {
+    /// Foreground pixels of the truth.
+    pub truth: usize,
+    /// Per threshold of the grid: pixels with `prob > threshold`.
+    pub pred: Vec<usize>,
+    /// Per threshold: those that are also foreground in the truth.
+    pub both: Vec<usize>,
+}
+
+impl ThresholdCounts {
+    /// Counts for each threshold of `grid` (ascending). Equal, threshold by threshold, to
+    /// [`dice_thresholded`].
+    pub fn of(prob: &[f32], truth: &[u8], grid: &[f32]) -> ThresholdCounts {
+        assert_eq!(prob.len(), truth.len(), "dice of maps of different sizes");
+        assert!(grid.windows(2).all(|w| w[0] <= w[1]), "threshold grid must ascend");
+        // Bin k holds the pixels above exactly the first k thresholds.
+        let (mut all, mut fg) = (vec![0usize; grid.len() + 1], vec![0usize; grid.len() + 1]);
+        let mut truth_count = 0;
+        for (&p, &t) in prob.iter().zip(truth) {
+            let k = grid.partition_point(|&g| p > g);
+            all[k] += 1;
+            fg[k] += t as usize;
+            truth_count += t as usize;
+        }
+        // Above threshold i: every bin past i.
+        let above = |bins: &[usize]| {
+            let mut out = vec![0; grid.len()];
+            let mut sum = 0;
+            for i in (0..grid.len()).rev() {
+                sum += bins[i + 1];
+                out[i] = sum;
+            }
+            out
+        };
+        ThresholdCounts {
+            truth: truth_count,
+            pred: above(&all),
+            both: above(&fg),
+        }
+    }
+
+    /// Dice at the grid's `i`-th threshold.
+    pub fn dice(&self, i: usize) -> f64 {
+        from_counts(self.both[i], self.truth + self.pred[i])
+    }
+}
+
 /// Dice over (prediction, truth) pixel pairs, each 0 or 1.
 fn dice_pairs(pairs: impl Iterator<Item = (u8, u8)>) -> f64 {
     let (mut both, mut total) = (0usize, 0usize);
@@ -148,6 +198,20 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn threshold_counts_agree_with_dice_at_each_threshold(
+            values in proptest::collection::vec((0u8..=20, any::<bool>()), 0..200),
+        ) {
+            // Probabilities on a 0.05 grid, so many sit exactly on a threshold (`>` is strict).
+            let prob: Vec<f32> = values.iter().map(|&(v, _)| v as f32 * 0.05).collect();
+            let truth: Vec<u8> = values.iter().map(|&(_, t)| u8::from(t)).collect();
+            let grid: Vec<f32> = (1..20).map(|i| i as f32 * 0.05).collect();
+            let counts = ThresholdCounts::of(&prob, &truth, &grid);
+            for (i, &t) in grid.iter().enumerate() {
+                prop_assert_eq!(counts.dice(i), dice_thresholded(&prob, t, &truth));
+            }
+        }
+
         #[test]
         fn runs_and_masks_agree(h in 1usize..20, w in 1usize..20, a in any::<u64>(), b in any::<u64>()) {
             let make = |seed: u64| {

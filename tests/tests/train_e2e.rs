@@ -1,5 +1,6 @@
 //! ftu-train end to end on synthetic slides: 2 folds, 1 epoch, small size. The manifest the
-//! trainer writes loads in ftu-infer as it is and yields a row for every test id, in order; and a
+//! trainer writes loads in ftu-infer as it is and yields a row for every test id, in order; its
+//! full-resolution validation Dice is what `ftu-infer score` gives its out-of-fold masks; and a
 //! run stopped after epoch 1 and resumed gives the same metrics as an unbroken run with the seed.
 //! Needs libonnxruntime: ORT_DYLIB_PATH, or `pip install onnxruntime==1.31.1` (scripts/test.sh does).
 
@@ -54,6 +55,7 @@ fn the_trainers_manifest_serves_every_test_id_in_ftu_infer() {
             "last.safetensors",
             "last.optim.safetensors",
             "oof.safetensors",
+            "oof.csv",
             "loss.png",
             "dice.png",
         ] {
@@ -61,7 +63,7 @@ fn the_trainers_manifest_serves_every_test_id_in_ftu_infer() {
         }
         assert_eq!(std::fs::read_dir(fold.join("overlays")).unwrap().count(), 1);
     }
-    for file in ["config.toml", "folds.csv", "metrics.csv", "thresholds.json"] {
+    for file in ["config.toml", "folds.csv", "metrics.csv", "thresholds.json", "oof.csv"] {
         assert!(run.join(file).is_file(), "{file} missing");
     }
     let rows = metrics(&run.join("metrics.csv"));
@@ -69,6 +71,34 @@ fn the_trainers_manifest_serves_every_test_id_in_ftu_infer() {
         rows.iter().map(|m| (m.fold, m.epoch)).collect::<Vec<_>>(),
         vec![(0, 1), (1, 1)]
     );
+
+    // Full-resolution validation equals `ftu-infer score` on the same predictions: RUN/oof.csv
+    // holds each slide's mask from its fold's best epoch at the slide's own size (192² here,
+    // trained at 64²); scored against train.csv, each fold's mean is the Dice the fold reported.
+    let scores = ftu_infer::score::score_files(&data.join("train.csv"), &run.join("oof.csv"), None).unwrap();
+    assert_eq!(scores.images.len(), 10);
+    let fold_of: std::collections::HashMap<String, usize> = csv::Reader::from_path(run.join("folds.csv"))
+        .unwrap()
+        .deserialize::<(String, String, usize)>()
+        .map(|r| r.map(|(id, _, fold)| (id, fold)).unwrap())
+        .collect();
+    for f in &summary.folds {
+        let mine: Vec<f64> = scores
+            .images
+            .iter()
+            .filter(|s| fold_of[&s.id] == f.fold)
+            .map(|s| s.dice)
+            .collect();
+        let scored = mine.iter().sum::<f64>() / mine.len() as f64;
+        assert!(
+            (scored - f.best_dice).abs() < 1e-12,
+            "fold {}: ftu-infer score {scored}, the trainer {}",
+            f.fold,
+            f.best_dice
+        );
+        let row = rows.iter().find(|m| m.fold == f.fold).unwrap();
+        assert_eq!(row.val_dice_full, Some(f.best_dice));
+    }
 
     let manifest = Manifest::load(&manifest_path).unwrap();
     assert_eq!(manifest.groups.len(), 1);
@@ -121,6 +151,11 @@ fn stopping_after_epoch_1_and_resuming_matches_an_unbroken_run() {
         assert_eq!(x.train_loss, y.train_loss, "epoch {}: train loss", x.epoch);
         assert_eq!(x.val_loss, y.val_loss, "epoch {}: val loss", x.epoch);
         assert_eq!(x.val_dice, y.val_dice, "epoch {}: val Dice", x.epoch);
+        assert_eq!(
+            x.val_dice_full, y.val_dice_full,
+            "epoch {}: full-resolution Dice",
+            x.epoch
+        );
     }
     // A resume with other options is refused.
     let other = TrainConfig { size: 96, ..second };

@@ -11,6 +11,7 @@ use std::time::Duration;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use ftu_formats::manifest::Normalisation;
+use ftu_formats::schema::{self, SubmissionRow};
 use ftu_formats::Organ;
 use ftu_models::store::is_buffer;
 use ftu_models::weights::{self, Scope};
@@ -18,13 +19,14 @@ use ftu_models::{Arch, ArchConfig, Ctx, ExportMeta, Segmenter};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::data::{self, Batch, SlideCache};
 use crate::error::{At, Result, TrainError};
 use crate::optim::{self, AdamW, Ema};
-use crate::{losses, plots};
+use crate::{full_res, losses, plots};
 
 /// What the caller sees of progress.
 pub trait Progress {
@@ -37,7 +39,9 @@ pub trait Progress {
     fn finish(&mut self, line: &str);
 }
 
-/// One row of RUN/metrics.csv.
+/// One row of RUN/metrics.csv. `val_dice` is at the training size; `val_dice_full` and the
+/// per-organ columns are at each slide's full resolution (the competition's metric, which picks
+/// the best checkpoint).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     pub fold: usize,
@@ -46,6 +50,9 @@ pub struct Metrics {
     pub train_loss: f64,
     pub val_loss: f64,
     pub val_dice: f64,
+    /// Absent in runs written before full-resolution validation.
+    #[serde(default)]
+    pub val_dice_full: Option<f64>,
     pub dice_kidney: Option<f64>,
     pub dice_prostate: Option<f64>,
     pub dice_largeintestine: Option<f64>,
@@ -59,6 +66,7 @@ pub struct Metrics {
 pub(crate) struct FoldState {
     /// Epochs finished.
     pub epochs_done: usize,
+    /// The best validation Dice at full resolution so far.
     pub best_dice: f64,
     pub best_epoch: usize,
     /// Set once the best checkpoint has been exported.
@@ -127,11 +135,14 @@ fn write_metrics(path: &Path, rows: &[Metrics]) -> Result<()> {
     })?)
 }
 
-/// A validation pass: mean loss, per-slide Dice at 0.5 and probabilities (training scale).
+/// A validation pass: mean loss, per-slide Dice at 0.5 at the training size and at full
+/// resolution, probabilities (training scale) and the full-resolution masks as RLE.
 struct Validation {
     loss: f64,
     dice: Vec<f64>,
+    dice_full: Vec<f64>,
     probs: Vec<Vec<f32>>,
+    rles: Vec<String>,
 }
 
 fn evaluate(
@@ -157,10 +168,23 @@ fn evaluate(
             probs.push(prob);
         }
     }
+    // Each slide resized back to its own size and scored there, a few slides at a time.
+    let rows = cache.rows();
+    let scored = idx
+        .par_iter()
+        .zip(&probs)
+        .map(|(&i, p)| full_res::score(p, cfg.size, &rows[i], &[0.5], Some(0.5)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let (dice_full, rles) = scored
+        .into_iter()
+        .map(|s| (s.counts.dice(0), s.rle.unwrap_or_default()))
+        .unzip();
     Ok(Validation {
         loss: loss / idx.len().max(1) as f64,
         dice: dice_all,
+        dice_full,
         probs,
+        rles,
     })
 }
 
@@ -201,8 +225,11 @@ pub(crate) struct Trained {
 /// What validation after an epoch gave.
 pub(crate) struct Validated {
     pub loss: f64,
+    /// Mean Dice at the training size.
     pub dice: f64,
-    /// Mean Dice of each organ present in the validation slides.
+    /// Mean Dice at full resolution: what picks the best epoch.
+    pub dice_full: f64,
+    /// Mean Dice at full resolution of each organ present in the validation slides.
     pub organ_dice: BTreeMap<Organ, f64>,
     /// Whether this epoch is the fold's best so far (its checkpoint and OOF are saved).
     pub improved: bool,
@@ -453,16 +480,17 @@ impl<'a> Fold<'a> {
         }
         let rows = cache.rows();
         let val = evaluate(cfg, &self.model, cache, &self.val_idx, self.norm, &self.device)?;
-        let dice = val.dice.iter().sum::<f64>() / val.dice.len().max(1) as f64;
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let (dice, dice_full) = (mean(&val.dice), mean(&val.dice_full));
         let mut per_organ: BTreeMap<Organ, Vec<f64>> = BTreeMap::new();
-        for (&i, &d) in self.val_idx.iter().zip(&val.dice) {
+        for (&i, &d) in self.val_idx.iter().zip(&val.dice_full) {
             per_organ.entry(rows[i].organ).or_default().push(d);
         }
         let organ_dice = per_organ
             .into_iter()
             .map(|(o, v)| (o, v.iter().sum::<f64>() / v.len() as f64))
             .collect();
-        let improved = dice > self.state.best_dice;
+        let improved = dice_full > self.state.best_dice;
         if improved {
             self.model.store().save(&self.path("best.safetensors"))?;
             let oof: HashMap<String, Tensor> = self
@@ -477,6 +505,17 @@ impl<'a> Fold<'a> {
                 })
                 .collect::<Result<_>>()?;
             optim::save_atomic(&oof, &self.path("oof.safetensors"))?;
+            let submission: Vec<SubmissionRow> = self
+                .val_idx
+                .iter()
+                .zip(&val.rles)
+                .map(|(&i, rle)| SubmissionRow {
+                    id: rows[i].id.clone(),
+                    rle: rle.clone(),
+                })
+                .collect();
+            let path = self.path("oof.csv");
+            schema::write_rows(&path, &submission).at("writing", &path)?;
         }
         for (&i, p) in self.val_idx.iter().zip(&val.probs).take(cfg.overlays) {
             self.overlay(i, p)?;
@@ -487,6 +526,7 @@ impl<'a> Fold<'a> {
         Ok(Validated {
             loss: val.loss,
             dice,
+            dice_full,
             organ_dice,
             improved,
         })
@@ -516,7 +556,7 @@ impl<'a> Fold<'a> {
     /// state last, so a kill between them resumes from the previous complete epoch.
     pub(crate) fn checkpoint(&mut self, epoch: usize, validated: &Validated) -> Result<()> {
         if validated.improved {
-            self.state.best_dice = validated.dice;
+            self.state.best_dice = validated.dice_full;
             self.state.best_epoch = epoch;
         }
         let last_optim = self.path("last.optim.safetensors");
@@ -553,6 +593,7 @@ impl<'a> Fold<'a> {
             train_loss: trained.train_loss,
             val_loss: validated.loss,
             val_dice: validated.dice,
+            val_dice_full: Some(validated.dice_full),
             dice_kidney: organ_dice(Organ::Kidney),
             dice_prostate: organ_dice(Organ::Prostate),
             dice_largeintestine: organ_dice(Organ::LargeIntestine),
@@ -576,14 +617,23 @@ impl<'a> Fold<'a> {
         plots::line_chart(
             &dice_png,
             &format!("fold {k} validation Dice"),
-            &[("dice", pts(|m| m.val_dice))],
+            &[
+                ("at training size", pts(|m| m.val_dice)),
+                (
+                    "full resolution",
+                    mine.iter()
+                        .filter_map(|m| Some((m.epoch as f64, m.val_dice_full?)))
+                        .collect(),
+                ),
+            ],
         )
         .at("plotting", &dice_png)?;
         progress.finish(&format!(
-            "fold {k} epoch {epoch}: train loss {:.4}, val loss {:.4}, val Dice {:.4}{} ({:.1} s)",
+            "fold {k} epoch {epoch}: train loss {:.4}, val loss {:.4}, val Dice {:.4} (full resolution {:.4}){} ({:.1} s)",
             trained.train_loss,
             validated.loss,
             validated.dice,
+            validated.dice_full,
             if validated.improved { " (best)" } else { "" },
             took.as_secs_f64()
         ));

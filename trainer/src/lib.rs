@@ -10,6 +10,7 @@ pub mod error;
 pub mod export;
 pub mod fold;
 pub mod folds;
+pub mod full_res;
 pub mod losses;
 pub mod optim;
 pub mod plots;

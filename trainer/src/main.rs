@@ -335,7 +335,7 @@ fn main() -> Result<()> {
             let summary = train::run(&cfg, a.resume, &mut Bars { bar: None })?;
             for f in &summary.folds {
                 eprintln!(
-                    "fold {}: best validation Dice {:.4} at epoch {} -> {}",
+                    "fold {}: best validation Dice {:.4} (full resolution) at epoch {} -> {}",
                     f.fold,
                     f.best_dice,
                     f.best_epoch,
@@ -344,7 +344,7 @@ fn main() -> Result<()> {
             }
             if let (Some(path), Some(th)) = (&summary.manifest, &summary.thresholds) {
                 eprintln!(
-                    "out-of-fold: default threshold {:.2} (mean Dice {:.4}); per organ: {}",
+                    "out-of-fold at full resolution: default threshold {:.2} (mean Dice {:.4}); per organ: {}",
                     th.default.threshold,
                     th.default.dice,
                     th.per_organ

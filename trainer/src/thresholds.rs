@@ -1,15 +1,18 @@
 //! Per-organ threshold search on out-of-fold probabilities: for each organ the threshold from a
 //! grid that maximises the mean Dice of that organ's slides, and one default over all slides.
+//! Slides come as Dice counts at each grid threshold (see [`crate::full_res`]), so the maps
+//! behind them can be at full resolution without being kept.
 
 use std::collections::BTreeMap;
 
+use ftu_formats::dice::ThresholdCounts;
 use ftu_formats::Organ;
 use serde::Serialize;
 
 pub struct OofSlide {
     pub organ: Organ,
-    pub prob: Vec<f32>,
-    pub truth: Vec<u8>,
+    /// At each threshold of the grid the search runs on.
+    pub counts: ThresholdCounts,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -34,8 +37,9 @@ pub fn grid(from: f64, to: f64, step: f64) -> Vec<f64> {
         .collect()
 }
 
-fn dice_at(s: &OofSlide, t: f32) -> f64 {
-    ftu_formats::dice::dice_thresholded(&s.prob, t, &s.truth)
+/// The grid as the `f32` thresholds maps are compared with.
+pub fn as_f32(grid: &[f64]) -> Vec<f32> {
+    grid.iter().map(|&t| t as f32).collect()
 }
 
 fn best(slides: &[&OofSlide], grid: &[f64]) -> Choice {
@@ -44,8 +48,8 @@ fn best(slides: &[&OofSlide], grid: &[f64]) -> Choice {
         dice: f64::MIN,
         slides: slides.len(),
     };
-    for &t in grid {
-        let mean = slides.iter().map(|s| dice_at(s, t as f32)).sum::<f64>() / slides.len().max(1) as f64;
+    for (i, &t) in grid.iter().enumerate() {
+        let mean = slides.iter().map(|s| s.counts.dice(i)).sum::<f64>() / slides.len().max(1) as f64;
         // Ties keep the threshold nearest 0.5.
         if mean > best.dice + 1e-12
             || ((mean - best.dice).abs() <= 1e-12 && (t - 0.5).abs() < (best.threshold - 0.5).abs())
@@ -60,7 +64,13 @@ fn best(slides: &[&OofSlide], grid: &[f64]) -> Choice {
     best
 }
 
+/// The best threshold of `grid` per organ and over all slides; each slide's counts were taken
+/// on this grid.
 pub fn search(oof: &[OofSlide], grid: &[f64]) -> Thresholds {
+    assert!(
+        oof.iter().all(|s| s.counts.pred.len() == grid.len()),
+        "out-of-fold counts taken on another grid"
+    );
     let all: Vec<&OofSlide> = oof.iter().collect();
     let mut per_organ = BTreeMap::new();
     for organ in Organ::ALL {
@@ -84,18 +94,21 @@ mod tests {
     /// background 0.66: 0.7. The default must serve both as well as one value can.
     #[test]
     fn finds_the_known_best_threshold_per_organ() {
+        let g = grid(0.05, 0.95, 0.05);
+        assert_eq!(g.len(), 19);
         let slide = |organ, fg: f32, bg: f32| {
             let truth: Vec<u8> = (0..100).map(|i| u8::from(i % 4 == 0)).collect();
-            let prob = truth.iter().map(|&t| if t == 1 { fg } else { bg }).collect();
-            OofSlide { organ, prob, truth }
+            let prob: Vec<f32> = truth.iter().map(|&t| if t == 1 { fg } else { bg }).collect();
+            OofSlide {
+                organ,
+                counts: ThresholdCounts::of(&prob, &truth, &as_f32(&g)),
+            }
         };
         let oof = vec![
             slide(Organ::Kidney, 0.35, 0.26),
             slide(Organ::Kidney, 0.34, 0.27),
             slide(Organ::Lung, 0.75, 0.66),
         ];
-        let g = grid(0.05, 0.95, 0.05);
-        assert_eq!(g.len(), 19);
         let th = search(&oof, &g);
         assert_eq!(th.per_organ[&Organ::Kidney].threshold, 0.3);
         assert_eq!(th.per_organ[&Organ::Kidney].dice, 1.0);

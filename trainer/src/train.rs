@@ -4,13 +4,15 @@
 //! state (atomic); the best checkpoint exported to ONNX with its out-of-fold probabilities. After
 //! the folds: per-organ thresholds searched on the OOF set and RUN/manifest.toml for ftu-infer.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::DType;
 use ftu_formats::manifest::file::{GroupFile, ModelFile, TtaFile};
 use ftu_formats::manifest::{ManifestFile, OutputRef};
-use ftu_formats::schema::TrainRow;
+use ftu_formats::schema::{self, SubmissionRow, TrainRow};
 use ftu_models::Arch;
+use rayon::prelude::*;
 
 use crate::config::TrainConfig;
 use crate::data::{self, SlideCache};
@@ -18,7 +20,7 @@ use crate::error::At;
 pub use crate::error::{Result, TrainError};
 pub use crate::fold::{arch_config, FoldResult, Metrics, Progress};
 use crate::fold::{fold_dir, train_fold, write_json, FoldState};
-use crate::{folds, thresholds};
+use crate::{folds, full_res, thresholds};
 
 pub struct RunSummary {
     pub folds: Vec<FoldResult>,
@@ -116,23 +118,39 @@ fn write_manifest(
     finished: &[usize],
 ) -> Result<(PathBuf, thresholds::Thresholds)> {
     let rows: &[TrainRow] = cache.rows();
+    let e = &cfg.ensemble;
+    let grid = thresholds::grid(e.threshold_from, e.threshold_to, e.threshold_step);
+    let grid32 = thresholds::as_f32(&grid);
     let mut oof = Vec::new();
     let mut weights = Vec::new();
     for &k in finished {
         let dir = fold_dir(cfg, k);
         let probs = candle_core::safetensors::load(dir.join("oof.safetensors"), &candle_core::Device::Cpu)?;
-        for (i, row) in rows.iter().enumerate().filter(|(i, _)| fold_of[*i] == k) {
-            let p = probs.get(&row.id).ok_or_else(|| TrainError::File {
-                what: "reading",
-                path: dir.join("oof.safetensors"),
-                cause: format!("no probabilities for slide {}", row.id),
-            })?;
-            oof.push(thresholds::OofSlide {
-                organ: row.organ,
-                prob: p.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-                truth: cache.get(i)?.mask.clone(),
-            });
-        }
+        let maps = rows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| fold_of[*i] == k)
+            .map(|(_, row)| {
+                let p = probs.get(&row.id).ok_or_else(|| TrainError::File {
+                    what: "reading",
+                    path: dir.join("oof.safetensors"),
+                    cause: format!("no probabilities for slide {}", row.id),
+                })?;
+                Ok((row, p.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Scored at each slide's full resolution, as the competition scores; only the counts
+        // per threshold are kept.
+        let scored = maps
+            .par_iter()
+            .map(|(row, prob)| {
+                Ok(thresholds::OofSlide {
+                    organ: row.organ,
+                    counts: full_res::score(prob, cfg.size, row, &grid32, None)?.counts,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        oof.extend(scored);
         let state_path = dir.join("state.json");
         let text = std::fs::read_to_string(&state_path).at("reading", &state_path)?;
         let state: FoldState = serde_json::from_str(&text).at("reading", &state_path)?;
@@ -142,9 +160,8 @@ fn write_manifest(
             1.0
         });
     }
-    let e = &cfg.ensemble;
-    let grid = thresholds::grid(e.threshold_from, e.threshold_to, e.threshold_step);
     let th = thresholds::search(&oof, &grid);
+    write_oof_submission(cfg, rows, finished)?;
     let mut table = toml::Table::new();
     table.insert("default".to_string(), toml::Value::Float(th.default.threshold));
     for (organ, choice) in &th.per_organ {
@@ -186,4 +203,24 @@ fn write_manifest(
         .map_err(|e| TrainError::Run(e.to_string()))?;
     write_json(&cfg.out.join("thresholds.json"), &th)?;
     Ok((path, th))
+}
+
+/// RUN/oof.csv: the finished folds' best out-of-fold predictions at full resolution and
+/// threshold 0.5 (each fold's foldK/oof.csv), in train.csv's order, as a submission that
+/// `ftu-infer score --truth train.csv` scores. Skipped when a fold has none (a run from before
+/// they were written).
+fn write_oof_submission(cfg: &TrainConfig, rows: &[TrainRow], finished: &[usize]) -> Result<()> {
+    let mut by_id = HashMap::new();
+    for &k in finished {
+        let path = fold_dir(cfg, k).join("oof.csv");
+        if !path.exists() {
+            return Ok(());
+        }
+        for row in schema::read_submission(&path).at("reading", &path)? {
+            by_id.insert(row.id.clone(), row);
+        }
+    }
+    let ordered: Vec<SubmissionRow> = rows.iter().filter_map(|r| by_id.remove(&r.id)).collect();
+    let path = cfg.out.join("oof.csv");
+    schema::write_rows(&path, &ordered).at("writing", &path)
 }
