@@ -55,7 +55,6 @@ fn the_trainers_manifest_serves_every_test_id_in_ftu_infer() {
             "last.safetensors",
             "last.optim.safetensors",
             "oof.safetensors",
-            "oof.csv",
             "loss.png",
             "dice.png",
         ] {
@@ -73,8 +72,9 @@ fn the_trainers_manifest_serves_every_test_id_in_ftu_infer() {
     );
 
     // Full-resolution validation equals `ftu-infer score` on the same predictions: RUN/oof.csv
-    // holds each slide's mask from its fold's best epoch at the slide's own size (192² here,
-    // trained at 64²); scored against train.csv, each fold's mean is the Dice the fold reported.
+    // holds each slide's mask from its fold's best epoch (its out-of-fold map) at the slide's own
+    // size (192² here, trained at 64²); scored against train.csv, each fold's mean is the Dice
+    // the fold reported.
     let scores = ftu_infer::score::score_files(&data.join("train.csv"), &run.join("oof.csv"), None).unwrap();
     assert_eq!(scores.images.len(), 10);
     let fold_of: std::collections::HashMap<String, usize> = csv::Reader::from_path(run.join("folds.csv"))
@@ -110,6 +110,65 @@ fn the_trainers_manifest_serves_every_test_id_in_ftu_infer() {
         &PredictOptions::new(&data, dir.path().join("submission.csv")),
     );
     assert_eq!(predicted.report.predicted, 4);
+    assert_eq!(predicted.ids, predicted.test_ids);
+}
+
+/// `sizes = [64, 96]`: the same folds at each size in RUN/size64 and RUN/size96 (each with its
+/// own manifest), and RUN/manifest.toml with one group per size that ftu-infer serves. With a
+/// one-threshold grid (0.5), the threshold search's Dice of the blended out-of-fold maps is what
+/// `ftu-infer score` gives RUN/oof.csv.
+#[test]
+fn several_sizes_train_into_one_manifest_with_a_group_per_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 10, 3);
+    let run = dir.path().join("run");
+    let mut cfg = small(&data, &run, 1);
+    cfg.sizes = vec![64, 96];
+    cfg.ensemble.size_weights = vec![1.0, 3.0];
+    cfg.ensemble.threshold_from = 0.5;
+    cfg.ensemble.threshold_to = 0.5;
+    let summary = train::run(&cfg, false, &mut Quiet).unwrap();
+    assert_eq!(
+        summary.folds.iter().map(|f| (f.size, f.fold)).collect::<Vec<_>>(),
+        vec![(64, 0), (64, 1), (96, 0), (96, 1)]
+    );
+    for size in [64, 96] {
+        let sub = run.join(format!("size{size}"));
+        assert_eq!(
+            std::fs::read(sub.join("folds.csv")).unwrap(),
+            std::fs::read(run.join("folds.csv")).unwrap(),
+            "size {size}: the same folds"
+        );
+        let own = Manifest::load(&sub.join("manifest.toml")).unwrap();
+        assert_eq!(own.groups.len(), 1);
+        assert_eq!(own.groups[0].size, size);
+    }
+    let manifest_path = summary.manifest.expect("a joint manifest");
+    let manifest = Manifest::load(&manifest_path).unwrap();
+    let groups: Vec<(usize, f32, usize)> = manifest
+        .groups
+        .iter()
+        .map(|g| (g.size, g.weight, g.models.len()))
+        .collect();
+    assert_eq!(groups, vec![(64, 1.0, 2), (96, 3.0, 2)]);
+    assert!(manifest.groups[1].models[0].path.ends_with("size96/fold0/model.onnx"));
+
+    let th = summary.thresholds.unwrap();
+    let scores = ftu_infer::score::score_files(&data.join("train.csv"), &run.join("oof.csv"), None).unwrap();
+    assert_eq!(scores.images.len(), 10);
+    assert!(
+        (scores.mean() - th.default.dice).abs() < 1e-12,
+        "ftu-infer score {}, the search {}",
+        scores.mean(),
+        th.default.dice
+    );
+
+    let mut engine = ftu_tests::engine(&manifest_path);
+    let predicted = ftu_tests::predict(
+        &mut engine,
+        &PredictOptions::new(&data, dir.path().join("submission.csv")),
+    );
+    assert_eq!(predicted.report.predicted, 3);
     assert_eq!(predicted.ids, predicted.test_ids);
 }
 

@@ -35,6 +35,9 @@ pub struct TrainConfig {
     pub decoder_channels: Option<Vec<usize>>,
     /// Side of the square training input (slides are resized to it); a multiple of 32.
     pub size: usize,
+    /// Several training sizes instead of `size`: the folds are trained at each, in RUN/sizeS/,
+    /// and RUN/manifest.toml serves them as one group per size.
+    pub sizes: Vec<usize>,
     pub folds: usize,
     /// Train only this fold (0-based); all folds when absent.
     pub fold: Option<usize>,
@@ -73,6 +76,7 @@ impl Default for TrainConfig {
             arch: "unet-resnet34".into(),
             decoder_channels: None,
             size: 512,
+            sizes: Vec::new(),
             folds: 5,
             fold: None,
             epochs: 20,
@@ -268,8 +272,12 @@ impl AugmentConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnsembleConfig {
-    /// Fold weights proportional to their validation Dice (else equal).
+    /// Fold weights, and with several sizes the sizes' group weights, proportional to their
+    /// full-resolution out-of-fold Dice (else equal).
     pub weight_by_dice: bool,
+    /// With several sizes: each size's group weight, in the order of `sizes` (overrides
+    /// `weight_by_dice` for the groups).
+    pub size_weights: Vec<f64>,
     /// ftu-infer's TTA mode for the manifest (none, hflip, flips, d4).
     pub tta: String,
     /// Threshold search grid: from, to (inclusive), step.
@@ -282,6 +290,7 @@ impl Default for EnsembleConfig {
     fn default() -> Self {
         EnsembleConfig {
             weight_by_dice: false,
+            size_weights: Vec::new(),
             tta: "flips".into(),
             threshold_from: 0.05,
             threshold_to: 0.95,
@@ -291,6 +300,16 @@ impl Default for EnsembleConfig {
 }
 
 impl TrainConfig {
+    /// The run at one of `sizes`: in RUN/sizeS/, with everything else the same.
+    pub fn at_size(&self, size: usize) -> TrainConfig {
+        let mut c = self.clone();
+        c.size = size;
+        c.sizes = Vec::new();
+        c.ensemble.size_weights = Vec::new();
+        c.out = self.out.join(format!("size{size}"));
+        c
+    }
+
     pub fn from_toml_file(path: &Path) -> Result<TrainConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),
@@ -314,10 +333,22 @@ impl TrainConfig {
         if self.out.as_os_str().is_empty() {
             return Err(invalid("out", "required (the run folder)"));
         }
-        if self.size == 0 || self.size % 32 != 0 {
+        for (field, size) in std::iter::once(("size", self.size)).chain(self.sizes.iter().map(|&s| ("sizes", s))) {
+            if size == 0 || size % 32 != 0 {
+                return Err(invalid(field, format!("must be a positive multiple of 32, got {size}")));
+            }
+        }
+        let mut distinct = self.sizes.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() != self.sizes.len() {
+            return Err(invalid("sizes", format!("each size once, got {:?}", self.sizes)));
+        }
+        let w = &self.ensemble.size_weights;
+        if !w.is_empty() && (w.len() != self.sizes.len() || w.iter().any(|&x| !(x > 0.0 && x.is_finite()))) {
             return Err(invalid(
-                "size",
-                format!("must be a positive multiple of 32, got {}", self.size),
+                "ensemble.size_weights",
+                format!("one positive weight per size of {:?}, got {w:?}", self.sizes),
             ));
         }
         if self.folds < 2 {
@@ -442,8 +473,32 @@ mod tests {
                 norm: "zscore".into(),
                 ..base.clone()
             },
+            TrainConfig {
+                sizes: vec![256, 300],
+                ..base.clone()
+            },
+            TrainConfig {
+                sizes: vec![256, 256],
+                ..base.clone()
+            },
+            TrainConfig {
+                sizes: vec![256, 512],
+                ensemble: EnsembleConfig {
+                    size_weights: vec![1.0],
+                    ..EnsembleConfig::default()
+                },
+                ..base.clone()
+            },
         ];
-        let fields = ["size", "folds", "fold", "norm"];
+        let fields = [
+            "size",
+            "folds",
+            "fold",
+            "norm",
+            "sizes",
+            "sizes",
+            "ensemble.size_weights",
+        ];
         for (c, field) in bad.iter().zip(fields) {
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains(field), "{err}");

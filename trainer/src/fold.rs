@@ -11,7 +11,6 @@ use std::time::Duration;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use ftu_formats::manifest::Normalisation;
-use ftu_formats::schema::{self, SubmissionRow};
 use ftu_formats::Organ;
 use ftu_models::store::is_buffer;
 use ftu_models::weights::{self, Scope};
@@ -75,6 +74,8 @@ pub(crate) struct FoldState {
 
 pub struct FoldResult {
     pub fold: usize,
+    /// The training size.
+    pub size: usize,
     pub best_dice: f64,
     pub best_epoch: usize,
     pub onnx: PathBuf,
@@ -136,13 +137,12 @@ fn write_metrics(path: &Path, rows: &[Metrics]) -> Result<()> {
 }
 
 /// A validation pass: mean loss, per-slide Dice at 0.5 at the training size and at full
-/// resolution, probabilities (training scale) and the full-resolution masks as RLE.
+/// resolution, and probabilities (training scale).
 struct Validation {
     loss: f64,
     dice: Vec<f64>,
     dice_full: Vec<f64>,
     probs: Vec<Vec<f32>>,
-    rles: Vec<String>,
 }
 
 fn evaluate(
@@ -170,21 +170,16 @@ fn evaluate(
     }
     // Each slide resized back to its own size and scored there, a few slides at a time.
     let rows = cache.rows();
-    let scored = idx
+    let dice_full = idx
         .par_iter()
         .zip(&probs)
-        .map(|(&i, p)| full_res::score(p, cfg.size, &rows[i], &[0.5], Some(0.5)))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let (dice_full, rles) = scored
-        .into_iter()
-        .map(|s| (s.counts.dice(0), s.rle.unwrap_or_default()))
-        .unzip();
+        .map(|(&i, p)| Ok(full_res::score(p, cfg.size, &rows[i], &[0.5], None)?.counts.dice(0)))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Validation {
         loss: loss / idx.len().max(1) as f64,
         dice: dice_all,
         dice_full,
         probs,
-        rles,
     })
 }
 
@@ -505,17 +500,6 @@ impl<'a> Fold<'a> {
                 })
                 .collect::<Result<_>>()?;
             optim::save_atomic(&oof, &self.path("oof.safetensors"))?;
-            let submission: Vec<SubmissionRow> = self
-                .val_idx
-                .iter()
-                .zip(&val.rles)
-                .map(|(&i, rle)| SubmissionRow {
-                    id: rows[i].id.clone(),
-                    rle: rle.clone(),
-                })
-                .collect();
-            let path = self.path("oof.csv");
-            schema::write_rows(&path, &submission).at("writing", &path)?;
         }
         for (&i, p) in self.val_idx.iter().zip(&val.probs).take(cfg.overlays) {
             self.overlay(i, p)?;
@@ -659,6 +643,7 @@ impl<'a> Fold<'a> {
         write_json(&self.path("state.json"), &self.state)?;
         Ok(FoldResult {
             fold: k,
+            size: cfg.size,
             best_dice: self.state.best_dice,
             best_epoch: self.state.best_epoch,
             onnx,

@@ -29,24 +29,38 @@ pub fn score(
     grid: &[f32],
     rle_threshold: Option<f32>,
 ) -> Result<Scored, DataError> {
+    let full = resize_map(prob, side, side, row.img_width as usize, row.img_height as usize);
+    score_full(&full, row, grid, rle_threshold)
+}
+
+/// A map already at the slide's size (see [`blend`]) scored as [`score`] does.
+pub fn score_full(full: &[f32], row: &TrainRow, grid: &[f32], rle_threshold: Option<f32>) -> Result<Scored, DataError> {
     let (h, w) = (row.img_height as usize, row.img_width as usize);
+    assert_eq!(full.len(), h * w, "slide {}: a map of its size", row.id);
     let truth = rle::decode(&row.rle, h, w).map_err(|cause| DataError::Rle {
         id: row.id.clone(),
         cause,
     })?;
-    let full = resize_map(prob, side, side, w, h);
-    let counts = ThresholdCounts::of(&full, truth.data(), grid);
+    Ok(score_against(full, &truth, grid, rle_threshold))
+}
+
+fn score_against(full: &[f32], truth: &Mask, grid: &[f32], rle_threshold: Option<f32>) -> Scored {
+    let counts = ThresholdCounts::of(full, truth.data(), grid);
     let rle = rle_threshold.map(|t| {
         let bytes = full.iter().map(|&p| u8::from(p > t)).collect();
-        rle::encode(&Mask::from_row_major(h, w, bytes).expect("the map has the slide's size"))
+        let mask = Mask::from_row_major(truth.height(), truth.width(), bytes).expect("the map has the slide's size");
+        rle::encode(&mask)
     });
-    Ok(Scored { counts, rle })
+    Scored { counts, rle }
 }
 
 /// Maps at training scale averaged at full resolution with weights (summing to any positive
 /// total), as ftu-infer averages the groups of a manifest; one map when given one.
 pub fn blend(maps: &[(&[f32], usize, f32)], row: &TrainRow) -> Vec<f32> {
     let (h, w) = (row.img_height as usize, row.img_width as usize);
+    if let [(map, side, _)] = maps {
+        return resize_map(map, *side, *side, w, h);
+    }
     let total: f32 = maps.iter().map(|m| m.2).sum();
     let mut out = vec![0f32; h * w];
     for &(map, side, weight) in maps {

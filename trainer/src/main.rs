@@ -54,6 +54,9 @@ struct TrainArgs {
     decoder_channels: Option<Vec<usize>>,
     #[arg(long)]
     size: Option<usize>,
+    /// Train at each of these sizes (e.g. 512,768); one manifest serves them together.
+    #[arg(long, value_delimiter = ',')]
+    sizes: Option<Vec<usize>>,
     #[arg(long)]
     folds: Option<usize>,
     #[arg(long)]
@@ -119,6 +122,9 @@ impl TrainArgs {
             freeze_encoder_epochs,
             device
         );
+        if let Some(sizes) = &self.sizes {
+            c.sizes = sizes.clone();
+        }
         if self.decoder_channels.is_some() {
             c.decoder_channels = self.decoder_channels.clone();
         }
@@ -335,7 +341,8 @@ fn main() -> Result<()> {
             let summary = train::run(&cfg, a.resume, &mut Bars { bar: None })?;
             for f in &summary.folds {
                 eprintln!(
-                    "fold {}: best validation Dice {:.4} (full resolution) at epoch {} -> {}",
+                    "{}² fold {}: best validation Dice {:.4} (full resolution) at epoch {} -> {}",
+                    f.size,
                     f.fold,
                     f.best_dice,
                     f.best_epoch,

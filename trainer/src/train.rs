@@ -1,8 +1,13 @@
 //! `ftu-train train`: k-fold training. Per fold: AdamW with warmup + cosine, accumulation,
-//! clipping, optional EMA and encoder freezing; every epoch validation Dice (overall and per
-//! organ) into RUN/metrics.csv, curves as PNG, overlays, best/last checkpoints with optimiser
-//! state (atomic); the best checkpoint exported to ONNX with its out-of-fold probabilities. After
-//! the folds: per-organ thresholds searched on the OOF set and RUN/manifest.toml for ftu-infer.
+//! clipping, optional EMA and encoder freezing; every epoch validation Dice (at the training size
+//! and at full resolution, overall and per organ) into RUN/metrics.csv, curves as PNG, overlays,
+//! best/last checkpoints with optimiser state (atomic); the best checkpoint exported to ONNX with
+//! its out-of-fold probabilities. After the folds: per-organ thresholds searched on the
+//! full-resolution OOF set and RUN/manifest.toml for ftu-infer.
+//!
+//! With several `sizes`, the folds (the same split) are trained at each size in RUN/sizeS/, each
+//! with its own manifest, and RUN/manifest.toml serves them together: one group per size, the
+//! thresholds searched on their blended OOF maps, blended as ftu-infer blends groups.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,25 +33,23 @@ pub struct RunSummary {
     pub thresholds: Option<thresholds::Thresholds>,
 }
 
-/// Runs the configured folds and writes the manifest. `resume` continues fold checkpoints.
+/// The finished folds of one training size: a group of the manifest.
+struct Group {
+    /// The run at this size.
+    cfg: TrainConfig,
+    /// The size's folder inside the manifest's folder ("" for a single size).
+    prefix: String,
+    finished: Vec<usize>,
+    /// Each finished fold's best full-resolution validation Dice.
+    fold_dice: Vec<f64>,
+    weight: f64,
+}
+
+/// Runs the configured folds (at each size) and writes the manifest. `resume` continues fold
+/// checkpoints.
 pub fn run(cfg: &TrainConfig, resume: bool, progress: &mut dyn Progress) -> Result<RunSummary> {
     cfg.validate()?;
-    let device = crate::device::parse(&cfg.device).map_err(|e| TrainError::Run(e.to_string()))?;
-    let arch: Arch = cfg.arch.parse().map_err(|e| TrainError::Run(format!("arch: {e}")))?;
-    std::fs::create_dir_all(&cfg.out).at("creating", &cfg.out)?;
-    let config_path = cfg.out.join("config.toml");
-    if resume && config_path.exists() {
-        let saved = TrainConfig::from_toml_file(&config_path)?;
-        if saved != *cfg {
-            return Err(TrainError::Run(format!(
-                "--resume: the options differ from the run's {}; resume with the same options",
-                config_path.display()
-            )));
-        }
-    }
-    let text = cfg.to_toml();
-    ftu_formats::atomic::write_atomic(&config_path, |w| std::io::Write::write_all(w, text.as_bytes()))?;
-
+    save_config(cfg, resume)?;
     let train_csv = ftu_formats::kaggle::Split::Train.csv(&cfg.data);
     let rows = ftu_formats::schema::read_train(&train_csv).at("reading", &train_csv)?;
     if rows.len() < cfg.folds {
@@ -59,15 +62,89 @@ pub fn run(cfg: &TrainConfig, resume: bool, progress: &mut dyn Progress) -> Resu
     }
     let fold_of = folds::stratified(&rows, cfg.folds, cfg.seed);
     folds::write(&cfg.out.join("folds.csv"), &rows, &fold_of)?;
-
     if cfg.workers > 0 {
         // Ignored when a global pool already exists (a second run in one process).
         let _ = rayon::ThreadPoolBuilder::new().num_threads(cfg.workers).build_global();
     }
+
+    if cfg.sizes.is_empty() {
+        let (folds, group) = train_size(cfg, &rows, &fold_of, resume, progress)?;
+        let written = group.map(|g| write_manifest(cfg, &rows, &fold_of, &[g])).transpose()?;
+        return Ok(summary(folds, written));
+    }
+    let mut all = Vec::new();
+    let mut groups = Vec::new();
+    for (i, &size) in cfg.sizes.iter().enumerate() {
+        let sub = cfg.at_size(size);
+        progress.finish(&format!("size {size}²: {}", sub.out.display()));
+        save_config(&sub, resume)?;
+        folds::write(&sub.out.join("folds.csv"), &rows, &fold_of)?;
+        let (folds, group) = train_size(&sub, &rows, &fold_of, resume, progress)?;
+        all.extend(folds);
+        if let Some(mut g) = group {
+            // The size's own manifest serves it alone.
+            write_manifest(&sub, &rows, &fold_of, std::slice::from_ref(&g))?;
+            g.prefix = format!("size{size}/");
+            g.weight = match cfg.ensemble.size_weights.get(i) {
+                Some(&w) => w,
+                None if cfg.ensemble.weight_by_dice => oof_dice(&g, &fold_of).max(1e-3),
+                None => 1.0,
+            };
+            groups.push(g);
+        }
+    }
+    // The joint manifest once every size has finished folds.
+    let written = if groups.len() == cfg.sizes.len() {
+        Some(write_manifest(cfg, &rows, &fold_of, &groups)?)
+    } else {
+        None
+    };
+    Ok(summary(all, written))
+}
+
+fn summary(folds: Vec<FoldResult>, written: Option<(PathBuf, thresholds::Thresholds)>) -> RunSummary {
+    let (manifest, thresholds) = written.unzip();
+    RunSummary {
+        folds,
+        manifest,
+        thresholds,
+    }
+}
+
+/// RUN/config.toml; with `resume`, a saved one must hold the same options.
+fn save_config(cfg: &TrainConfig, resume: bool) -> Result<()> {
+    std::fs::create_dir_all(&cfg.out).at("creating", &cfg.out)?;
+    let config_path = cfg.out.join("config.toml");
+    if resume && config_path.exists() {
+        let saved = TrainConfig::from_toml_file(&config_path)?;
+        if saved != *cfg {
+            return Err(TrainError::Run(format!(
+                "--resume: the options differ from the run's {}; resume with the same options",
+                config_path.display()
+            )));
+        }
+    }
+    let text = cfg.to_toml();
+    Ok(ftu_formats::atomic::write_atomic(&config_path, |w| {
+        std::io::Write::write_all(w, text.as_bytes())
+    })?)
+}
+
+/// The folds at `cfg.size`; the group of every fold of the run that has finished (folds may run
+/// separately), if any has.
+fn train_size(
+    cfg: &TrainConfig,
+    rows: &[TrainRow],
+    fold_of: &[usize],
+    resume: bool,
+    progress: &mut dyn Progress,
+) -> Result<(Vec<FoldResult>, Option<Group>)> {
+    let device = crate::device::parse(&cfg.device).map_err(|e| TrainError::Run(e.to_string()))?;
+    let arch: Arch = cfg.arch.parse().map_err(|e| TrainError::Run(format!("arch: {e}")))?;
     let tick = progress.ticker("decode", rows.len());
     let cache = SlideCache::build(
         &cfg.data,
-        rows.clone(),
+        rows.to_vec(),
         cfg.size,
         cfg.cache_mb << 20,
         cfg.augment.stain_normalize_to.as_deref(),
@@ -87,140 +164,158 @@ pub fn run(cfg: &TrainConfig, resume: bool, progress: &mut dyn Progress) -> Resu
     let mut results = Vec::new();
     for k in folds_to_run {
         results.push(train_fold(
-            cfg, arch, &device, &cache, &fold_of, k, &norm, resume, progress,
+            cfg, arch, &device, &cache, fold_of, k, &norm, resume, progress,
         )?);
     }
-    // The manifest covers every fold of the run that has finished (folds may run separately).
     let finished: Vec<usize> = (0..cfg.folds)
         .filter(|k| {
             let dir = fold_dir(cfg, *k);
             dir.join("model.onnx").exists() && dir.join("oof.safetensors").exists()
         })
         .collect();
-    let (manifest, th) = if finished.is_empty() {
-        (None, None)
-    } else {
-        let (path, th) = write_manifest(cfg, &cache, &fold_of, &finished)?;
-        (Some(path), Some(th))
+    if finished.is_empty() {
+        return Ok((results, None));
+    }
+    let fold_dice = finished
+        .iter()
+        .map(|&k| {
+            let state_path = fold_dir(cfg, k).join("state.json");
+            let text = std::fs::read_to_string(&state_path).at("reading", &state_path)?;
+            let state: FoldState = serde_json::from_str(&text).at("reading", &state_path)?;
+            Ok(state.best_dice)
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    let group = Group {
+        cfg: cfg.clone(),
+        prefix: String::new(),
+        finished,
+        fold_dice,
+        weight: 1.0,
     };
-    Ok(RunSummary {
-        folds: results,
-        manifest,
-        thresholds: th,
-    })
+    Ok((results, Some(group)))
 }
 
-/// Threshold search on the OOF set of the finished folds, then RUN/manifest.toml.
+/// The group's out-of-fold Dice at 0.5 and full resolution: its folds' best Dice, each over its
+/// validation slides.
+fn oof_dice(g: &Group, fold_of: &[usize]) -> f64 {
+    let count = |k: usize| fold_of.iter().filter(|&&f| f == k).count() as f64;
+    let slides: f64 = g.finished.iter().map(|&k| count(k)).sum();
+    g.finished
+        .iter()
+        .zip(&g.fold_dice)
+        .map(|(&k, d)| d * count(k))
+        .sum::<f64>()
+        / slides.max(1.0)
+}
+
+/// Each slide's out-of-fold map (training scale) of a group, from its folds' oof.safetensors.
+fn oof_maps(g: &Group, rows: &[TrainRow], fold_of: &[usize]) -> Result<HashMap<usize, Vec<f32>>> {
+    let mut maps = HashMap::new();
+    for &k in &g.finished {
+        let path = fold_dir(&g.cfg, k).join("oof.safetensors");
+        let probs = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)?;
+        for (i, row) in rows.iter().enumerate().filter(|(i, _)| fold_of[*i] == k) {
+            let p = probs.get(&row.id).ok_or_else(|| TrainError::File {
+                what: "reading",
+                path: path.clone(),
+                cause: format!("no probabilities for slide {}", row.id),
+            })?;
+            maps.insert(i, p.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+        }
+    }
+    Ok(maps)
+}
+
+/// The threshold search on the groups' out-of-fold maps, blended by group weight at each slide's
+/// full resolution; then, in `cfg.out`: manifest.toml (a group per size), thresholds.json and
+/// oof.csv (the blended out-of-fold masks at 0.5 and full resolution, in train.csv's order, a
+/// submission `ftu-infer score --truth train.csv` scores).
 fn write_manifest(
     cfg: &TrainConfig,
-    cache: &SlideCache,
+    rows: &[TrainRow],
     fold_of: &[usize],
-    finished: &[usize],
+    groups: &[Group],
 ) -> Result<(PathBuf, thresholds::Thresholds)> {
-    let rows: &[TrainRow] = cache.rows();
     let e = &cfg.ensemble;
     let grid = thresholds::grid(e.threshold_from, e.threshold_to, e.threshold_step);
     let grid32 = thresholds::as_f32(&grid);
-    let mut oof = Vec::new();
-    let mut weights = Vec::new();
-    for &k in finished {
-        let dir = fold_dir(cfg, k);
-        let probs = candle_core::safetensors::load(dir.join("oof.safetensors"), &candle_core::Device::Cpu)?;
-        let maps = rows
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| fold_of[*i] == k)
-            .map(|(_, row)| {
-                let p = probs.get(&row.id).ok_or_else(|| TrainError::File {
-                    what: "reading",
-                    path: dir.join("oof.safetensors"),
-                    cause: format!("no probabilities for slide {}", row.id),
-                })?;
-                Ok((row, p.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // Scored at each slide's full resolution, as the competition scores; only the counts
-        // per threshold are kept.
-        let scored = maps
-            .par_iter()
-            .map(|(row, prob)| {
-                Ok(thresholds::OofSlide {
-                    organ: row.organ,
-                    counts: full_res::score(prob, cfg.size, row, &grid32, None)?.counts,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        oof.extend(scored);
-        let state_path = dir.join("state.json");
-        let text = std::fs::read_to_string(&state_path).at("reading", &state_path)?;
-        let state: FoldState = serde_json::from_str(&text).at("reading", &state_path)?;
-        weights.push(if cfg.ensemble.weight_by_dice {
-            state.best_dice.max(1e-3)
-        } else {
-            1.0
-        });
-    }
+    let maps = groups
+        .iter()
+        .map(|g| oof_maps(g, rows, fold_of))
+        .collect::<Result<Vec<_>>>()?;
+    // Slides with a map in every group: all of them once every fold has finished.
+    let slides: Vec<usize> = (0..rows.len())
+        .filter(|i| maps.iter().all(|m| m.contains_key(i)))
+        .collect();
+    let scored = slides
+        .par_iter()
+        .map(|&i| {
+            let parts: Vec<(&[f32], usize, f32)> = groups
+                .iter()
+                .zip(&maps)
+                .map(|(g, m)| (m[&i].as_slice(), g.cfg.size, g.weight as f32))
+                .collect();
+            let full = full_res::blend(&parts, &rows[i]);
+            let s = full_res::score_full(&full, &rows[i], &grid32, Some(0.5))?;
+            let oof = thresholds::OofSlide {
+                organ: rows[i].organ,
+                counts: s.counts,
+            };
+            let row = SubmissionRow {
+                id: rows[i].id.clone(),
+                rle: s.rle.unwrap_or_default(),
+            };
+            Ok((oof, row))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (oof, submission): (Vec<_>, Vec<_>) = scored.into_iter().unzip();
     let th = thresholds::search(&oof, &grid);
-    write_oof_submission(cfg, rows, finished)?;
+
     let mut table = toml::Table::new();
     table.insert("default".to_string(), toml::Value::Float(th.default.threshold));
     for (organ, choice) in &th.per_organ {
         table.insert(organ.as_str().to_string(), toml::Value::Float(choice.threshold));
     }
+    let group_file = |g: &Group| GroupFile {
+        size: g.cfg.size as i64,
+        weight: Some(g.weight),
+        model: g
+            .finished
+            .iter()
+            .zip(&g.fold_dice)
+            .map(|(k, d)| ModelFile {
+                path: format!("{}fold{k}/model.onnx", g.prefix).into(),
+                weight: Some(if e.weight_by_dice { d.max(1e-3) } else { 1.0 }),
+                norm: Some(g.cfg.norm.clone()),
+                output: Some(OutputRef::Name("logits".into())),
+                activation: Some("sigmoid".into()),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
     let manifest = ManifestFile {
         tta: Some(TtaFile {
             mode: Some(e.tta.clone()),
             scales: None,
         }),
         thresholds: Some(table),
-        group: vec![GroupFile {
-            size: cfg.size as i64,
-            weight: Some(1.0),
-            model: finished
-                .iter()
-                .zip(&weights)
-                .map(|(k, w)| ModelFile {
-                    path: format!("fold{k}/model.onnx").into(),
-                    weight: Some(*w),
-                    norm: Some(cfg.norm.clone()),
-                    output: Some(OutputRef::Name("logits".into())),
-                    activation: Some("sigmoid".into()),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }],
+        group: groups.iter().map(group_file).collect(),
         ..Default::default()
     };
     let path = cfg.out.join("manifest.toml");
+    let sizes: Vec<String> = groups.iter().map(|g| format!("{}²", g.cfg.size)).collect();
     let comment = format!(
-        "Written by ftu-train from {} fold(s) of {}; thresholds searched on their out-of-fold predictions.",
-        finished.len(),
-        cfg.arch
+        "Written by ftu-train from {} fold(s) of {} at {}; thresholds searched on their out-of-fold predictions at full resolution.",
+        groups.iter().map(|g| g.finished.len()).sum::<usize>(),
+        cfg.arch,
+        sizes.join(", ")
     );
     manifest
         .write(&path, &comment)
         .map_err(|e| TrainError::Run(e.to_string()))?;
     write_json(&cfg.out.join("thresholds.json"), &th)?;
+    let oof_path = cfg.out.join("oof.csv");
+    schema::write_rows(&oof_path, &submission).at("writing", &oof_path)?;
     Ok((path, th))
-}
-
-/// RUN/oof.csv: the finished folds' best out-of-fold predictions at full resolution and
-/// threshold 0.5 (each fold's foldK/oof.csv), in train.csv's order, as a submission that
-/// `ftu-infer score --truth train.csv` scores. Skipped when a fold has none (a run from before
-/// they were written).
-fn write_oof_submission(cfg: &TrainConfig, rows: &[TrainRow], finished: &[usize]) -> Result<()> {
-    let mut by_id = HashMap::new();
-    for &k in finished {
-        let path = fold_dir(cfg, k).join("oof.csv");
-        if !path.exists() {
-            return Ok(());
-        }
-        for row in schema::read_submission(&path).at("reading", &path)? {
-            by_id.insert(row.id.clone(), row);
-        }
-    }
-    let ordered: Vec<SubmissionRow> = rows.iter().filter_map(|r| by_id.remove(&r.id)).collect();
-    let path = cfg.out.join("oof.csv");
-    schema::write_rows(&path, &ordered).at("writing", &path)
 }
