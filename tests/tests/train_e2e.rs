@@ -172,6 +172,30 @@ fn several_sizes_train_into_one_manifest_with_a_group_per_size() {
     assert_eq!(predicted.ids, predicted.test_ids);
 }
 
+/// The per-organ options reach the training loop: with every organ's loss factor 0 the training
+/// loss is 0 (the segmentation terms are the whole loss here), and sampling weights of 0 for every
+/// organ are refused by name.
+#[test]
+fn per_organ_loss_factors_and_sampling_weights_reach_the_training_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 6, 0);
+    let mut cfg = small(&data, &dir.path().join("zero"), 1);
+    cfg.fold = Some(0);
+    let organs = ["kidney", "prostate", "largeintestine", "spleen", "lung"];
+    cfg.loss.per_organ = organs.iter().map(|o| (o.to_string(), 0.0)).collect();
+    train::run(&cfg, false, &mut Quiet).unwrap();
+    let rows = metrics(&dir.path().join("zero").join("metrics.csv"));
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].train_loss, 0.0);
+    assert!(rows[0].val_loss > 0.0, "validation is not weighted");
+
+    let mut cfg = small(&data, &dir.path().join("none"), 1);
+    cfg.fold = Some(0);
+    cfg.sampling.organ_weights = organs.iter().map(|o| (o.to_string(), 0.0)).collect();
+    let err = train::run(&cfg, false, &mut Quiet).err().expect("nothing to draw").to_string();
+    assert!(err.contains("sampling.organ_weights"), "{err}");
+}
+
 #[test]
 fn stopping_after_epoch_1_and_resuming_matches_an_unbroken_run() {
     let dir = tempfile::tempdir().unwrap();

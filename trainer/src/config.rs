@@ -1,7 +1,10 @@
 //! The training configuration: every option of `ftu-train train`, readable from a TOML file
 //! (command-line flags win), saved resolved as RUN/config.toml.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use ftu_formats::Organ;
 
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +65,7 @@ pub struct TrainConfig {
     /// Validation overlays written each epoch (per fold).
     pub overlays: usize,
     pub device: String,
+    pub sampling: SamplingConfig,
     pub optim: OptimConfig,
     pub loss: LossConfig,
     pub augment: AugmentConfig,
@@ -93,12 +97,47 @@ impl Default for TrainConfig {
             deep_supervision: false,
             overlays: 4,
             device: "cpu".into(),
+            sampling: SamplingConfig::default(),
             optim: OptimConfig::default(),
             loss: LossConfig::default(),
             augment: AugmentConfig::default(),
             ensemble: EnsembleConfig::default(),
         }
     }
+}
+
+/// Which training slides an epoch draws.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingConfig {
+    /// Draw an organ first (by `organ_weights`, equal for organs not listed), then the next
+    /// slide of that organ; else (the default) every training slide once per shuffled pass.
+    /// Setting `organ_weights` turns it on.
+    pub by_organ: bool,
+    /// Organ name → relative share of the draws.
+    pub organ_weights: BTreeMap<String, f64>,
+}
+
+impl SamplingConfig {
+    /// Each organ's weight by [`Organ::index`], when sampling by organ.
+    pub fn weights(&self) -> Option<[f64; 5]> {
+        (self.by_organ || !self.organ_weights.is_empty()).then(|| per_organ(&self.organ_weights).expect("validated"))
+    }
+}
+
+/// A table of organ name → weight as an array by [`Organ::index`]; organs not named weigh 1.
+fn per_organ(table: &BTreeMap<String, f64>) -> Result<[f64; 5], String> {
+    let mut out = [1.0; 5];
+    for (name, &w) in table {
+        let organ: Organ = name
+            .parse()
+            .map_err(|e: ftu_formats::organ::UnknownOrgan| e.to_string())?;
+        if !(w >= 0.0 && w.is_finite()) {
+            return Err(format!("{name}: a weight ≥ 0, got {w}"));
+        }
+        out[organ.index()] = w;
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,6 +194,15 @@ pub struct LossConfig {
     pub organ: f64,
     /// Pixel-size mean squared error in µm (models with a pixel-size head).
     pub pixel_size: f64,
+    /// Organ name → factor on the segmentation loss of its slides (1 for organs not listed).
+    pub per_organ: BTreeMap<String, f64>,
+}
+
+impl LossConfig {
+    /// Each organ's loss factor by [`Organ::index`], when any is set.
+    pub fn organ_factors(&self) -> Option<[f64; 5]> {
+        (!self.per_organ.is_empty()).then(|| per_organ(&self.per_organ).expect("validated"))
+    }
 }
 
 impl Default for LossConfig {
@@ -171,6 +219,7 @@ impl Default for LossConfig {
             deep_supervision: 0.2,
             organ: 0.1,
             pixel_size: 0.1,
+            per_organ: BTreeMap::new(),
         }
     }
 }
@@ -394,6 +443,8 @@ impl TrainConfig {
         {
             return Err(invalid("ensemble.threshold_*", "need 0 ≤ from ≤ to ≤ 1 and step > 0"));
         }
+        per_organ(&self.sampling.organ_weights).map_err(|e| invalid("sampling.organ_weights", e))?;
+        per_organ(&self.loss.per_organ).map_err(|e| invalid("loss.per_organ", e))?;
         let l = &self.loss;
         if l.bce + l.dice + l.tversky + l.focal + l.lovasz <= 0.0 {
             return Err(invalid(
@@ -438,9 +489,16 @@ mod tests {
         };
         c.loss.lovasz = 0.5;
         c.augment.stain_normalize_to = Some("slide1".into());
+        c.sampling.organ_weights.insert("lung".into(), 2.0);
+        c.loss.per_organ.insert("spleen".into(), 0.5);
         let back: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
+        assert_eq!(back.sampling.weights().unwrap()[Organ::Lung.index()], 2.0);
+        assert_eq!(back.sampling.weights().unwrap()[Organ::Kidney.index()], 1.0);
+        assert_eq!(back.loss.organ_factors().unwrap()[Organ::Spleen.index()], 0.5);
         let partial: TrainConfig = toml::from_str("epochs = 3\n[optim]\nlr = 0.01\n").unwrap();
+        assert_eq!(partial.sampling.weights(), None, "every slide once per pass by default");
+        assert_eq!(partial.loss.organ_factors(), None);
         assert_eq!(partial.epochs, 3);
         assert_eq!(partial.optim.lr, 0.01);
         assert_eq!(partial.optim.warmup_steps, OptimConfig::default().warmup_steps);
@@ -490,6 +548,11 @@ mod tests {
                 ..base.clone()
             },
         ];
+        let mut liver = base.clone();
+        liver.sampling.organ_weights.insert("liver".into(), 1.0);
+        let mut negative = base.clone();
+        negative.loss.per_organ.insert("lung".into(), -1.0);
+        let bad = [bad.as_slice(), &[liver, negative]].concat();
         let fields = [
             "size",
             "folds",
@@ -498,7 +561,10 @@ mod tests {
             "sizes",
             "sizes",
             "ensemble.size_weights",
+            "sampling.organ_weights",
+            "loss.per_organ",
         ];
+        assert_eq!(bad.len(), fields.len());
         for (c, field) in bad.iter().zip(fields) {
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains(field), "{err}");

@@ -15,7 +15,6 @@ use ftu_formats::Organ;
 use ftu_models::store::is_buffer;
 use ftu_models::weights::{self, Scope};
 use ftu_models::{Arch, ArchConfig, Ctx, ExportMeta, Segmenter};
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -25,7 +24,7 @@ use crate::config::TrainConfig;
 use crate::data::{self, Batch, SlideCache};
 use crate::error::{At, Result, TrainError};
 use crate::optim::{self, AdamW, Ema};
-use crate::{full_res, losses, plots};
+use crate::{full_res, losses, plots, sampling};
 
 /// What the caller sees of progress.
 pub trait Progress {
@@ -159,7 +158,8 @@ fn evaluate(
         let seeds = vec![0; chunk.len()];
         let b = data::batch(cache, chunk, &seeds, None, norm)?.to_device(device)?;
         let out = model.forward(&b.images, &ctx)?;
-        loss += losses::segmentation(&out.logits, &b.masks, &cfg.loss)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+        loss += losses::segmentation(&out.logits, &b.masks, &cfg.loss, None)?.to_scalar::<f32>()? as f64
+            * chunk.len() as f64;
         // The whole batch's probabilities come to the host at once.
         let p = candle_nn::ops::sigmoid(&out.logits)?.to_device(&Device::Cpu)?;
         for (j, &i) in chunk.iter().enumerate() {
@@ -361,13 +361,27 @@ impl<'a> Fold<'a> {
     pub(crate) fn train_epoch(&mut self, epoch: usize, progress: &mut dyn Progress) -> Result<Trained> {
         let (cfg, k, cache, norm) = (self.cfg, self.k, self.cache, self.norm);
         let mut rng = ChaCha8Rng::seed_from_u64(seed_of(&[cfg.seed, k as u64, epoch as u64]));
-        let mut order = Vec::with_capacity(self.samples);
-        while order.len() < self.samples {
-            let mut pass = self.train_idx.clone();
-            pass.shuffle(&mut rng);
-            order.extend(pass);
-        }
-        order.truncate(self.samples);
+        let rows = cache.rows();
+        let order = sampling::epoch_order(
+            &self.train_idx,
+            |i| rows[i].organ,
+            self.samples,
+            cfg.sampling.weights().as_ref(),
+            &mut rng,
+        )
+        .ok_or_else(|| {
+            TrainError::Run(format!(
+                "fold {k}: sampling.organ_weights gives weight 0 to every organ of the training slides"
+            ))
+        })?;
+        // Per-organ loss factors, one per image of a batch.
+        let factors = cfg.loss.organ_factors();
+        let device = self.device.clone();
+        let image_weights = |chunk: &[usize]| -> Result<Option<Tensor>> {
+            let Some(f) = factors else { return Ok(None) };
+            let w: Vec<f32> = chunk.iter().map(|&i| f[rows[i].organ.index()] as f32).collect();
+            Ok(Some(Tensor::from_vec(w, chunk.len(), &device)?))
+        };
         let frozen = epoch <= cfg.freeze_encoder_epochs;
         let chunks: Vec<&[usize]> = order.chunks(cfg.batch).collect();
         progress.start(&format!("fold {k} epoch {epoch}/{}", cfg.epochs), chunks.len());
@@ -401,7 +415,10 @@ impl<'a> Fold<'a> {
                 let result = current
                     .to_device(&self.device)
                     .map_err(TrainError::from)
-                    .and_then(|batch| loss_and_gradients(cfg, model, &batch, &ctx));
+                    .and_then(|batch| {
+                        let weights = image_weights(chunks[b])?;
+                        loss_and_gradients(cfg, model, &batch, weights.as_ref(), &ctx)
+                    });
                 let loaded = loader
                     .join()
                     .map_err(|_| TrainError::Run("the batch loader panicked".into()));
@@ -675,12 +692,20 @@ pub(crate) fn train_fold(
     fold.export()
 }
 
-/// The batch's loss (segmentation, deep supervision, organ and pixel-size heads) and gradients.
-fn loss_and_gradients(cfg: &TrainConfig, model: &Segmenter, batch: &Batch, ctx: &Ctx) -> Result<(f64, GradStore)> {
+/// The batch's loss (segmentation, deep supervision, organ and pixel-size heads) and gradients;
+/// `image_weights` scale each image's segmentation loss.
+fn loss_and_gradients(
+    cfg: &TrainConfig,
+    model: &Segmenter,
+    batch: &Batch,
+    image_weights: Option<&Tensor>,
+    ctx: &Ctx,
+) -> Result<(f64, GradStore)> {
     let out = model.forward(&batch.images, ctx)?;
-    let mut loss = losses::segmentation(&out.logits, &batch.masks, &cfg.loss)?;
+    let mut loss = losses::segmentation(&out.logits, &batch.masks, &cfg.loss, image_weights)?;
     for aux in &out.aux {
-        loss = (loss + (losses::segmentation(aux, &batch.masks, &cfg.loss)? * cfg.loss.deep_supervision)?)?;
+        let aux_loss = losses::segmentation(aux, &batch.masks, &cfg.loss, image_weights)?;
+        loss = (loss + (aux_loss * cfg.loss.deep_supervision)?)?;
     }
     if let Some(organ) = &out.organ {
         let ce = candle_nn::loss::cross_entropy(organ, &batch.organs)?;

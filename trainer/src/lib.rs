@@ -14,6 +14,7 @@ pub mod full_res;
 pub mod losses;
 pub mod optim;
 pub mod plots;
+pub mod sampling;
 pub mod synth;
 pub mod thresholds;
 pub mod train;

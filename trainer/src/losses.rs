@@ -1,13 +1,15 @@
-//! Segmentation losses on logits (N×1×H×W) against 0/1 targets, and their weighted sum.
+//! Segmentation losses on logits (N×1×H×W) against 0/1 targets, each per image (N values), and
+//! their weighted sum averaged over the batch, optionally with a weight per image.
 
 use candle_core::{DType, Result, Tensor, D};
 
 use crate::config::LossConfig;
 
-/// Per-pixel BCE with logits, stable for large |x|: max(x, 0) − x·y + ln(1 + e^−|x|).
+/// BCE with logits per pixel, stable for large |x|: max(x, 0) − x·y + ln(1 + e^−|x|); the mean
+/// of each image.
 pub fn bce(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     let per_pixel = ((logits.relu()? - (logits * target)?)? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-    per_pixel.mean_all()
+    per_image_mean(&per_pixel)
 }
 
 /// Sums over everything but the batch: N values.
@@ -15,16 +17,20 @@ fn per_image_sum(t: &Tensor) -> Result<Tensor> {
     t.flatten_from(1)?.sum(D::Minus1)
 }
 
-/// 1 − soft Dice per image, averaged (smoothing 1 keeps empty masks finite).
+fn per_image_mean(t: &Tensor) -> Result<Tensor> {
+    t.flatten_from(1)?.mean(D::Minus1)
+}
+
+/// 1 − soft Dice of each image (smoothing 1 keeps empty masks finite).
 pub fn dice(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     let p = candle_nn::ops::sigmoid(logits)?;
     let inter = per_image_sum(&(&p * target)?)?;
     let total = (per_image_sum(&p)? + per_image_sum(target)?)?;
     let score = ((inter * 2.0)? + 1.0)?.div(&(total + 1.0)?)?;
-    (1.0 - score)?.mean_all()
+    1.0 - score
 }
 
-/// 1 − Tversky index: TP / (TP + α·FP + β·FN); β > α weighs misses more.
+/// 1 − Tversky index of each image: TP / (TP + α·FP + β·FN); β > α weighs misses more.
 pub fn tversky(logits: &Tensor, target: &Tensor, alpha: f64, beta: f64) -> Result<Tensor> {
     let p = candle_nn::ops::sigmoid(logits)?;
     let tp = per_image_sum(&(&p * target)?)?;
@@ -32,16 +38,16 @@ pub fn tversky(logits: &Tensor, target: &Tensor, alpha: f64, beta: f64) -> Resul
     let fne = per_image_sum(&((1.0 - &p)? * target)?)?;
     // Smoothing 0.5, so that α = β = 0.5 is exactly `dice`.
     let denom = (((&tp + (fp * alpha)?)? + (fne * beta)?)? + 0.5)?;
-    (1.0 - (tp + 0.5)?.div(&denom)?)?.mean_all()
+    1.0 - (tp + 0.5)?.div(&denom)?
 }
 
-/// Focal loss: (1 − p_t)^γ · BCE per pixel, averaged.
+/// Focal loss: (1 − p_t)^γ · BCE per pixel; the mean of each image.
 pub fn focal(logits: &Tensor, target: &Tensor, gamma: f64) -> Result<Tensor> {
     let per_pixel = ((logits.relu()? - (logits * target)?)? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
     let p = candle_nn::ops::sigmoid(logits)?;
     let p_t = ((&p * target)? + ((1.0 - &p)? * (1.0 - target)?)?)?;
     let weight = (1.0 - p_t)?.clamp(0.0, 1.0)?.powf(gamma)?;
-    (weight * per_pixel)?.mean_all()
+    per_image_mean(&(weight * per_pixel)?)
 }
 
 /// The gradient of the Lovász extension of the Jaccard loss for errors sorted decreasingly with
@@ -61,7 +67,7 @@ fn lovasz_grad(gt_sorted: &[f32]) -> Vec<f32> {
     grad
 }
 
-/// Lovász hinge per image, averaged.
+/// Lovász hinge of each image.
 pub fn lovasz_hinge(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     let n = logits.dim(0)?;
     let mut losses = Vec::with_capacity(n);
@@ -76,12 +82,18 @@ pub fn lovasz_hinge(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
         let grad = Tensor::new(lovasz_grad(&gt_sorted), logits.device())?;
         losses.push((sorted.relu()? * grad)?.sum_all()?);
     }
-    Tensor::stack(&losses, 0)?.mean_all()
+    Tensor::stack(&losses, 0)
 }
 
-/// The configured weighted sum of segmentation terms.
-pub fn segmentation(logits: &Tensor, target: &Tensor, cfg: &LossConfig) -> Result<Tensor> {
-    let mut total = Tensor::zeros((), DType::F32, logits.device())?;
+/// The configured weighted sum of segmentation terms, averaged over the batch; with
+/// `image_weights` (N values, e.g. per organ), each image's sum counts that many times.
+pub fn segmentation(
+    logits: &Tensor,
+    target: &Tensor,
+    cfg: &LossConfig,
+    image_weights: Option<&Tensor>,
+) -> Result<Tensor> {
+    let mut total = Tensor::zeros(logits.dim(0)?, DType::F32, logits.device())?;
     let terms: [(f64, &dyn Fn() -> Result<Tensor>); 5] = [
         (cfg.bce, &|| bce(logits, target)),
         (cfg.dice, &|| dice(logits, target)),
@@ -96,7 +108,10 @@ pub fn segmentation(logits: &Tensor, target: &Tensor, cfg: &LossConfig) -> Resul
             total = (total + (term()? * weight)?)?;
         }
     }
-    Ok(total)
+    match image_weights {
+        None => total.mean_all(),
+        Some(w) => (total * w)?.mean_all(),
+    }
 }
 
 #[cfg(test)]
@@ -108,8 +123,9 @@ mod tests {
         Tensor::from_slice(values, (n, 1, 1, values.len() / n), &Device::Cpu).unwrap()
     }
 
+    /// The batch mean of a per-image loss.
     fn scalar(t: Tensor) -> f32 {
-        t.to_scalar().unwrap()
+        t.mean_all().unwrap().to_scalar().unwrap()
     }
 
     #[test]
@@ -176,8 +192,25 @@ mod tests {
             dice: 2.0,
             ..LossConfig::default()
         };
-        let total = scalar(segmentation(&logits, &target, &cfg).unwrap());
+        let total = scalar(segmentation(&logits, &target, &cfg, None).unwrap());
         let want = 0.5 * scalar(bce(&logits, &target).unwrap()) + 2.0 * scalar(dice(&logits, &target).unwrap());
         assert!((total - want).abs() < 1e-6);
+    }
+
+    /// Two images, weights 3 and 1: the weighted loss is (3·L₀ + L₁) / 2, from each image's own.
+    #[test]
+    fn image_weights_scale_each_images_loss() {
+        let logits = t(&[0.3, -1.2, 2.0, 0.1, -0.5, 1.5], 2);
+        let target = t(&[1.0, 0.0, 1.0, 0.0, 1.0, 1.0], 2);
+        let cfg = LossConfig::default();
+        let each = |i: usize| {
+            let (l, y) = (logits.narrow(0, i, 1).unwrap(), target.narrow(0, i, 1).unwrap());
+            scalar(segmentation(&l, &y, &cfg, None).unwrap())
+        };
+        let w = Tensor::new(&[3f32, 1.0], &Device::Cpu).unwrap();
+        let weighted = scalar(segmentation(&logits, &target, &cfg, Some(&w)).unwrap());
+        assert!((weighted - (3.0 * each(0) + each(1)) / 2.0).abs() < 1e-6);
+        let plain = scalar(segmentation(&logits, &target, &cfg, None).unwrap());
+        assert!((plain - (each(0) + each(1)) / 2.0).abs() < 1e-6);
     }
 }
