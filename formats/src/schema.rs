@@ -43,6 +43,54 @@ pub struct SubmissionRow {
     pub rle: String,
 }
 
+/// A row of pseudo.csv (written by `ftu-infer pseudo`): an unlabelled slide's metadata, its
+/// image, and its soft label, an 8-bit probability image (round(p·255)) at the slide's size.
+/// Relative paths are relative to the CSV's folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PseudoRow {
+    pub id: String,
+    pub organ: Organ,
+    pub data_source: DataSource,
+    pub img_height: u32,
+    pub img_width: u32,
+    pub pixel_size: f64,
+    pub tissue_thickness: f64,
+    pub image: PathBuf,
+    pub label: PathBuf,
+}
+
+impl PseudoRow {
+    pub fn new(meta: &TestRow, image: PathBuf, label: PathBuf) -> PseudoRow {
+        PseudoRow {
+            id: meta.id.clone(),
+            organ: meta.organ,
+            data_source: meta.data_source,
+            img_height: meta.img_height,
+            img_width: meta.img_width,
+            pixel_size: meta.pixel_size,
+            tissue_thickness: meta.tissue_thickness,
+            image,
+            label,
+        }
+    }
+
+    /// The slide as a train.csv row without a mask (its label is the soft one).
+    pub fn as_train_row(&self) -> TrainRow {
+        TrainRow {
+            id: self.id.clone(),
+            organ: self.organ,
+            data_source: self.data_source,
+            img_height: self.img_height,
+            img_width: self.img_width,
+            pixel_size: self.pixel_size,
+            tissue_thickness: self.tissue_thickness,
+            rle: String::new(),
+            age: None,
+            sex: None,
+        }
+    }
+}
+
 impl TrainRow {
     pub fn meta(&self) -> TestRow {
         TestRow {
@@ -144,6 +192,26 @@ impl Record for TrainRow {
         crate::mask::rle::parse(&self.rle, total)
             .map(drop)
             .map_err(|e| format!("rle: {e}"))
+    }
+}
+
+impl Record for PseudoRow {
+    const COLUMNS: &'static [&'static str] = &[
+        "id",
+        "organ",
+        "data_source",
+        "img_height",
+        "img_width",
+        "pixel_size",
+        "tissue_thickness",
+        "image",
+        "label",
+    ];
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn check(&self) -> Result<(), String> {
+        check_meta(self.img_height, self.img_width, self.pixel_size, self.tissue_thickness)
     }
 }
 
@@ -260,6 +328,17 @@ pub fn read_test(path: &Path) -> Result<Vec<TestRow>, CsvError> {
 
 pub fn read_submission(path: &Path) -> Result<Vec<SubmissionRow>, CsvError> {
     read_rows(path)
+}
+
+/// Reads a pseudo.csv; relative `image` and `label` paths come back joined to its folder.
+pub fn read_pseudo(path: &Path) -> Result<Vec<PseudoRow>, CsvError> {
+    let base = path.parent().unwrap_or(Path::new(""));
+    let mut rows: Vec<PseudoRow> = read_rows(path)?;
+    for r in &mut rows {
+        r.image = base.join(&r.image);
+        r.label = base.join(&r.label);
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]

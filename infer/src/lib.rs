@@ -8,6 +8,7 @@ pub mod ensemble;
 pub mod merge;
 pub mod postprocess;
 pub mod predict;
+pub mod pseudo;
 pub mod score;
 pub mod session;
 pub mod tiled;

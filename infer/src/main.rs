@@ -11,7 +11,7 @@ use ftu_infer::score;
 use ftu_infer::session::{Device, ModelInfo, Runtime, RuntimeOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +37,9 @@ enum Command {
     Score(ScoreArgs),
     /// Put shard submissions (`predict --shard i/N`) back together in test.csv's order.
     Merge(MergeArgs),
+    /// Soft labels for unlabelled slides (a folder's test.csv) for `ftu-train train --pseudo`:
+    /// OUT/labels/ID.png (round(p·255)) and OUT/pseudo.csv naming each slide's image and label.
+    Pseudo(PseudoArgs),
     /// One folder for an offline Kaggle notebook: this binary, libonnxruntime (and the CUDA
     /// provider with --gpu), the ensemble's ONNX files and its manifest with relative paths.
     Bundle(BundleArgs),
@@ -168,6 +171,30 @@ struct PredictArgs {
 }
 
 #[derive(Args)]
+struct PseudoArgs {
+    /// The ensemble manifest (TOML).
+    #[arg(long)]
+    manifest: PathBuf,
+    /// Folder with test.csv and test_images/: the unlabelled slides.
+    #[arg(long)]
+    data: PathBuf,
+    /// Where labels/, pseudo.csv and predictions.csv go.
+    #[arg(long)]
+    out: PathBuf,
+    /// Only rows i, i+N, … of test.csv (0-based).
+    #[arg(long, value_name = "i/N")]
+    shard: Option<predict::Shard>,
+    /// fail: stop at the first bad slide; skip: leave it out of pseudo.csv and go on.
+    #[arg(long, value_enum, default_value = "fail")]
+    on_error: OnError,
+    /// Refuse slides with more pixels than this.
+    #[arg(long, default_value_t = ftu_formats::slide::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Args)]
 struct InspectArgs {
     /// The ONNX model.
     model: PathBuf,
@@ -189,6 +216,7 @@ struct ScoreArgs {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Predict(a) => run_predict(a)?,
+        Command::Pseudo(a) => run_pseudo(a)?,
         Command::Bundle(a) => {
             let binary = std::env::current_exe().context("locating the ftu-infer binary")?;
             let library = ftu_infer::session::find_library()?;
@@ -276,14 +304,61 @@ fn main() -> Result<()> {
 }
 
 fn run_predict(a: PredictArgs) -> Result<()> {
-    let manifest = Manifest::load(&a.manifest)?;
-    let runtime = a.runtime.load()?;
+    let (mut engine, runtime) = load_engine(&a.manifest, &a.runtime)?;
+    let opts = PredictOptions {
+        probs: a.probs,
+        overlays: a.overlays,
+        overlay_size: a.overlay_size.max(16),
+        on_error: a.on_error,
+        limits: SlideLimits {
+            max_pixels: a.max_pixels,
+        },
+        geojson: a.geojson,
+        masks: a.masks,
+        shard: a.shard,
+        ..PredictOptions::new(a.data, a.out)
+    };
+    let report = with_progress(|progress| predict::predict_dir(&mut engine, &opts, progress))
+        .with_context(|| format!("predicting {}", opts.data.display()))?;
+    if let Some(note) = runtime.fallback() {
+        println!("note: {note}");
+    }
+    println!("{report}");
+    Ok(())
+}
+
+fn run_pseudo(a: PseudoArgs) -> Result<()> {
+    let (mut engine, _runtime) = load_engine(&a.manifest, &a.runtime)?;
+    let opts = PredictOptions {
+        on_error: a.on_error,
+        limits: SlideLimits {
+            max_pixels: a.max_pixels,
+        },
+        shard: a.shard,
+        ..PredictOptions::new(a.data, a.out.join("predictions.csv"))
+    };
+    let report = with_progress(|progress| ftu_infer::pseudo::pseudo_labels(&mut engine, &opts, &a.out, progress))
+        .with_context(|| format!("pseudo-labelling {}", opts.data.display()))?;
+    println!("{}", report.predict);
+    println!(
+        "wrote {} ({} slides with soft labels in {})",
+        report.csv.display(),
+        report.labelled,
+        a.out.join("labels").display()
+    );
+    Ok(())
+}
+
+/// The manifest's ensemble on the asked-for runtime, with what it loaded said on stderr.
+fn load_engine(manifest: &Path, runtime: &RuntimeArgs) -> Result<(Engine, Runtime)> {
+    let manifest = Manifest::load(manifest)?;
+    let runtime = runtime.load()?;
     eprintln!(
         "ONNX Runtime {} on {}",
         runtime.library.display(),
         runtime.options().device
     );
-    let mut engine = Engine::load(manifest, &runtime)?;
+    let engine = Engine::load(manifest, &runtime)?;
     if let Some(note) = runtime.fallback() {
         eprintln!("warning: {note}");
     }
@@ -300,19 +375,11 @@ fn run_predict(a: PredictArgs) -> Result<()> {
         m.tta.mode.as_str(),
         m.tta.scales.len()
     );
-    let opts = PredictOptions {
-        probs: a.probs,
-        overlays: a.overlays,
-        overlay_size: a.overlay_size.max(16),
-        on_error: a.on_error,
-        limits: SlideLimits {
-            max_pixels: a.max_pixels,
-        },
-        geojson: a.geojson,
-        masks: a.masks,
-        shard: a.shard,
-        ..PredictOptions::new(a.data, a.out)
-    };
+    Ok((engine, runtime))
+}
+
+/// Runs `f` with progress bars: slides, and the current slide's tissue windows.
+fn with_progress<T>(f: impl FnOnce(predict::Progress) -> T) -> T {
     let bars = indicatif::MultiProgress::new();
     let bar = bars.add(ProgressBar::new(0));
     bar.set_style(
@@ -324,7 +391,7 @@ fn run_predict(a: PredictArgs) -> Result<()> {
         ProgressStyle::with_template("{bar:40} {pos}/{len} tissue windows of this slide, eta {eta}")
             .expect("a valid template"),
     );
-    let report = predict::predict_dir(&mut engine, &opts, &mut |event| match event {
+    let result = f(&mut |event| match event {
         predict::Event::Slide { done, total, id } => {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
@@ -337,14 +404,8 @@ fn run_predict(a: PredictArgs) -> Result<()> {
             windows.set_length(total as u64);
             windows.set_position(done as u64);
         }
-    })
-    .with_context(|| format!("predicting {}", opts.data.display()))?;
+    });
     windows.finish_and_clear();
     bar.finish_and_clear();
-
-    if let Some(note) = runtime.fallback() {
-        println!("note: {note}");
-    }
-    println!("{report}");
-    Ok(())
+    result
 }

@@ -192,7 +192,10 @@ fn per_organ_loss_factors_and_sampling_weights_reach_the_training_loop() {
     let mut cfg = small(&data, &dir.path().join("none"), 1);
     cfg.fold = Some(0);
     cfg.sampling.organ_weights = organs.iter().map(|o| (o.to_string(), 0.0)).collect();
-    let err = train::run(&cfg, false, &mut Quiet).err().expect("nothing to draw").to_string();
+    let err = train::run(&cfg, false, &mut Quiet)
+        .err()
+        .expect("nothing to draw")
+        .to_string();
     assert!(err.contains("sampling.organ_weights"), "{err}");
 }
 

@@ -65,6 +65,11 @@ pub struct TrainConfig {
     /// Validation overlays written each epoch (per fold).
     pub overlays: usize,
     pub device: String,
+    /// A pseudo.csv from `ftu-infer pseudo`: its slides join every fold's training set (never
+    /// validation) with their soft labels.
+    pub pseudo: Option<PathBuf>,
+    /// Factor on a pseudo-labelled slide's segmentation loss.
+    pub pseudo_weight: f64,
     pub sampling: SamplingConfig,
     pub optim: OptimConfig,
     pub loss: LossConfig,
@@ -97,6 +102,8 @@ impl Default for TrainConfig {
             deep_supervision: false,
             overlays: 4,
             device: "cpu".into(),
+            pseudo: None,
+            pseudo_weight: 0.5,
             sampling: SamplingConfig::default(),
             optim: OptimConfig::default(),
             loss: LossConfig::default(),
@@ -442,6 +449,12 @@ impl TrainConfig {
             && e.threshold_to <= 1.0)
         {
             return Err(invalid("ensemble.threshold_*", "need 0 ≤ from ≤ to ≤ 1 and step > 0"));
+        }
+        if !(self.pseudo_weight >= 0.0 && self.pseudo_weight.is_finite()) {
+            return Err(invalid(
+                "pseudo_weight",
+                format!("a weight ≥ 0, got {}", self.pseudo_weight),
+            ));
         }
         per_organ(&self.sampling.organ_weights).map_err(|e| invalid("sampling.organ_weights", e))?;
         per_organ(&self.loss.per_organ).map_err(|e| invalid("loss.per_organ", e))?;

@@ -1,5 +1,6 @@
 //! Training data: slides decoded once, resized to the training size and kept (within a memory
 //! bound) as 0–1 RGB with their masks; batches drawn, augmented and normalised in parallel.
+//! Pseudo-labelled slides (soft labels from `ftu-infer pseudo`) come after the labelled ones.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use candle_core::{Device, Tensor};
 use ftu_formats::kaggle::Split;
 use ftu_formats::manifest::{ChannelOrder, Normalisation};
 use ftu_formats::mask::rle;
-use ftu_formats::schema::TrainRow;
+use ftu_formats::schema::{PseudoRow, TrainRow};
 use ftu_formats::{read_slide, DataSource, SlideLimits};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -39,6 +40,17 @@ pub enum DataError {
         id: String,
         cause: ftu_formats::mask::rle::RleError,
     },
+    #[error("pseudo-labelled slide {id}: its label {path} is {got_w}×{got_h}, the slide {want_w}×{want_h}")]
+    LabelSize {
+        id: String,
+        path: PathBuf,
+        got_w: usize,
+        got_h: usize,
+        want_w: u32,
+        want_h: u32,
+    },
+    #[error("pseudo-labelled slide {id} is also a training slide")]
+    PseudoIsLabelled { id: String },
     #[error("stain target {id}: not a training slide id")]
     UnknownStainTarget { id: String },
     #[error("stain target {id}: too little tissue to estimate its stains")]
@@ -53,7 +65,9 @@ pub struct Slide {
     pub size: usize,
     /// HWC, 0–1.
     pub image: Vec<f32>,
+    /// 0/1, or with `soft` a probability as round(p·255).
     pub mask: Vec<u8>,
+    pub soft: bool,
 }
 
 impl Slide {
@@ -74,35 +88,85 @@ pub fn load_slide(data: &Path, row: &TrainRow, size: usize, stain: Option<&Stain
         id: id.clone(),
         dir: data.to_path_buf(),
     })?;
-    let img = read_slide(&path, SlideLimits::default()).map_err(|cause| DataError::Slide { id: id.clone(), cause })?;
-    if img.width != row.img_width as usize || img.height != row.img_height as usize {
-        return Err(DataError::Size {
+    let img = read_image(&path, id, row.img_width, row.img_height)?;
+    let mask =
+        rle::decode(&row.rle, img.height, img.width).map_err(|cause| DataError::Rle { id: id.clone(), cause })?;
+    let m: Vec<f32> = mask.data().iter().map(|&v| v as f32).collect();
+    let m = ftu_formats::resize::resize_map(&m, img.width, img.height, size, size);
+    let mask = m.iter().map(|&v| u8::from(v > 0.5)).collect();
+    Ok(Slide {
+        size,
+        image: training_image(&img, size, stain),
+        mask,
+        soft: false,
+    })
+}
+
+/// Decodes a pseudo-labelled slide and its soft label (an 8-bit probability image at the
+/// slide's size) and resizes both to `size`² (the label by area, kept as round(p·255)).
+pub fn load_pseudo(row: &PseudoRow, size: usize, stain: Option<&StainBasis>) -> Result<Slide, DataError> {
+    let id = &row.id;
+    let img = read_image(&row.image, id, row.img_width, row.img_height)?;
+    let label =
+        read_slide(&row.label, SlideLimits::default()).map_err(|cause| DataError::Slide { id: id.clone(), cause })?;
+    if (label.width, label.height) != (img.width, img.height) {
+        return Err(DataError::LabelSize {
             id: id.clone(),
-            got_w: img.width,
-            got_h: img.height,
+            path: row.label.clone(),
+            got_w: label.width,
+            got_h: label.height,
             want_w: row.img_width,
             want_h: row.img_height,
         });
     }
-    let mask =
-        rle::decode(&row.rle, img.height, img.width).map_err(|cause| DataError::Rle { id: id.clone(), cause })?;
-    let small = ftu_formats::resize::resize_rgb(&img, size, size);
+    let p: Vec<f32> = label.data.chunks_exact(3).map(|px| px[0] as f32 / 255.0).collect();
+    let p = ftu_formats::resize::resize_map(&p, img.width, img.height, size, size);
+    Ok(Slide {
+        size,
+        image: training_image(&img, size, stain),
+        mask: p.iter().map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect(),
+        soft: true,
+    })
+}
+
+/// A slide's image, which must be `width × height` as its CSV row says.
+fn read_image(path: &Path, id: &str, width: u32, height: u32) -> Result<ftu_formats::RgbImage, DataError> {
+    let img = read_slide(path, SlideLimits::default()).map_err(|cause| DataError::Slide {
+        id: id.to_string(),
+        cause,
+    })?;
+    if img.width != width as usize || img.height != height as usize {
+        return Err(DataError::Size {
+            id: id.to_string(),
+            got_w: img.width,
+            got_h: img.height,
+            want_w: width,
+            want_h: height,
+        });
+    }
+    Ok(img)
+}
+
+/// The image at `size`² (area), 0–1, stain-normalised towards `stain` when given.
+fn training_image(img: &ftu_formats::RgbImage, size: usize, stain: Option<&StainBasis>) -> Vec<f32> {
+    let small = ftu_formats::resize::resize_rgb(img, size, size);
     let mut image: Vec<f32> = small.data.iter().map(|&v| v as f32 / 255.0).collect();
     if let Some(target) = stain {
         if let Some(own) = StainBasis::fit(&image) {
             own.normalise_to(&mut image, target);
         }
     }
-    let m: Vec<f32> = mask.data().iter().map(|&v| v as f32).collect();
-    let m = ftu_formats::resize::resize_map(&m, img.width, img.height, size, size);
-    let mask = m.iter().map(|&v| u8::from(v > 0.5)).collect();
-    Ok(Slide { size, image, mask })
+    image
 }
 
-/// Decoded slides, as many as fit in the byte budget; the rest are decoded when drawn.
+/// Decoded slides, as many as fit in the byte budget; the rest are decoded when drawn. The
+/// labelled slides (train.csv's rows) come first, then the pseudo-labelled ones.
 pub struct SlideCache {
     data: PathBuf,
+    /// Every slide's row; pseudo-labelled ones without an RLE.
     rows: Vec<TrainRow>,
+    labelled: usize,
+    pseudo: Vec<PseudoRow>,
     size: usize,
     stain: Option<StainBasis>,
     slides: Vec<Option<Arc<Slide>>>,
@@ -112,6 +176,7 @@ impl SlideCache {
     pub fn build(
         data: &Path,
         rows: Vec<TrainRow>,
+        pseudo: Vec<PseudoRow>,
         size: usize,
         budget_bytes: usize,
         stain_target: Option<&str>,
@@ -128,29 +193,52 @@ impl SlideCache {
             }
             None => None,
         };
+        if let Some(p) = pseudo.iter().find(|p| rows.iter().any(|r| r.id == p.id)) {
+            return Err(DataError::PseudoIsLabelled { id: p.id.clone() });
+        }
+        let labelled = rows.len();
+        let mut cache = SlideCache {
+            data: data.to_path_buf(),
+            rows: rows
+                .into_iter()
+                .chain(pseudo.iter().map(PseudoRow::as_train_row))
+                .collect(),
+            labelled,
+            pseudo,
+            size,
+            stain,
+            slides: Vec::new(),
+        };
         let per_slide = size * size * 13;
-        let fits = (budget_bytes / per_slide.max(1)).min(rows.len());
-        let slides = rows[..fits]
+        let fits = (budget_bytes / per_slide.max(1)).min(cache.rows.len());
+        let all: Vec<usize> = (0..cache.rows.len()).collect();
+        let slides = all[..fits]
             .par_iter()
-            .map(|row| {
-                let s = load_slide(data, row, size, stain.as_ref()).map(Arc::new);
+            .map(|&i| {
+                let s = cache.load(i).map(Arc::new);
                 tick();
                 s
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut slides: Vec<Option<Arc<Slide>>> = slides.into_iter().map(Some).collect();
         // Those beyond the budget are still checked now, so a bad file fails before training.
-        rows[fits..]
+        all[fits..]
             .par_iter()
-            .try_for_each(|row| load_slide(data, row, size, stain.as_ref()).map(|_| tick()))?;
-        slides.resize(rows.len(), None);
-        Ok(SlideCache {
-            data: data.to_path_buf(),
-            rows,
-            size,
-            stain,
-            slides,
-        })
+            .try_for_each(|&i| cache.load(i).map(|_| tick()))?;
+        cache.slides = slides.into_iter().map(Some).collect();
+        cache.slides.resize(cache.rows.len(), None);
+        Ok(cache)
+    }
+
+    fn load(&self, i: usize) -> Result<Slide, DataError> {
+        match i.checked_sub(self.labelled) {
+            None => load_slide(&self.data, &self.rows[i], self.size, self.stain.as_ref()),
+            Some(p) => load_pseudo(&self.pseudo[p], self.size, self.stain.as_ref()),
+        }
+    }
+
+    /// Slides `0..labelled()` are train.csv's; the rest are pseudo-labelled.
+    pub fn labelled(&self) -> usize {
+        self.labelled
     }
 
     pub fn rows(&self) -> &[TrainRow] {
@@ -164,12 +252,7 @@ impl SlideCache {
     pub fn get(&self, i: usize) -> Result<Arc<Slide>, DataError> {
         match &self.slides[i] {
             Some(s) => Ok(s.clone()),
-            None => Ok(Arc::new(load_slide(
-                &self.data,
-                &self.rows[i],
-                self.size,
-                self.stain.as_ref(),
-            )?)),
+            None => Ok(Arc::new(self.load(i)?)),
         }
     }
 
@@ -219,11 +302,12 @@ pub fn batch(
         .par_iter()
         .zip(seeds)
         .map(|(&i, &seed)| {
-            let mut s = cache.get(i)?.sample();
+            let slide = cache.get(i)?;
+            let mut s = slide.sample();
             if let Some(cfg) = augment {
                 augment::augment(&mut s, cache.info(i), cfg, &mut ChaCha8Rng::seed_from_u64(seed));
             }
-            Ok(s)
+            Ok((s, slide.soft))
         })
         .collect::<Result<Vec<_>, DataError>>()?;
     let n = samples.len();
@@ -231,15 +315,16 @@ pub fn batch(
     let plane = size * size;
     let mut images = vec![0f32; n * 3 * plane];
     let mut masks = vec![0f32; n * plane];
-    for (k, s) in samples.iter().enumerate() {
+    for (k, (s, soft)) in samples.iter().enumerate() {
         for c in 0..3 {
             let dst = &mut images[(k * 3 + c) * plane..(k * 3 + c + 1) * plane];
             for (d, px) in dst.iter_mut().zip(s.image.chunks_exact(3)) {
                 *d = (px[c] * 255.0 - norm.mean[c]) / norm.std[c];
             }
         }
+        let scale = if *soft { 1.0 / 255.0 } else { 1.0 };
         for (d, &m) in masks[k * plane..(k + 1) * plane].iter_mut().zip(&s.mask) {
-            *d = m as f32;
+            *d = m as f32 * scale;
         }
     }
     let dev = Device::Cpu;

@@ -247,7 +247,11 @@ impl<'a> Fold<'a> {
     ) -> Result<Fold<'a>> {
         let dir = fold_dir(cfg, k);
         std::fs::create_dir_all(dir.join("overlays")).at("creating", &dir.join("overlays"))?;
-        let train_idx: Vec<usize> = (0..fold_of.len()).filter(|&i| fold_of[i] != k).collect();
+        // Pseudo-labelled slides (after the labelled ones) train in every fold, never validate.
+        let train_idx: Vec<usize> = (0..fold_of.len())
+            .filter(|&i| fold_of[i] != k)
+            .chain(cache.labelled()..cache.rows().len())
+            .collect();
         let val_idx: Vec<usize> = (0..fold_of.len()).filter(|&i| fold_of[i] == k).collect();
 
         let model = Segmenter::on_device(
@@ -374,12 +378,22 @@ impl<'a> Fold<'a> {
                 "fold {k}: sampling.organ_weights gives weight 0 to every organ of the training slides"
             ))
         })?;
-        // Per-organ loss factors, one per image of a batch.
+        // Per-image loss factors: the organ's, times pseudo_weight for pseudo-labelled slides.
         let factors = cfg.loss.organ_factors();
+        let weighted = factors.is_some() || cache.labelled() < rows.len();
         let device = self.device.clone();
         let image_weights = |chunk: &[usize]| -> Result<Option<Tensor>> {
-            let Some(f) = factors else { return Ok(None) };
-            let w: Vec<f32> = chunk.iter().map(|&i| f[rows[i].organ.index()] as f32).collect();
+            if !weighted {
+                return Ok(None);
+            }
+            let w: Vec<f32> = chunk
+                .iter()
+                .map(|&i| {
+                    let organ = factors.map_or(1.0, |f| f[rows[i].organ.index()]);
+                    let pseudo = if i >= cache.labelled() { cfg.pseudo_weight } else { 1.0 };
+                    (organ * pseudo) as f32
+                })
+                .collect();
             Ok(Some(Tensor::from_vec(w, chunk.len(), &device)?))
         };
         let frozen = epoch <= cfg.freeze_encoder_epochs;

@@ -84,6 +84,13 @@ struct TrainArgs {
     /// A timm / Hugging Face safetensors file for the encoder.
     #[arg(long)]
     pretrained: Option<PathBuf>,
+    /// A pseudo.csv from `ftu-infer pseudo`: soft-labelled slides that join every fold's
+    /// training set (never validation).
+    #[arg(long)]
+    pseudo: Option<PathBuf>,
+    /// Factor on a pseudo-labelled slide's loss (default 0.5).
+    #[arg(long)]
+    pseudo_weight: Option<f64>,
     #[arg(long)]
     freeze_encoder_epochs: Option<usize>,
     #[arg(long)]
@@ -133,6 +140,12 @@ impl TrainArgs {
         }
         if self.pretrained.is_some() {
             c.pretrained = self.pretrained.clone();
+        }
+        if self.pseudo.is_some() {
+            c.pseudo = self.pseudo.clone();
+        }
+        if let Some(w) = self.pseudo_weight {
+            c.pseudo_weight = w;
         }
         if let Some(v) = self.lr {
             c.optim.lr = v;

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use candle_core::DType;
 use ftu_formats::manifest::file::{GroupFile, ModelFile, TtaFile};
 use ftu_formats::manifest::{ManifestFile, OutputRef};
-use ftu_formats::schema::{self, SubmissionRow, TrainRow};
+use ftu_formats::schema::{self, PseudoRow, SubmissionRow, TrainRow};
 use ftu_models::Arch;
 use rayon::prelude::*;
 
@@ -62,13 +62,17 @@ pub fn run(cfg: &TrainConfig, resume: bool, progress: &mut dyn Progress) -> Resu
     }
     let fold_of = folds::stratified(&rows, cfg.folds, cfg.seed);
     folds::write(&cfg.out.join("folds.csv"), &rows, &fold_of)?;
+    let pseudo = match &cfg.pseudo {
+        Some(path) => schema::read_pseudo(path).at("reading", path)?,
+        None => Vec::new(),
+    };
     if cfg.workers > 0 {
         // Ignored when a global pool already exists (a second run in one process).
         let _ = rayon::ThreadPoolBuilder::new().num_threads(cfg.workers).build_global();
     }
 
     if cfg.sizes.is_empty() {
-        let (folds, group) = train_size(cfg, &rows, &fold_of, resume, progress)?;
+        let (folds, group) = train_size(cfg, &rows, &pseudo, &fold_of, resume, progress)?;
         let written = group.map(|g| write_manifest(cfg, &rows, &fold_of, &[g])).transpose()?;
         return Ok(summary(folds, written));
     }
@@ -79,7 +83,7 @@ pub fn run(cfg: &TrainConfig, resume: bool, progress: &mut dyn Progress) -> Resu
         progress.finish(&format!("size {size}²: {}", sub.out.display()));
         save_config(&sub, resume)?;
         folds::write(&sub.out.join("folds.csv"), &rows, &fold_of)?;
-        let (folds, group) = train_size(&sub, &rows, &fold_of, resume, progress)?;
+        let (folds, group) = train_size(&sub, &rows, &pseudo, &fold_of, resume, progress)?;
         all.extend(folds);
         if let Some(mut g) = group {
             // The size's own manifest serves it alone.
@@ -135,24 +139,31 @@ fn save_config(cfg: &TrainConfig, resume: bool) -> Result<()> {
 fn train_size(
     cfg: &TrainConfig,
     rows: &[TrainRow],
+    pseudo: &[PseudoRow],
     fold_of: &[usize],
     resume: bool,
     progress: &mut dyn Progress,
 ) -> Result<(Vec<FoldResult>, Option<Group>)> {
     let device = crate::device::parse(&cfg.device).map_err(|e| TrainError::Run(e.to_string()))?;
     let arch: Arch = cfg.arch.parse().map_err(|e| TrainError::Run(format!("arch: {e}")))?;
-    let tick = progress.ticker("decode", rows.len());
+    let tick = progress.ticker("decode", rows.len() + pseudo.len());
     let cache = SlideCache::build(
         &cfg.data,
         rows.to_vec(),
+        pseudo.to_vec(),
         cfg.size,
         cfg.cache_mb << 20,
         cfg.augment.stain_normalize_to.as_deref(),
         tick,
     )?;
     progress.finish(&format!(
-        "decoded {} slides at {}² ({} kept in memory)",
+        "decoded {} slides{} at {}² ({} kept in memory)",
         rows.len(),
+        if pseudo.is_empty() {
+            String::new()
+        } else {
+            format!(" and {} pseudo-labelled", pseudo.len())
+        },
         cfg.size,
         cache.cached()
     ));
