@@ -157,17 +157,25 @@ struct PredictArgs {
     /// Write each slide's final mask here as a tiled 0/255 TIFF.
     #[arg(long)]
     masks: Option<PathBuf>,
+    #[command(flatten)]
+    batch: BatchArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+/// Which of test.csv's slides a run takes, and what it does with a bad one.
+#[derive(Args)]
+struct BatchArgs {
     /// Predict only rows i, i+N, i+2N, … of test.csv (0-based), for array jobs; see `merge`.
     #[arg(long, value_name = "i/N")]
     shard: Option<predict::Shard>,
-    /// fail: stop at the first bad slide; skip: give it an empty mask and list it at the end.
+    /// fail: stop at the first bad slide; skip: go on without it (predict writes it an empty
+    /// mask, pseudo leaves it out of pseudo.csv) and list it at the end.
     #[arg(long, value_enum, default_value = "fail")]
     on_error: OnError,
     /// Refuse slides with more pixels than this.
     #[arg(long, default_value_t = ftu_formats::slide::DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
-    #[command(flatten)]
-    runtime: RuntimeArgs,
 }
 
 #[derive(Args)]
@@ -181,15 +189,8 @@ struct PseudoArgs {
     /// Where labels/, pseudo.csv and predictions.csv go.
     #[arg(long)]
     out: PathBuf,
-    /// Only rows i, i+N, … of test.csv (0-based).
-    #[arg(long, value_name = "i/N")]
-    shard: Option<predict::Shard>,
-    /// fail: stop at the first bad slide; skip: leave it out of pseudo.csv and go on.
-    #[arg(long, value_enum, default_value = "fail")]
-    on_error: OnError,
-    /// Refuse slides with more pixels than this.
-    #[arg(long, default_value_t = ftu_formats::slide::DEFAULT_MAX_PIXELS)]
-    max_pixels: u64,
+    #[command(flatten)]
+    batch: BatchArgs,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -303,20 +304,29 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+impl BatchArgs {
+    /// Options predicting `data` into `out` with these slides and limits, nothing else written.
+    fn options(&self, data: PathBuf, out: PathBuf) -> PredictOptions {
+        PredictOptions {
+            on_error: self.on_error,
+            limits: SlideLimits {
+                max_pixels: self.max_pixels,
+            },
+            shard: self.shard,
+            ..PredictOptions::new(data, out)
+        }
+    }
+}
+
 fn run_predict(a: PredictArgs) -> Result<()> {
     let (mut engine, runtime) = load_engine(&a.manifest, &a.runtime)?;
     let opts = PredictOptions {
         probs: a.probs,
         overlays: a.overlays,
         overlay_size: a.overlay_size.max(16),
-        on_error: a.on_error,
-        limits: SlideLimits {
-            max_pixels: a.max_pixels,
-        },
         geojson: a.geojson,
         masks: a.masks,
-        shard: a.shard,
-        ..PredictOptions::new(a.data, a.out)
+        ..a.batch.options(a.data, a.out)
     };
     let report = with_progress(|progress| predict::predict_dir(&mut engine, &opts, progress))
         .with_context(|| format!("predicting {}", opts.data.display()))?;
@@ -329,14 +339,7 @@ fn run_predict(a: PredictArgs) -> Result<()> {
 
 fn run_pseudo(a: PseudoArgs) -> Result<()> {
     let (mut engine, _runtime) = load_engine(&a.manifest, &a.runtime)?;
-    let opts = PredictOptions {
-        on_error: a.on_error,
-        limits: SlideLimits {
-            max_pixels: a.max_pixels,
-        },
-        shard: a.shard,
-        ..PredictOptions::new(a.data, a.out.join("predictions.csv"))
-    };
+    let opts = a.batch.options(a.data, a.out.join("predictions.csv"));
     let report = with_progress(|progress| ftu_infer::pseudo::pseudo_labels(&mut engine, &opts, &a.out, progress))
         .with_context(|| format!("pseudo-labelling {}", opts.data.display()))?;
     println!("{}", report.predict);
