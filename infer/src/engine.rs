@@ -117,35 +117,125 @@ struct LoadedModel {
     output: String,
     /// A fixed batch dimension (often 1 in exports without dynamic axes): batches are split to it.
     batch: Option<usize>,
+    /// Every batch run, kept for [`Engine::replay`] while recording.
+    recorded: Vec<Array4<f32>>,
 }
 
 pub struct Engine {
     manifest: Manifest,
     groups: Vec<Vec<LoadedModel>>,
+    /// While recording: the bytes of batches still allowed to be kept, and whether one was not.
+    recording: Option<Recording>,
+}
+
+struct Recording {
+    bytes_left: usize,
+    overflowed: bool,
+}
+
+/// The bare ONNX Runtime time of the batches a run gave the models: the limit of its model stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replay {
+    /// Model runs (batches) replayed, and the images in them.
+    pub batches: usize,
+    pub items: usize,
+    /// Wall time of `Session::run` over all of them, one after another as predict runs them.
+    pub seconds: f64,
 }
 
 impl Engine {
-    /// Opens a session per model and checks each against the manifest.
+    /// Opens a session per model (all at once: ONNX Runtime's graph optimisation of one model
+    /// does not wait for another's) and checks each against the manifest.
     pub fn load(manifest: Manifest, runtime: &Runtime) -> Result<Engine, EngineError> {
-        let mut groups = Vec::new();
-        for group in &manifest.groups {
-            let mut models = Vec::new();
-            for spec in &group.models {
-                let session = runtime.session(&spec.path)?;
-                let info = ModelInfo::of(&session);
-                let (input, output, batch) = check_fit(spec, &info, group.size, &manifest)?;
-                models.push(LoadedModel {
-                    spec: spec.clone(),
-                    session,
-                    info,
-                    input,
-                    output,
-                    batch,
-                });
-            }
-            groups.push(models);
+        let specs: Vec<(usize, &ModelSpec)> = manifest
+            .groups
+            .iter()
+            .enumerate()
+            .flat_map(|(gi, g)| g.models.iter().map(move |m| (gi, m)))
+            .collect();
+        let sessions: Vec<Result<Session, RuntimeError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = specs
+                .iter()
+                .map(|(_, spec)| scope.spawn(|| runtime.session(&spec.path)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a session builder thread panicked"))
+                .collect()
+        });
+        let mut groups: Vec<Vec<LoadedModel>> = manifest.groups.iter().map(|_| Vec::new()).collect();
+        for ((gi, spec), session) in specs.into_iter().zip(sessions) {
+            let session = session?;
+            let info = ModelInfo::of(&session);
+            let (input, output, batch) = check_fit(spec, &info, manifest.groups[gi].size, &manifest)?;
+            groups[gi].push(LoadedModel {
+                spec: spec.clone(),
+                session,
+                info,
+                input,
+                output,
+                batch,
+                recorded: Vec::new(),
+            });
         }
-        Ok(Engine { manifest, groups })
+        Ok(Engine {
+            manifest,
+            groups,
+            recording: None,
+        })
+    }
+
+    /// From now on, keeps every batch the models run (up to `max_bytes` of them in all) for
+    /// [`Engine::replay`].
+    pub fn record_batches(&mut self, max_bytes: usize) {
+        self.recording = Some(Recording {
+            bytes_left: max_bytes,
+            overflowed: false,
+        });
+    }
+
+    /// Runs every recorded batch again through its model's session and nothing else (no
+    /// layout, output extraction, checks or TTA): what the model stage would take if the engine
+    /// added nothing. Fails when the recording outgrew its byte limit (say how many slides fit).
+    pub fn replay(&mut self) -> Result<Replay, EngineError> {
+        let recording = self.recording.take();
+        let models: Vec<&mut LoadedModel> = self.groups.iter_mut().flatten().collect();
+        if let Some(r) = recording.filter(|r| r.overflowed) {
+            let kept: usize = models.iter().map(|m| m.recorded.len()).sum();
+            return Err(EngineError::Run {
+                field: "(limit bench)".into(),
+                path: PathBuf::new(),
+                message: format!(
+                    "the batches did not fit the recording limit ({kept} kept, {} MiB left); bench fewer slides",
+                    r.bytes_left >> 20
+                ),
+            });
+        }
+        let (mut batches, mut items) = (0, 0);
+        let start = Instant::now();
+        for model in models {
+            let (field, path) = (model.spec.field.clone(), model.spec.path.clone());
+            let err = |e: ort::Error| EngineError::Run {
+                field: field.clone(),
+                path: path.clone(),
+                message: e.to_string(),
+            };
+            for batch in std::mem::take(&mut model.recorded) {
+                let tensor = TensorRef::from_array_view(batch.view()).map_err(err)?;
+                let outputs = model
+                    .session
+                    .run(ort::inputs![model.input.as_str() => tensor])
+                    .map_err(err)?;
+                drop(outputs);
+                batches += 1;
+                items += batch.len_of(Axis(0));
+            }
+        }
+        Ok(Replay {
+            batches,
+            items,
+            seconds: start.elapsed().as_secs_f64(),
+        })
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -242,7 +332,15 @@ impl Engine {
             }
             let base = &prepared.iter().find(|(k, _)| *k == key).expect("just prepared").1;
             let max_items = windows_per_run.saturating_mul(transforms.len()).max(1);
-            let mut model_maps = model_maps(model, base, &transforms, (h_in, w_in), max_items, t)?;
+            let mut model_maps = model_maps(
+                model,
+                base,
+                &transforms,
+                (h_in, w_in),
+                max_items,
+                self.recording.as_mut(),
+                t,
+            )?;
             let w = model.spec.weight;
             match &mut maps {
                 None => {
@@ -279,12 +377,14 @@ fn scaled_dims(h: usize, w: usize, scale: f32) -> (usize, usize) {
 
 /// One model's map of each input at `(h_out, w_out)`: every scale × transform, inverted and
 /// averaged. `inputs[i][s]` is input `i` at TTA scale `s`; runs hold at most `max_items` images.
+#[allow(clippy::too_many_arguments)]
 fn model_maps(
     model: &mut LoadedModel,
     inputs: &[Vec<Planes>],
     transforms: &[Transform],
     (h_out, w_out): (usize, usize),
     max_items: usize,
+    mut recording: Option<&mut Recording>,
     t: &mut Timings,
 ) -> Result<Vec<Vec<f32>>, EngineError> {
     // Per input, the sum over scales (the first scale's sum is taken as it is).
@@ -327,6 +427,15 @@ fn model_maps(
                     batch
                 });
                 let out = timed(&mut t.model, || run(model, batch.view()))?;
+                if let Some(r) = recording.as_deref_mut() {
+                    let bytes = batch.len() * 4;
+                    if bytes <= r.bytes_left {
+                        r.bytes_left -= bytes;
+                        model.recorded.push(batch);
+                    } else {
+                        r.overflowed = true;
+                    }
+                }
                 timed(&mut t.tta, || -> Result<(), EngineError> {
                     let (oh, ow) = (out.shape()[out.ndim() - 2], out.shape()[out.ndim() - 1]);
                     let model = &*model;

@@ -159,6 +159,10 @@ struct PredictArgs {
     masks: Option<PathBuf>,
     #[command(flatten)]
     batch: BatchArgs,
+    /// After predicting, run every batch the models were given again through bare ONNX Runtime
+    /// (keeping them in memory, up to 4 GiB) and print that limit next to predict's own times.
+    #[arg(long)]
+    bench_limit: bool,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -319,7 +323,12 @@ impl BatchArgs {
 }
 
 fn run_predict(a: PredictArgs) -> Result<()> {
+    let started = std::time::Instant::now();
     let (mut engine, runtime) = load_engine(&a.manifest, &a.runtime)?;
+    let loaded = started.elapsed();
+    if a.bench_limit {
+        engine.record_batches(4 << 30);
+    }
     let opts = PredictOptions {
         probs: a.probs,
         overlays: a.overlays,
@@ -334,6 +343,25 @@ fn run_predict(a: PredictArgs) -> Result<()> {
         println!("note: {note}");
     }
     println!("{report}");
+    if a.bench_limit {
+        let total = started.elapsed().as_secs_f64();
+        let limit = engine.replay().context("replaying the batches for --bench-limit")?;
+        let ratio = |s: f64| s / limit.seconds.max(1e-9);
+        let model = report.timings.model.as_secs_f64();
+        println!(
+            "limit: the same {} model runs ({} images) through bare ONNX Runtime took {:.2} s",
+            limit.batches, limit.items, limit.seconds
+        );
+        println!(
+            "  model stage in predict {model:.2} s ({:.2}× the limit); predict {:.2} s ({:.2}×); \
+             with start-up and loading ({:.2} s) {total:.2} s ({:.2}×)",
+            ratio(model),
+            report.wall_seconds,
+            ratio(report.wall_seconds),
+            loaded.as_secs_f64(),
+            ratio(total)
+        );
+    }
     Ok(())
 }
 

@@ -449,3 +449,29 @@ fn a_pytorch_export_runs_unchanged_and_matches_pytorch() {
     );
     assert_close(&got.data, &want, 1e-4, "ftu vs PyTorch");
 }
+
+/// The limit bench replays exactly the runs predict made: two models, d4 (one batch of 8 per model
+/// and slide), two slides → 4 runs of 8 images; a replay without recording replays nothing, and
+/// a recording past its byte limit is an error, not a partial limit.
+#[test]
+fn recorded_batches_replay_as_predict_ran_them() {
+    let f = Fixture::new();
+    f.linear("a.onnx", [0.2, 0.2, 0.2]);
+    f.linear("b.onnx", [0.1, 0.3, 0.2]);
+    let text = "[tta]\nmode = \"d4\"\n[[group]]\nsize = 64\n[[group.model]]\npath = \"a.onnx\"\nnorm = \"unit\"\noutput = \"o\"\nactivation = \"none\"\n[[group.model]]\npath = \"b.onnx\"\nnorm = \"unit\"\noutput = \"o\"\nactivation = \"none\"\n";
+    let mut e = f.manifest(text).unwrap();
+    let slide = random_slide(64, 64, 3);
+    predict(&mut e, &slide, &KIDNEY);
+    assert_eq!(e.replay().unwrap().batches, 0, "nothing recorded before asking");
+    e.record_batches(1 << 30);
+    predict(&mut e, &slide, &KIDNEY);
+    predict(&mut e, &random_slide(64, 64, 4), &KIDNEY);
+    let r = e.replay().unwrap();
+    assert_eq!((r.batches, r.items), (4, 32));
+    assert!(r.seconds > 0.0);
+    // One batch is 8·3·64·64·4 bytes: a limit below it keeps nothing and says so.
+    e.record_batches(8 * 3 * 64 * 64 * 4 - 1);
+    predict(&mut e, &slide, &KIDNEY);
+    let err = e.replay().unwrap_err().to_string();
+    assert!(err.contains("recording limit"), "{err}");
+}
