@@ -11,7 +11,7 @@ use ftu_infer::predict::PredictOptions;
 use ftu_onnx::samples::{self, InputShape};
 use ftu_tests::{synth_data, Quiet};
 use ftu_trainer::config::TrainConfig;
-use ftu_trainer::data::load_pseudo;
+use ftu_trainer::data::{batch, load_pseudo, normaliser, SlideCache};
 use ftu_trainer::train;
 
 const SIDE: u32 = 192;
@@ -77,6 +77,42 @@ fn soft_labels_round_trip_from_the_engine_to_the_trainer() {
         );
     }
     assert!(square > 0, "synth makes square slides");
+
+    // In a batch beside a labelled slide, a soft label's unsure pixels (0.25 < p < 0.75) are
+    // left out of the loss, and nothing else is.
+    let train = schema::read_train(&Split::Train.csv(&data)).unwrap();
+    let labelled = train.len();
+    let cache = SlideCache::build(&data, train, rows.clone(), SIDE as usize, 1 << 30, None, || {}).unwrap();
+    let p = (0..rows.len())
+        .find(|&i| rows[i].img_width == rows[i].img_height)
+        .unwrap();
+    let norm = normaliser("unit").unwrap();
+    let b = batch(&cache, &[0, labelled + p], &[0, 0], None, &norm, Some([0.25, 0.75])).unwrap();
+    let keep = b
+        .keep
+        .expect("a soft label with a band")
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let plane = (SIDE * SIDE) as usize;
+    assert!(
+        keep[..plane].iter().all(|&k| k == 1.0),
+        "a labelled slide keeps every pixel"
+    );
+    let soft = &cache.get(labelled + p).unwrap().mask;
+    for (k, &m) in keep[plane..].iter().zip(soft) {
+        let unsure = (m as f64 / 255.0) > 0.25 && (m as f64 / 255.0) < 0.75;
+        assert_eq!(*k, if unsure { 0.0 } else { 1.0 });
+    }
+    assert!(keep[plane..].contains(&0.0) && keep[plane..].contains(&1.0));
+    let masks = b.masks.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(
+        (masks[plane..]
+            .iter()
+            .zip(soft)
+            .all(|(t, &m)| (t - m as f32 / 255.0).abs() < 1e-6))
+    );
 }
 
 #[test]

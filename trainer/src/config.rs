@@ -70,6 +70,9 @@ pub struct TrainConfig {
     pub pseudo: Option<PathBuf>,
     /// Factor on a pseudo-labelled slide's segmentation loss.
     pub pseudo_weight: f64,
+    /// [lo, hi]: a pseudo-label's pixels with lo < p < hi (the ensemble unsure) count in no
+    /// loss term.
+    pub pseudo_unsure: Option<[f64; 2]>,
     pub sampling: SamplingConfig,
     pub optim: OptimConfig,
     pub loss: LossConfig,
@@ -104,6 +107,7 @@ impl Default for TrainConfig {
             device: "cpu".into(),
             pseudo: None,
             pseudo_weight: 0.5,
+            pseudo_unsure: None,
             sampling: SamplingConfig::default(),
             optim: OptimConfig::default(),
             loss: LossConfig::default(),
@@ -455,6 +459,14 @@ impl TrainConfig {
                 "pseudo_weight",
                 format!("a weight ≥ 0, got {}", self.pseudo_weight),
             ));
+        }
+        if let Some([lo, hi]) = self.pseudo_unsure {
+            if !(0.0 <= lo && lo < hi && hi <= 1.0) {
+                return Err(invalid(
+                    "pseudo_unsure",
+                    format!("[lo, hi] with 0 ≤ lo < hi ≤ 1, got [{lo}, {hi}]"),
+                ));
+            }
         }
         per_organ(&self.sampling.organ_weights).map_err(|e| invalid("sampling.organ_weights", e))?;
         per_organ(&self.loss.per_organ).map_err(|e| invalid("loss.per_organ", e))?;

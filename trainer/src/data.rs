@@ -269,10 +269,13 @@ pub fn normaliser(name: &str) -> Result<Normalisation, DataError> {
     Normalisation::named(name, ChannelOrder::Rgb).ok_or_else(|| DataError::Norm(name.into()))
 }
 
-/// A batch: images N×3×S×S (normalised), masks N×1×S×S, organ indices, pixel sizes.
+/// A batch: images N×3×S×S (normalised), masks N×1×S×S (0/1, or 0–1 for soft labels), organ
+/// indices, pixel sizes, and which pixels count in the loss (when some do not).
 pub struct Batch {
     pub images: Tensor,
     pub masks: Tensor,
+    /// N×1×S×S, 1 where a pixel counts: absent when all do.
+    pub keep: Option<Tensor>,
     pub organs: Tensor,
     pub pixel_sizes: Tensor,
 }
@@ -283,6 +286,7 @@ impl Batch {
         Ok(Batch {
             images: self.images.to_device(device)?,
             masks: self.masks.to_device(device)?,
+            keep: self.keep.as_ref().map(|k| k.to_device(device)).transpose()?,
             organs: self.organs.to_device(device)?,
             pixel_sizes: self.pixel_sizes.to_device(device)?,
         })
@@ -290,13 +294,15 @@ impl Batch {
 }
 
 /// Draws the samples of `indices` (augmented with per-sample seeds when `augment` is given) in
-/// parallel and stacks them, on the host ([`Batch::to_device`] uploads them).
+/// parallel and stacks them, on the host ([`Batch::to_device`] uploads them). With `unsure`
+/// (lo, hi), a soft label's pixels strictly between the two are left out of the loss.
 pub fn batch(
     cache: &SlideCache,
     indices: &[usize],
     seeds: &[u64],
     augment: Option<&AugmentConfig>,
     norm: &Normalisation,
+    unsure: Option<[f64; 2]>,
 ) -> Result<Batch, DataError> {
     let samples = indices
         .par_iter()
@@ -327,12 +333,29 @@ pub fn batch(
             *d = m as f32 * scale;
         }
     }
+    // 1 where a pixel counts; only built when some soft label has unsure pixels.
+    let keep = unsure
+        .filter(|_| samples.iter().any(|(_, soft)| *soft))
+        .map(|[lo, hi]| {
+            let mut keep = vec![1f32; n * plane];
+            for (k, (s, soft)) in samples.iter().enumerate().filter(|(_, (_, soft))| *soft) {
+                debug_assert!(*soft);
+                for (d, &m) in keep[k * plane..(k + 1) * plane].iter_mut().zip(&s.mask) {
+                    let p = m as f64 / 255.0;
+                    if p > lo && p < hi {
+                        *d = 0.0;
+                    }
+                }
+            }
+            keep
+        });
     let dev = Device::Cpu;
     let organs: Vec<u32> = indices.iter().map(|&i| cache.rows[i].organ.index() as u32).collect();
     let pixel: Vec<f32> = indices.iter().map(|&i| cache.rows[i].pixel_size as f32).collect();
     Ok(Batch {
         images: Tensor::from_vec(images, (n, 3, size, size), &dev).expect("sizes agree"),
         masks: Tensor::from_vec(masks, (n, 1, size, size), &dev).expect("sizes agree"),
+        keep: keep.map(|k| Tensor::from_vec(k, (n, 1, size, size), &dev).expect("sizes agree")),
         organs: Tensor::from_vec(organs, n, &dev).expect("sizes agree"),
         pixel_sizes: Tensor::from_vec(pixel, (n, 1), &dev).expect("sizes agree"),
     })

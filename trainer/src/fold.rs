@@ -156,9 +156,9 @@ fn evaluate(
     let (mut loss, mut dice_all, mut probs) = (0f64, Vec::new(), Vec::new());
     for chunk in idx.chunks(cfg.batch) {
         let seeds = vec![0; chunk.len()];
-        let b = data::batch(cache, chunk, &seeds, None, norm)?.to_device(device)?;
+        let b = data::batch(cache, chunk, &seeds, None, norm, None)?.to_device(device)?;
         let out = model.forward(&b.images, &ctx)?;
-        loss += losses::segmentation(&out.logits, &b.masks, &cfg.loss, None)?.to_scalar::<f32>()? as f64
+        loss += losses::segmentation(&out.logits, &b.masks, &cfg.loss, None, None)?.to_scalar::<f32>()? as f64
             * chunk.len() as f64;
         // The whole batch's probabilities come to the host at once.
         let p = candle_nn::ops::sigmoid(&out.logits)?.to_device(&Device::Cpu)?;
@@ -414,6 +414,7 @@ impl<'a> Fold<'a> {
             &seeds_for(0, chunks[0].len()),
             Some(&cfg.augment),
             norm,
+            cfg.pseudo_unsure,
         )?);
         for b in 0..chunks.len() {
             let current = next.take().expect("a batch is ready");
@@ -422,7 +423,10 @@ impl<'a> Fold<'a> {
                 let loader = scope.spawn(|| {
                     chunks
                         .get(b + 1)
-                        .map(|c| data::batch(cache, c, &seeds_for(b + 1, c.len()), Some(&cfg.augment), norm))
+                        .map(|c| {
+                            let seeds = seeds_for(b + 1, c.len());
+                            data::batch(cache, c, &seeds, Some(&cfg.augment), norm, cfg.pseudo_unsure)
+                        })
                         .transpose()
                 });
                 let ctx = Ctx::train(seed_of(&[cfg.seed, k as u64, epoch as u64, b as u64, 99]));
@@ -716,9 +720,10 @@ fn loss_and_gradients(
     ctx: &Ctx,
 ) -> Result<(f64, GradStore)> {
     let out = model.forward(&batch.images, ctx)?;
-    let mut loss = losses::segmentation(&out.logits, &batch.masks, &cfg.loss, image_weights)?;
+    let keep = batch.keep.as_ref();
+    let mut loss = losses::segmentation(&out.logits, &batch.masks, &cfg.loss, image_weights, keep)?;
     for aux in &out.aux {
-        let aux_loss = losses::segmentation(aux, &batch.masks, &cfg.loss, image_weights)?;
+        let aux_loss = losses::segmentation(aux, &batch.masks, &cfg.loss, image_weights, keep)?;
         loss = (loss + (aux_loss * cfg.loss.deep_supervision)?)?;
     }
     if let Some(organ) = &out.organ {

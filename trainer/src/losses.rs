@@ -1,5 +1,7 @@
-//! Segmentation losses on logits (N×1×H×W) against 0/1 targets, each per image (N values), and
-//! their weighted sum averaged over the batch, optionally with a weight per image.
+//! Segmentation losses on logits (N×1×H×W) against targets in 0–1 (0/1 masks or soft labels),
+//! each per image (N values), and their weighted sum averaged over the batch, optionally with a
+//! weight per image. `keep` (N×1×H×W, 0 or 1) leaves pixels out of every term (a pseudo-label's
+//! unsure band).
 
 use candle_core::{DType, Result, Tensor, D};
 
@@ -7,9 +9,9 @@ use crate::config::LossConfig;
 
 /// BCE with logits per pixel, stable for large |x|: max(x, 0) − x·y + ln(1 + e^−|x|); the mean
 /// of each image.
-pub fn bce(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+pub fn bce(logits: &Tensor, target: &Tensor, keep: Option<&Tensor>) -> Result<Tensor> {
     let per_pixel = ((logits.relu()? - (logits * target)?)? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-    per_image_mean(&per_pixel)
+    per_image_mean(&per_pixel, keep)
 }
 
 /// Sums over everything but the batch: N values.
@@ -17,22 +19,37 @@ fn per_image_sum(t: &Tensor) -> Result<Tensor> {
     t.flatten_from(1)?.sum(D::Minus1)
 }
 
-fn per_image_mean(t: &Tensor) -> Result<Tensor> {
-    t.flatten_from(1)?.mean(D::Minus1)
+/// The mean of each image over its kept pixels (all when `keep` is `None`; 0 when none is kept).
+fn per_image_mean(t: &Tensor, keep: Option<&Tensor>) -> Result<Tensor> {
+    match keep {
+        None => t.flatten_from(1)?.mean(D::Minus1),
+        Some(k) => per_image_sum(&(t * k)?)?.div(&per_image_sum(k)?.clamp(1.0, f64::MAX)?),
+    }
+}
+
+/// Probabilities and targets with the left-out pixels zeroed (so they add nothing to overlaps
+/// and areas).
+fn kept(logits: &Tensor, target: &Tensor, keep: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    let p = candle_nn::ops::sigmoid(logits)?;
+    match keep {
+        None => Ok((p, target.clone())),
+        Some(k) => Ok(((p * k)?, (target * k)?)),
+    }
 }
 
 /// 1 − soft Dice of each image (smoothing 1 keeps empty masks finite).
-pub fn dice(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-    let p = candle_nn::ops::sigmoid(logits)?;
-    let inter = per_image_sum(&(&p * target)?)?;
-    let total = (per_image_sum(&p)? + per_image_sum(target)?)?;
+pub fn dice(logits: &Tensor, target: &Tensor, keep: Option<&Tensor>) -> Result<Tensor> {
+    let (p, target) = kept(logits, target, keep)?;
+    let inter = per_image_sum(&(&p * &target)?)?;
+    let total = (per_image_sum(&p)? + per_image_sum(&target)?)?;
     let score = ((inter * 2.0)? + 1.0)?.div(&(total + 1.0)?)?;
     1.0 - score
 }
 
 /// 1 − Tversky index of each image: TP / (TP + α·FP + β·FN); β > α weighs misses more.
-pub fn tversky(logits: &Tensor, target: &Tensor, alpha: f64, beta: f64) -> Result<Tensor> {
-    let p = candle_nn::ops::sigmoid(logits)?;
+pub fn tversky(logits: &Tensor, target: &Tensor, alpha: f64, beta: f64, keep: Option<&Tensor>) -> Result<Tensor> {
+    let (p, target) = kept(logits, target, keep)?;
+    let target = &target;
     let tp = per_image_sum(&(&p * target)?)?;
     let fp = per_image_sum(&(&p * (1.0 - target)?)?)?;
     let fne = per_image_sum(&((1.0 - &p)? * target)?)?;
@@ -42,12 +59,12 @@ pub fn tversky(logits: &Tensor, target: &Tensor, alpha: f64, beta: f64) -> Resul
 }
 
 /// Focal loss: (1 − p_t)^γ · BCE per pixel; the mean of each image.
-pub fn focal(logits: &Tensor, target: &Tensor, gamma: f64) -> Result<Tensor> {
+pub fn focal(logits: &Tensor, target: &Tensor, gamma: f64, keep: Option<&Tensor>) -> Result<Tensor> {
     let per_pixel = ((logits.relu()? - (logits * target)?)? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
     let p = candle_nn::ops::sigmoid(logits)?;
     let p_t = ((&p * target)? + ((1.0 - &p)? * (1.0 - target)?)?)?;
     let weight = (1.0 - p_t)?.clamp(0.0, 1.0)?.powf(gamma)?;
-    per_image_mean(&(weight * per_pixel)?)
+    per_image_mean(&(weight * per_pixel)?, keep)
 }
 
 /// The gradient of the Lovász extension of the Jaccard loss for errors sorted decreasingly with
@@ -67,13 +84,31 @@ fn lovasz_grad(gt_sorted: &[f32]) -> Vec<f32> {
     grad
 }
 
-/// Lovász hinge of each image.
-pub fn lovasz_hinge(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+/// Lovász hinge of each image (over its kept pixels).
+pub fn lovasz_hinge(logits: &Tensor, target: &Tensor, keep: Option<&Tensor>) -> Result<Tensor> {
     let n = logits.dim(0)?;
     let mut losses = Vec::with_capacity(n);
     for i in 0..n {
-        let x = logits.get(i)?.flatten_all()?;
-        let y = target.get(i)?.flatten_all()?;
+        let mut x = logits.get(i)?.flatten_all()?;
+        let mut y = target.get(i)?.flatten_all()?;
+        if let Some(k) = keep {
+            let kept: Vec<u32> = k
+                .get(i)?
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .enumerate()
+                .filter(|(_, &v)| v > 0.5)
+                .map(|(j, _)| j as u32)
+                .collect();
+            if kept.is_empty() {
+                losses.push(Tensor::zeros((), DType::F32, logits.device())?);
+                continue;
+            }
+            let idx = Tensor::new(kept, logits.device())?;
+            x = x.index_select(&idx, 0)?;
+            y = y.index_select(&idx, 0)?;
+        }
         let signs = ((&y * 2.0)? - 1.0)?;
         let errors = (1.0 - (&x * &signs)?)?;
         let order = errors.detach().arg_sort_last_dim(false)?;
@@ -86,22 +121,24 @@ pub fn lovasz_hinge(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
 }
 
 /// The configured weighted sum of segmentation terms, averaged over the batch; with
-/// `image_weights` (N values, e.g. per organ), each image's sum counts that many times.
+/// `image_weights` (N values, e.g. per organ), each image's sum counts that many times; with
+/// `keep`, only its pixels count.
 pub fn segmentation(
     logits: &Tensor,
     target: &Tensor,
     cfg: &LossConfig,
     image_weights: Option<&Tensor>,
+    keep: Option<&Tensor>,
 ) -> Result<Tensor> {
     let mut total = Tensor::zeros(logits.dim(0)?, DType::F32, logits.device())?;
     let terms: [(f64, &dyn Fn() -> Result<Tensor>); 5] = [
-        (cfg.bce, &|| bce(logits, target)),
-        (cfg.dice, &|| dice(logits, target)),
+        (cfg.bce, &|| bce(logits, target, keep)),
+        (cfg.dice, &|| dice(logits, target, keep)),
         (cfg.tversky, &|| {
-            tversky(logits, target, cfg.tversky_alpha, cfg.tversky_beta)
+            tversky(logits, target, cfg.tversky_alpha, cfg.tversky_beta, keep)
         }),
-        (cfg.focal, &|| focal(logits, target, cfg.focal_gamma)),
-        (cfg.lovasz, &|| lovasz_hinge(logits, target)),
+        (cfg.focal, &|| focal(logits, target, cfg.focal_gamma, keep)),
+        (cfg.lovasz, &|| lovasz_hinge(logits, target, keep)),
     ];
     for (weight, term) in terms {
         if weight > 0.0 {
@@ -134,9 +171,9 @@ mod tests {
         let target = t(&[1.0, 0.0, 1.0, 0.0], 1);
         let expected = [(1.0 + (-2f32).exp()).ln(), (1.0 + (-1f32).exp()).ln(), 0.0, 0.0];
         let want = expected.iter().sum::<f32>() / 4.0;
-        assert!((scalar(bce(&logits, &target).unwrap()) - want).abs() < 1e-6);
+        assert!((scalar(bce(&logits, &target, None).unwrap()) - want).abs() < 1e-6);
         let wrong = t(&[-100.0], 1);
-        assert!((scalar(bce(&wrong, &t(&[1.0], 1)).unwrap()) - 100.0).abs() < 1e-3);
+        assert!((scalar(bce(&wrong, &t(&[1.0], 1), None).unwrap()) - 100.0).abs() < 1e-3);
     }
 
     #[test]
@@ -147,10 +184,10 @@ mod tests {
         for (name, f) in [
             (
                 "dice",
-                &(|l: &Tensor| dice(l, &target)) as &dyn Fn(&Tensor) -> Result<Tensor>,
+                &(|l: &Tensor| dice(l, &target, None)) as &dyn Fn(&Tensor) -> Result<Tensor>,
             ),
-            ("tversky", &|l| tversky(l, &target, 0.3, 0.7)),
-            ("lovasz", &|l| lovasz_hinge(l, &target)),
+            ("tversky", &|l| tversky(l, &target, 0.3, 0.7, None)),
+            ("lovasz", &|l| lovasz_hinge(l, &target, None)),
         ] {
             let good = scalar(f(&perfect).unwrap());
             let bad = scalar(f(&inverted).unwrap());
@@ -163,13 +200,13 @@ mod tests {
     fn tversky_with_equal_weights_is_dice_and_focal_with_gamma_0_is_bce() {
         let logits = t(&[0.3, -1.2, 2.0, 0.1, -0.5, 1.5], 2);
         let target = t(&[1.0, 0.0, 1.0, 0.0, 1.0, 1.0], 2);
-        let d = scalar(dice(&logits, &target).unwrap());
-        let tv = scalar(tversky(&logits, &target, 0.5, 0.5).unwrap());
+        let d = scalar(dice(&logits, &target, None).unwrap());
+        let tv = scalar(tversky(&logits, &target, 0.5, 0.5, None).unwrap());
         assert!((d - tv).abs() < 1e-6, "dice {d} tversky {tv}");
-        let b = scalar(bce(&logits, &target).unwrap());
-        let f = scalar(focal(&logits, &target, 0.0).unwrap());
+        let b = scalar(bce(&logits, &target, None).unwrap());
+        let f = scalar(focal(&logits, &target, 0.0, None).unwrap());
         assert!((b - f).abs() < 1e-6);
-        assert!(scalar(focal(&logits, &target, 2.0).unwrap()) < f);
+        assert!(scalar(focal(&logits, &target, 2.0, None).unwrap()) < f);
     }
 
     /// For a single image with one wrong pixel among margins, Lovász equals the hinge error of
@@ -180,7 +217,7 @@ mod tests {
         let logits = t(&[2.0, 0.5], 1);
         let target = t(&[1.0, 0.0], 1);
         // Sorted errors: 1.5 (label 0), −1 (label 1). grad[0] = 1 − (1 − 0)/(1 + 1) = 0.5.
-        assert!((scalar(lovasz_hinge(&logits, &target).unwrap()) - 0.75).abs() < 1e-6);
+        assert!((scalar(lovasz_hinge(&logits, &target, None).unwrap()) - 0.75).abs() < 1e-6);
     }
 
     #[test]
@@ -192,8 +229,9 @@ mod tests {
             dice: 2.0,
             ..LossConfig::default()
         };
-        let total = scalar(segmentation(&logits, &target, &cfg, None).unwrap());
-        let want = 0.5 * scalar(bce(&logits, &target).unwrap()) + 2.0 * scalar(dice(&logits, &target).unwrap());
+        let total = scalar(segmentation(&logits, &target, &cfg, None, None).unwrap());
+        let want =
+            0.5 * scalar(bce(&logits, &target, None).unwrap()) + 2.0 * scalar(dice(&logits, &target, None).unwrap());
         assert!((total - want).abs() < 1e-6);
     }
 
@@ -205,12 +243,43 @@ mod tests {
         let cfg = LossConfig::default();
         let each = |i: usize| {
             let (l, y) = (logits.narrow(0, i, 1).unwrap(), target.narrow(0, i, 1).unwrap());
-            scalar(segmentation(&l, &y, &cfg, None).unwrap())
+            scalar(segmentation(&l, &y, &cfg, None, None).unwrap())
         };
         let w = Tensor::new(&[3f32, 1.0], &Device::Cpu).unwrap();
-        let weighted = scalar(segmentation(&logits, &target, &cfg, Some(&w)).unwrap());
+        let weighted = scalar(segmentation(&logits, &target, &cfg, Some(&w), None).unwrap());
         assert!((weighted - (3.0 * each(0) + each(1)) / 2.0).abs() < 1e-6);
-        let plain = scalar(segmentation(&logits, &target, &cfg, None).unwrap());
+        let plain = scalar(segmentation(&logits, &target, &cfg, None, None).unwrap());
         assert!((plain - (each(0) + each(1)) / 2.0).abs() < 1e-6);
+    }
+
+    /// A left-out pixel adds nothing: changing its logit changes no term, and every term equals
+    /// the same term on the kept pixels alone; keeping every pixel is no mask at all.
+    #[test]
+    fn left_out_pixels_count_in_no_term() {
+        let target = t(&[1.0, 0.0, 0.6, 1.0, 0.0, 0.2], 1);
+        let keep = t(&[1.0, 1.0, 0.0, 1.0, 1.0, 0.0], 1);
+        let a = t(&[0.3, -1.2, 2.0, 0.1, -0.5, 1.5], 1);
+        let b = t(&[0.3, -1.2, -7.0, 0.1, -0.5, 9.0], 1);
+        let kept_logits = t(&[0.3, -1.2, 0.1, -0.5], 1);
+        let kept_target = t(&[1.0, 0.0, 1.0, 0.0], 1);
+        type Term = fn(&Tensor, &Tensor, Option<&Tensor>) -> Result<Tensor>;
+        let terms: [(&str, Term); 5] = [
+            ("bce", bce),
+            ("dice", dice),
+            ("tversky", |l, y, k| tversky(l, y, 0.3, 0.7, k)),
+            ("focal", |l, y, k| focal(l, y, 2.0, k)),
+            ("lovasz", lovasz_hinge),
+        ];
+        for (name, f) in terms {
+            let with_a = scalar(f(&a, &target, Some(&keep)).unwrap());
+            let with_b = scalar(f(&b, &target, Some(&keep)).unwrap());
+            let alone = scalar(f(&kept_logits, &kept_target, None).unwrap());
+            assert!((with_a - with_b).abs() < 1e-6, "{name}: {with_a} vs {with_b}");
+            assert!((with_a - alone).abs() < 1e-6, "{name}: {with_a} vs kept alone {alone}");
+            let ones = t(&[1.0; 6], 1);
+            let all = scalar(f(&a, &target, Some(&ones)).unwrap());
+            let none = scalar(f(&a, &target, None).unwrap());
+            assert!((all - none).abs() < 1e-6, "{name}: keep all {all} vs none {none}");
+        }
     }
 }

@@ -91,6 +91,9 @@ struct TrainArgs {
     /// Factor on a pseudo-labelled slide's loss (default 0.5).
     #[arg(long)]
     pseudo_weight: Option<f64>,
+    /// LO,HI: pseudo-label pixels with LO < p < HI count in no loss term (e.g. 0.3,0.7).
+    #[arg(long, value_delimiter = ',')]
+    pseudo_unsure: Option<Vec<f64>>,
     #[arg(long)]
     freeze_encoder_epochs: Option<usize>,
     #[arg(long)]
@@ -146,6 +149,12 @@ impl TrainArgs {
         }
         if let Some(w) = self.pseudo_weight {
             c.pseudo_weight = w;
+        }
+        if let Some(band) = &self.pseudo_unsure {
+            let [lo, hi] = band[..] else {
+                anyhow::bail!("--pseudo-unsure takes LO,HI (two numbers), got {band:?}");
+            };
+            c.pseudo_unsure = Some([lo, hi]);
         }
         if let Some(v) = self.lr {
             c.optim.lr = v;
