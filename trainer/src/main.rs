@@ -102,7 +102,7 @@ struct TrainArgs {
     pixel_size_head: bool,
     #[arg(long)]
     deep_supervision: bool,
-    /// cpu (CUDA training is not available in this build).
+    /// cpu, cuda or cuda:N (CUDA needs the build with `--features cuda`; the CPU build says so).
     #[arg(long)]
     device: Option<String>,
 }
