@@ -338,8 +338,7 @@ pub fn batch(
         .filter(|_| samples.iter().any(|(_, soft)| *soft))
         .map(|[lo, hi]| {
             let mut keep = vec![1f32; n * plane];
-            for (k, (s, soft)) in samples.iter().enumerate().filter(|(_, (_, soft))| *soft) {
-                debug_assert!(*soft);
+            for (k, (s, _)) in samples.iter().enumerate().filter(|(_, (_, soft))| *soft) {
                 for (d, &m) in keep[k * plane..(k + 1) * plane].iter_mut().zip(&s.mask) {
                     let p = m as f64 / 255.0;
                     if p > lo && p < hi {
