@@ -139,7 +139,7 @@ pub struct Replay {
     /// Model runs (batches) replayed, and the images in them.
     pub batches: usize,
     pub items: usize,
-    /// Wall time of `Session::run` over all of them, one after another as predict runs them.
+    /// Wall time of `Session::run` over all of them, one after another (model by model).
     pub seconds: f64,
 }
 
