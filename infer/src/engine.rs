@@ -46,6 +46,10 @@ pub enum EngineError {
         count: usize,
         total: usize,
     },
+    #[error(
+        "--bench-limit: the batches outgrew the recording limit ({kept} kept, {mib_left} MiB left); bench fewer slides"
+    )]
+    RecordingFull { kept: usize, mib_left: usize },
     #[error(transparent)]
     Slide(#[from] ftu_formats::slide::SlideError),
     #[error("no model in the manifest serves organ {0}: give one without `organs`, or add {0} to a model's organs")]
@@ -201,14 +205,11 @@ impl Engine {
         let recording = self.recording.take();
         let models: Vec<&mut LoadedModel> = self.groups.iter_mut().flatten().collect();
         if let Some(r) = recording.filter(|r| r.overflowed) {
-            let kept: usize = models.iter().map(|m| m.recorded.len()).sum();
-            return Err(EngineError::Run {
-                field: "(limit bench)".into(),
-                path: PathBuf::new(),
-                message: format!(
-                    "the batches did not fit the recording limit ({kept} kept, {} MiB left); bench fewer slides",
-                    r.bytes_left >> 20
-                ),
+            // The partial recording is dropped: a limit over part of the run would mislead.
+            let kept: usize = models.into_iter().map(|m| std::mem::take(&mut m.recorded).len()).sum();
+            return Err(EngineError::RecordingFull {
+                kept,
+                mib_left: r.bytes_left >> 20,
             });
         }
         let (mut batches, mut items) = (0, 0);

@@ -71,6 +71,15 @@ pub(crate) struct FoldState {
     pub exported: bool,
 }
 
+impl FoldState {
+    /// Fold `k`'s saved state.
+    pub(crate) fn read(cfg: &TrainConfig, k: usize) -> Result<FoldState> {
+        let path = fold_dir(cfg, k).join("state.json");
+        let text = std::fs::read_to_string(&path).at("reading", &path)?;
+        serde_json::from_str(&text).at("reading", &path)
+    }
+}
+
 pub struct FoldResult {
     pub fold: usize,
     /// The training size.
@@ -336,13 +345,8 @@ impl<'a> Fold<'a> {
 
     /// The state, weights, optimiser and EMA of the last complete epoch.
     fn resume(&mut self, progress: &mut dyn Progress) -> Result<()> {
-        let (state_path, last, last_optim) = (
-            self.path("state.json"),
-            self.path("last.safetensors"),
-            self.path("last.optim.safetensors"),
-        );
-        let text = std::fs::read_to_string(&state_path).at("reading", &state_path)?;
-        self.state = serde_json::from_str(&text).at("reading", &state_path)?;
+        let (last, last_optim) = (self.path("last.safetensors"), self.path("last.optim.safetensors"));
+        self.state = FoldState::read(self.cfg, self.k)?;
         weights::load(&self.model, &last, Scope::Full).at("resuming from", &last)?;
         self.opt.load(&last_optim).at("resuming from", &last_optim)?;
         if let Some(e) = self.ema.as_mut() {

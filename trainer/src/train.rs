@@ -189,12 +189,7 @@ fn train_size(
     }
     let fold_dice = finished
         .iter()
-        .map(|&k| {
-            let state_path = fold_dir(cfg, k).join("state.json");
-            let text = std::fs::read_to_string(&state_path).at("reading", &state_path)?;
-            let state: FoldState = serde_json::from_str(&text).at("reading", &state_path)?;
-            Ok(state.best_dice)
-        })
+        .map(|&k| Ok(FoldState::read(cfg, k)?.best_dice))
         .collect::<Result<Vec<f64>>>()?;
     let group = Group {
         cfg: cfg.clone(),
