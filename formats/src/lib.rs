@@ -1,8 +1,8 @@
 //! ftu-formats: what every part of ftu reads and writes — organs and data sources, the
 //! competition's CSV schemas and folder layout, masks (RLE in the competition's convention, row
 //! runs, mask images, GeoJSON), the Dice metric, slides (read whole or by region through one
-//! chunked TIFF reader, and written as TIFF), resizing, TTA transforms, overlays, and the ensemble
-//! manifest. No ONNX Runtime and no Candle: the trainer and the engine both stand on this crate.
+//! chunked TIFF reader, and written as TIFF), resizing, TTA transforms, sliding windows and their blending, tissue detection, overlays, and
+//! the ensemble manifest. No ONNX Runtime and no Candle: the trainer and the engine both stand on this crate.
 
 pub mod atomic;
 pub mod blocks;
@@ -16,6 +16,7 @@ pub mod resize;
 pub mod schema;
 pub mod slide;
 pub mod tiles;
+pub mod tissue;
 pub mod tta;
 
 pub use mask::Mask;

@@ -1,6 +1,11 @@
 //! Sliding windows over a slide: where the windows start, the Gaussian weight each window gives
-//! its pixels (centre trusted, borders not, as nnU-Net), and the summed weight per pixel that
-//! turns the weighted sum of window predictions into an average.
+//! its pixels (centre trusted, borders not, as nnU-Net), the summed weight per pixel that turns
+//! the weighted sum of window predictions into an average, and [`TilePlan`], which puts them
+//! together: the tiling `ftu-infer` predicts with and `ftu-train` validates crops mode with.
+
+use crate::blocks::BlockMap;
+use crate::resize::resize_map;
+use crate::slide::RgbImage;
 
 /// Window starts along one axis of `len` pixels: the first at 0, the last flush with the end,
 /// evenly spaced with at most `window · (1 − overlap)` between starts.
@@ -66,8 +71,123 @@ pub fn windows(width: usize, height: usize, side: usize, overlap: f64) -> Vec<Wi
         .collect()
 }
 
+/// The windows of side `side` over a slide, the ones worth running (row by row, top to bottom),
+/// and the per-axis coverage that normalises their blend. A window not run counts as predicting
+/// 0, so every pixel's weights still sum to 1.
+#[derive(Debug, Clone)]
+pub struct TilePlan {
+    /// The window's side in slide pixels.
+    pub side: usize,
+    weights: Vec<f32>,
+    cover_x: Vec<f32>,
+    cover_y: Vec<f32>,
+    /// How many windows cover the slide.
+    pub windows: usize,
+    /// The windows `keep` kept, row by row top to bottom.
+    pub to_run: Vec<Window>,
+}
+
+impl TilePlan {
+    pub fn new(width: usize, height: usize, side: usize, overlap: f64, keep: impl Fn(&Window) -> bool) -> TilePlan {
+        let weights = gaussian(side);
+        let cover_x = coverage(width, &starts(width, side, overlap), &weights);
+        let cover_y = coverage(height, &starts(height, side, overlap), &weights);
+        let all = windows(width, height, side, overlap);
+        TilePlan {
+            side,
+            weights,
+            cover_x,
+            cover_y,
+            windows: all.len(),
+            to_run: all.into_iter().filter(|w| keep(w)).collect(),
+        }
+    }
+
+    /// Adds `k ·` the window's share of the average to `map`: `prob` is the model's `size × size`
+    /// map of the window's pixels padded to `side × side` ([`pad_edge`]), resized back to the
+    /// window's scale and cropped to the window.
+    pub fn blend(&self, map: &mut BlockMap, w: &Window, prob: Vec<f32>, size: usize, k: f32) {
+        let side = self.side;
+        let back = if side == size {
+            prob
+        } else {
+            resize_map(&prob, size, size, side, side)
+        };
+        let values = crop_map(back, side, w.width, w.height);
+        let rows: Vec<f32> = (0..w.height).map(|r| self.weights[r] / self.cover_y[w.y + r]).collect();
+        let cols: Vec<f32> = (0..w.width).map(|c| self.weights[c] / self.cover_x[w.x + c]).collect();
+        map.add_window((w.x, w.y, w.width, w.height), &values, &rows, &cols, k);
+    }
+}
+
+/// The region padded to `side × side` by repeating its last row and column (windows larger than
+/// the slide).
+pub fn pad_edge(region: RgbImage, side: usize) -> RgbImage {
+    if region.width == side && region.height == side {
+        return region;
+    }
+    let mut out = RgbImage::new(side, side);
+    for y in 0..side {
+        let sy = y.min(region.height - 1);
+        for x in 0..side {
+            let sx = x.min(region.width - 1);
+            let (d, s) = ((y * side + x) * 3, (sy * region.width + sx) * 3);
+            out.data[d..d + 3].copy_from_slice(&region.data[s..s + 3]);
+        }
+    }
+    out
+}
+
+/// The top-left `w × h` of a `side × side` map.
+fn crop_map(map: Vec<f32>, side: usize, w: usize, h: usize) -> Vec<f32> {
+    if w == side && h == side {
+        return map;
+    }
+    (0..h)
+        .flat_map(|y| map[y * side..y * side + w].iter().copied())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn padding_repeats_the_edge_and_cropping_undoes_it() {
+        let img = RgbImage {
+            width: 2,
+            height: 1,
+            data: vec![1, 2, 3, 4, 5, 6],
+        };
+        let p = pad_edge(img, 3);
+        assert_eq!(p.pixel(2, 2), [4, 5, 6]);
+        assert_eq!(p.pixel(0, 1), [1, 2, 3]);
+        let map: Vec<f32> = (0..9).map(|v| v as f32).collect();
+        assert_eq!(crop_map(map, 3, 2, 1), [0.0, 1.0]);
+    }
+
+    /// Windows that all predict the same value blend to that value everywhere, whatever the
+    /// overlap, the edge windows and the resize back; a window not run counts as 0.
+    #[test]
+    fn a_constant_prediction_blends_to_itself_and_skipped_windows_to_zero() {
+        let (width, height) = (300, 170);
+        for overlap in [0.0, 0.25, 0.5] {
+            let plan = TilePlan::new(width, height, 128, overlap, |_| true);
+            let mut map = BlockMap::new(width, height);
+            for w in &plan.to_run {
+                plan.blend(&mut map, w, vec![0.7; 64 * 64], 64, 1.0);
+            }
+            for (y, x) in [(0, 0), (169, 299), (85, 150), (10, 290)] {
+                assert!((map.get(y, x) - 0.7).abs() < 1e-4, "overlap {overlap} at {y},{x}: {}", map.get(y, x));
+            }
+        }
+        let plan = TilePlan::new(width, height, 128, 0.0, |w| w.x == 0);
+        assert_eq!((plan.windows, plan.to_run.len()), (6, 2));
+        let mut map = BlockMap::new(width, height);
+        for w in &plan.to_run {
+            plan.blend(&mut map, w, vec![1.0; 128 * 128], 128, 1.0);
+        }
+        assert!((map.get(50, 10) - 1.0).abs() < 1e-5 && map.get(50, 299) == 0.0);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -1,5 +1,5 @@
 //! ftu-infer: the inference engine of ftu — ONNX Runtime sessions, the ensemble over groups of
-//! models, tiled whole-slide prediction, tissue detection, mask post-processing, the `predict`
+//! models, tiled whole-slide prediction, mask post-processing, the `predict`
 //! loop and its CLI. The formats it reads and writes live in `ftu-formats`; no Candle here.
 
 pub mod bundle;
@@ -12,4 +12,3 @@ pub mod pseudo;
 pub mod score;
 pub mod session;
 pub mod tiled;
-pub mod tissue;

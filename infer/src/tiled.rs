@@ -8,11 +8,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::engine::{Engine, EngineError, SlideInfo, Timings};
-use crate::tissue::{thumbnail_factor, TissueMap, TissueSummary};
+use ftu_formats::tissue::{thumbnail_factor, TissueMap, TissueSummary};
 use ftu_formats::blocks::BlockMap;
 use ftu_formats::manifest::{GroupMode, TileSpec};
 use ftu_formats::mask::runs::{threshold_row, RunMask, RunSums};
-use ftu_formats::resize::resize_map;
 use ftu_formats::slide::region::{PyramidLevel, SlideSource};
 use ftu_formats::slide::{RgbImage, SlideLimits};
 use ftu_formats::tiles;
@@ -153,8 +152,8 @@ pub fn predict_slide(
             )),
         }
     }
-    stats.windows = plans.iter().map(|p| p.windows).sum();
-    stats.windows_run = plans.iter().map(|p| p.to_run.len()).sum();
+    stats.windows = plans.iter().map(GroupPlan::windows).sum();
+    stats.windows_run = plans.iter().map(GroupPlan::to_run).sum();
     let start = Instant::now();
     let mut done = 0;
     progress(0, stats.windows_run);
@@ -208,21 +207,13 @@ pub fn group_sum(
     Ok(map)
 }
 
-/// One tiled group's windows over a slide and how far it has got. A skipped window counts as
-/// predicting 0, so every pixel's weights still sum to 1 and the per-axis coverage makes the
-/// normalisation separable.
+/// One tiled group's windows over a slide ([`tiles::TilePlan`], shared with the trainer's
+/// crops-mode validation) and how far it has got.
 struct GroupPlan {
     gi: usize,
     spec: TileSpec,
     size: usize,
-    /// The window's side in slide pixels.
-    side: usize,
-    weights: Vec<f32>,
-    cover_x: Vec<f32>,
-    cover_y: Vec<f32>,
-    /// Windows with tissue, row by row top to bottom (what finishing rows relies on).
-    to_run: Vec<tiles::Window>,
-    windows: usize,
+    tiles: tiles::TilePlan,
     done: usize,
     /// This group's share of the ensemble.
     k: f32,
@@ -241,38 +232,35 @@ impl GroupPlan {
         let size = engine.manifest().groups[gi].size;
         let factor = spec.factor(size, engine.manifest().scaling.as_ref(), info.pixel_size);
         let side = ((size as f64 / factor).round() as usize).max(1);
-        let weights = tiles::gaussian(side);
-        let cover_x = tiles::coverage(width, &tiles::starts(width, side, spec.overlap), &weights);
-        let cover_y = tiles::coverage(height, &tiles::starts(height, side, spec.overlap), &weights);
-        let windows = tiles::windows(width, height, side, spec.overlap);
         let min_fraction = engine.manifest().tissue.min_fraction;
-        let to_run: Vec<tiles::Window> = windows
-            .iter()
-            .copied()
-            .filter(|w| tissue.is_none_or(|m| m.fraction(w.x, w.y, w.width, w.height) >= min_fraction))
-            .collect();
+        let tiles = tiles::TilePlan::new(width, height, side, spec.overlap, |w| {
+            tissue.is_none_or(|m| m.fraction(w.x, w.y, w.width, w.height) >= min_fraction)
+        });
         GroupPlan {
             gi,
             spec,
             size,
-            side,
-            weights,
-            cover_x,
-            cover_y,
-            windows: windows.len(),
-            to_run,
+            tiles,
             done: 0,
             k,
         }
     }
 
+    fn windows(&self) -> usize {
+        self.tiles.windows
+    }
+
+    fn to_run(&self) -> usize {
+        self.tiles.to_run.len()
+    }
+
     fn finished(&self) -> bool {
-        self.done == self.to_run.len()
+        self.done == self.to_run()
     }
 
     /// Rows above this are final for this group: no window left to run reaches them.
     fn next_row(&self, height: usize) -> usize {
-        self.to_run.get(self.done).map_or(height, |w| w.y)
+        self.tiles.to_run.get(self.done).map_or(height, |w| w.y)
     }
 
     /// Runs the next `batch` windows and adds `k ·` their normalised blend to `map`; returns how
@@ -285,28 +273,20 @@ impl GroupPlan {
         map: &mut BlockMap,
         t: &mut Timings,
     ) -> Result<usize, EngineError> {
-        let end = (self.done + self.spec.batch).min(self.to_run.len());
-        let batch = &self.to_run[self.done..end];
+        let end = (self.done + self.spec.batch).min(self.to_run());
+        let batch = &self.tiles.to_run[self.done..end];
         let start = Instant::now();
         let mut images = Vec::with_capacity(batch.len());
         for w in batch {
             let region = source.region(w.x, w.y, w.width, w.height)?;
-            images.push(pad_edge(region, self.side));
+            images.push(tiles::pad_edge(region, self.tiles.side));
         }
         t.read += start.elapsed();
-        let (size, side) = (self.size, self.side);
+        let size = self.size;
         let maps = engine.group_maps(self.gi, &images, (size, size), info.organ, self.spec.batch, t)?;
         let start = Instant::now();
         for (w, m) in batch.iter().zip(maps) {
-            let back = if side == size {
-                m
-            } else {
-                resize_map(&m, size, size, side, side)
-            };
-            let values = crop_map(back, side, w.width, w.height);
-            let rows: Vec<f32> = (0..w.height).map(|r| self.weights[r] / self.cover_y[w.y + r]).collect();
-            let cols: Vec<f32> = (0..w.width).map(|c| self.weights[c] / self.cover_x[w.x + c]).collect();
-            map.add_window((w.x, w.y, w.width, w.height), &values, &rows, &cols, self.k);
+            self.tiles.blend(map, w, m, size, self.k);
         }
         t.resize_back += start.elapsed();
         let ran = end - self.done;
@@ -315,48 +295,3 @@ impl GroupPlan {
     }
 }
 
-/// The region padded to `side × side` by repeating its last row and column (windows larger than
-/// the slide).
-fn pad_edge(region: RgbImage, side: usize) -> RgbImage {
-    if region.width == side && region.height == side {
-        return region;
-    }
-    let mut out = RgbImage::new(side, side);
-    for y in 0..side {
-        let sy = y.min(region.height - 1);
-        for x in 0..side {
-            let sx = x.min(region.width - 1);
-            let (d, s) = ((y * side + x) * 3, (sy * region.width + sx) * 3);
-            out.data[d..d + 3].copy_from_slice(&region.data[s..s + 3]);
-        }
-    }
-    out
-}
-
-fn crop_map(map: Vec<f32>, side: usize, w: usize, h: usize) -> Vec<f32> {
-    if w == side && h == side {
-        return map;
-    }
-    (0..h)
-        .flat_map(|y| map[y * side..y * side + w].iter().copied())
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn padding_repeats_the_edge_and_cropping_undoes_it() {
-        let img = RgbImage {
-            width: 2,
-            height: 1,
-            data: vec![1, 2, 3, 4, 5, 6],
-        };
-        let p = pad_edge(img, 3);
-        assert_eq!(p.pixel(2, 2), [4, 5, 6]);
-        assert_eq!(p.pixel(0, 1), [1, 2, 3]);
-        let map: Vec<f32> = (0..9).map(|v| v as f32).collect();
-        assert_eq!(crop_map(map, 3, 2, 1), [0.0, 1.0]);
-    }
-}

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use ftu_formats::slide::RgbImage;
+use crate::slide::RgbImage;
 
 /// Saturation never counts as tissue below this (0–255): on a slide with no tissue at all Otsu
 /// would split the glass's noise in two.
