@@ -9,6 +9,9 @@ use crate::slide::RgbImage;
 /// would split the glass's noise in two.
 pub const MIN_SATURATION: u8 = 20;
 
+/// Longest side of the thumbnail tissue is detected on.
+pub const THUMBNAIL_SIDE: usize = 2048;
+
 /// Tissue per thumbnail pixel, and the thumbnail's scale.
 #[derive(Debug, Clone)]
 pub struct TissueMap {

@@ -591,7 +591,7 @@ fn predict_tiled_one(
     let base = match pred.thumbnail {
         Some((thumb, _)) => thumb,
         None if opts.overlays.is_some() || opts.geojson.is_some() => {
-            let factor = ftu_formats::tissue::thumbnail_factor(width, height, tiled::THUMBNAIL_SIDE);
+            let factor = ftu_formats::tissue::thumbnail_factor(width, height, ftu_formats::tissue::THUMBNAIL_SIDE);
             source.thumbnail(factor).map_err(SlideFailure::Read)?
         }
         None => RgbImage::new(1, 1),

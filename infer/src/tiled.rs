@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::engine::{Engine, EngineError, SlideInfo, Timings};
-use ftu_formats::tissue::{thumbnail_factor, TissueMap, TissueSummary};
+use ftu_formats::tissue::{thumbnail_factor, TissueMap, TissueSummary, THUMBNAIL_SIDE};
 use ftu_formats::blocks::BlockMap;
 use ftu_formats::manifest::{GroupMode, TileSpec};
 use ftu_formats::mask::runs::{threshold_row, RunMask, RunSums};
@@ -16,8 +16,6 @@ use ftu_formats::slide::region::{PyramidLevel, SlideSource};
 use ftu_formats::slide::{RgbImage, SlideLimits};
 use ftu_formats::tiles;
 
-/// Longest side of the thumbnail the tissue detector and overviews use.
-pub const THUMBNAIL_SIDE: usize = 2048;
 
 /// What tiling did on one slide.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -117,16 +117,58 @@ impl Default for TrainConfig {
     }
 }
 
-/// Which training slides an epoch draws.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// How a training slide becomes a model input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplingMode {
+    /// The whole slide resized to `size`² (the competition's 3000² slides).
+    #[default]
+    Resize,
+    /// Windows of `size`² cut at a fixed scale (whole-slide images of any size); validated by
+    /// tiling each validation slide as `ftu-infer` does, and exported as a tiled group.
+    Crops,
+}
+
+/// Which training slides an epoch draws, and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SamplingConfig {
+    pub mode: SamplingMode,
     /// Draw an organ first (by `organ_weights`, equal for organs not listed), then the next
     /// slide of that organ; else (the default) every training slide once per shuffled pass.
     /// Setting `organ_weights` turns it on.
     pub by_organ: bool,
     /// Organ name → relative share of the draws.
     pub organ_weights: BTreeMap<String, f64>,
+    /// Crops: model pixels per slide pixel (1 = the slide's own scale; 0.25 reads a window of
+    /// 4·size slide pixels), unless `pixel_size` is set.
+    pub scale: f64,
+    /// Crops: the µm per model pixel to train at; each slide's scale is then its `pixel_size`
+    /// over this.
+    pub pixel_size: Option<f64>,
+    /// Crops: the probability that a crop is placed around a pixel of an FTU (drawn uniformly
+    /// from the slide's FTU pixels); else it is placed uniformly and redrawn (up to 10 times)
+    /// while less than `min_tissue` of it is tissue.
+    pub p_ftu: f64,
+    /// Crops: the least tissue fraction (the engine's saturation detector) of a random crop.
+    pub min_tissue: f64,
+    /// Crops: window overlap of the validation tiling and of the exported tiled group.
+    pub overlap: f64,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        SamplingConfig {
+            mode: SamplingMode::Resize,
+            by_organ: false,
+            organ_weights: BTreeMap::new(),
+            scale: 1.0,
+            pixel_size: None,
+            p_ftu: 0.5,
+            min_tissue: 0.2,
+            overlap: 0.25,
+        }
+    }
 }
 
 impl SamplingConfig {
@@ -469,6 +511,29 @@ impl TrainConfig {
             }
         }
         per_organ(&self.sampling.organ_weights).map_err(|e| invalid("sampling.organ_weights", e))?;
+        let c = &self.sampling;
+        if !(c.scale > 0.0 && c.scale <= 16.0) {
+            return Err(invalid("sampling.scale", format!("a factor in (0, 16], got {}", c.scale)));
+        }
+        if let Some(p) = c.pixel_size {
+            if !(p > 0.0 && p.is_finite()) {
+                return Err(invalid("sampling.pixel_size", format!("µm per pixel > 0, got {p}")));
+            }
+            if !self.sizes.is_empty() && c.mode == SamplingMode::Crops {
+                return Err(invalid(
+                    "sampling.pixel_size",
+                    "not with several sizes (the manifest scales every group by one reference size); use sampling.scale",
+                ));
+            }
+        }
+        for (name, p) in [("p_ftu", c.p_ftu), ("min_tissue", c.min_tissue)] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(invalid(&format!("sampling.{name}"), format!("in [0, 1], got {p}")));
+            }
+        }
+        if !(0.0..=0.95).contains(&c.overlap) {
+            return Err(invalid("sampling.overlap", format!("in [0, 0.95], got {}", c.overlap)));
+        }
         per_organ(&self.loss.per_organ).map_err(|e| invalid("loss.per_organ", e))?;
         let l = &self.loss;
         if l.bce + l.dice + l.tversky + l.focal + l.lovasz <= 0.0 {

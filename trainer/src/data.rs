@@ -1,6 +1,8 @@
-//! Training data: slides decoded once, resized to the training size and kept (within a memory
-//! bound) as 0–1 RGB with their masks; batches drawn, augmented and normalised in parallel.
-//! Pseudo-labelled slides (soft labels from `ftu-infer pseudo`) come after the labelled ones.
+//! Training data: in resize mode, slides decoded once, resized to the training size and kept
+//! (within a memory bound) as 0–1 RGB with their masks; in crops mode, slides at full resolution
+//! that crops are cut from ([`crate::crops`]). Batches drawn, augmented and normalised in
+//! parallel. Pseudo-labelled slides (soft labels from `ftu-infer pseudo`) come after the labelled
+//! ones.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use rayon::prelude::*;
 
 use crate::augment::{self, stain::StainBasis, Sample, SlideInfo};
 use crate::config::AugmentConfig;
+use crate::crops::{CropSpec, FullSlide};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -170,6 +173,8 @@ pub struct SlideCache {
     size: usize,
     stain: Option<StainBasis>,
     slides: Vec<Option<Arc<Slide>>>,
+    /// Crops mode: the crop geometry and every slide at full resolution (`slides` is empty).
+    crops: Option<(CropSpec, Vec<FullSlide>)>,
 }
 
 impl SlideCache {
@@ -182,33 +187,7 @@ impl SlideCache {
         stain_target: Option<&str>,
         tick: impl Fn() + Sync,
     ) -> Result<SlideCache, DataError> {
-        let stain = match stain_target {
-            Some(id) => {
-                let row = rows
-                    .iter()
-                    .find(|r| r.id == id)
-                    .ok_or_else(|| DataError::UnknownStainTarget { id: id.into() })?;
-                let slide = load_slide(data, row, size, None)?;
-                Some(StainBasis::fit(&slide.image).ok_or_else(|| DataError::NoStains { id: id.into() })?)
-            }
-            None => None,
-        };
-        if let Some(p) = pseudo.iter().find(|p| rows.iter().any(|r| r.id == p.id)) {
-            return Err(DataError::PseudoIsLabelled { id: p.id.clone() });
-        }
-        let labelled = rows.len();
-        let mut cache = SlideCache {
-            data: data.to_path_buf(),
-            rows: rows
-                .into_iter()
-                .chain(pseudo.iter().map(PseudoRow::as_train_row))
-                .collect(),
-            labelled,
-            pseudo,
-            size,
-            stain,
-            slides: Vec::new(),
-        };
+        let mut cache = SlideCache::empty(data, rows, pseudo, size, stain_target)?;
         let per_slide = size * size * 13;
         let fits = (budget_bytes / per_slide.max(1)).min(cache.rows.len());
         let all: Vec<usize> = (0..cache.rows.len()).collect();
@@ -229,6 +208,129 @@ impl SlideCache {
         Ok(cache)
     }
 
+    /// The cache's rows and stain target, no slide loaded yet.
+    fn empty(
+        data: &Path,
+        rows: Vec<TrainRow>,
+        pseudo: Vec<PseudoRow>,
+        size: usize,
+        stain_target: Option<&str>,
+    ) -> Result<SlideCache, DataError> {
+        let stain = match stain_target {
+            Some(id) => {
+                let row = rows
+                    .iter()
+                    .find(|r| r.id == id)
+                    .ok_or_else(|| DataError::UnknownStainTarget { id: id.into() })?;
+                let slide = load_slide(data, row, size, None)?;
+                Some(StainBasis::fit(&slide.image).ok_or_else(|| DataError::NoStains { id: id.into() })?)
+            }
+            None => None,
+        };
+        if let Some(p) = pseudo.iter().find(|p| rows.iter().any(|r| r.id == p.id)) {
+            return Err(DataError::PseudoIsLabelled { id: p.id.clone() });
+        }
+        let labelled = rows.len();
+        Ok(SlideCache {
+            data: data.to_path_buf(),
+            rows: rows
+                .into_iter()
+                .chain(pseudo.iter().map(PseudoRow::as_train_row))
+                .collect(),
+            labelled,
+            pseudo,
+            size,
+            stain,
+            slides: Vec::new(),
+            crops: None,
+        })
+    }
+
+    /// Crops mode: every slide opened at full resolution (and checked), kept decoded in
+    /// train.csv's order while `budget_bytes` lasts; TIFFs beyond it are read by region per crop.
+    pub fn build_crops(
+        data: &Path,
+        rows: Vec<TrainRow>,
+        pseudo: Vec<PseudoRow>,
+        spec: CropSpec,
+        budget_bytes: usize,
+        stain_target: Option<&str>,
+        tick: impl Fn() + Sync,
+    ) -> Result<SlideCache, DataError> {
+        let mut cache = SlideCache::empty(data, rows, pseudo, spec.size, stain_target)?;
+        let mut left = budget_bytes;
+        let keep: Vec<bool> = cache
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let bytes = FullSlide::kept_bytes(r.img_width, r.img_height, i >= cache.labelled);
+                let fits = bytes <= left;
+                if fits {
+                    left -= bytes;
+                }
+                fits
+            })
+            .collect();
+        let full = (0..cache.rows.len())
+            .into_par_iter()
+            .map(|i| {
+                let row = &cache.rows[i];
+                let size = (row.img_width, row.img_height);
+                let slide = match i.checked_sub(cache.labelled) {
+                    None => {
+                        let path = Split::Train.find_image(data, &row.id).ok_or_else(|| DataError::Missing {
+                            id: row.id.clone(),
+                            dir: data.to_path_buf(),
+                        })?;
+                        FullSlide::labelled(&path, &row.id, &row.rle, size, keep[i])
+                    }
+                    Some(p) => {
+                        let p = &cache.pseudo[p];
+                        FullSlide::pseudo(&p.image, &p.label, &p.id, size, keep[i])
+                    }
+                };
+                tick();
+                slide
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        cache.crops = Some((spec, full));
+        Ok(cache)
+    }
+
+    /// Crops mode's geometry and slides.
+    pub fn crops(&self) -> Option<(&CropSpec, &[FullSlide])> {
+        self.crops.as_ref().map(|(spec, full)| (spec, full.as_slice()))
+    }
+
+    /// The stain basis every slide is normalised towards, if any.
+    pub fn stain(&self) -> Option<&StainBasis> {
+        self.stain.as_ref()
+    }
+
+    /// Training sample `i` drawn with `seed`: the slide (resize mode) or a crop placed by
+    /// [`FullSlide::draw_origin`] (crops mode), augmented when `augment` is given; and whether
+    /// its label is soft.
+    pub fn draw(&self, i: usize, seed: u64, augment: Option<&AugmentConfig>) -> Result<(Sample, bool), DataError> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (mut sample, soft) = match &self.crops {
+            None => {
+                let slide = self.get(i)?;
+                (slide.sample(), slide.soft)
+            }
+            Some((spec, full)) => {
+                let slide = &full[i];
+                let side = spec.side(self.rows[i].pixel_size);
+                let (x, y) = slide.draw_origin(side, spec, &mut rng);
+                (slide.crop(x, y, side, spec.size, self.stain.as_ref())?, slide.soft())
+            }
+        };
+        if let Some(cfg) = augment {
+            augment::augment(&mut sample, self.info(i), cfg, &mut rng);
+        }
+        Ok((sample, soft))
+    }
+
     fn load(&self, i: usize) -> Result<Slide, DataError> {
         match i.checked_sub(self.labelled) {
             None => load_slide(&self.data, &self.rows[i], self.size, self.stain.as_ref()),
@@ -245,8 +347,12 @@ impl SlideCache {
         &self.rows
     }
 
+    /// Slides kept decoded.
     pub fn cached(&self) -> usize {
-        self.slides.iter().filter(|s| s.is_some()).count()
+        match &self.crops {
+            None => self.slides.iter().filter(|s| s.is_some()).count(),
+            Some((_, full)) => full.iter().filter(|s| s.kept()).count(),
+        }
     }
 
     pub fn get(&self, i: usize) -> Result<Arc<Slide>, DataError> {
@@ -307,17 +413,16 @@ pub fn batch(
     let samples = indices
         .par_iter()
         .zip(seeds)
-        .map(|(&i, &seed)| {
-            let slide = cache.get(i)?;
-            let mut s = slide.sample();
-            if let Some(cfg) = augment {
-                augment::augment(&mut s, cache.info(i), cfg, &mut ChaCha8Rng::seed_from_u64(seed));
-            }
-            Ok((s, slide.soft))
-        })
+        .map(|(&i, &seed)| cache.draw(i, seed, augment))
         .collect::<Result<Vec<_>, DataError>>()?;
+    let rows: Vec<&TrainRow> = indices.iter().map(|&i| &cache.rows[i]).collect();
+    Ok(stack(&samples, &rows, norm, unsure))
+}
+
+/// Samples (each with whether its label is soft) of the slides of `rows` stacked into a batch.
+pub fn stack(samples: &[(Sample, bool)], rows: &[&TrainRow], norm: &Normalisation, unsure: Option<[f64; 2]>) -> Batch {
     let n = samples.len();
-    let size = cache.size;
+    let size = samples.first().map_or(0, |(s, _)| s.size);
     let plane = size * size;
     let mut images = vec![0f32; n * 3 * plane];
     let mut masks = vec![0f32; n * plane];
@@ -349,13 +454,13 @@ pub fn batch(
             keep
         });
     let dev = Device::Cpu;
-    let organs: Vec<u32> = indices.iter().map(|&i| cache.rows[i].organ.index() as u32).collect();
-    let pixel: Vec<f32> = indices.iter().map(|&i| cache.rows[i].pixel_size as f32).collect();
-    Ok(Batch {
+    let organs: Vec<u32> = rows.iter().map(|r| r.organ.index() as u32).collect();
+    let pixel: Vec<f32> = rows.iter().map(|r| r.pixel_size as f32).collect();
+    Batch {
         images: Tensor::from_vec(images, (n, 3, size, size), &dev).expect("sizes agree"),
         masks: Tensor::from_vec(masks, (n, 1, size, size), &dev).expect("sizes agree"),
         keep: keep.map(|k| Tensor::from_vec(k, (n, 1, size, size), &dev).expect("sizes agree")),
         organs: Tensor::from_vec(organs, n, &dev).expect("sizes agree"),
         pixel_sizes: Tensor::from_vec(pixel, (n, 1), &dev).expect("sizes agree"),
-    })
+    }
 }

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
+use ftu_formats::blocks::BlockMap;
 use ftu_formats::manifest::Normalisation;
-use ftu_formats::Organ;
+use ftu_formats::resize::resize_map;
+use ftu_formats::{tiles, Organ};
 use ftu_models::store::is_buffer;
 use ftu_models::weights::{self, Scope};
 use ftu_models::{Arch, ArchConfig, Ctx, ExportMeta, Segmenter};
@@ -145,12 +147,14 @@ fn write_metrics(path: &Path, rows: &[Metrics]) -> Result<()> {
 }
 
 /// A validation pass: mean loss, per-slide Dice at 0.5 at the training size and at full
-/// resolution, and probabilities (training scale).
+/// resolution, and probabilities at the training scale with their width and height (`size²` in
+/// resize mode; the slide's size times the crop scale in crops mode).
 struct Validation {
     loss: f64,
     dice: Vec<f64>,
     dice_full: Vec<f64>,
     probs: Vec<Vec<f32>>,
+    shapes: Vec<(usize, usize)>,
 }
 
 fn evaluate(
@@ -161,6 +165,9 @@ fn evaluate(
     norm: &Normalisation,
     device: &Device,
 ) -> Result<Validation> {
+    if cache.crops().is_some() {
+        return evaluate_tiled(cfg, model, cache, idx, norm, device);
+    }
     let ctx = Ctx::eval();
     let (mut loss, mut dice_all, mut probs) = (0f64, Vec::new(), Vec::new());
     for chunk in idx.chunks(cfg.batch) {
@@ -188,8 +195,83 @@ fn evaluate(
         loss: loss / idx.len().max(1) as f64,
         dice: dice_all,
         dice_full,
+        shapes: vec![(cfg.size, cfg.size); probs.len()],
         probs,
     })
+}
+
+/// Crops-mode validation: each validation slide covered with the windows `ftu-infer` runs on
+/// a tiled group (the same [`tiles::TilePlan`]: windows at the crop scale, background windows
+/// skipped by the same tissue detector, Gaussian blending), scored at full resolution. The loss
+/// and the training-size Dice are over the windows that ran (Dice pooled per slide); the map
+/// kept for out-of-fold use is the blend resized to the slide's size times the crop scale.
+fn evaluate_tiled(
+    cfg: &TrainConfig,
+    model: &Segmenter,
+    cache: &SlideCache,
+    idx: &[usize],
+    norm: &Normalisation,
+    device: &Device,
+) -> Result<Validation> {
+    let (spec, full) = cache.crops().expect("crops mode");
+    let min_fraction = ftu_formats::manifest::TissueDetection::default().min_fraction;
+    let ctx = Ctx::eval();
+    let rows = cache.rows();
+    let (mut loss, mut windows) = (0f64, 0usize);
+    let mut out = Validation {
+        loss: 0.0,
+        dice: Vec::new(),
+        dice_full: Vec::new(),
+        probs: Vec::new(),
+        shapes: Vec::new(),
+    };
+    for &i in idx {
+        let (slide, row) = (&full[i], &rows[i]);
+        let side = spec.side(row.pixel_size);
+        let plan = tiles::TilePlan::new(slide.width, slide.height, side, spec.overlap, |w| {
+            slide.tissue.fraction(w.x, w.y, w.width, w.height) >= min_fraction
+        });
+        let mut map = BlockMap::new(slide.width, slide.height);
+        let (mut inter, mut sum) = (0usize, 0usize);
+        for chunk in plan.to_run.chunks(cfg.batch) {
+            let samples = chunk
+                .par_iter()
+                .map(|w| Ok((slide.crop(w.x, w.y, side, spec.size, cache.stain())?, false)))
+                .collect::<Result<Vec<_>>>()?;
+            let b = data::stack(&samples, &vec![row; chunk.len()], norm, None).to_device(device)?;
+            let logits = model.forward(&b.images, &ctx)?.logits;
+            loss += losses::segmentation(&logits, &b.masks, &cfg.loss, None, None)?.to_scalar::<f32>()? as f64
+                * chunk.len() as f64;
+            windows += chunk.len();
+            let p = candle_nn::ops::sigmoid(&logits)?.to_device(&Device::Cpu)?;
+            for (j, (w, (sample, _))) in chunk.iter().zip(&samples).enumerate() {
+                let prob = p.get(j)?.flatten_all()?.to_vec1::<f32>()?;
+                for (&q, &m) in prob.iter().zip(&sample.mask) {
+                    let pred = usize::from(q > 0.5);
+                    inter += pred * m as usize;
+                    sum += pred + m as usize;
+                }
+                plan.blend(&mut map, w, prob, spec.size, 1.0);
+            }
+        }
+        out.dice.push(if sum == 0 { 1.0 } else { 2.0 * inter as f64 / sum as f64 });
+        let mut dense = vec![0f32; slide.width * slide.height];
+        for (y, line) in dense.chunks_exact_mut(slide.width).enumerate() {
+            map.row(y, line);
+        }
+        out.dice_full
+            .push(full_res::score_full(&dense, row, &[0.5], None)?.counts.dice(0));
+        let factor = spec.factor(row.pixel_size);
+        let shape = (
+            ((slide.width as f64 * factor).round() as usize).max(1),
+            ((slide.height as f64 * factor).round() as usize).max(1),
+        );
+        out.probs
+            .push(resize_map(&dense, slide.width, slide.height, shape.0, shape.1));
+        out.shapes.push(shape);
+    }
+    out.loss = loss / windows.max(1) as f64;
+    Ok(out)
 }
 
 /// One fold in training: its model, optimiser, EMA and where it stands.
@@ -293,10 +375,18 @@ impl<'a> Fold<'a> {
         } else {
             None
         };
-        let samples = if cfg.samples_per_epoch == 0 {
-            train_idx.len()
-        } else {
-            cfg.samples_per_epoch
+        let samples = match (cfg.samples_per_epoch, cache.crops()) {
+            (0, None) => train_idx.len(),
+            // As many crops as it takes to tile the training slides once.
+            (0, Some((spec, _))) => train_idx
+                .iter()
+                .map(|&i| {
+                    let r = &cache.rows()[i];
+                    let side = spec.side(r.pixel_size);
+                    (r.img_width as usize).div_ceil(side) * (r.img_height as usize).div_ceil(side)
+                })
+                .sum(),
+            (n, _) => n,
         };
         let steps_per_epoch = samples.div_ceil(cfg.batch).div_ceil(cfg.optim.accumulate);
         let mut fold = Fold {
@@ -530,18 +620,18 @@ impl<'a> Fold<'a> {
             let oof: HashMap<String, Tensor> = self
                 .val_idx
                 .iter()
-                .zip(&val.probs)
-                .map(|(&i, p)| {
+                .zip(val.probs.iter().zip(&val.shapes))
+                .map(|(&i, (p, &(w, h)))| {
                     Ok((
                         rows[i].id.clone(),
-                        Tensor::from_slice(p, (cfg.size, cfg.size), &candle_core::Device::Cpu)?,
+                        Tensor::from_slice(p, (h, w), &candle_core::Device::Cpu)?,
                     ))
                 })
                 .collect::<Result<_>>()?;
             optim::save_atomic(&oof, &self.path("oof.safetensors"))?;
         }
-        for (&i, p) in self.val_idx.iter().zip(&val.probs).take(cfg.overlays) {
-            self.overlay(i, p)?;
+        for ((&i, p), &shape) in self.val_idx.iter().zip(&val.probs).zip(&val.shapes).take(cfg.overlays) {
+            self.overlay(i, p, shape)?;
         }
         if let Some(e) = self.ema.as_mut() {
             e.swap()?;
@@ -555,21 +645,27 @@ impl<'a> Fold<'a> {
         })
     }
 
-    /// foldK/overlays/ID.png: validation slide `i` with its prediction and truth outlined.
-    fn overlay(&self, i: usize, prob: &[f32]) -> Result<()> {
-        let size = self.cfg.size;
-        let slide = self.cache.get(i)?;
-        let rgb = ftu_formats::RgbImage {
-            width: size,
-            height: size,
-            data: slide.image.iter().map(|&v| (v * 255.0).round() as u8).collect(),
+    /// foldK/overlays/ID.png: validation slide `i` with its prediction (`width × height`, at
+    /// the training scale) and truth outlined.
+    fn overlay(&self, i: usize, prob: &[f32], (width, height): (usize, usize)) -> Result<()> {
+        let (rgb, truth) = match self.cache.crops() {
+            None => {
+                let slide = self.cache.get(i)?;
+                let rgb = ftu_formats::RgbImage {
+                    width,
+                    height,
+                    data: slide.image.iter().map(|&v| (v * 255.0).round() as u8).collect(),
+                };
+                (rgb, slide.mask.clone())
+            }
+            Some((_, full)) => full[i].overview(width, height)?,
         };
         let mask = |data: Vec<u8>| {
-            ftu_formats::Mask::from_row_major(size, size, data).map_err(|e| TrainError::Run(e.to_string()))
+            ftu_formats::Mask::from_row_major(height, width, data).map_err(|e| TrainError::Run(e.to_string()))
         };
         let pred = mask(prob.iter().map(|&v| u8::from(v > 0.5)).collect())?;
-        let truth = mask(slide.mask.clone())?;
-        let (w, h, px) = ftu_formats::draw::overlay(&rgb, &pred, Some(&truth), size);
+        let truth = mask(truth)?;
+        let (w, h, px) = ftu_formats::draw::overlay(&rgb, &pred, Some(&truth), width.max(height));
         let id = &self.cache.rows()[i].id;
         ftu_formats::mask::image::write_rgb_png(&self.dir.join("overlays").join(format!("{id}.png")), w, h, &px)?;
         Ok(())

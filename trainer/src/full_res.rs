@@ -54,17 +54,20 @@ fn score_against(full: &[f32], truth: &Mask, grid: &[f32], rle_threshold: Option
     Scored { counts, rle }
 }
 
+/// A map at training scale, its (width, height), and its weight.
+pub type Part<'a> = (&'a [f32], (usize, usize), f32);
+
 /// Maps at training scale averaged at full resolution with weights (summing to any positive
 /// total), as ftu-infer averages the groups of a manifest; one map when given one.
-pub fn blend(maps: &[(&[f32], usize, f32)], row: &TrainRow) -> Vec<f32> {
+pub fn blend(maps: &[Part], row: &TrainRow) -> Vec<f32> {
     let (h, w) = (row.img_height as usize, row.img_width as usize);
-    if let [(map, side, _)] = maps {
-        return resize_map(map, *side, *side, w, h);
+    if let [(map, (mw, mh), _)] = maps {
+        return resize_map(map, *mw, *mh, w, h);
     }
     let total: f32 = maps.iter().map(|m| m.2).sum();
     let mut out = vec![0f32; h * w];
-    for &(map, side, weight) in maps {
-        let full = resize_map(map, side, side, w, h);
+    for &(map, (mw, mh), weight) in maps {
+        let full = resize_map(map, mw, mh, w, h);
         out.iter_mut().zip(&full).for_each(|(o, v)| *o += v * weight / total);
     }
     out
@@ -120,7 +123,7 @@ mod tests {
         let r = row(4, 4, "");
         let ones = [1.0f32; 4];
         let zeros = [0.0f32; 16];
-        let b = blend(&[(&ones, 2, 3.0), (&zeros, 4, 1.0)], &r);
+        let b = blend(&[(&ones, (2, 2), 3.0), (&zeros, (4, 4), 1.0)], &r);
         assert!(b.iter().all(|&v| (v - 0.75).abs() < 1e-6), "{b:?}");
     }
 }

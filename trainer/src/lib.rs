@@ -4,6 +4,7 @@
 pub mod adamw_op;
 pub mod augment;
 pub mod config;
+pub mod crops;
 pub mod data;
 pub mod device;
 pub mod error;

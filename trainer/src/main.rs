@@ -94,6 +94,16 @@ struct TrainArgs {
     /// LO,HI: pseudo-label pixels with LO < p < HI count in no loss term (e.g. 0.3,0.7).
     #[arg(long, value_delimiter = ',')]
     pseudo_unsure: Option<Vec<f64>>,
+    /// Train on crops of SIZE² at a fixed scale (sampling.mode = "crops") instead of whole
+    /// slides resized to SIZE²; the manifest serves the folds as a tiled group.
+    #[arg(long)]
+    crops: bool,
+    /// Crops: model pixels per slide pixel (1 = the slide's own scale).
+    #[arg(long)]
+    crop_scale: Option<f64>,
+    /// Crops: µm per model pixel (each slide scaled by its pixel_size over this).
+    #[arg(long)]
+    crop_pixel_size: Option<f64>,
     #[arg(long)]
     freeze_encoder_epochs: Option<usize>,
     #[arg(long)]
@@ -164,6 +174,15 @@ impl TrainArgs {
         }
         if let Some(v) = self.ema {
             c.optim.ema = v;
+        }
+        if self.crops {
+            c.sampling.mode = ftu_trainer::config::SamplingMode::Crops;
+        }
+        if let Some(v) = self.crop_scale {
+            c.sampling.scale = v;
+        }
+        if self.crop_pixel_size.is_some() {
+            c.sampling.pixel_size = self.crop_pixel_size;
         }
         c.organ_head |= self.organ_head;
         c.pixel_size_head |= self.pixel_size_head;

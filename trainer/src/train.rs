@@ -19,7 +19,8 @@ use ftu_formats::schema::{self, PseudoRow, SubmissionRow, TrainRow};
 use ftu_models::Arch;
 use rayon::prelude::*;
 
-use crate::config::TrainConfig;
+use crate::config::{SamplingMode, TrainConfig};
+use crate::crops::CropSpec;
 use crate::data::{self, SlideCache};
 use crate::error::At;
 pub use crate::error::{Result, TrainError};
@@ -147,24 +148,46 @@ fn train_size(
     let device = crate::device::parse(&cfg.device).map_err(|e| TrainError::Run(e.to_string()))?;
     let arch: Arch = cfg.arch.parse().map_err(|e| TrainError::Run(format!("arch: {e}")))?;
     let tick = progress.ticker("decode", rows.len() + pseudo.len());
-    let cache = SlideCache::build(
-        &cfg.data,
-        rows.to_vec(),
-        pseudo.to_vec(),
-        cfg.size,
-        cfg.cache_mb << 20,
-        cfg.augment.stain_normalize_to.as_deref(),
-        tick,
-    )?;
+    let stain_target = cfg.augment.stain_normalize_to.as_deref();
+    let (cache, scale) = match cfg.sampling.mode {
+        SamplingMode::Resize => {
+            let cache = SlideCache::build(
+                &cfg.data,
+                rows.to_vec(),
+                pseudo.to_vec(),
+                cfg.size,
+                cfg.cache_mb << 20,
+                stain_target,
+                tick,
+            )?;
+            (cache, format!("at {}²", cfg.size))
+        }
+        SamplingMode::Crops => {
+            let spec = CropSpec::new(cfg.size, &cfg.sampling);
+            let cache = SlideCache::build_crops(
+                &cfg.data,
+                rows.to_vec(),
+                pseudo.to_vec(),
+                spec,
+                cfg.cache_mb << 20,
+                stain_target,
+                tick,
+            )?;
+            let scale = match spec.pixel_size {
+                Some(p) => format!("for {}² crops at {p} µm per pixel", cfg.size),
+                None => format!("for {}² crops at scale {}", cfg.size, spec.scale),
+            };
+            (cache, scale)
+        }
+    };
     progress.finish(&format!(
-        "decoded {} slides{} at {}² ({} kept in memory)",
+        "decoded {} slides{} {scale} ({} kept in memory)",
         rows.len(),
         if pseudo.is_empty() {
             String::new()
         } else {
             format!(" and {} pseudo-labelled", pseudo.len())
         },
-        cfg.size,
         cache.cached()
     ));
     let norm = data::normaliser(&cfg.norm)?;
@@ -214,8 +237,11 @@ fn oof_dice(g: &Group, fold_of: &[usize]) -> f64 {
         / slides.max(1.0)
 }
 
+/// A slide's out-of-fold map at the training scale: values, width, height.
+type OofMap = (Vec<f32>, usize, usize);
+
 /// Each slide's out-of-fold map (training scale) of a group, from its folds' oof.safetensors.
-fn oof_maps(g: &Group, rows: &[TrainRow], fold_of: &[usize]) -> Result<HashMap<usize, Vec<f32>>> {
+fn oof_maps(g: &Group, rows: &[TrainRow], fold_of: &[usize]) -> Result<HashMap<usize, OofMap>> {
     let mut maps = HashMap::new();
     for &k in &g.finished {
         let path = fold_dir(&g.cfg, k).join("oof.safetensors");
@@ -226,7 +252,8 @@ fn oof_maps(g: &Group, rows: &[TrainRow], fold_of: &[usize]) -> Result<HashMap<u
                 path: path.clone(),
                 cause: format!("no probabilities for slide {}", row.id),
             })?;
-            maps.insert(i, p.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+            let (h, w) = p.dims2()?;
+            maps.insert(i, (p.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?, w, h));
         }
     }
     Ok(maps)
@@ -256,10 +283,13 @@ fn write_manifest(
     let scored = slides
         .par_iter()
         .map(|&i| {
-            let parts: Vec<(&[f32], usize, f32)> = groups
+            let parts: Vec<full_res::Part> = groups
                 .iter()
                 .zip(&maps)
-                .map(|(g, m)| (m[&i].as_slice(), g.cfg.size, g.weight as f32))
+                .map(|(g, m)| {
+                    let (map, w, h) = &m[&i];
+                    (map.as_slice(), (*w, *h), g.weight as f32)
+                })
                 .collect();
             let full = full_res::blend(&parts, &rows[i]);
             let s = full_res::score_full(&full, &rows[i], &grid32, Some(0.5))?;
@@ -282,9 +312,16 @@ fn write_manifest(
     for (organ, choice) in &th.per_organ {
         table.insert(organ.as_str().to_string(), toml::Value::Float(choice.threshold));
     }
+    let crops = |g: &Group| (g.cfg.sampling.mode == SamplingMode::Crops).then(|| CropSpec::new(g.cfg.size, &g.cfg.sampling));
     let group_file = |g: &Group| GroupFile {
         size: g.cfg.size as i64,
         weight: Some(g.weight),
+        // Crops mode serves as a tiled group at the crop scale (`target_pixel_size` below when
+        // the scale is a pixel size).
+        mode: crops(g).map(|_| "tiles".into()),
+        overlap: crops(g).map(|c| c.overlap),
+        scale: crops(g).filter(|c| c.pixel_size.is_none()).map(|c| c.scale),
+        batch: crops(g).map(|_| g.cfg.batch as i64),
         model: g
             .finished
             .iter()
@@ -300,7 +337,10 @@ fn write_manifest(
             .collect(),
         ..Default::default()
     };
+    let pixel_size = groups.iter().find_map(|g| crops(g).and_then(|c| c.pixel_size));
     let manifest = ManifestFile {
+        target_pixel_size: pixel_size,
+        reference_size: pixel_size.map(|_| cfg.size as f64),
         tta: Some(TtaFile {
             mode: Some(e.tta.clone()),
             scales: None,
