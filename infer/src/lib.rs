@@ -11,4 +11,5 @@ pub mod predict;
 pub mod pseudo;
 pub mod score;
 pub mod session;
+pub mod slides;
 pub mod tiled;

@@ -9,6 +9,7 @@ use ftu_infer::engine::Engine;
 use ftu_infer::predict::{self, OnError, PredictOptions};
 use ftu_infer::score;
 use ftu_infer::session::{Device, ModelInfo, Runtime, RuntimeOptions};
+use ftu_infer::slides::SlideList;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -136,8 +137,23 @@ struct PredictArgs {
     #[arg(long)]
     manifest: PathBuf,
     /// Folder with test.csv and test_images/ (truth.csv, when present, is drawn on overlays).
+    #[arg(long, required_unless_present = "slides", conflicts_with = "slides")]
+    data: Option<PathBuf>,
+    /// Slide files or folders of them instead of --data (no test.csv): ids from the file names,
+    /// sizes and µm per pixel from the files. The output CSV is then
+    /// id,organ,pixel_size,height,width,rle.
+    #[arg(long, num_args = 1.., requires = "organ")]
+    slides: Vec<PathBuf>,
+    /// With --slides: the organ of every slide.
     #[arg(long)]
-    data: PathBuf,
+    organ: Option<ftu_formats::Organ>,
+    /// With --slides: auto (each file's own µm per pixel; a file without one is an error) or
+    /// one value in µm for every slide.
+    #[arg(long, default_value = "auto")]
+    pixel_size: ftu_infer::slides::PixelSizeArg,
+    /// With --slides: where the slides come from, for manifests with per-source thresholds.
+    #[arg(long, default_value = "hpa")]
+    data_source: ftu_formats::DataSource,
     /// The submission to write (id,rle); a .report.json lands beside it.
     #[arg(long, default_value = "submission.csv")]
     out: PathBuf,
@@ -201,7 +217,8 @@ struct PseudoArgs {
 
 #[derive(Args)]
 struct InspectArgs {
-    /// The ONNX model.
+    /// An ONNX model, or a slide (TIFF/SVS/OME-TIFF, PNG, JPEG): its size, pyramid levels,
+    /// µm per pixel and where that was read, objective power.
     model: PathBuf,
 }
 
@@ -242,6 +259,26 @@ fn main() -> Result<()> {
                 summary.files.len(),
                 summary.bytes as f64 / 1e6
             );
+        }
+        Command::Inspect(a) if is_slide(&a.model) => {
+            let meta = ftu_formats::slide::meta::read_meta(&a.model)?;
+            println!("{}", a.model.display());
+            println!("format: {}, {}×{} pixels", meta.format, meta.width, meta.height);
+            match meta.pixel_size {
+                Some((um, from)) => println!("pixel size: {um} µm ({})", serde_json::to_value(from)?.as_str().unwrap_or("")),
+                None => println!("pixel size: not stated (give it with predict --pixel-size)"),
+            }
+            if let Some(mag) = meta.objective_power {
+                println!("objective power: {mag}×");
+            }
+            for l in &meta.levels {
+                let (dx, _) = l.downsample(meta.width, meta.height);
+                println!("level (page {}): {}×{}, downsample {dx:.2}", l.page, l.width, l.height);
+            }
+            if let Some(d) = &meta.description {
+                let short: String = d.chars().take(200).collect();
+                println!("description: {}", short.replace(['\r', '\n'], " "));
+            }
         }
         Command::Inspect(a) => {
             let runtime = RuntimeArgs {
@@ -322,6 +359,11 @@ impl BatchArgs {
     }
 }
 
+/// Whether `path` is a slide (TIFF, PNG or JPEG by its first bytes) rather than a model.
+fn is_slide(path: &Path) -> bool {
+    matches!(ftu_formats::slide::sniff::sniff_file(path), Ok((_, Some(_))))
+}
+
 fn run_predict(a: PredictArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let (mut engine, runtime) = load_engine(&a.manifest, &a.runtime)?;
@@ -329,16 +371,35 @@ fn run_predict(a: PredictArgs) -> Result<()> {
     if a.bench_limit {
         engine.record_batches(4 << 30);
     }
+    let slides = match (&a.slides[..], a.organ) {
+        ([], _) => None,
+        (paths, Some(organ)) => {
+            let list = SlideList::from_paths(paths, organ, a.data_source, a.pixel_size)?;
+            for r in &list.rows {
+                println!(
+                    "{}: {}×{}, {} µm/pixel ({})",
+                    r.id, r.img_width, r.img_height, r.pixel_size, list.pixel_size_from[&r.id]
+                );
+            }
+            Some(list)
+        }
+        (_, None) => bail!("--slides needs --organ"),
+    };
+    let what = match &a.data {
+        Some(d) => d.display().to_string(),
+        None => format!("{} slide file(s)", slides.as_ref().map_or(0, |l| l.rows.len())),
+    };
     let opts = PredictOptions {
         probs: a.probs,
         overlays: a.overlays,
         overlay_size: a.overlay_size.max(16),
         geojson: a.geojson,
         masks: a.masks,
-        ..a.batch.options(a.data, a.out)
+        slides,
+        ..a.batch.options(a.data.unwrap_or_default(), a.out)
     };
     let report = with_progress(|progress| predict::predict_dir(&mut engine, &opts, progress))
-        .with_context(|| format!("predicting {}", opts.data.display()))?;
+        .with_context(|| format!("predicting {what}"))?;
     if let Some(note) = runtime.fallback() {
         println!("note: {note}");
     }

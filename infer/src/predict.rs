@@ -1,4 +1,5 @@
-//! `ftu-infer predict` over a Kaggle-layout folder: every row of test.csv, in order, the next slide
+//! `ftu-infer predict` over a Kaggle-layout folder (or slide files given as such, with no test.csv:
+//! [`crate::slides`]): every row of test.csv, in order, the next slide
 //! decoded on another thread while the models run on this one; thresholds per organ and source;
 //! one submission row per id whatever happens; probability maps, overlays and a JSON report.
 //! Manifests with tiled groups read each slide region by region instead ([`crate::tiled`]),
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::engine::{Engine, EngineError, ProbMap, SlideInfo, Timings};
+use crate::slides::{SlideList, SlideResultRow};
 use crate::tiled::{self, TileStats};
 use crate::{postprocess, score};
 use ftu_formats::atomic::{write_atomic, WriteError};
@@ -87,6 +89,9 @@ pub struct PredictOptions {
     pub masks: Option<PathBuf>,
     /// Predict only this shard's rows of test.csv.
     pub shard: Option<Shard>,
+    /// Slide files instead of `data`'s test.csv: the output is then a CSV of
+    /// `id,organ,pixel_size,height,width,rle`.
+    pub slides: Option<SlideList>,
 }
 
 impl PredictOptions {
@@ -105,6 +110,7 @@ impl PredictOptions {
             geojson: None,
             masks: None,
             shard: None,
+            slides: None,
         }
     }
 }
@@ -277,7 +283,10 @@ pub fn predict_dir(
     progress: Progress,
 ) -> Result<PredictReport, PredictError> {
     let start = Instant::now();
-    let all_rows = schema::read_test(&Split::Test.csv(&opts.data))?;
+    let all_rows = match &opts.slides {
+        Some(list) => list.rows.clone(),
+        None => schema::read_test(&Split::Test.csv(&opts.data))?,
+    };
     if all_rows.is_empty() {
         return Err(PredictError::Empty {
             data: opts.data.clone(),
@@ -293,7 +302,7 @@ pub fn predict_dir(
             .collect(),
     };
     let truth: HashMap<String, String> = match (&opts.overlays, opts.data.join("truth.csv")) {
-        (Some(_), t) if t.is_file() => score::read_truth(&t, Some(&Split::Test.csv(&opts.data)))?
+        (Some(_), t) if t.is_file() && opts.slides.is_none() => score::read_truth(&t, Some(&Split::Test.csv(&opts.data)))?
             .into_iter()
             .map(|r| (r.meta.id.clone(), r.rle))
             .collect(),
@@ -336,12 +345,10 @@ pub fn predict_dir(
             // stays at two slides.
             let (tx, rx) = sync_channel::<(Result<RgbImage, SlideFailure>, Duration)>(1);
             let reader_rows = &rows;
-            let data = &opts.data;
-            let limits = opts.limits;
             scope.spawn(move || {
                 for row in reader_rows {
                     let t0 = Instant::now();
-                    let slide = read_row(data, row, limits);
+                    let slide = read_row(opts, row);
                     if tx.send((slide, t0.elapsed())).is_err() {
                         break; // the consumer stopped on an error
                     }
@@ -436,7 +443,26 @@ impl Results {
 
     /// Writes the submission, then the report beside it, and returns the report.
     fn write(self, opts: &PredictOptions, timings: Timings, wall: Duration) -> Result<PredictReport, PredictError> {
-        schema::write_rows(&opts.out, &self.rows)?;
+        match &opts.slides {
+            None => schema::write_rows(&opts.out, &self.rows)?,
+            Some(list) => {
+                let meta: HashMap<&str, &TestRow> = list.rows.iter().map(|r| (r.id.as_str(), r)).collect();
+                let rows: Vec<SlideResultRow> = self
+                    .rows
+                    .iter()
+                    .map(|row| (meta[row.id.as_str()], row))
+                    .map(|(meta, row)| SlideResultRow {
+                        id: row.id.clone(),
+                        organ: meta.organ,
+                        pixel_size: meta.pixel_size,
+                        height: meta.img_height,
+                        width: meta.img_width,
+                        rle: row.rle.clone(),
+                    })
+                    .collect();
+                schema::write_rows(&opts.out, &rows)?;
+            }
+        }
         let wall = wall.as_secs_f64();
         let total = self.rows.len();
         let predicted = total - self.skipped.len();
@@ -471,10 +497,14 @@ impl Results {
     }
 }
 
-fn image_path(data: &Path, row: &TestRow) -> Result<PathBuf, SlideFailure> {
+/// The row's slide file: given with `--slides`, or found in test_images/.
+fn image_path(opts: &PredictOptions, row: &TestRow) -> Result<PathBuf, SlideFailure> {
+    if let Some(path) = opts.slides.as_ref().and_then(|l| l.path(&row.id)) {
+        return Ok(path.to_path_buf());
+    }
     Split::Test
-        .find_image(data, &row.id)
-        .ok_or_else(|| SlideFailure::Missing(Split::Test.tiff_path(data, &row.id)))
+        .find_image(&opts.data, &row.id)
+        .ok_or_else(|| SlideFailure::Missing(Split::Test.tiff_path(&opts.data, &row.id)))
 }
 
 /// The RLE numbers pixels by the CSV's size: a mismatch would misplace every run.
@@ -491,9 +521,9 @@ fn check_size(path: &Path, row: &TestRow, width: usize, height: usize) -> Result
     Ok(())
 }
 
-fn read_row(data: &Path, row: &TestRow, limits: SlideLimits) -> Result<RgbImage, SlideFailure> {
-    let path = image_path(data, row)?;
-    let slide = read_slide(&path, limits)?;
+fn read_row(opts: &PredictOptions, row: &TestRow) -> Result<RgbImage, SlideFailure> {
+    let path = image_path(opts, row)?;
+    let slide = read_slide(&path, opts.limits)?;
     check_size(&path, row, slide.width, slide.height)?;
     Ok(slide)
 }
@@ -558,7 +588,7 @@ fn predict_tiled_one(
     progress: Progress,
 ) -> Result<Outcome, SlideFailure> {
     let info = info_of(row);
-    let path = image_path(&opts.data, row)?;
+    let path = image_path(opts, row)?;
     let start = Instant::now();
     let mut source = SlideSource::open(&path, opts.limits)?;
     t.read += start.elapsed();

@@ -7,12 +7,15 @@ use std::path::Path;
 use ftu_formats::kaggle::Split;
 use ftu_formats::mask::runs::RunMask;
 use ftu_formats::schema::{self, SubmissionRow, TestRow};
-use ftu_formats::slide::write::{needs_bigtiff, write_tiff_pages, Chunking, Compression, Samples, TiffSpec};
+use ftu_formats::slide::write::{needs_bigtiff, write_tiff_pages_with, Chunking, Compression, Samples, TiffMeta, TiffSpec};
 use ftu_formats::{DataSource, Organ};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::synth::SynthError;
+
+/// µm per pixel of a synthetic whole-slide image (in its TIFF and its test.csv row).
+pub const WSI_PIXEL_SIZE: f64 = 0.4;
 
 #[derive(Debug, Clone)]
 pub struct WsiConfig {
@@ -240,7 +243,18 @@ pub fn generate(out: &Path, cfg: &WsiConfig, on_tile: impl Fn(u64, u64)) -> Resu
         .map(|p| p.width.div_ceil(512) as u64 * p.height.div_ceil(512) as u64)
         .sum();
     let mut done = 0;
-    write_tiff_pages(&images.join("wsi0.tiff"), &pages, |page, rect, buf| {
+    // What a scanner states: an Aperio-style header with the µm per pixel test.csv gives, and the
+    // same as resolution tags, so `predict --slides` needs no test.csv.
+    let meta = TiffMeta {
+        description: Some(format!(
+            "Aperio Image Library (ftu synth-wsi)\n{}x{} (512x512) {}|AppMag = 20|MPP = {WSI_PIXEL_SIZE}",
+            cfg.width,
+            cfg.height,
+            if cfg.jpeg { "JPEG/YCbCr Q=90" } else { "Deflate/RGB" }
+        )),
+        pixel_size: Some(WSI_PIXEL_SIZE),
+    };
+    write_tiff_pages_with(&images.join("wsi0.tiff"), &pages, &meta, |page, rect, buf| {
         plan.fill_level(downsamples[page], rect.x, rect.y, rect.width, rect.height, buf);
         done += 1;
         on_tile(done, total);
@@ -252,7 +266,7 @@ pub fn generate(out: &Path, cfg: &WsiConfig, on_tile: impl Fn(u64, u64)) -> Resu
         data_source: DataSource::Hpa,
         img_height: cfg.height,
         img_width: cfg.width,
-        pixel_size: 0.4,
+        pixel_size: WSI_PIXEL_SIZE,
         tissue_thickness: 4.0,
     };
     schema::write_rows(&Split::Test.csv(out), &[row])?;

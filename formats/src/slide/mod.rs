@@ -4,6 +4,7 @@
 //! (pyramidal, tiled, BigTIFF) TIFF ([`write`]). Errors carry the file's path once ([`SlideError`]).
 
 pub mod error;
+pub mod meta;
 pub mod read;
 pub mod region;
 pub mod rgb;

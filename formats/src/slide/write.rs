@@ -122,6 +122,26 @@ pub fn write_tiff(
 pub fn write_tiff_pages(
     path: &Path,
     pages: &[TiffSpec],
+    fill: impl FnMut(usize, ChunkRect, &mut Vec<u8>) -> io::Result<()>,
+) -> Result<(), WriteError> {
+    write_tiff_pages_with(path, pages, &TiffMeta::default(), fill)
+}
+
+/// What a scanner states about a slide, written on the first page: `ImageDescription` (e.g. an
+/// Aperio header with `MPP = …`, or OME-XML) and the pixel size as `XResolution`/`YResolution`
+/// in pixels per centimetre (`ResolutionUnit` 3).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TiffMeta {
+    pub description: Option<String>,
+    /// µm per pixel.
+    pub pixel_size: Option<f64>,
+}
+
+/// [`write_tiff_pages`] with `meta` on the first page.
+pub fn write_tiff_pages_with(
+    path: &Path,
+    pages: &[TiffSpec],
+    meta: &TiffMeta,
     mut fill: impl FnMut(usize, ChunkRect, &mut Vec<u8>) -> io::Result<()>,
 ) -> Result<(), WriteError> {
     let invalid = |msg: &str| invalid_input(path, msg);
@@ -147,12 +167,14 @@ pub fn write_tiff_pages(
         if first.bigtiff {
             let mut encoder = TiffEncoder::new_big(w).map_err(io::Error::other)?;
             for (i, spec) in pages.iter().enumerate() {
-                write_page(&mut encoder, spec, i > 0, |rect, buf| fill(i, rect, buf))?;
+                let meta = (i == 0).then_some(meta);
+                write_page(&mut encoder, spec, meta, |rect, buf| fill(i, rect, buf))?;
             }
         } else {
             let mut encoder = TiffEncoder::new(w).map_err(io::Error::other)?;
             for (i, spec) in pages.iter().enumerate() {
-                write_page(&mut encoder, spec, i > 0, |rect, buf| fill(i, rect, buf))?;
+                let meta = (i == 0).then_some(meta);
+                write_page(&mut encoder, spec, meta, |rect, buf| fill(i, rect, buf))?;
             }
         }
         Ok(())
@@ -190,10 +212,11 @@ fn tiff_err(e: tiff::TiffError) -> io::Error {
     io::Error::other(e)
 }
 
+/// One page; the first carries `meta` (`None` marks a reduced-resolution page).
 fn write_page<W: Write + Seek, K: TiffKind>(
     encoder: &mut TiffEncoder<W, K>,
     spec: &TiffSpec,
-    reduced: bool,
+    meta: Option<&TiffMeta>,
     mut fill: impl FnMut(ChunkRect, &mut Vec<u8>) -> io::Result<()>,
 ) -> io::Result<()> {
     let (rects, cw, ch) = spec.chunks();
@@ -229,8 +252,22 @@ fn write_page<W: Write + Seek, K: TiffKind>(
     }
 
     let t = |r: tiff::TiffResult<()>| r.map_err(tiff_err);
-    if reduced {
-        t(dir.write_tag(Tag::NewSubfileType, 1u32))?; // a reduced-resolution copy
+    match meta {
+        None => t(dir.write_tag(Tag::NewSubfileType, 1u32))?, // a reduced-resolution copy
+        Some(meta) => {
+            if let Some(text) = &meta.description {
+                t(dir.write_tag(Tag::ImageDescription, text.as_str()))?;
+            }
+            if let Some(um) = meta.pixel_size {
+                let per_cm = tiff::encoder::Rational {
+                    n: (10_000.0 / um * 1000.0).round() as u32,
+                    d: 1000,
+                };
+                t(dir.write_tag(Tag::XResolution, per_cm.clone()))?;
+                t(dir.write_tag(Tag::YResolution, per_cm))?;
+                t(dir.write_tag(Tag::ResolutionUnit, 3u16))?;
+            }
+        }
     }
     t(dir.write_tag(Tag::ImageWidth, spec.width))?;
     t(dir.write_tag(Tag::ImageLength, spec.height))?;
