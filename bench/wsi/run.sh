@@ -11,6 +11,9 @@
 #   ISLANDS=30 RADIUS=3000 bash bench/wsi/run.sh    # about 40% tissue: memory must still hold
 #   JPEG=1 bash bench/wsi/run.sh                     # JPEG tiles, as scanners write them
 #   PYRAMID=4,16 bash bench/wsi/run.sh               # reduced pages: the thumbnail reads one
+#   SCALE=0.25 PYRAMID=4,16 bash bench/wsi/run.sh    # windows at a quarter of the resolution:
+#       the colour rule also runs with --read-level0, and the time, pixels decoded and the Dice
+#       between its masks read from the 4× page and from level 0 are printed (MIN_AGREE 0.98)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SIZE=${SIZE:-40000}
@@ -20,6 +23,8 @@ ISLANDS=${ISLANDS:-6}
 RADIUS=${RADIUS:-1500}
 JPEG=${JPEG:-0}
 PYRAMID=${PYRAMID:-}
+SCALE=${SCALE:-1}
+MIN_AGREE=${MIN_AGREE:-0.98}
 # JPEG blurs the FTUs' edges, which the colour rule then misses by a pixel here and there.
 MIN_DICE=${MIN_DICE:-$([ "$JPEG" = 1 ] && echo 0.95 || echo 0.99)}
 
@@ -51,6 +56,7 @@ min_area_px = 50
 size = $WINDOW
 mode = "tiles"
 overlap = 0.5
+scale = $SCALE
 batch = 4
 [[group.model]]
 path = "$name.onnx"
@@ -80,4 +86,21 @@ for name in net colour; do
     ls -l "$out/masks" "$out/geojson"
   fi
 done
+
+# Pixels decoded for the windows: from the pyramid level at the group's scale (the default) and
+# from level 0 (--read-level0), with the time and the agreement of the two masks.
+decoded() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(sum(t['stats']['pixels_decoded'] for t in r['tiles']), r['wall_seconds'], [l['page'] for t in r['tiles'] for l in t['stats']['read_levels']])" "$1"; }
+if [ -n "$PYRAMID" ] && [ "$SCALE" != 1 ]; then
+  out0="$work/out-colour-level0"
+  rm -rf "$out0" && mkdir -p "$out0"
+  "$bin/ftu-infer" predict --manifest "$work/colour.toml" --data "$work/data" --read-level0 \
+    --out "$out0/submission.csv" > "$out0/predict.txt"
+  read -r lv_px lv_s lv_pages <<<"$(decoded "$work/out-colour/submission.report.json")"
+  read -r l0_px l0_s _ <<<"$(decoded "$out0/submission.report.json")"
+  "$bin/ftu-infer" score --truth "$out0/submission.csv" --pred "$work/out-colour/submission.csv" \
+    --meta "$work/data/test.csv" > "$out0/agree.txt"
+  agree=$(awk '/^mean dice/ {print $3}' "$out0/agree.txt")
+  echo "windows at scale $SCALE: level 0 decoded $l0_px pixels in $l0_s s; pyramid page(s) $lv_pages decoded $lv_px pixels in $lv_s s ($(python3 -c "print(f'{$l0_px / max(1, $lv_px):.1f}')")× fewer); masks agree at Dice $agree"
+  if awk -v d="$agree" -v m="$MIN_AGREE" 'BEGIN {exit !(d < m)}'; then echo "FAIL: level and level-0 masks agree at $agree < $MIN_AGREE"; status=1; fi
+fi
 exit $status

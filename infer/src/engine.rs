@@ -130,6 +130,8 @@ pub struct Engine {
     groups: Vec<Vec<LoadedModel>>,
     /// While recording: the bytes of batches still allowed to be kept, and whether one was not.
     recording: Option<Recording>,
+    /// Tiled groups read windows from the pyramid level at their scale when a slide has one.
+    read_levels: bool,
 }
 
 struct Recording {
@@ -186,7 +188,18 @@ impl Engine {
             manifest,
             groups,
             recording: None,
+            read_levels: true,
         })
+    }
+
+    /// Whether tiled groups read a pyramidal slide's windows from the coarsest level that still
+    /// has the group's resolution (the default), or always from the full-resolution page.
+    pub fn set_read_levels(&mut self, on: bool) {
+        self.read_levels = on;
+    }
+
+    pub fn read_levels(&self) -> bool {
+        self.read_levels
     }
 
     /// From now on, keeps every batch the models run (up to `max_bytes` of them in all) for

@@ -175,6 +175,11 @@ struct PredictArgs {
     masks: Option<PathBuf>,
     #[command(flatten)]
     batch: BatchArgs,
+    /// Tiled groups read windows from the full-resolution page even when the slide's pyramid
+    /// has a level at (or finer than) the group's scale (read from by default: fewer pixels to
+    /// decode, the mask within a stated tolerance).
+    #[arg(long)]
+    read_level0: bool,
     /// After predicting, run every batch the models were given again through bare ONNX Runtime
     /// (keeping them in memory, up to 4 GiB) and print that limit next to predict's own times.
     #[arg(long)]
@@ -371,6 +376,7 @@ fn run_predict(a: PredictArgs) -> Result<()> {
     if a.bench_limit {
         engine.record_batches(4 << 30);
     }
+    engine.set_read_levels(!a.read_level0);
     let slides = match (&a.slides[..], a.organ) {
         ([], _) => None,
         (paths, Some(organ)) => {

@@ -12,7 +12,7 @@ use ftu_formats::tissue::{thumbnail_factor, TissueMap, TissueSummary, THUMBNAIL_
 use ftu_formats::blocks::BlockMap;
 use ftu_formats::manifest::{GroupMode, TileSpec};
 use ftu_formats::mask::runs::{threshold_row, RunMask, RunSums};
-use ftu_formats::slide::region::{PyramidLevel, SlideSource};
+use ftu_formats::slide::region::{LevelReader, PyramidLevel, SlideSource};
 use ftu_formats::slide::{RgbImage, SlideLimits};
 use ftu_formats::tiles;
 
@@ -33,6 +33,11 @@ pub struct TileStats {
     pub map_peak_bytes: usize,
     /// Whether finished rows were thresholded and freed as the windows went down the slide.
     pub streamed: bool,
+    /// The pyramid level tiled windows were read from, when not the full-resolution page
+    /// (one per tiled group that used one).
+    pub read_levels: Vec<PyramidLevel>,
+    /// Pixels decoded to read the windows, over every page read (the thumbnail apart).
+    pub pixels_decoded: u64,
 }
 
 /// A slide's prediction: the thresholded mask with each run's probability sum, the probability
@@ -143,16 +148,17 @@ pub fn predict_slide(
                 engine,
                 gi,
                 spec,
-                (width, height),
+                source,
                 info,
                 tissue.as_ref(),
                 k,
-            )),
+            )?),
         }
     }
     stats.windows = plans.iter().map(GroupPlan::windows).sum();
     stats.windows_run = plans.iter().map(GroupPlan::to_run).sum();
     let start = Instant::now();
+    let decoded_before = source.decoded_pixels();
     let mut done = 0;
     progress(0, stats.windows_run);
     // The group whose next window is highest runs next: all groups move down together.
@@ -171,6 +177,13 @@ pub fn predict_slide(
         progress(done, stats.windows_run);
     }
     stats.seconds_per_window = start.elapsed().as_secs_f64() / stats.windows_run.max(1) as f64;
+    stats.read_levels = plans.iter().filter_map(|p| p.level.as_ref().map(|l| l.level)).collect();
+    stats.pixels_decoded = (source.decoded_pixels() - decoded_before)
+        + plans
+            .iter()
+            .filter_map(|p| p.level.as_ref())
+            .map(LevelReader::decoded_pixels)
+            .sum::<u64>();
     let begin = Instant::now();
     finisher.advance(&mut map, height, stats.streamed);
     t.rle += begin.elapsed();
@@ -198,7 +211,7 @@ pub fn group_sum(
     };
     let (width, height) = (source.width(), source.height());
     let mut map = BlockMap::new(width, height);
-    let mut plan = GroupPlan::new(engine, gi, spec, (width, height), info, tissue, 1.0);
+    let mut plan = GroupPlan::new(engine, gi, spec, source, info, tissue, 1.0)?;
     while !plan.finished() {
         plan.run_batch(engine, source, info, &mut map, t)?;
     }
@@ -212,6 +225,8 @@ struct GroupPlan {
     spec: TileSpec,
     size: usize,
     tiles: tiles::TilePlan,
+    /// The pyramid level windows are read from, when the slide has one at this group's scale.
+    level: Option<LevelReader>,
     done: usize,
     /// This group's share of the ensemble.
     k: f32,
@@ -222,11 +237,12 @@ impl GroupPlan {
         engine: &Engine,
         gi: usize,
         spec: TileSpec,
-        (width, height): (usize, usize),
+        source: &SlideSource,
         info: &SlideInfo,
         tissue: Option<&TissueMap>,
         k: f32,
-    ) -> GroupPlan {
+    ) -> Result<GroupPlan, EngineError> {
+        let (width, height) = (source.width(), source.height());
         let size = engine.manifest().groups[gi].size;
         let factor = spec.factor(size, engine.manifest().scaling.as_ref(), info.pixel_size);
         let side = ((size as f64 / factor).round() as usize).max(1);
@@ -234,14 +250,23 @@ impl GroupPlan {
         let tiles = tiles::TilePlan::new(width, height, side, spec.overlap, |w| {
             tissue.is_none_or(|m| m.fraction(w.x, w.y, w.width, w.height) >= min_fraction)
         });
-        GroupPlan {
+        // A model pixel covers side / size slide pixels: a level at most that coarse serves.
+        let level = match (engine.read_levels(), source) {
+            (true, SlideSource::Tiff(t)) => source
+                .level_for(side as f64 / size as f64)
+                .map(|l| LevelReader::open(&t.path, l, width, height))
+                .transpose()?,
+            _ => None,
+        };
+        Ok(GroupPlan {
             gi,
             spec,
             size,
             tiles,
+            level,
             done: 0,
             k,
-        }
+        })
     }
 
     fn windows(&self) -> usize {
@@ -276,8 +301,10 @@ impl GroupPlan {
         let start = Instant::now();
         let mut images = Vec::with_capacity(batch.len());
         for w in batch {
-            let region = source.region(w.x, w.y, w.width, w.height)?;
-            images.push(tiles::pad_edge(region, self.tiles.side));
+            images.push(match &mut self.level {
+                Some(level) => level.window(w.x, w.y, w.width, w.height, self.tiles.side)?,
+                None => tiles::pad_edge(source.region(w.x, w.y, w.width, w.height)?, self.tiles.side),
+            });
         }
         t.read += start.elapsed();
         let size = self.size;

@@ -399,6 +399,48 @@ fn a_pyramidal_slide_plans_its_windows_on_a_reduced_page_and_predicts_the_same()
     assert!(dice > 0.999, "dice {dice}");
 }
 
+/// A model working at a quarter of the slide's resolution (scale 0.25) on a slide with 4× and 16×
+/// pages: its windows are read from the 4× page, decoding far fewer pixels, and the mask agrees
+/// with reading the full-resolution page (Dice ≥ 0.98), and with the truth.
+#[test]
+fn windows_at_a_coarse_scale_are_read_from_the_pyramid_level_at_that_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    green_model(dir.path());
+    let fixture = WsiFixture::new();
+    let (w, h) = (1600, 1200);
+    let data = kaggle_folder(dir.path(), &[("pyramid", w, h)], &fixture);
+    fixture.write_pyramid(&data.join("test_images/pyramid.tiff"), w, h, &[4, 16]);
+    let manifest = "[thresholds]\ndefault = 0.5\n\
+        [[group]]\nsize = 64\nmode = \"tiles\"\noverlap = 0.25\nscale = 0.25\nbatch = 4\n\
+        [[group.model]]\npath = \"green.onnx\"\nnorm = \"unit\"\n";
+    let run = |read_levels: bool| {
+        let mut e = engine(dir.path(), manifest);
+        e.set_read_levels(read_levels);
+        let out = dir.path().join(format!("out-{read_levels}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let opts = options(&data, &out);
+        let report = predict::predict_dir(&mut e, &opts, &mut |_| {}).unwrap();
+        let stats = report.tiles[0].stats.clone();
+        let sub = schema::read_submission(&opts.out).unwrap();
+        (stats, rle::decode(&sub[0].rle, h, w).unwrap())
+    };
+    let (full, full_mask) = run(false);
+    let (level, level_mask) = run(true);
+    assert!(full.read_levels.is_empty());
+    assert_eq!(level.read_levels.len(), 1);
+    assert_eq!((level.read_levels[0].width, level.read_levels[0].height), (400, 300));
+    let ratio = full.pixels_decoded as f64 / level.pixels_decoded as f64;
+    assert!(ratio >= 4.0, "{} vs {} pixels", full.pixels_decoded, level.pixels_decoded);
+    let agree = ftu_formats::dice::dice_masks(&level_mask, &full_mask);
+    println!(
+        "pixels decoded: level 0 {}, 4× page {} ({ratio:.1}× fewer); mask Dice against level 0 {agree:.4}",
+        full.pixels_decoded, level.pixels_decoded
+    );
+    assert!(agree >= 0.98, "dice against the level-0 path {agree}");
+    let truth = fixture.truth(w, h, 0.0).to_mask();
+    assert!(ftu_formats::dice::dice_masks(&level_mask, &truth) >= 0.95);
+}
+
 #[test]
 fn shards_merged_equal_one_run_row_for_row() {
     let dir = tempfile::tempdir().unwrap();

@@ -66,6 +66,29 @@ impl SlideSource {
         }
     }
 
+    /// Pixels decoded so far: a TIFF's chunks as they were read; a slide decoded whole, all of
+    /// them.
+    pub fn decoded_pixels(&self) -> u64 {
+        match self {
+            SlideSource::Memory(img) => (img.width * img.height) as u64,
+            SlideSource::Tiff(t) => t.decoded_pixels(),
+        }
+    }
+
+    /// The coarsest pyramid level that still has at least `per_pixel` slide pixels' resolution
+    /// (a level pixel no larger than `per_pixel` slide pixels), when one saves at least half the
+    /// pixels across; a slide without levels has none.
+    pub fn level_for(&self, per_pixel: f64) -> Option<PyramidLevel> {
+        let SlideSource::Tiff(t) = self else { return None };
+        pyramid_levels(&t.path, t.width, t.height)
+            .into_iter()
+            .filter(|l| {
+                let (dx, dy) = l.downsample(t.width, t.height);
+                dx.max(dy) <= per_pixel * (1.0 + 1e-6) && dx.min(dy) >= 2.0
+            })
+            .min_by_key(|l| l.width * l.height)
+    }
+
     /// The whole slide in memory, refused past `limits` (resize-mode groups need it).
     pub fn whole(&mut self, limits: SlideLimits) -> Result<RgbImage, SlideError> {
         match self {
@@ -571,5 +594,75 @@ mod tests {
         let t = SlideSource::Memory(img).thumbnail(2).unwrap();
         assert_eq!((t.width, t.height), (2, 1));
         assert_eq!(t.data, [15, 15, 15, 150, 0, 0]);
+    }
+}
+
+/// A pyramid level read in slide coordinates: a window of the slide comes from the level's
+/// pixels that cover it, so a model working at the level's scale (or coarser) decodes the
+/// level's pixels, not the full resolution's.
+pub struct LevelReader {
+    pub level: PyramidLevel,
+    /// Slide pixels per level pixel, across and down.
+    dx: f64,
+    dy: f64,
+    regions: TiffRegions,
+}
+
+impl LevelReader {
+    /// Page `level.page` of the TIFF at `path`, whose first page is `width × height`.
+    pub fn open(path: &Path, level: PyramidLevel, width: usize, height: usize) -> Result<LevelReader, SlideError> {
+        let (dx, dy) = level.downsample(width, height);
+        Ok(LevelReader {
+            level,
+            dx,
+            dy,
+            regions: TiffRegions::open_page(path, level.page, DEFAULT_CACHE_BYTES)?,
+        })
+    }
+
+    /// The slide window at `(x, y)` of `w × h` slide pixels (a window of side `side`, cut by the
+    /// slide's edge when smaller) at the level's scale, `side / downsample` pixels a side: each
+    /// output pixel is the level sampled bilinearly at the slide point its centre stands for, so
+    /// the window lines up with the slide to a fraction of a pixel whatever the level's grid;
+    /// points past the slide's edge take the edge's value, as level-0 windows are padded.
+    pub fn window(&mut self, x: usize, y: usize, w: usize, h: usize, side: usize) -> Result<RgbImage, SlideError> {
+        let (lw, lh) = (self.level.width, self.level.height);
+        let n = ((side as f64 / self.dx.max(self.dy)).round() as usize).max(1);
+        let step = side as f64 / n as f64;
+        // Level coordinates of output pixel i's centre, along one axis.
+        let coord = |origin: usize, len: usize, d: f64, i: usize| {
+            let slide = (origin as f64 + (i as f64 + 0.5) * step).min((origin + len) as f64 - 0.5);
+            slide / d - 0.5
+        };
+        let us: Vec<f64> = (0..n).map(|i| coord(x, w, self.dx, i)).collect();
+        let vs: Vec<f64> = (0..n).map(|i| coord(y, h, self.dy, i)).collect();
+        let clamp = |v: f64, len: usize| v.floor().clamp(0.0, (len - 1) as f64) as usize;
+        let (x0, x1) = (clamp(us[0], lw), (clamp(us[n - 1], lw) + 1).min(lw - 1));
+        let (y0, y1) = (clamp(vs[0], lh), (clamp(vs[n - 1], lh) + 1).min(lh - 1));
+        let region = self.regions.region(x0, y0, x1 - x0 + 1, y1 - y0 + 1)?;
+        let (rw, rh) = (region.width, region.height);
+        let mut out = RgbImage::new(n, n);
+        for (r, &v) in vs.iter().enumerate() {
+            let v = (v - y0 as f64).clamp(0.0, (rh - 1) as f64);
+            let (ya, fy) = (v.floor() as usize, (v - v.floor()) as f32);
+            let yb = (ya + 1).min(rh - 1);
+            for (c, &u) in us.iter().enumerate() {
+                let u = (u - x0 as f64).clamp(0.0, (rw - 1) as f64);
+                let (xa, fx) = (u.floor() as usize, (u - u.floor()) as f32);
+                let xb = (xa + 1).min(rw - 1);
+                let px = |yy: usize, xx: usize| &region.data[(yy * rw + xx) * 3..(yy * rw + xx) * 3 + 3];
+                let (a, b, cc, d) = (px(ya, xa), px(ya, xb), px(yb, xa), px(yb, xb));
+                for k in 0..3 {
+                    let top = a[k] as f32 * (1.0 - fx) + b[k] as f32 * fx;
+                    let bottom = cc[k] as f32 * (1.0 - fx) + d[k] as f32 * fx;
+                    out.data[(r * n + c) * 3 + k] = (top * (1.0 - fy) + bottom * fy).round() as u8;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn decoded_pixels(&self) -> u64 {
+        self.regions.decoded_pixels()
     }
 }

@@ -92,6 +92,8 @@ pub struct TiffRegions {
     order: VecDeque<usize>,
     cache_bytes: usize,
     max_cache_bytes: usize,
+    /// Pixels decoded so far (each chunk each time it was decoded).
+    decoded: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +205,7 @@ impl TiffRegions {
             cache: HashMap::new(),
             order: VecDeque::new(),
             cache_bytes: 0,
+            decoded: 0,
             max_cache_bytes,
         };
         if regions.extents.len() < regions.chunks() {
@@ -304,6 +307,13 @@ impl TiffRegions {
         indices: &[usize],
         f: impl Fn(RgbImage, usize, usize) -> T + Sync,
     ) -> Result<Vec<T>, SlideError> {
+        self.decoded += indices
+            .iter()
+            .map(|&i| {
+                let (w, h) = self.chunk_data_size(i);
+                (w * h) as u64
+            })
+            .sum::<u64>();
         let result: Result<Vec<T>, SlideErrorKind> = if self.raw.is_some() {
             let mut compressed = Vec::with_capacity(indices.len());
             for &i in indices {
@@ -331,6 +341,11 @@ impl TiffRegions {
                 .collect()
         };
         result.map_err(|kind| kind.at(&self.path))
+    }
+
+    /// Pixels decoded so far: each chunk's, each time it was decoded (the cache saves repeats).
+    pub fn decoded_pixels(&self) -> u64 {
+        self.decoded
     }
 
     fn chunk_data_size(&self, i: usize) -> (usize, usize) {
