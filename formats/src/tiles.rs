@@ -176,7 +176,11 @@ mod tests {
                 plan.blend(&mut map, w, vec![0.7; 64 * 64], 64, 1.0);
             }
             for (y, x) in [(0, 0), (169, 299), (85, 150), (10, 290)] {
-                assert!((map.get(y, x) - 0.7).abs() < 1e-4, "overlap {overlap} at {y},{x}: {}", map.get(y, x));
+                assert!(
+                    (map.get(y, x) - 0.7).abs() < 1e-4,
+                    "overlap {overlap} at {y},{x}: {}",
+                    map.get(y, x)
+                );
             }
         }
         let plan = TilePlan::new(width, height, 128, 0.0, |w| w.x == 0);

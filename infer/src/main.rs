@@ -270,7 +270,10 @@ fn main() -> Result<()> {
             println!("{}", a.model.display());
             println!("format: {}, {}×{} pixels", meta.format, meta.width, meta.height);
             match meta.pixel_size {
-                Some((um, from)) => println!("pixel size: {um} µm ({})", serde_json::to_value(from)?.as_str().unwrap_or("")),
+                Some((um, from)) => println!(
+                    "pixel size: {um} µm ({})",
+                    serde_json::to_value(from)?.as_str().unwrap_or("")
+                ),
                 None => println!("pixel size: not stated (give it with predict --pixel-size)"),
             }
             if let Some(mag) = meta.objective_power {
@@ -367,6 +370,7 @@ impl BatchArgs {
 /// Whether `path` is a slide (TIFF, PNG or JPEG by its first bytes) rather than a model.
 fn is_slide(path: &Path) -> bool {
     matches!(ftu_formats::slide::sniff::sniff_file(path), Ok((_, Some(_))))
+        || ftu_formats::slide::openslide::vendor(path).is_some()
 }
 
 fn run_predict(a: PredictArgs) -> Result<()> {

@@ -302,10 +302,12 @@ pub fn predict_dir(
             .collect(),
     };
     let truth: HashMap<String, String> = match (&opts.overlays, opts.data.join("truth.csv")) {
-        (Some(_), t) if t.is_file() && opts.slides.is_none() => score::read_truth(&t, Some(&Split::Test.csv(&opts.data)))?
-            .into_iter()
-            .map(|r| (r.meta.id.clone(), r.rle))
-            .collect(),
+        (Some(_), t) if t.is_file() && opts.slides.is_none() => {
+            score::read_truth(&t, Some(&Split::Test.csv(&opts.data)))?
+                .into_iter()
+                .map(|r| (r.meta.id.clone(), r.rle))
+                .collect()
+        }
         _ => HashMap::new(),
     };
     for dir in [&opts.probs, &opts.overlays, &opts.geojson, &opts.masks]

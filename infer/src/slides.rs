@@ -22,7 +22,11 @@ pub enum SlidesError {
     #[error("no slide files (TIFF, SVS, PNG, JPEG) in {0:?}")]
     Empty(Vec<PathBuf>),
     #[error("two slides would both have the id {id}: {first} and {second} (rename one)")]
-    DuplicateId { id: String, first: PathBuf, second: PathBuf },
+    DuplicateId {
+        id: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
     #[error(transparent)]
     Meta(#[from] SlideError),
     #[error("{path}: the file states no µm per pixel (no Aperio MPP, OME-XML PhysicalSizeX or TIFF resolution tags); give it with --pixel-size")]
@@ -141,17 +145,22 @@ fn source_name(source: PixelSizeSource) -> &'static str {
         PixelSizeSource::Aperio => "Aperio MPP",
         PixelSizeSource::OmeXml => "OME-XML PhysicalSizeX",
         PixelSizeSource::ResolutionTags => "TIFF resolution tags",
+        PixelSizeSource::OpenSlide => "OpenSlide openslide.mpp-x",
     }
 }
 
-/// A file ftu can read as a slide (TIFF, PNG or JPEG by its first bytes).
+/// A file ftu can read as a slide: TIFF, PNG or JPEG by its first bytes, or a format OpenSlide
+/// recognises (when it is installed).
 fn is_slide(path: &Path) -> bool {
-    matches!(sniff_file(path), Ok((_, Some(_))))
+    matches!(sniff_file(path), Ok((_, Some(_)))) || ftu_formats::slide::openslide::vendor(path).is_some()
 }
 
 /// The file name without its extension(s): `a.ome.tif` → `a`, `b.svs` → `b`.
 fn slide_id(path: &Path) -> String {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let lower = name.to_ascii_lowercase();
     for ext in [".ome.tiff", ".ome.tif"] {
         if lower.ends_with(ext) {
@@ -189,25 +198,45 @@ mod tests {
     fn ids_sizes_and_pixel_sizes_come_from_the_files() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        tiff(&d.join("b.svs"), 40, 30, TiffMeta {
-            description: Some("Aperio Image Library|MPP = 0.25|AppMag = 40".into()),
-            pixel_size: None,
-        });
-        tiff(&d.join("a.ome.tif"), 20, 10, TiffMeta {
-            description: None,
-            pixel_size: Some(0.5),
-        });
+        tiff(
+            &d.join("b.svs"),
+            40,
+            30,
+            TiffMeta {
+                description: Some("Aperio Image Library|MPP = 0.25|AppMag = 40".into()),
+                pixel_size: None,
+            },
+        );
+        tiff(
+            &d.join("a.ome.tif"),
+            20,
+            10,
+            TiffMeta {
+                description: None,
+                pixel_size: Some(0.5),
+            },
+        );
         std::fs::write(d.join("notes.txt"), "not a slide").unwrap();
-        let list = SlideList::from_paths(&[d.to_path_buf()], Organ::Kidney, DataSource::Hpa, PixelSizeArg::Auto).unwrap();
+        let list =
+            SlideList::from_paths(&[d.to_path_buf()], Organ::Kidney, DataSource::Hpa, PixelSizeArg::Auto).unwrap();
         let ids: Vec<&str> = list.rows.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["a", "b"]);
-        assert_eq!((list.rows[1].img_width, list.rows[1].img_height, list.rows[1].pixel_size), (40, 30, 0.25));
+        assert_eq!(
+            (list.rows[1].img_width, list.rows[1].img_height, list.rows[1].pixel_size),
+            (40, 30, 0.25)
+        );
         assert!((list.rows[0].pixel_size - 0.5).abs() < 1e-6);
         assert_eq!(list.pixel_size_from["b"], "Aperio MPP");
         assert_eq!(list.path("a"), Some(d.join("a.ome.tif").as_path()));
 
         // Given, it wins over the file.
-        let list = SlideList::from_paths(&[d.join("b.svs")], Organ::Lung, DataSource::Hubmap, PixelSizeArg::Um(0.8)).unwrap();
+        let list = SlideList::from_paths(
+            &[d.join("b.svs")],
+            Organ::Lung,
+            DataSource::Hubmap,
+            PixelSizeArg::Um(0.8),
+        )
+        .unwrap();
         assert_eq!((list.rows[0].pixel_size, list.rows[0].organ), (0.8, Organ::Lung));
     }
 
@@ -216,20 +245,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         tiff(&d.join("plain.tif"), 8, 8, TiffMeta::default());
-        let err = SlideList::from_paths(&[d.join("plain.tif")], Organ::Kidney, DataSource::Hpa, PixelSizeArg::Auto)
-            .unwrap_err()
-            .to_string();
+        let err = SlideList::from_paths(
+            &[d.join("plain.tif")],
+            Organ::Kidney,
+            DataSource::Hpa,
+            PixelSizeArg::Auto,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("plain.tif") && err.contains("--pixel-size"), "{err}");
         let sub = d.join("sub");
         std::fs::create_dir(&sub).unwrap();
         std::fs::copy(d.join("plain.tif"), sub.join("plain.tiff")).unwrap();
-        let err = SlideList::from_paths(&[d.join("plain.tif"), sub], Organ::Kidney, DataSource::Hpa, PixelSizeArg::Um(0.4))
-            .unwrap_err()
-            .to_string();
+        let err = SlideList::from_paths(
+            &[d.join("plain.tif"), sub],
+            Organ::Kidney,
+            DataSource::Hpa,
+            PixelSizeArg::Um(0.4),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("id plain"), "{err}");
-        let err = SlideList::from_paths(&[d.join("missing.svs")], Organ::Kidney, DataSource::Hpa, PixelSizeArg::Auto)
-            .unwrap_err()
-            .to_string();
+        let err = SlideList::from_paths(
+            &[d.join("missing.svs")],
+            Organ::Kidney,
+            DataSource::Hpa,
+            PixelSizeArg::Auto,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("missing.svs"), "{err}");
         assert_eq!("auto".parse::<PixelSizeArg>(), Ok(PixelSizeArg::Auto));
         assert!("-1".parse::<PixelSizeArg>().is_err());

@@ -8,14 +8,13 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::engine::{Engine, EngineError, SlideInfo, Timings};
-use ftu_formats::tissue::{thumbnail_factor, TissueMap, TissueSummary, THUMBNAIL_SIDE};
 use ftu_formats::blocks::BlockMap;
 use ftu_formats::manifest::{GroupMode, TileSpec};
 use ftu_formats::mask::runs::{threshold_row, RunMask, RunSums};
 use ftu_formats::slide::region::{LevelReader, PyramidLevel, SlideSource};
 use ftu_formats::slide::{RgbImage, SlideLimits};
 use ftu_formats::tiles;
-
+use ftu_formats::tissue::{thumbnail_factor, TissueMap, TissueSummary, THUMBNAIL_SIDE};
 
 /// What tiling did on one slide.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -144,15 +143,7 @@ pub fn predict_slide(
                 let dense = engine.resized_group(gi, &whole, info, t)?;
                 map.add_window((0, 0, width, height), &dense, &vec![1.0; height], &vec![1.0; width], k);
             }
-            GroupMode::Tiles(spec) => plans.push(GroupPlan::new(
-                engine,
-                gi,
-                spec,
-                source,
-                info,
-                tissue.as_ref(),
-                k,
-            )?),
+            GroupMode::Tiles(spec) => plans.push(GroupPlan::new(engine, gi, spec, source, info, tissue.as_ref(), k)?),
         }
     }
     stats.windows = plans.iter().map(GroupPlan::windows).sum();
@@ -251,12 +242,12 @@ impl GroupPlan {
             tissue.is_none_or(|m| m.fraction(w.x, w.y, w.width, w.height) >= min_fraction)
         });
         // A model pixel covers side / size slide pixels: a level at most that coarse serves.
-        let level = match (engine.read_levels(), source) {
-            (true, SlideSource::Tiff(t)) => source
+        let level = match engine.read_levels() {
+            true => source
                 .level_for(side as f64 / size as f64)
-                .map(|l| LevelReader::open(&t.path, l, width, height))
+                .map(|l| source.level_reader(l))
                 .transpose()?,
-            _ => None,
+            false => None,
         };
         Ok(GroupPlan {
             gi,
@@ -319,4 +310,3 @@ impl GroupPlan {
         Ok(ran)
     }
 }
-

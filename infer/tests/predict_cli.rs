@@ -522,7 +522,9 @@ fn predict_takes_slide_files_without_test_csv() {
     write(
         "b.ome.tif",
         TiffMeta {
-            description: Some(r#"<OME><Image><Pixels PhysicalSizeX="500" PhysicalSizeXUnit="nm"/></Image></OME>"#.into()),
+            description: Some(
+                r#"<OME><Image><Pixels PhysicalSizeX="500" PhysicalSizeXUnit="nm"/></Image></OME>"#.into(),
+            ),
             pixel_size: None,
         },
         true,
@@ -560,7 +562,11 @@ fn predict_takes_slide_files_without_test_csv() {
     };
     let o = predict(&[]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("b: 64×64, 0.5 µm/pixel (OME-XML PhysicalSizeX)"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("b: 64×64, 0.5 µm/pixel (OME-XML PhysicalSizeX)"),
+        "{}",
+        text(&o)
+    );
     let rows: Vec<SlideResultRow> = csv::Reader::from_path(&out)
         .unwrap()
         .deserialize()
@@ -572,7 +578,12 @@ fn predict_takes_slide_files_without_test_csv() {
     assert!((got[2].1 - 0.8).abs() < 1e-6, "{}", got[2].1);
     for r in &rows {
         assert_eq!((r.organ, r.height, r.width), (Organ::Kidney, SIDE as u32, SIDE as u32));
-        assert_eq!(rle::decode(&r.rle, SIDE, SIDE).unwrap(), expected_mask(0.5), "slide {}", r.id);
+        assert_eq!(
+            rle::decode(&r.rle, SIDE, SIDE).unwrap(),
+            expected_mask(0.5),
+            "slide {}",
+            r.id
+        );
         assert!(geojson.join(format!("{}.geojson", r.id)).is_file() && masks.join(format!("{}.tiff", r.id)).is_file());
     }
 
@@ -584,13 +595,28 @@ fn predict_takes_slide_files_without_test_csv() {
     assert!(err.contains("d.tiff") && err.contains("--pixel-size"), "{}", text(&o));
     let o = predict(&["--pixel-size", "0.4"]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = ftu_infer(&["predict", "--manifest", manifest.to_str().unwrap(), "--slides", scanner.to_str().unwrap()]);
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--organ"), "{}", text(&o));
+    let o = ftu_infer(&[
+        "predict",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--slides",
+        scanner.to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--organ"),
+        "{}",
+        text(&o)
+    );
 
     let o = ftu_infer(&["inspect", scanner.join("a.svs").to_str().unwrap()]);
     let shown = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", text(&o));
-    for want in ["64×64 pixels", "pixel size: 0.2502 µm (aperio)", "objective power: 40×", "16×16, downsample 4.00"] {
+    for want in [
+        "64×64 pixels",
+        "pixel size: 0.2502 µm (aperio)",
+        "objective power: 40×",
+        "16×16, downsample 4.00",
+    ] {
         assert!(shown.contains(want), "{want:?} in {shown}");
     }
 }

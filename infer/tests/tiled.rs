@@ -430,7 +430,12 @@ fn windows_at_a_coarse_scale_are_read_from_the_pyramid_level_at_that_scale() {
     assert_eq!(level.read_levels.len(), 1);
     assert_eq!((level.read_levels[0].width, level.read_levels[0].height), (400, 300));
     let ratio = full.pixels_decoded as f64 / level.pixels_decoded as f64;
-    assert!(ratio >= 4.0, "{} vs {} pixels", full.pixels_decoded, level.pixels_decoded);
+    assert!(
+        ratio >= 4.0,
+        "{} vs {} pixels",
+        full.pixels_decoded,
+        level.pixels_decoded
+    );
     let agree = ftu_formats::dice::dice_masks(&level_mask, &full_mask);
     println!(
         "pixels decoded: level 0 {}, 4× page {} ({ratio:.1}× fewer); mask Dice against level 0 {agree:.4}",

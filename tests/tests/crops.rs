@@ -60,7 +60,12 @@ fn crops_mode_validates_as_ftu_infer_serves_it() {
     let th = summary.thresholds.unwrap();
     let scores = ftu_infer::score::score_files(&data.join("train.csv"), &run.join("oof.csv"), None).unwrap();
     assert_eq!(scores.images.len(), 10);
-    assert!((scores.mean() - th.default.dice).abs() < 1e-12, "{} vs {}", scores.mean(), th.default.dice);
+    assert!(
+        (scores.mean() - th.default.dice).abs() < 1e-12,
+        "{} vs {}",
+        scores.mean(),
+        th.default.dice
+    );
 
     // Fold 0's model alone, served by ftu-infer over fold 0's validation slides, at threshold
     // 0.5 and without TTA: the Dice it scores is the fold's full-resolution validation Dice (equal

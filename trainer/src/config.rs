@@ -513,7 +513,10 @@ impl TrainConfig {
         per_organ(&self.sampling.organ_weights).map_err(|e| invalid("sampling.organ_weights", e))?;
         let c = &self.sampling;
         if !(c.scale > 0.0 && c.scale <= 16.0) {
-            return Err(invalid("sampling.scale", format!("a factor in (0, 16], got {}", c.scale)));
+            return Err(invalid(
+                "sampling.scale",
+                format!("a factor in (0, 16], got {}", c.scale),
+            ));
         }
         if let Some(p) = c.pixel_size {
             if !(p > 0.0 && p.is_finite()) {

@@ -21,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::augment::stain::StainBasis;
 use crate::augment::Sample;
 use crate::config::SamplingConfig;
-use crate::data::DataError;
+use crate::error::DataError;
 
 /// Placements tried for a random crop before the one with the most tissue is taken.
 pub const TISSUE_TRIES: usize = 10;
@@ -71,7 +71,7 @@ enum Pixels {
 }
 
 impl Pixels {
-    /// Opens `path`: kept decoded when `keep` (or when it is not a TIFF, which has no regions).
+    /// Opens `path`: kept decoded when `keep` (or when it is a PNG or JPEG, which has no regions).
     fn open(path: &Path, keep: bool) -> Result<(Pixels, TissueMap, usize, usize), SlideError> {
         let mut src = SlideSource::open(path, SlideLimits::default())?;
         let (width, height) = (src.width(), src.height());
@@ -79,8 +79,10 @@ impl Pixels {
         let tissue = TissueMap::detect(&src.thumbnail(factor)?, factor);
         let pixels = match src {
             SlideSource::Memory(img) => Pixels::Memory(img),
-            SlideSource::Tiff(_) if keep => Pixels::Memory(src.whole(SlideLimits::default())?),
-            SlideSource::Tiff(_) => Pixels::File(path.to_path_buf()),
+            SlideSource::Tiff(_) | SlideSource::OpenSlide(_) if keep => {
+                Pixels::Memory(src.whole(SlideLimits::default())?)
+            }
+            SlideSource::Tiff(_) | SlideSource::OpenSlide(_) => Pixels::File(path.to_path_buf()),
         };
         Ok((pixels, tissue, width, height))
     }
@@ -119,7 +121,13 @@ pub struct FullSlide {
 
 impl FullSlide {
     /// A labelled slide: its image at `path` (which must be `width × height`) and its RLE.
-    pub fn labelled(path: &Path, id: &str, rle: &str, (width, height): (u32, u32), keep: bool) -> Result<FullSlide, DataError> {
+    pub fn labelled(
+        path: &Path,
+        id: &str,
+        rle: &str,
+        (width, height): (u32, u32),
+        keep: bool,
+    ) -> Result<FullSlide, DataError> {
         let (pixels, tissue, w, h) = open_checked(path, id, width, height, keep)?;
         let runs = rle::parse(rle, w * h).map_err(|cause| DataError::Rle { id: id.into(), cause })?;
         let mut before = Vec::with_capacity(runs.len());
@@ -139,7 +147,13 @@ impl FullSlide {
     }
 
     /// A pseudo-labelled slide: its image and its soft label image, both `width × height`.
-    pub fn pseudo(image: &Path, label: &Path, id: &str, (width, height): (u32, u32), keep: bool) -> Result<FullSlide, DataError> {
+    pub fn pseudo(
+        image: &Path,
+        label: &Path,
+        id: &str,
+        (width, height): (u32, u32),
+        keep: bool,
+    ) -> Result<FullSlide, DataError> {
         let (pixels, tissue, w, h) = open_checked(image, id, width, height, keep)?;
         let (soft, _, lw, lh) = Pixels::open(label, keep).map_err(|cause| DataError::Slide { id: id.into(), cause })?;
         if (lw, lh) != (w, h) {
@@ -201,7 +215,9 @@ impl FullSlide {
             }
             Label::Soft(pixels) => {
                 let img = pixels.region(x, y, w, h).map_err(|cause| self.slide_error(cause))?;
-                out.iter_mut().zip(img.data.chunks_exact(3)).for_each(|(o, px)| *o = px[0]);
+                out.iter_mut()
+                    .zip(img.data.chunks_exact(3))
+                    .for_each(|(o, px)| *o = px[0]);
             }
         }
         Ok(out)
@@ -218,9 +234,19 @@ impl FullSlide {
     /// inside the slide, padded by repeating the last row and column, as the engine pads its
     /// windows) resized to `size²` by area; the mask the same way, then > ½ (soft labels kept
     /// as p·255). Stain-normalised towards `stain` when given.
-    pub fn crop(&self, x: usize, y: usize, side: usize, size: usize, stain: Option<&StainBasis>) -> Result<Sample, DataError> {
+    pub fn crop(
+        &self,
+        x: usize,
+        y: usize,
+        side: usize,
+        size: usize,
+        stain: Option<&StainBasis>,
+    ) -> Result<Sample, DataError> {
         let (w, h) = (side.min(self.width - x), side.min(self.height - y));
-        let region = self.pixels.region(x, y, w, h).map_err(|cause| self.slide_error(cause))?;
+        let region = self
+            .pixels
+            .region(x, y, w, h)
+            .map_err(|cause| self.slide_error(cause))?;
         let padded = pad_edge(region, side);
         let small = if side == size {
             padded
@@ -242,7 +268,10 @@ impl FullSlide {
             resize_map(&values, side, side, size, size)
         };
         let mask = if self.soft() {
-            values.iter().map(|&p| (p.clamp(0.0, 1.0) * 255.0).round() as u8).collect()
+            values
+                .iter()
+                .map(|&p| (p.clamp(0.0, 1.0) * 255.0).round() as u8)
+                .collect()
         } else {
             values.iter().map(|&v| u8::from(v > 0.5)).collect()
         };
@@ -315,7 +344,13 @@ impl FullSlide {
 }
 
 /// Opens a slide for crops and checks its size against its CSV row.
-fn open_checked(path: &Path, id: &str, width: u32, height: u32, keep: bool) -> Result<(Pixels, TissueMap, usize, usize), DataError> {
+fn open_checked(
+    path: &Path,
+    id: &str,
+    width: u32,
+    height: u32,
+    keep: bool,
+) -> Result<(Pixels, TissueMap, usize, usize), DataError> {
     let (pixels, tissue, w, h) = Pixels::open(path, keep).map_err(|cause| DataError::Slide { id: id.into(), cause })?;
     if (w, h) != (width as usize, height as usize) {
         return Err(DataError::Size {
@@ -353,12 +388,21 @@ mod tests {
 
     /// A `width × height` slide: white glass on the left third, stained tissue (noisy pink)
     /// elsewhere, written as a tiled deflate TIFF; and a mask with FTU squares.
-    fn slide(dir: &Path, width: usize, height: usize, squares: &[(usize, usize, usize)]) -> (PathBuf, RgbImage, String) {
+    fn slide(
+        dir: &Path,
+        width: usize,
+        height: usize,
+        squares: &[(usize, usize, usize)],
+    ) -> (PathBuf, RgbImage, String) {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let mut img = RgbImage::new(width, height);
         for (i, px) in img.data.chunks_exact_mut(3).enumerate() {
             let x = i % width;
-            let base: [u8; 3] = if x < width / 3 { [242, 241, 243] } else { [214, 120, 170] };
+            let base: [u8; 3] = if x < width / 3 {
+                [242, 241, 243]
+            } else {
+                [214, 120, 170]
+            };
             for (p, b) in px.iter_mut().zip(base) {
                 *p = b.saturating_add(rng.random_range(0..24));
             }
@@ -414,7 +458,11 @@ mod tests {
         for (x, y) in [(100, 20), (0, 0), (200, 120)] {
             let (w, h) = (side.min(250 - x), side.min(170 - y));
             let region = pad_edge(ftu_formats::slide::rgb::crop(&img, x, y, w, h), side);
-            let want: Vec<f32> = resize_rgb(&region, 48, 48).data.iter().map(|&v| v as f32 / 255.0).collect();
+            let want: Vec<f32> = resize_rgb(&region, 48, 48)
+                .data
+                .iter()
+                .map(|&v| v as f32 / 255.0)
+                .collect();
             let mut plane = vec![0u8; w * h];
             for r in 0..h {
                 for c in 0..w {
@@ -422,7 +470,10 @@ mod tests {
                 }
             }
             let m: Vec<f32> = pad_plane(&plane, w, h, side).iter().map(|&v| v as f32).collect();
-            let want_mask: Vec<u8> = resize_map(&m, side, side, 48, 48).iter().map(|&v| u8::from(v > 0.5)).collect();
+            let want_mask: Vec<u8> = resize_map(&m, side, side, 48, 48)
+                .iter()
+                .map(|&v| u8::from(v > 0.5))
+                .collect();
             for slide in [&kept, &read] {
                 let c = slide.crop(x, y, side, 48, None).unwrap();
                 assert_eq!(c.image, want, "crop at {x},{y}");

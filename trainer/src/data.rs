@@ -20,47 +20,7 @@ use rayon::prelude::*;
 use crate::augment::{self, stain::StainBasis, Sample, SlideInfo};
 use crate::config::AugmentConfig;
 use crate::crops::{CropSpec, FullSlide};
-
-#[derive(Debug, thiserror::Error)]
-pub enum DataError {
-    #[error("slide {id}: no image train_images/{id}.tiff (or .tif/.png/.jpg) in {dir}")]
-    Missing { id: String, dir: PathBuf },
-    #[error("slide {id}: {cause}")]
-    Slide {
-        id: String,
-        cause: ftu_formats::slide::SlideError,
-    },
-    #[error("slide {id}: its image is {got_w}×{got_h}, train.csv says {want_w}×{want_h}")]
-    Size {
-        id: String,
-        got_w: usize,
-        got_h: usize,
-        want_w: u32,
-        want_h: u32,
-    },
-    #[error("slide {id}: rle: {cause}")]
-    Rle {
-        id: String,
-        cause: ftu_formats::mask::rle::RleError,
-    },
-    #[error("pseudo-labelled slide {id}: its label {path} is {got_w}×{got_h}, the slide {want_w}×{want_h}")]
-    LabelSize {
-        id: String,
-        path: PathBuf,
-        got_w: usize,
-        got_h: usize,
-        want_w: u32,
-        want_h: u32,
-    },
-    #[error("pseudo-labelled slide {id} is also a training slide")]
-    PseudoIsLabelled { id: String },
-    #[error("stain target {id}: not a training slide id")]
-    UnknownStainTarget { id: String },
-    #[error("stain target {id}: too little tissue to estimate its stains")]
-    NoStains { id: String },
-    #[error("unknown normalisation {0:?}")]
-    Norm(String),
-}
+pub use crate::error::DataError;
 
 /// A slide at training scale.
 #[derive(Debug, Clone)]
@@ -279,10 +239,12 @@ impl SlideCache {
                 let size = (row.img_width, row.img_height);
                 let slide = match i.checked_sub(cache.labelled) {
                     None => {
-                        let path = Split::Train.find_image(data, &row.id).ok_or_else(|| DataError::Missing {
-                            id: row.id.clone(),
-                            dir: data.to_path_buf(),
-                        })?;
+                        let path = Split::Train
+                            .find_image(data, &row.id)
+                            .ok_or_else(|| DataError::Missing {
+                                id: row.id.clone(),
+                                dir: data.to_path_buf(),
+                            })?;
                         FullSlide::labelled(&path, &row.id, &row.rle, size, keep[i])
                     }
                     Some(p) => {

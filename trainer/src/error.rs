@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::ConfigError;
-use crate::data::DataError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -28,6 +27,48 @@ pub enum TrainError {
 }
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+/// What can be wrong with a training slide, its label or the data options.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("slide {id}: no image train_images/{id}.tiff (or .tif/.png/.jpg) in {dir}")]
+    Missing { id: String, dir: PathBuf },
+    #[error("slide {id}: {cause}")]
+    Slide {
+        id: String,
+        cause: ftu_formats::slide::SlideError,
+    },
+    #[error("slide {id}: its image is {got_w}×{got_h}, train.csv says {want_w}×{want_h}")]
+    Size {
+        id: String,
+        got_w: usize,
+        got_h: usize,
+        want_w: u32,
+        want_h: u32,
+    },
+    #[error("slide {id}: rle: {cause}")]
+    Rle {
+        id: String,
+        cause: ftu_formats::mask::rle::RleError,
+    },
+    #[error("pseudo-labelled slide {id}: its label {path} is {got_w}×{got_h}, the slide {want_w}×{want_h}")]
+    LabelSize {
+        id: String,
+        path: PathBuf,
+        got_w: usize,
+        got_h: usize,
+        want_w: u32,
+        want_h: u32,
+    },
+    #[error("pseudo-labelled slide {id} is also a training slide")]
+    PseudoIsLabelled { id: String },
+    #[error("stain target {id}: not a training slide id")]
+    UnknownStainTarget { id: String },
+    #[error("stain target {id}: too little tissue to estimate its stains")]
+    NoStains { id: String },
+    #[error("unknown normalisation {0:?}")]
+    Norm(String),
+}
 
 /// Names the file an error came from.
 pub(crate) trait At<T> {

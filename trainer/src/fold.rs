@@ -254,7 +254,8 @@ fn evaluate_tiled(
                 plan.blend(&mut map, w, prob, spec.size, 1.0);
             }
         }
-        out.dice.push(if sum == 0 { 1.0 } else { 2.0 * inter as f64 / sum as f64 });
+        out.dice
+            .push(if sum == 0 { 1.0 } else { 2.0 * inter as f64 / sum as f64 });
         let mut dense = vec![0f32; slide.width * slide.height];
         for (y, line) in dense.chunks_exact_mut(slide.width).enumerate() {
             map.row(y, line);

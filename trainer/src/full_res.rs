@@ -9,7 +9,7 @@ use ftu_formats::resize::resize_map;
 use ftu_formats::schema::TrainRow;
 use ftu_formats::Mask;
 
-use crate::data::DataError;
+use crate::error::DataError;
 
 /// One slide's prediction at full resolution, scored.
 pub struct Scored {

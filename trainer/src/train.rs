@@ -312,7 +312,8 @@ fn write_manifest(
     for (organ, choice) in &th.per_organ {
         table.insert(organ.as_str().to_string(), toml::Value::Float(choice.threshold));
     }
-    let crops = |g: &Group| (g.cfg.sampling.mode == SamplingMode::Crops).then(|| CropSpec::new(g.cfg.size, &g.cfg.sampling));
+    let crops =
+        |g: &Group| (g.cfg.sampling.mode == SamplingMode::Crops).then(|| CropSpec::new(g.cfg.size, &g.cfg.sampling));
     let group_file = |g: &Group| GroupFile {
         size: g.cfg.size as i64,
         weight: Some(g.weight),

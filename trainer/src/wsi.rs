@@ -7,7 +7,9 @@ use std::path::Path;
 use ftu_formats::kaggle::Split;
 use ftu_formats::mask::runs::RunMask;
 use ftu_formats::schema::{self, SubmissionRow, TestRow};
-use ftu_formats::slide::write::{needs_bigtiff, write_tiff_pages_with, Chunking, Compression, Samples, TiffMeta, TiffSpec};
+use ftu_formats::slide::write::{
+    needs_bigtiff, write_tiff_pages_with, Chunking, Compression, Samples, TiffMeta, TiffSpec,
+};
 use ftu_formats::{DataSource, Organ};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -3,7 +3,7 @@
 //! OME-XML in the description (`PhysicalSizeX` with its unit), the TIFF resolution tags
 //! (`XResolution` with `ResolutionUnit` inch or centimetre). A resolution that is no
 //! microscope's (outside 0.01–100 µm per pixel, e.g. the 72 dpi image writers put by default) is
-//! reported as not stated.
+//! reported as not stated. Files that are no TIFF, PNG or JPEG go to OpenSlide (when installed).
 
 use std::fs::File;
 use std::io::BufReader;
@@ -30,6 +30,8 @@ pub enum PixelSizeSource {
     OmeXml,
     /// `XResolution` and `ResolutionUnit`.
     ResolutionTags,
+    /// OpenSlide's `openslide.mpp-x` (a format only OpenSlide reads).
+    OpenSlide,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -64,8 +66,37 @@ pub fn read_meta(path: &Path) -> Result<SlideMeta, SlideError> {
                 description: None,
             })
         }
+        None if super::openslide::vendor(path).is_some() => openslide_meta(path),
         None => Err(SlideErrorKind::UnknownFormat { magic }.at(path)),
     }
+}
+
+/// A file only OpenSlide reads: its levels and properties (`openslide.mpp-x`,
+/// `openslide.objective-power`).
+fn openslide_meta(path: &Path) -> Result<SlideMeta, SlideError> {
+    let o = super::openslide::OpenSlide::open(path)?;
+    Ok(SlideMeta {
+        format: "OpenSlide",
+        width: o.width,
+        height: o.height,
+        levels: o
+            .levels
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, l)| PyramidLevel {
+                page: i,
+                width: l.width,
+                height: l.height,
+            })
+            .collect(),
+        pixel_size: o
+            .pixel_size()
+            .map(|v| (v, PixelSizeSource::OpenSlide))
+            .filter(|(v, _)| PLAUSIBLE_PIXEL_SIZE.contains(v)),
+        objective_power: o.objective_power(),
+        description: o.property("openslide.comment"),
+    })
 }
 
 fn tiff_meta(path: &Path) -> Result<SlideMeta, SlideError> {
@@ -216,7 +247,10 @@ mod tests {
         };
         let m = read_meta(&write(dir.path(), "t.tif", tags, true)).unwrap();
         let (um, from) = m.pixel_size.unwrap();
-        assert!((um - 0.5).abs() < 1e-6 && from == PixelSizeSource::ResolutionTags, "{um}");
+        assert!(
+            (um - 0.5).abs() < 1e-6 && from == PixelSizeSource::ResolutionTags,
+            "{um}"
+        );
 
         // No statement at all, and 72 dpi (352.8 µm per pixel, image writers' default): neither
         // is a microscope's pixel size.
@@ -226,7 +260,10 @@ mod tests {
             description: None,
             pixel_size: Some(25_400.0 / 72.0),
         };
-        assert_eq!(read_meta(&write(dir.path(), "d.tif", dpi72, false)).unwrap().pixel_size, None);
+        assert_eq!(
+            read_meta(&write(dir.path(), "d.tif", dpi72, false)).unwrap().pixel_size,
+            None
+        );
     }
 
     #[test]
@@ -237,6 +274,9 @@ mod tests {
         // PhysicalSizeXUnit is not PhysicalSizeX; a longer name ending in it is not it either.
         let xml = r#"<OME><Pixels PhysicalSizeXUnit="mm" MyPhysicalSizeX="9" PhysicalSizeX="0.0005"/></OME>"#;
         assert_eq!(ome_pixel_size(xml), Some(0.5));
-        assert_eq!(ome_pixel_size(r#"<OME><Pixels PhysicalSizeX="1" PhysicalSizeXUnit="pc"/></OME>"#), None);
+        assert_eq!(
+            ome_pixel_size(r#"<OME><Pixels PhysicalSizeX="1" PhysicalSizeXUnit="pc"/></OME>"#),
+            None
+        );
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod meta;
+pub mod openslide;
 pub mod read;
 pub mod region;
 pub mod rgb;

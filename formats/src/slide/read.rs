@@ -7,22 +7,40 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::error::{check_size, guarded, SlideError, SlideErrorKind, SlideLimits};
+use super::openslide::{self, OpenSlide};
 use super::rgb::RgbImage;
 use super::sniff::{sniff, sniff_file, Format};
-use super::tiff::TiffRegions;
+use super::tiff::{is_unsupported_codec, TiffRegions};
 
 /// Reads a slide from a file into RGB8 (a TIFF's first page).
 pub fn read_slide(path: &Path, limits: SlideLimits) -> Result<RgbImage, SlideError> {
     let (magic, format) = sniff_file(path).map_err(|e| SlideErrorKind::Io(e).at(path))?;
     match format {
-        Some(Format::Tiff) => TiffRegions::open(path, 0)?.whole(limits),
+        Some(Format::Tiff) => match TiffRegions::open(path, 0) {
+            Ok(mut t) => t.whole(limits),
+            // A codec ftu lacks (JPEG 2000 SVS): OpenSlide, when installed.
+            Err(e) if is_unsupported_codec(&e) => read_with_openslide(path, limits, e),
+            Err(e) => Err(e),
+        },
         Some(Format::Png | Format::Jpeg) => {
             let file = std::fs::File::open(path).map_err(|e| SlideErrorKind::Io(e).at(path))?;
             let reader = std::io::BufReader::with_capacity(1 << 20, file);
             guarded(|| read_other(reader, limits)).map_err(|kind| kind.at(path))
         }
+        // Not a TIFF, PNG or JPEG: a scanner format OpenSlide may know (MRXS, …).
+        None if openslide::vendor(path).is_some() => {
+            read_with_openslide(path, limits, SlideErrorKind::UnknownFormat { magic }.at(path))
+        }
         None => Err(SlideErrorKind::UnknownFormat { magic }.at(path)),
     }
+}
+
+/// The whole slide through OpenSlide (within `limits`), or `ftu_error` with OpenSlide's reason.
+fn read_with_openslide(path: &Path, limits: SlideLimits, ftu_error: SlideError) -> Result<RgbImage, SlideError> {
+    let o = OpenSlide::open(path)
+        .map_err(|e| SlideErrorKind::Unsupported(format!("{}; and {}", ftu_error.kind, e.kind)).at(path))?;
+    check_size(o.width as u64, o.height as u64, limits).map_err(|kind| kind.at(path))?;
+    o.region(0, 0, o.width, o.height)
 }
 
 /// Reads a slide held in memory; `name` is used in errors.

@@ -6,15 +6,17 @@
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 use tiff::decoder::Decoder;
 
-use super::error::{SlideError, SlideErrorKind, SlideLimits};
+use super::error::{check_size, SlideError, SlideErrorKind, SlideLimits};
+use super::openslide::OpenSlide;
 use super::read::read_slide;
 use super::rgb::{crop, RgbImage};
 use super::sniff::{sniff_file, Format};
-use super::tiff::TiffRegions;
+use super::tiff::{is_unsupported_codec, TiffRegions};
 
 /// Decoded chunks kept for neighbouring windows (overlapping windows read the same chunks).
 pub const DEFAULT_CACHE_BYTES: usize = 192 << 20;
@@ -25,25 +27,32 @@ pub enum SlideSource {
     Memory(RgbImage),
     /// A TIFF decoded chunk by chunk.
     Tiff(Box<TiffRegions>),
+    /// A scanner format ftu's reader does not decode, through OpenSlide.
+    OpenSlide(Arc<OpenSlide>),
 }
 
 impl SlideSource {
-    /// Opens a slide for region reads: TIFFs chunk by chunk, anything else whole (within `limits`).
+    /// Opens a slide for region reads: TIFFs chunk by chunk, PNG and JPEG whole (within
+    /// `limits`), and through OpenSlide a TIFF whose codec ftu lacks (JPEG 2000 SVS) or a file
+    /// that is no TIFF, PNG or JPEG but a format OpenSlide knows (MRXS, …).
     pub fn open(path: &Path, limits: SlideLimits) -> Result<SlideSource, SlideError> {
-        let (_, format) = sniff_file(path).map_err(|e| SlideErrorKind::Io(e).at(path))?;
-        if format == Some(Format::Tiff) {
-            return Ok(SlideSource::Tiff(Box::new(TiffRegions::open(
-                path,
-                DEFAULT_CACHE_BYTES,
-            )?)));
+        let (magic, format) = sniff_file(path).map_err(|e| SlideErrorKind::Io(e).at(path))?;
+        match format {
+            Some(Format::Tiff) => match TiffRegions::open(path, DEFAULT_CACHE_BYTES) {
+                Ok(t) => Ok(SlideSource::Tiff(Box::new(t))),
+                Err(e) if is_unsupported_codec(&e) => open_with_openslide(path, e),
+                Err(e) => Err(e),
+            },
+            Some(_) => Ok(SlideSource::Memory(read_slide(path, limits)?)),
+            None => open_with_openslide(path, SlideErrorKind::UnknownFormat { magic }.at(path)),
         }
-        Ok(SlideSource::Memory(read_slide(path, limits)?))
     }
 
     pub fn width(&self) -> usize {
         match self {
             SlideSource::Memory(img) => img.width,
             SlideSource::Tiff(t) => t.width,
+            SlideSource::OpenSlide(o) => o.width,
         }
     }
 
@@ -51,6 +60,7 @@ impl SlideSource {
         match self {
             SlideSource::Memory(img) => img.height,
             SlideSource::Tiff(t) => t.height,
+            SlideSource::OpenSlide(o) => o.height,
         }
     }
 
@@ -63,6 +73,7 @@ impl SlideSource {
         match self {
             SlideSource::Memory(img) => Ok(crop(img, x, y, w, h)),
             SlideSource::Tiff(t) => t.region(x, y, w, h),
+            SlideSource::OpenSlide(o) => o.region(x, y, w, h),
         }
     }
 
@@ -72,6 +83,7 @@ impl SlideSource {
         match self {
             SlideSource::Memory(img) => (img.width * img.height) as u64,
             SlideSource::Tiff(t) => t.decoded_pixels(),
+            SlideSource::OpenSlide(o) => o.decoded_pixels(),
         }
     }
 
@@ -79,14 +91,45 @@ impl SlideSource {
     /// (a level pixel no larger than `per_pixel` slide pixels), when one saves at least half the
     /// pixels across; a slide without levels has none.
     pub fn level_for(&self, per_pixel: f64) -> Option<PyramidLevel> {
-        let SlideSource::Tiff(t) = self else { return None };
-        pyramid_levels(&t.path, t.width, t.height)
+        let (width, height) = (self.width(), self.height());
+        self.levels()
             .into_iter()
             .filter(|l| {
-                let (dx, dy) = l.downsample(t.width, t.height);
+                let (dx, dy) = l.downsample(width, height);
                 dx.max(dy) <= per_pixel * (1.0 + 1e-6) && dx.min(dy) >= 2.0
             })
             .min_by_key(|l| l.width * l.height)
+    }
+
+    /// The slide's reduced-resolution levels: a TIFF's pages, OpenSlide's levels (by index).
+    pub fn levels(&self) -> Vec<PyramidLevel> {
+        match self {
+            SlideSource::Memory(_) => Vec::new(),
+            SlideSource::Tiff(t) => pyramid_levels(&t.path, t.width, t.height),
+            SlideSource::OpenSlide(o) => o
+                .levels
+                .iter()
+                .enumerate()
+                .skip(1)
+                .map(|(i, l)| PyramidLevel {
+                    page: i,
+                    width: l.width,
+                    height: l.height,
+                })
+                .collect(),
+        }
+    }
+
+    /// A reader of `level` (one of [`SlideSource::levels`]) in slide coordinates.
+    pub fn level_reader(&self, level: PyramidLevel) -> Result<LevelReader, SlideError> {
+        let (width, height) = (self.width(), self.height());
+        let pages = match self {
+            SlideSource::OpenSlide(o) => Pages::OpenSlide(o.clone()),
+            SlideSource::Tiff(t) => Pages::Tiff(TiffRegions::open_page(&t.path, level.page, DEFAULT_CACHE_BYTES)?),
+            SlideSource::Memory(_) => unreachable!("a slide in memory has no levels"),
+        };
+        let (dx, dy) = level.downsample(width, height);
+        Ok(LevelReader { level, dx, dy, pages })
     }
 
     /// The whole slide in memory, refused past `limits` (resize-mode groups need it).
@@ -94,6 +137,10 @@ impl SlideSource {
         match self {
             SlideSource::Memory(img) => Ok(img.clone()),
             SlideSource::Tiff(t) => t.whole(limits),
+            SlideSource::OpenSlide(o) => {
+                check_size(o.width as u64, o.height as u64, limits).map_err(|kind| kind.at(&o.path))?;
+                o.region(0, 0, o.width, o.height)
+            }
         }
     }
 
@@ -117,6 +164,24 @@ impl SlideSource {
             SlideSource::Memory(img) => {
                 total.merge(&CellSums::of(img, 0, 0, &full));
                 None
+            }
+            SlideSource::OpenSlide(o) => {
+                // The smallest level still as fine as the thumbnail, read whole.
+                let (index, l) = o
+                    .levels
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.downsample <= factor as f64 + 1e-9)
+                    .min_by_key(|(_, l)| l.width * l.height)
+                    .expect("level 0 always fits");
+                let img = o.read_level(index, 0, 0, l.width, l.height)?;
+                let (dx, dy) = (width as f64 / l.width as f64, height as f64 / l.height as f64);
+                total.merge(&CellSums::of(&img, 0, 0, &CellMap::new(dx, dy, factor, tw, th)));
+                (index > 0).then_some(PyramidLevel {
+                    page: index,
+                    width: l.width,
+                    height: l.height,
+                })
             }
             SlideSource::Tiff(t) => {
                 let level = pyramid_levels(&t.path, width, height)
@@ -605,19 +670,28 @@ pub struct LevelReader {
     /// Slide pixels per level pixel, across and down.
     dx: f64,
     dy: f64,
-    regions: TiffRegions,
+    pages: Pages,
+}
+
+enum Pages {
+    Tiff(TiffRegions),
+    /// OpenSlide's level `level.page`, read in level-0 coordinates.
+    OpenSlide(Arc<OpenSlide>),
 }
 
 impl LevelReader {
-    /// Page `level.page` of the TIFF at `path`, whose first page is `width × height`.
-    pub fn open(path: &Path, level: PyramidLevel, width: usize, height: usize) -> Result<LevelReader, SlideError> {
-        let (dx, dy) = level.downsample(width, height);
-        Ok(LevelReader {
-            level,
-            dx,
-            dy,
-            regions: TiffRegions::open_page(path, level.page, DEFAULT_CACHE_BYTES)?,
-        })
+    /// The level's `w × h` pixels at `(x, y)` (level pixels).
+    fn level_region(&mut self, x: usize, y: usize, w: usize, h: usize) -> Result<RgbImage, SlideError> {
+        match &mut self.pages {
+            Pages::Tiff(t) => t.region(x, y, w, h),
+            Pages::OpenSlide(o) => o.read_level(
+                self.level.page,
+                (x as f64 * self.dx).round() as usize,
+                (y as f64 * self.dy).round() as usize,
+                w,
+                h,
+            ),
+        }
     }
 
     /// The slide window at `(x, y)` of `w × h` slide pixels (a window of side `side`, cut by the
@@ -639,7 +713,7 @@ impl LevelReader {
         let clamp = |v: f64, len: usize| v.floor().clamp(0.0, (len - 1) as f64) as usize;
         let (x0, x1) = (clamp(us[0], lw), (clamp(us[n - 1], lw) + 1).min(lw - 1));
         let (y0, y1) = (clamp(vs[0], lh), (clamp(vs[n - 1], lh) + 1).min(lh - 1));
-        let region = self.regions.region(x0, y0, x1 - x0 + 1, y1 - y0 + 1)?;
+        let region = self.level_region(x0, y0, x1 - x0 + 1, y1 - y0 + 1)?;
         let (rw, rh) = (region.width, region.height);
         let mut out = RgbImage::new(n, n);
         for (r, &v) in vs.iter().enumerate() {
@@ -663,6 +737,19 @@ impl LevelReader {
     }
 
     pub fn decoded_pixels(&self) -> u64 {
-        self.regions.decoded_pixels()
+        match &self.pages {
+            Pages::Tiff(t) => t.decoded_pixels(),
+            // Counted by the slide the reader shares (`SlideSource::decoded_pixels`).
+            Pages::OpenSlide(_) => 0,
+        }
+    }
+}
+
+/// Opens `path` through OpenSlide, or returns `ftu_error` (what ftu's own reader said) with
+/// OpenSlide's reason appended.
+fn open_with_openslide(path: &Path, ftu_error: SlideError) -> Result<SlideSource, SlideError> {
+    match OpenSlide::open(path) {
+        Ok(o) => Ok(SlideSource::OpenSlide(Arc::new(o))),
+        Err(e) => Err(SlideErrorKind::Unsupported(format!("{}; and {}", ftu_error.kind, e.kind)).at(path)),
     }
 }

@@ -159,6 +159,11 @@ impl TiffRegions {
         if chunk_w == 0 || chunk_h == 0 {
             return Err(unsupported("chunks of size 0".into()));
         }
+        // Codecs neither ftu nor the tiff crate decodes are refused here, before any chunk is
+        // read (a slide that needs them goes to OpenSlide, see `super::openslide`).
+        if let Some(c) = compression.filter(|c| !DECODED_COMPRESSIONS.contains(c)) {
+            return Err(unsupported(format!("TIFF compression {c}{}", compression_name(c))));
+        }
         // The crate's own buffer limits, set to what one chunk legitimately needs.
         let mut limits = tiff::decoder::Limits::default();
         let chunk_bytes = chunk_w
@@ -631,4 +636,23 @@ fn ycbcr_to_rgb(mut data: Vec<u8>) -> Vec<u8> {
         px[2] = c(y + 1.772 * cb);
     }
     data
+}
+
+/// TIFF compression codes ftu decodes: none, CCITT group 4, LZW, JPEG, deflate (both codes),
+/// PackBits.
+const DECODED_COMPRESSIONS: [u16; 7] = [1, 4, 5, 7, 8, 32773, 32946];
+
+/// What a compression code ftu does not decode is, for the error.
+fn compression_name(code: u16) -> &'static str {
+    match code {
+        33003 | 33005 | 34712 => " (JPEG 2000, as Aperio SVS; read through OpenSlide)",
+        6 => " (old-style JPEG)",
+        34887..=34889 | 34925 => " (LERC / LZMA)",
+        _ => "",
+    }
+}
+
+/// Whether `err` is a TIFF ftu opened but cannot decode (a codec it lacks): OpenSlide may.
+pub fn is_unsupported_codec(err: &SlideError) -> bool {
+    matches!(&err.kind, SlideErrorKind::Unsupported(m) if m.starts_with("TIFF compression"))
 }
