@@ -22,6 +22,12 @@ python3 scripts/module_cycles.py formats infer models onnx trainer
 
 # The engine's tests run models through the real ONNX Runtime.
 source scripts/ort.sh
+# infer/tests/scanner.rs writes scanner-style slides (JPEG 2000 SVS, OME-TIFF) with tifffile and
+# reads them with OpenSlide too (libopenslide0: .ci/run installs it; apt-get install libopenslide0).
+if ! .venv/bin/python -c "import tifffile, imagecodecs" 2>/dev/null; then
+  echo "== pip install tifffile imagecodecs into .venv"
+  .venv/bin/pip install --quiet "tifffile==2026.3.3" "imagecodecs==2026.3.6"
+fi
 
 echo "== cargo test --workspace"
 cargo test --workspace --all-targets

@@ -89,7 +89,7 @@ done
 
 # Pixels decoded for the windows: from the pyramid level at the group's scale (the default) and
 # from level 0 (--read-level0), with the time and the agreement of the two masks.
-decoded() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(sum(t['stats']['pixels_decoded'] for t in r['tiles']), r['wall_seconds'], [l['page'] for t in r['tiles'] for l in t['stats']['read_levels']])" "$1"; }
+decoded() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(sum(t['pixels_decoded'] for t in r['tiles']), r['wall_seconds'], [l['page'] for t in r['tiles'] for l in t['read_levels']])" "$1"; }
 if [ -n "$PYRAMID" ] && [ "$SCALE" != 1 ]; then
   out0="$work/out-colour-level0"
   rm -rf "$out0" && mkdir -p "$out0"

@@ -1,0 +1,209 @@
+//! Scanner files with no test.csv, made by `scripts/scanner-slides.py` (tifffile + imagecodecs):
+//! an Aperio SVS with JPEG 2000 tiles (only OpenSlide decodes it), an OME-TIFF, and a generic
+//! pyramidal TIFF (both readers). OpenSlide and ftu's reader return the same pixels where both
+//! read a file, and the generated pixels; `predict --slides DIR --organ kidney` takes each
+//! slide's µm per pixel from its file and writes GeoJSON and masks that match the truth; without
+//! the OpenSlide library the SVS is an error saying how to install it and the rest still runs.
+//! Needs libonnxruntime, libopenslide0 and a Python with tifffile and imagecodecs (`.venv`, or
+//! FTU_PYTHON); scripts/test.sh installs them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ftu_formats::mask::rle;
+use ftu_formats::schema;
+use ftu_formats::slide::openslide::OpenSlide;
+use ftu_formats::slide::region::SlideSource;
+use ftu_formats::slide::tiff::TiffRegions;
+use ftu_formats::slide::{RgbImage, SlideLimits};
+use ftu_infer::slides::SlideResultRow;
+use ftu_onnx::samples::{self, InputShape};
+
+const W: usize = 1536;
+const H: usize = 1024;
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("FTU_PYTHON") {
+        return p.into();
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    if venv.is_file() {
+        venv
+    } else {
+        "python3".into()
+    }
+}
+
+/// The three files, the truth and the generated pixels, in a temporary folder.
+fn scanner_files() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/scanner-slides.py");
+    let out = Command::new(python())
+        .arg(&script)
+        .arg(dir.path().join("scans"))
+        .args(["--width", &W.to_string(), "--height", &H.to_string()])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "scripts/scanner-slides.py needs tifffile and imagecodecs (pip install tifffile imagecodecs; scripts/test.sh does): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The pixels and truth live beside the slides, not among them.
+    for f in ["pixels.npy", "truth.csv"] {
+        std::fs::rename(dir.path().join("scans").join(f), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+/// A `.npy` of H×W×3 u8 (numpy's version 1 header) as an image.
+fn read_npy(path: &Path) -> RgbImage {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let header = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let data = bytes[10 + header..].to_vec();
+    assert_eq!(data.len(), W * H * 3);
+    RgbImage {
+        width: W,
+        height: H,
+        data,
+    }
+}
+
+fn ftu_infer(args: &[&str], openslide: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ftu-infer"));
+    c.args(args).env("RUST_BACKTRACE", "0");
+    if let Some(lib) = openslide {
+        c.env("FTU_OPENSLIDE", lib);
+    }
+    c.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn scanner_files_read_alike_and_predict_without_test_csv() {
+    ftu_formats::slide::openslide::available().expect("OpenSlide (apt-get install libopenslide0; .ci/run does)");
+    let dir = scanner_files();
+    let scans = dir.path().join("scans");
+    let pixels = read_npy(&dir.path().join("pixels.npy"));
+
+    // The SVS: ftu's reader refuses its codec by name; OpenSlide reads the generated pixels
+    // (JPEG 2000 here is lossless), and SlideSource goes to OpenSlide by itself.
+    let svs = scans.join("aperio.svs");
+    let refused = TiffRegions::open(&svs, 0).err().expect("JPEG 2000 is not ftu's");
+    assert!(refused.to_string().contains("33005 (JPEG 2000"), "{refused}");
+    let o = OpenSlide::open(&svs).unwrap();
+    assert_eq!((o.width, o.height, o.levels.len()), (W, H, 2));
+    assert_eq!(o.pixel_size(), Some(0.499));
+    assert_eq!(o.region(0, 0, W, H).unwrap(), pixels);
+    let mut source = SlideSource::open(&svs, SlideLimits::default()).unwrap();
+    assert!(matches!(source, SlideSource::OpenSlide(_)));
+    assert_eq!(
+        source.region(300, 200, 64, 48).unwrap(),
+        o.region(300, 200, 64, 48).unwrap()
+    );
+
+    // The generic pyramid: both readers, the same pixels at both levels.
+    let generic = scans.join("generic.tif");
+    let mut mine = TiffRegions::open(&generic, 0).unwrap();
+    let theirs = OpenSlide::open(&generic).unwrap();
+    assert_eq!(mine.whole(SlideLimits::default()).unwrap(), pixels);
+    assert_eq!(theirs.region(0, 0, W, H).unwrap(), pixels);
+    let mut level = TiffRegions::open_page(&generic, 1, 0).unwrap();
+    assert_eq!(
+        level.region(10, 20, 100, 80).unwrap(),
+        theirs.read_level(1, 40, 80, 100, 80).unwrap()
+    );
+    // The OME-TIFF: ftu's reader.
+    let ome = ftu_formats::read_slide(&scans.join("ome.ome.tif"), SlideLimits::default()).unwrap();
+    assert_eq!(ome, pixels);
+
+    // predict --slides: a tiled model at a quarter of the resolution (low green marks the
+    // FTUs), pixel sizes from the files, GeoJSON and masks.
+    let model = samples::pixel_linear([0.0, -20.0, 0.0], 8.0, InputShape::default(), "o").unwrap();
+    ftu_onnx::write(&model, &dir.path().join("green.onnx")).unwrap();
+    let manifest = dir.path().join("m.toml");
+    std::fs::write(
+        &manifest,
+        "[thresholds]\ndefault = 0.5\n[[group]]\nsize = 64\nmode = \"tiles\"\noverlap = 0.5\nscale = 0.25\nbatch = 4\n\
+         [[group.model]]\npath = \"green.onnx\"\nnorm = \"unit\"\n",
+    )
+    .unwrap();
+    let out = dir.path().join("slides.csv");
+    let (geojson, masks) = (dir.path().join("gj"), dir.path().join("masks"));
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "predict",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--slides",
+            scans.to_str().unwrap(),
+            "--organ",
+            "kidney",
+            "--out",
+            out.to_str().unwrap(),
+            "--geojson",
+            geojson.to_str().unwrap(),
+            "--masks",
+            masks.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let a = args(&out);
+    let o = ftu_infer(&a.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    assert!(o.status.success(), "{}", text(&o));
+    let rows: Vec<SlideResultRow> = csv::Reader::from_path(&out)
+        .unwrap()
+        .deserialize()
+        .map(|r| r.unwrap())
+        .collect();
+    let got: Vec<(&str, f64)> = rows.iter().map(|r| (r.id.as_str(), r.pixel_size)).collect();
+    assert_eq!(got, [("aperio", 0.499), ("generic", 0.25), ("ome", 0.5)]);
+    let truth = schema::read_submission(&dir.path().join("truth.csv")).unwrap();
+    let truth = rle::decode(&truth[0].rle, H, W).unwrap();
+    for r in &rows {
+        let mask = rle::decode(&r.rle, H, W).unwrap();
+        let dice = ftu_formats::dice::dice_masks(&mask, &truth);
+        assert!(dice > 0.95, "{}: Dice {dice}", r.id);
+        assert!(geojson.join(format!("{}.geojson", r.id)).is_file(), "{} GeoJSON", r.id);
+        assert!(masks.join(format!("{}.tiff", r.id)).is_file(), "{} mask", r.id);
+    }
+    // The pyramidal files' windows came from their 4× level; the OME-TIFF's SubIFDs are not used.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("slides.report.json")).unwrap()).unwrap();
+    let levels: Vec<usize> = report["tiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["read_levels"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(levels, [1, 1, 0]);
+
+    // Without OpenSlide: the SVS is an error naming the library and how to install it; the
+    // others still predict, and inspect reads every file's header.
+    let o = ftu_infer(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        Some("/nonexistent/libopenslide.so"),
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("aperio") && err.contains("apt-get install libopenslide0"),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_file(&svs).unwrap();
+    let o = ftu_infer(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        Some("/nonexistent/libopenslide.so"),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+}
