@@ -438,6 +438,7 @@ impl<'a> Fold<'a> {
     fn resume(&mut self, progress: &mut dyn Progress) -> Result<()> {
         let (last, last_optim) = (self.path("last.safetensors"), self.path("last.optim.safetensors"));
         self.state = FoldState::read(self.cfg, self.k)?;
+        self.settle_checkpoint()?;
         weights::load(&self.model, &last, Scope::Full).at("resuming from", &last)?;
         self.opt.load(&last_optim).at("resuming from", &last_optim)?;
         if let Some(e) = self.ema.as_mut() {
@@ -672,27 +673,60 @@ impl<'a> Fold<'a> {
         Ok(())
     }
 
-    /// Last checkpoint, optimiser state and the fold's state, each written atomically; the
-    /// state last, so a kill between them resumes from the previous complete epoch.
+    /// Last checkpoint, optimiser state and the fold's state, so that a kill at any instant
+    /// resumes from a complete epoch: the weights and optimiser state go to files named by the
+    /// epoch (`last.E.safetensors`, `last.E.optim.safetensors`), state.json saying epoch E is
+    /// the commit, and only then are they renamed to `last.safetensors` and
+    /// `last.optim.safetensors` ([`Fold::resume`] finishes renames a kill interrupted and drops
+    /// files of uncommitted epochs). Each file is written atomically.
     pub(crate) fn checkpoint(&mut self, epoch: usize, validated: &Validated) -> Result<()> {
         if validated.improved {
             self.state.best_dice = validated.dice_full;
             self.state.best_epoch = epoch;
         }
-        let last_optim = self.path("last.optim.safetensors");
-        self.model.store().save(&self.path("last.safetensors"))?;
-        let mut optim_tensors = HashMap::new();
+        let (weights, optim_path) = self.epoch_files(epoch);
+        self.model.store().save(&weights)?;
+        self.opt.save(&optim_path)?;
         if let Some(e) = &self.ema {
-            optim_tensors.extend(e.tensors());
-        }
-        self.opt.save(&last_optim)?;
-        if !optim_tensors.is_empty() {
-            let mut all = candle_core::safetensors::load(&last_optim, &candle_core::Device::Cpu)?;
-            all.extend(optim_tensors);
-            optim::save_atomic(&all, &last_optim)?;
+            let mut all = candle_core::safetensors::load(&optim_path, &candle_core::Device::Cpu)?;
+            all.extend(e.tensors());
+            optim::save_atomic(&all, &optim_path)?;
         }
         self.state.epochs_done = epoch;
-        write_json(&self.path("state.json"), &self.state)
+        write_json(&self.path("state.json"), &self.state)?;
+        self.settle_checkpoint()
+    }
+
+    /// Epoch `epoch`'s weights and optimiser files before they become the last checkpoint.
+    fn epoch_files(&self, epoch: usize) -> (PathBuf, PathBuf) {
+        (
+            self.path(&format!("last.{epoch}.safetensors")),
+            self.path(&format!("last.{epoch}.optim.safetensors")),
+        )
+    }
+
+    /// Makes the committed epoch's files (state.json's `epochs_done`) the last checkpoint and
+    /// removes files of any other epoch (a kill before the commit leaves them).
+    fn settle_checkpoint(&self) -> Result<()> {
+        let done = self.state.epochs_done;
+        let (weights, optim_path) = self.epoch_files(done);
+        for (tagged, last) in [(weights, "last.safetensors"), (optim_path, "last.optim.safetensors")] {
+            if tagged.exists() {
+                std::fs::rename(&tagged, self.path(last)).at("renaming", &tagged)?;
+            }
+        }
+        let stale = std::fs::read_dir(&self.dir).at("listing", &self.dir)?;
+        for entry in stale.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let epoch_file = name
+                .strip_prefix("last.")
+                .and_then(|rest| rest.split('.').next())
+                .is_some_and(|e| e.parse::<usize>().is_ok());
+            if epoch_file {
+                std::fs::remove_file(entry.path()).at("removing", &entry.path())?;
+            }
+        }
+        Ok(())
     }
 
     /// The epoch's row in RUN/metrics.csv, this fold's loss and Dice curves, and its line.
@@ -805,8 +839,10 @@ pub(crate) fn train_fold(
         let start = std::time::Instant::now();
         let trained = fold.train_epoch(epoch, progress)?;
         let validated = fold.validate()?;
-        fold.checkpoint(epoch, &validated)?;
+        // The epoch's metrics row first: a kill before the checkpoint commits redoes the epoch
+        // and rewrites its row; one after it finds the row there.
         fold.record(epoch, &trained, &validated, start.elapsed(), progress)?;
+        fold.checkpoint(epoch, &validated)?;
     }
     fold.export()
 }

@@ -1,0 +1,224 @@
+//! Kill-anywhere: `ftu-infer predict`, `merge` and `bundle` started as processes and sent SIGKILL
+//! after seeded random delays spread over a whole run (so some land while the submission, its
+//! report, probability PNGs or the bundle are being written). Afterwards every output is either
+//! the previous complete one (or absent) or the new complete one — never a torn file — and a
+//! rerun finishes. Needs libonnxruntime (scripts/test.sh installs it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ftu_formats::organ::{DataSource, Organ};
+use ftu_formats::schema::{self, TestRow};
+use ftu_formats::slide::write::{write_tiff_image, Chunking, Compression, Samples, TiffSpec};
+use ftu_onnx::samples::{self, InputShape};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const SIDE: usize = 192;
+
+/// A Kaggle folder of `n` random slides and a manifest whose model's output is the red channel.
+fn fixture(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
+    let data = dir.join("data");
+    std::fs::create_dir_all(data.join("test_images")).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut rows = Vec::new();
+    for i in 0..n {
+        let pixels: Vec<u8> = (0..SIDE * SIDE * 3).map(|_| rng.random()).collect();
+        let spec = TiffSpec {
+            width: SIDE as u32,
+            height: SIDE as u32,
+            samples: Samples::Rgb8,
+            chunking: Chunking::Strips { rows: 32 },
+            compression: Compression::Deflate,
+            bigtiff: false,
+        };
+        write_tiff_image(&data.join(format!("test_images/{i}.tiff")), &spec, &pixels).unwrap();
+        rows.push(TestRow {
+            id: i.to_string(),
+            organ: Organ::ALL[i % 5],
+            data_source: DataSource::Hpa,
+            img_height: SIDE as u32,
+            img_width: SIDE as u32,
+            pixel_size: 0.4,
+            tissue_thickness: 4.0,
+        });
+    }
+    schema::write_rows(&data.join("test.csv"), &rows).unwrap();
+    let model = samples::pixel_linear([1.0, 0.0, 0.0], -0.5, InputShape::default(), "logits").unwrap();
+    ftu_onnx::write(&model, &dir.join("red.onnx")).unwrap();
+    let manifest = dir.join("m.toml");
+    std::fs::write(
+        &manifest,
+        "[tta]\nmode = \"d4\"\n[[group]]\nsize = 128\n[[group.model]]\npath = \"red.onnx\"\nnorm = \"unit\"\n",
+    )
+    .unwrap();
+    (data, manifest)
+}
+
+fn ftu_infer(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ftu-infer"));
+    c.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+    c
+}
+
+/// Runs `cmd` to completion and returns how long it took.
+fn timed(mut cmd: Command) -> Duration {
+    let start = Instant::now();
+    assert!(cmd.status().unwrap().success(), "{cmd:?}");
+    start.elapsed()
+}
+
+/// Starts `cmd`, kills it after `delay` (if it is still running), and says whether it was.
+fn kill_after(mut cmd: Command, delay: Duration) -> bool {
+    let mut child = cmd.spawn().unwrap();
+    let end = Instant::now() + delay;
+    while Instant::now() < end {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let running = child.try_wait().unwrap().is_none();
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+    running
+}
+
+fn read(path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(path).ok()
+}
+
+/// 180 runs of `predict` (with --probs, so PNG writes are in the window too), 30 of `merge`
+/// and 20 of `bundle` killed at random: each output afterwards is the old one (or absent) or the new one, whole.
+#[test]
+fn killed_commands_leave_the_old_output_or_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (data, manifest) = fixture(d, 12);
+    let mut rng = ChaCha8Rng::seed_from_u64(2026);
+    let mut kills = 0;
+
+    // predict: the reference run, then an "old" submission from another threshold.
+    let out = d.join("sub.csv");
+    let report = d.join("sub.report.json");
+    let probs = d.join("probs");
+    let predict = |out: &Path| {
+        let mut c = ftu_infer(&[
+            "predict",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--probs",
+            probs.to_str().unwrap(),
+            "--threads",
+            "1",
+            "--out",
+        ]);
+        c.arg(out);
+        c
+    };
+    let full = timed(predict(&out));
+    let new = read(&out).unwrap();
+    let new_pngs: Vec<Vec<u8>> = (0..12)
+        .map(|i| read(&probs.join(format!("{i}.png"))).unwrap())
+        .collect();
+    let old = b"id,rle\n0,\n".to_vec();
+    for _ in 0..180 {
+        std::fs::write(&out, &old).unwrap();
+        let _ = std::fs::remove_file(&report);
+        let _ = std::fs::remove_dir_all(&probs);
+        let delay = full.mul_f64(rng.random_range(0.0..1.1));
+        kills += usize::from(kill_after(predict(&out), delay));
+        let got = read(&out).unwrap();
+        assert!(got == old || got == new, "a torn submission after a kill at {delay:?}");
+        if let Some(r) = read(&report) {
+            serde_json::from_slice::<serde_json::Value>(&r).expect("a whole report");
+            assert_eq!(got, new, "the report is written after the submission");
+        }
+        for (i, png) in new_pngs.iter().enumerate() {
+            if let Some(p) = read(&probs.join(format!("{i}.png"))) {
+                assert_eq!(&p, png, "probability map {i} torn");
+            }
+        }
+    }
+    // A rerun after all that finishes with the same submission.
+    timed(predict(&out));
+    assert_eq!(read(&out).unwrap(), new);
+
+    // merge: shards of the same folder, merged over an old file.
+    let shards: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let s = d.join(format!("shard{i}.csv"));
+            let mut c = predict(&s);
+            c.args(["--shard", &format!("{i}/3")]);
+            timed(c);
+            s
+        })
+        .collect();
+    let merged = d.join("merged.csv");
+    let merge = || {
+        let mut c = ftu_infer(&["merge", "--test", data.join("test.csv").to_str().unwrap(), "--out"]);
+        c.arg(&merged).args(&shards);
+        c
+    };
+    let full = timed(merge());
+    assert_eq!(read(&merged).unwrap(), new);
+    for _ in 0..30 {
+        std::fs::write(&merged, &old).unwrap();
+        let delay = full.mul_f64(rng.random_range(0.0..1.1));
+        kills += usize::from(kill_after(merge(), delay));
+        let got = read(&merged).unwrap();
+        assert!(got == old || got == new, "a torn merge after a kill at {delay:?}");
+    }
+
+    // bundle: the folder is absent or complete (built beside and renamed).
+    let bundle_out = d.join("bundle");
+    let bundle = || {
+        let mut c = ftu_infer(&["bundle", "--manifest", manifest.to_str().unwrap(), "--out"]);
+        c.arg(&bundle_out);
+        c
+    };
+    let full = timed(bundle());
+    let files = |root: &Path| -> Vec<(PathBuf, u64)> {
+        let mut v: Vec<(PathBuf, u64)> = walk(root)
+            .into_iter()
+            .map(|p| (p.strip_prefix(root).unwrap().to_path_buf(), p.metadata().unwrap().len()))
+            .collect();
+        v.sort();
+        v
+    };
+    let complete = files(&bundle_out);
+    for _ in 0..20 {
+        std::fs::remove_dir_all(&bundle_out).unwrap_or(());
+        let delay = full.mul_f64(rng.random_range(0.0..1.1));
+        kills += usize::from(kill_after(bundle(), delay));
+        if bundle_out.exists() {
+            assert_eq!(
+                files(&bundle_out),
+                complete,
+                "a partial bundle after a kill at {delay:?}"
+            );
+        }
+        // A leftover half-built folder beside it does not stop the next bundle.
+        std::fs::remove_dir_all(&bundle_out).unwrap_or(());
+        timed(bundle());
+        assert_eq!(files(&bundle_out), complete);
+    }
+    println!("{kills} processes killed mid-run");
+    assert!(kills >= 150, "only {kills} kills landed while the commands ran");
+}
+
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
