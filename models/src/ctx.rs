@@ -9,7 +9,8 @@ use rand_chacha::ChaCha8Rng;
 
 pub struct Ctx {
     train: bool,
-    recalibrate: bool,
+    /// BatchNorm's running-statistics momentum when recalibrating.
+    recalibrate: Option<f64>,
     generic: bool,
     rng: Mutex<ChaCha8Rng>,
 }
@@ -19,7 +20,7 @@ impl Ctx {
     pub fn eval() -> Ctx {
         Ctx {
             train: false,
-            recalibrate: false,
+            recalibrate: None,
             generic: false,
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(0)),
         }
@@ -28,8 +29,15 @@ impl Ctx {
     /// Eval mode except that BatchNorm sets its running statistics to this batch's statistics,
     /// as after averaging weights (EMA, SWA), whose running statistics no longer fit them.
     pub fn recalibrate() -> Ctx {
+        Ctx::recalibrate_with(1.0)
+    }
+
+    /// Eval mode except that BatchNorm normalises with this batch's statistics and moves its
+    /// running ones towards them by `momentum`: over batches k = 0, 1, … with momentum
+    /// 1/(k + 1), the running statistics become the batches' average ("precise BN").
+    pub fn recalibrate_with(momentum: f64) -> Ctx {
         Ctx {
-            recalibrate: true,
+            recalibrate: Some(momentum),
             ..Ctx::eval()
         }
     }
@@ -38,7 +46,7 @@ impl Ctx {
     pub fn train(seed: u64) -> Ctx {
         Ctx {
             train: true,
-            recalibrate: false,
+            recalibrate: None,
             generic: false,
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
         }
@@ -60,11 +68,11 @@ impl Ctx {
         self.train
     }
 
-    /// BatchNorm normalises with the batch's statistics and updates its running ones; `Some(1.0)`
-    /// momentum when recalibrating.
+    /// BatchNorm normalises with the batch's statistics and updates its running ones; with the
+    /// recalibration momentum when recalibrating.
     pub fn batch_statistics(&self) -> Option<Option<f64>> {
-        if self.recalibrate {
-            Some(Some(1.0))
+        if let Some(m) = self.recalibrate {
+            Some(Some(m))
         } else if self.train {
             Some(None)
         } else {

@@ -210,6 +210,9 @@ pub struct OptimConfig {
     pub clip_norm: f64,
     /// Exponential moving average of the weights (validated and exported); none when 0.
     pub ema: f64,
+    /// Before each validation, BatchNorm's running statistics are set to the average over
+    /// this many training batches ("precise BN"); none when 0.
+    pub bn_recalibrate: usize,
 }
 
 impl Default for OptimConfig {
@@ -225,6 +228,7 @@ impl Default for OptimConfig {
             accumulate: 1,
             clip_norm: 1.0,
             ema: 0.0,
+            bn_recalibrate: 0,
         }
     }
 }

@@ -17,7 +17,7 @@ use ftu_formats::{tiles, Organ};
 use ftu_models::store::is_buffer;
 use ftu_models::weights::{self, Scope};
 use ftu_models::{Arch, ArchConfig, Ctx, ExportMeta, Segmenter};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -599,10 +599,13 @@ impl<'a> Fold<'a> {
 
     /// Validation on the EMA weights when there are some: Dice overall and per organ; a new best
     /// saves its checkpoint and out-of-fold probabilities; overlays of the first slides.
-    pub(crate) fn validate(&mut self) -> Result<Validated> {
+    pub(crate) fn validate(&mut self, epoch: usize) -> Result<Validated> {
         let (cfg, cache) = (self.cfg, self.cache);
         if let Some(e) = self.ema.as_mut() {
             e.swap()?;
+        }
+        if cfg.optim.bn_recalibrate > 0 {
+            self.recalibrate_batch_norm(epoch)?;
         }
         let rows = cache.rows();
         let val = evaluate(cfg, &self.model, cache, &self.val_idx, self.norm, &self.device)?;
@@ -645,6 +648,29 @@ impl<'a> Fold<'a> {
             organ_dice,
             improved,
         })
+    }
+
+    /// "Precise BN": BatchNorm's running statistics set to the average of `bn_recalibrate`
+    /// batches' statistics, on training samples drawn (and augmented) with seeds of the fold
+    /// and epoch, so validation and the checkpoint see statistics of the current weights rather
+    /// than a momentum average that lags them while the weights move fast (few steps an epoch,
+    /// or EMA weights).
+    fn recalibrate_batch_norm(&mut self, epoch: usize) -> Result<()> {
+        let (cfg, k) = (self.cfg, self.k);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed_of(&[cfg.seed, k as u64, epoch as u64, 77]));
+        let order: Vec<usize> = (0..cfg.optim.bn_recalibrate * cfg.batch)
+            .map(|_| self.train_idx[rng.random_range(0..self.train_idx.len())])
+            .collect();
+        for (b, chunk) in order.chunks(cfg.batch).enumerate() {
+            let seeds: Vec<u64> = (0..chunk.len())
+                .map(|j| seed_of(&[cfg.seed, k as u64, epoch as u64, 78, b as u64, j as u64]))
+                .collect();
+            let batch =
+                data::batch(self.cache, chunk, &seeds, Some(&cfg.augment), self.norm, None)?.to_device(&self.device)?;
+            self.model
+                .forward(&batch.images, &Ctx::recalibrate_with(1.0 / (b + 1) as f64))?;
+        }
+        Ok(())
     }
 
     /// foldK/overlays/ID.png: validation slide `i` with its prediction (`width × height`, at
@@ -838,7 +864,7 @@ pub(crate) fn train_fold(
     for epoch in fold.remaining_epochs() {
         let start = std::time::Instant::now();
         let trained = fold.train_epoch(epoch, progress)?;
-        let validated = fold.validate()?;
+        let validated = fold.validate(epoch)?;
         // The epoch's metrics row first: a kill before the checkpoint commits redoes the epoch
         // and rewrites its row; one after it finds the row there.
         fold.record(epoch, &trained, &validated, start.elapsed(), progress)?;

@@ -75,6 +75,10 @@ struct TrainArgs {
     accumulate: Option<usize>,
     #[arg(long)]
     ema: Option<f64>,
+    /// Batches of training samples BatchNorm's statistics are re-estimated on before each
+    /// validation (0: none).
+    #[arg(long)]
+    bn_recalibrate: Option<usize>,
     #[arg(long)]
     cache_mb: Option<usize>,
     #[arg(long)]
@@ -174,6 +178,9 @@ impl TrainArgs {
         }
         if let Some(v) = self.ema {
             c.optim.ema = v;
+        }
+        if let Some(v) = self.bn_recalibrate {
+            c.optim.bn_recalibrate = v;
         }
         if self.crops {
             c.sampling.mode = ftu_trainer::config::SamplingMode::Crops;

@@ -174,3 +174,38 @@ impl Layer for LayerNorm {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    /// Recalibrating over batches k = 0, 1, 2 with momentum 1/(k + 1) leaves the running mean at
+    /// the batches' average mean and the running variance at their average (unbiased) variance,
+    /// whatever the statistics were before; the output is normalised by each batch's own.
+    #[test]
+    fn precise_recalibration_averages_the_batches_statistics() {
+        let map = VarMap::new();
+        let bn = BatchNorm2d::new(VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu), 1).unwrap();
+        bn.running_mean
+            .set(&Tensor::new(&[7.0f32], &Device::Cpu).unwrap())
+            .unwrap();
+        let batches = [[1.0f32, 3.0], [2.0, 6.0], [0.0, 10.0]];
+        for (k, b) in batches.iter().enumerate() {
+            let x = Tensor::new(b, &Device::Cpu).unwrap().reshape((2, 1, 1, 1)).unwrap();
+            let ctx = Ctx::recalibrate_with(1.0 / (k + 1) as f64);
+            let y = bn.forward_act(&x, &ctx, None, Activation::Identity).unwrap();
+            let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+            assert!(
+                (y[0] + y[1]).abs() < 1e-4 && y[1] > 0.99,
+                "batch {k} normalised by itself: {y:?}"
+            );
+        }
+        let mean: f32 = bn.running_mean.as_tensor().to_vec1::<f32>().unwrap()[0];
+        let var: f32 = bn.running_var.as_tensor().to_vec1::<f32>().unwrap()[0];
+        // Means 2, 4, 5 → 11/3; unbiased variances 2, 8, 50 → 20.
+        assert!((mean - 11.0 / 3.0).abs() < 1e-5, "{mean}");
+        assert!((var - 20.0).abs() < 1e-4, "{var}");
+    }
+}
