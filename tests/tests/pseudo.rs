@@ -131,6 +131,8 @@ fn a_run_with_pseudo_labels_trains_on_them_and_never_validates_on_them() {
         folds: 2,
         epochs: 1,
         batch: 4,
+        // Every slide once (labelled and pseudo-labelled), not the default's 8 batches.
+        samples_per_epoch: 8,
         overlays: 0,
         pseudo,
         pseudo_weight: 2.0,

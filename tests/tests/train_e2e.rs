@@ -26,6 +26,8 @@ fn small(data: &Path, out: &Path, epochs: usize) -> TrainConfig {
         folds: 2,
         epochs,
         batch: 4,
+        // Two batches an epoch keep the tests short (the default is at least 8).
+        samples_per_epoch: 8,
         overlays: 1,
         ..TrainConfig::default()
     }

@@ -25,6 +25,9 @@ fn invalid(field: &str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// With `samples_per_epoch = 0` in resize mode, an epoch has at least this many batches.
+pub const MIN_STEPS_PER_EPOCH: usize = 8;
+
 /// Everything a run needs. Unknown keys in a TOML file are refused as typos.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -46,7 +49,9 @@ pub struct TrainConfig {
     pub fold: Option<usize>,
     pub epochs: usize,
     pub batch: usize,
-    /// Random samples per epoch; the number of training slides when 0.
+    /// Random samples per epoch. When 0: in resize mode the number of training slides, but at
+    /// least [`MIN_STEPS_PER_EPOCH`] batches (a small folder otherwise gives an epoch of two or
+    /// three optimiser steps); in crops mode as many crops as tile the training slides once.
     pub samples_per_epoch: usize,
     pub seed: u64,
     /// Slides kept decoded at training scale, in MiB; slides beyond it are decoded when drawn.
@@ -218,7 +223,7 @@ pub struct OptimConfig {
 impl Default for OptimConfig {
     fn default() -> Self {
         OptimConfig {
-            lr: 1e-3,
+            lr: 3e-3,
             min_lr: 1e-5,
             weight_decay: 1e-4,
             beta1: 0.9,
@@ -228,7 +233,7 @@ impl Default for OptimConfig {
             accumulate: 1,
             clip_norm: 1.0,
             ema: 0.0,
-            bn_recalibrate: 0,
+            bn_recalibrate: 4,
         }
     }
 }
@@ -332,21 +337,21 @@ impl Default for AugmentConfig {
             scale: 0.2,
             rotate: 30.0,
             shift: 0.1,
-            p_hsv: 0.3,
+            p_hsv: 0.5,
             hue: 10.0,
-            saturation: 0.2,
-            value: 0.1,
-            p_brightness_contrast: 0.3,
-            brightness: 0.1,
-            contrast: 0.1,
+            saturation: 0.3,
+            value: 0.2,
+            p_brightness_contrast: 0.5,
+            brightness: 0.2,
+            contrast: 0.2,
             p_gamma: 0.2,
             gamma: 0.2,
             p_noise: 0.1,
             noise: 0.02,
             p_blur: 0.1,
             blur: 1.0,
-            p_stain: 0.3,
-            stain: 0.05,
+            p_stain: 0.5,
+            stain: 0.15,
             stain_normalize_to: None,
             p_pixel_size: 0.0,
         }

@@ -377,7 +377,7 @@ impl<'a> Fold<'a> {
             None
         };
         let samples = match (cfg.samples_per_epoch, cache.crops()) {
-            (0, None) => train_idx.len(),
+            (0, None) => train_idx.len().max(crate::config::MIN_STEPS_PER_EPOCH * cfg.batch),
             // As many crops as it takes to tile the training slides once.
             (0, Some((spec, _))) => train_idx
                 .iter()

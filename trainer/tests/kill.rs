@@ -32,6 +32,8 @@ fn train(data: &Path, out: &Path, resume: bool) -> Command {
         "3",
         "--batch",
         "2",
+        "--samples-per-epoch",
+        "4",
         "--ema",
         "0.5",
         "--seed",

@@ -63,7 +63,7 @@ fn config_file_and_flags_resolve_into_the_runs_config() {
     assert_eq!(resolved["fold"].as_integer(), Some(1));
     assert_eq!(resolved["loss"]["lovasz"].as_float(), Some(0.5));
     assert_eq!(resolved["augment"]["p_stain"].as_float(), Some(1.0));
-    assert_eq!(resolved["optim"]["lr"].as_float(), Some(1e-3), "defaults fill the rest");
+    assert_eq!(resolved["optim"]["lr"].as_float(), Some(3e-3), "defaults fill the rest");
     // Only fold 1 ran, so the manifest has that fold alone.
     let manifest = std::fs::read_to_string(run.join("manifest.toml")).unwrap();
     assert!(
