@@ -41,25 +41,8 @@ common=(--data "$data" --arch unet-resnet18 --size 256 --folds 2 --epochs 10 --b
   --samples-per-epoch 32 --lr 0.003 --seed 0
   --bn-recalibrate 0) # as measured for the README's table, before precise BN was the default
 
-score() { # run-dir -> mean test Dice of its manifest
-  "$bin/ftu-infer" predict --manifest "$1/manifest.toml" --data "$data" \
-    --out "$1/submission.csv" >/dev/null 2>&1
-  "$bin/ftu-infer" score --truth "$data/truth.csv" --pred "$1/submission.csv" \
-    --meta "$data/test.csv" | sed -n 's/^mean dice \([0-9.]*\).*/\1/p'
-}
-best() { # run-dir -> "train-size full-res" Dice of each fold's best epoch (by full res), averaged
-  python3 - "$1/metrics.csv" <<'PY'
-import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-best = {}
-for r in rows:
-    f = r["fold"]
-    if f not in best or float(r["val_dice_full"]) > float(best[f]["val_dice_full"]):
-        best[f] = r
-n = len(best)
-print(f'{sum(float(r["val_dice"]) for r in best.values()) / n:.4f} {sum(float(r["val_dice_full"]) for r in best.values()) / n:.4f}')
-PY
-}
+test_data="$data"
+source scripts/evidence-lib.sh
 
 t0=$(date +%s)
 "$bin/ftu-train" train "${common[@]}" --out "$out/resize" >"$out/resize.log" 2>&1

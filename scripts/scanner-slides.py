@@ -4,6 +4,7 @@
   aperio.svs     Aperio SVS: JPEG 2000 tiles (compression 33005), an `Aperio Image Library`
                  description with MPP and AppMag, a 4x pyramid level, a thumbnail, label and
                  macro images - what ftu's own reader cannot decode and OpenSlide can.
+  aperio-jpeg.svs  the same with JPEG tiles (compression 7, as most SVS files): both readers.
   ome.ome.tif    OME-TIFF: tiled deflate, OME-XML with PhysicalSizeX in nm, SubIFD pyramid.
   generic.tif    a generic pyramidal TIFF: tiled deflate pages at 1x and 4x, resolution tags in
                  pixels per centimetre - both ftu and OpenSlide read it.
@@ -80,6 +81,15 @@ def main():
         tif.write(np.full((80, 240, 3), 180, np.uint8), subfiletype=9, photometric="rgb",
                   description="Aperio Image Library v12.0.15\r\nmacro 240x80", metadata=None)
 
+    # An Aperio SVS with JPEG tiles (lossy: the readers' decoders may differ by a level or two).
+    with tifffile.TiffWriter(os.path.join(a.out, "aperio-jpeg.svs")) as tif:
+        tif.write(img, tile=(256, 256), compression=("jpeg", 95), photometric="rgb",
+                  description=desc.replace("J2K/KDU", "JPEG/RGB"), metadata=None)
+        tif.write(np.ascontiguousarray(img[::8, ::8]), photometric="rgb", description=desc,
+                  metadata=None)
+        tif.write(level, tile=(256, 256), compression=("jpeg", 95), photometric="rgb",
+                  description=desc, metadata=None)
+
     # OME-TIFF with a SubIFD pyramid.
     with tifffile.TiffWriter(os.path.join(a.out, "ome.ome.tif"), ome=True) as tif:
         tif.write(img, subifds=1, tile=(256, 256), compression="zlib", photometric="rgb",
@@ -97,7 +107,7 @@ def main():
 
     with open(os.path.join(a.out, "truth.csv"), "w") as f:
         f.write("id,rle\n")
-        for sid in ("aperio", "ome", "generic"):
+        for sid in ("aperio", "aperio-jpeg", "ome", "generic"):
             f.write(f"{sid},{rle(mask)}\n")
 
 

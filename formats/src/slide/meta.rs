@@ -14,7 +14,7 @@ use tiff::decoder::Decoder;
 use tiff::tags::Tag;
 
 use super::error::{SlideError, SlideErrorKind};
-use super::region::{pyramid_levels, PyramidLevel};
+use super::region::{pyramid_levels, PyramidLevel, SlideSource};
 use super::sniff::{sniff_file, Format};
 
 /// µm per pixel a microscope slide can have; a stated value outside is ignored.
@@ -74,22 +74,13 @@ pub fn read_meta(path: &Path) -> Result<SlideMeta, SlideError> {
 /// A file only OpenSlide reads: its levels and properties (`openslide.mpp-x`,
 /// `openslide.objective-power`).
 fn openslide_meta(path: &Path) -> Result<SlideMeta, SlideError> {
-    let o = super::openslide::OpenSlide::open(path)?;
+    let o = std::sync::Arc::new(super::openslide::OpenSlide::open(path)?);
+    let levels = SlideSource::OpenSlide(o.clone()).levels();
     Ok(SlideMeta {
         format: "OpenSlide",
         width: o.width,
         height: o.height,
-        levels: o
-            .levels
-            .iter()
-            .enumerate()
-            .skip(1)
-            .map(|(i, l)| PyramidLevel {
-                page: i,
-                width: l.width,
-                height: l.height,
-            })
-            .collect(),
+        levels,
         pixel_size: o
             .pixel_size()
             .map(|v| (v, PixelSizeSource::OpenSlide))
