@@ -83,11 +83,11 @@ def main():
 
     # An Aperio SVS with JPEG tiles (lossy: the readers' decoders may differ by a level or two).
     with tifffile.TiffWriter(os.path.join(a.out, "aperio-jpeg.svs")) as tif:
-        tif.write(img, tile=(256, 256), compression=("jpeg", 95), photometric="rgb",
+        tif.write(img, tile=(256, 256), compression="jpeg", compressionargs={"level": 95}, photometric="rgb",
                   description=desc.replace("J2K/KDU", "JPEG/RGB"), metadata=None)
         tif.write(np.ascontiguousarray(img[::8, ::8]), photometric="rgb", description=desc,
                   metadata=None)
-        tif.write(level, tile=(256, 256), compression=("jpeg", 95), photometric="rgb",
+        tif.write(level, tile=(256, 256), compression="jpeg", compressionargs={"level": 95}, photometric="rgb",
                   description=desc, metadata=None)
 
     # OME-TIFF with a SubIFD pyramid.

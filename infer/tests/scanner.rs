@@ -121,7 +121,8 @@ fn scanner_files_read_alike_and_predict_without_test_csv() {
         level.region(10, 20, 100, 80).unwrap(),
         theirs.read_level(1, 40, 80, 100, 80).unwrap()
     );
-    // The JPEG SVS: both readers, within JPEG decoders' rounding of each other.
+    // The JPEG SVS: both readers, within JPEG decoders' rounding of each other (libjpeg's and
+    // zune-jpeg's IDCT and upsampling differ by a level here and there).
     let jpeg = scans.join("aperio-jpeg.svs");
     let mine = TiffRegions::open(&jpeg, 0)
         .unwrap()
@@ -135,9 +136,11 @@ fn scanner_files_read_alike_and_predict_without_test_csv() {
         .map(|(a, b)| a.abs_diff(*b))
         .collect();
     let mean = diffs.iter().map(|&d| d as f64).sum::<f64>() / diffs.len() as f64;
+    let max = diffs.iter().copied().max().unwrap_or(0);
+    let far = diffs.iter().filter(|&&d| d > 2).count();
     assert!(
-        mean < 0.5 && diffs.iter().all(|&d| d <= 8),
-        "JPEG SVS: mean difference {mean}"
+        mean < 0.5 && far * 10_000 < diffs.len(),
+        "JPEG SVS: mean difference {mean}, largest {max}, {far} samples more than 2 apart"
     );
     // The OME-TIFF: ftu's reader.
     let ome = ftu_formats::read_slide(&scans.join("ome.ome.tif"), SlideLimits::default()).unwrap();
