@@ -17,7 +17,7 @@ use crate::engine::{Engine, EngineError, ProbMap, SlideInfo, Timings};
 use crate::slides::{SlideList, SlideResultRow};
 use crate::tiled::{self, TileStats};
 use crate::{postprocess, score};
-use ftu_formats::atomic::{write_atomic, WriteError};
+use ftu_formats::atomic::{write_atomic, AtomicFile, WriteError};
 use ftu_formats::draw::{outline_overlay, outline_overview, overlay, Layer, PRED_COLOUR, TRUTH_COLOUR};
 use ftu_formats::kaggle::Split;
 use ftu_formats::manifest::GroupMode;
@@ -327,7 +327,7 @@ pub fn predict_dir(
 
     let mut timings = Timings::default();
     let total = rows.len();
-    let mut results = Results::new(opts.on_error, total);
+    let mut results = Results::new(opts)?;
     if tiled {
         // Slides are opened region by region: nothing to decode ahead.
         for (i, row) in rows.iter().enumerate() {
@@ -387,11 +387,17 @@ struct Outcome {
 }
 
 /// The run's results as slides finish: the submission's rows in test.csv order (an empty mask
-/// for a skipped slide, never a missing row), what was skipped and why, tiling statistics; then
-/// the submission and its report, each written atomically.
+/// for a skipped slide, never a missing row), streamed into a temp file beside the output so
+/// memory does not grow with the run; what was skipped and why, tiling statistics. At the end
+/// the submission is renamed into place and the report written beside it; a run that fails
+/// leaves the old submission (the temp file is removed).
 struct Results {
     on_error: OnError,
-    rows: Vec<SubmissionRow>,
+    /// `id,rle`, or with `--slides` `id,organ,pixel_size,height,width,rle`.
+    rows: csv::Writer<AtomicFile>,
+    /// Whether rows carry the slide's metadata (`--slides`).
+    with_meta: bool,
+    written: usize,
     skipped: Vec<Skipped>,
     tiles: Vec<SlideTiles>,
     /// Sum over predicted slides of their foreground fraction.
@@ -399,14 +405,16 @@ struct Results {
 }
 
 impl Results {
-    fn new(on_error: OnError, slides: usize) -> Results {
-        Results {
-            on_error,
-            rows: Vec::with_capacity(slides),
+    fn new(opts: &PredictOptions) -> Result<Results, PredictError> {
+        Ok(Results {
+            on_error: opts.on_error,
+            rows: csv::Writer::from_writer(AtomicFile::create(&opts.out)?),
+            with_meta: opts.slides.is_some(),
+            written: 0,
             skipped: Vec::new(),
             tiles: Vec::new(),
             foreground: 0.0,
-        }
+        })
     }
 
     /// A slide's outcome: its row, or (with `--on-error skip`) an empty row and the reason.
@@ -436,37 +444,44 @@ impl Results {
                 })
             }
         };
-        self.rows.push(SubmissionRow {
-            id: row.id.clone(),
-            rle,
-        });
+        let written = if self.with_meta {
+            self.rows.serialize(SlideResultRow {
+                id: row.id.clone(),
+                organ: row.organ,
+                pixel_size: row.pixel_size,
+                height: row.img_height,
+                width: row.img_width,
+                rle,
+            })
+        } else {
+            self.rows.serialize(SubmissionRow {
+                id: row.id.clone(),
+                rle,
+            })
+        };
+        written.map_err(|e| self.write_error(e.into()))?;
+        self.written += 1;
         Ok(())
+    }
+
+    fn write_error(&self, cause: std::io::Error) -> PredictError {
+        PredictError::Write(WriteError {
+            path: self.rows.get_ref().path().to_path_buf(),
+            cause,
+        })
     }
 
     /// Writes the submission, then the report beside it, and returns the report.
     fn write(self, opts: &PredictOptions, timings: Timings, wall: Duration) -> Result<PredictReport, PredictError> {
-        match &opts.slides {
-            None => schema::write_rows(&opts.out, &self.rows)?,
-            Some(list) => {
-                let meta: HashMap<&str, &TestRow> = list.rows.iter().map(|r| (r.id.as_str(), r)).collect();
-                let rows: Vec<SlideResultRow> = self
-                    .rows
-                    .iter()
-                    .map(|row| (meta[row.id.as_str()], row))
-                    .map(|(meta, row)| SlideResultRow {
-                        id: row.id.clone(),
-                        organ: meta.organ,
-                        pixel_size: meta.pixel_size,
-                        height: meta.img_height,
-                        width: meta.img_width,
-                        rle: row.rle.clone(),
-                    })
-                    .collect();
-                schema::write_rows(&opts.out, &rows)?;
-            }
-        }
+        let file = self.rows.into_inner().map_err(|e| {
+            PredictError::Write(WriteError {
+                path: opts.out.clone(),
+                cause: e.into_error(),
+            })
+        })?;
+        file.commit()?;
         let wall = wall.as_secs_f64();
-        let total = self.rows.len();
+        let total = self.written;
         let predicted = total - self.skipped.len();
         let report = PredictReport {
             submission: opts.out.clone(),
