@@ -54,6 +54,15 @@ pub enum SlideErrorKind {
     Image(#[from] image::ImageError),
     #[error("the decoder failed on this file ({0})")]
     DecoderPanic(String),
+    /// What OpenSlide said (or that it is not installed).
+    #[error("{0}")]
+    OpenSlide(String),
+    /// Neither ftu's reader nor OpenSlide could read it: what each said.
+    #[error("{ftu}; OpenSlide: {openslide}")]
+    NoReader {
+        ftu: Box<SlideErrorKind>,
+        openslide: Box<SlideErrorKind>,
+    },
 }
 
 impl SlideErrorKind {

@@ -116,13 +116,13 @@ unsafe impl Sync for OpenSlide {}
 
 impl OpenSlide {
     pub fn open(path: &Path) -> Result<OpenSlide, SlideError> {
-        let lib = library().map_err(|e| SlideErrorKind::Unsupported(e).at(path))?;
+        let lib = library().map_err(|e| SlideErrorKind::OpenSlide(e).at(path))?;
         let c = CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| SlideErrorKind::Unsupported("a path with a NUL byte".into()).at(path))?;
         // SAFETY: a valid C string; null means "not a format OpenSlide knows".
         let handle = unsafe { (lib.open)(c.as_ptr()) };
         if handle.is_null() {
-            return Err(SlideErrorKind::Unsupported("a format neither ftu nor OpenSlide reads".into()).at(path));
+            return Err(SlideErrorKind::OpenSlide("not a format OpenSlide reads either".into()).at(path));
         }
         let mut slide = OpenSlide {
             lib,
@@ -163,7 +163,7 @@ impl OpenSlide {
             return Ok(());
         }
         let message = unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned();
-        Err(SlideErrorKind::Corrupt(format!("OpenSlide: {message}")).at(&self.path))
+        Err(SlideErrorKind::OpenSlide(message).at(&self.path))
     }
 
     /// A property (`openslide.mpp-x`, `openslide.objective-power`, `aperio.MPP`, …).

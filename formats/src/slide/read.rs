@@ -37,8 +37,13 @@ pub fn read_slide(path: &Path, limits: SlideLimits) -> Result<RgbImage, SlideErr
 
 /// The whole slide through OpenSlide (within `limits`), or `ftu_error` with OpenSlide's reason.
 fn read_with_openslide(path: &Path, limits: SlideLimits, ftu_error: SlideError) -> Result<RgbImage, SlideError> {
-    let o = OpenSlide::open(path)
-        .map_err(|e| SlideErrorKind::Unsupported(format!("{}; and {}", ftu_error.kind, e.kind)).at(path))?;
+    let o = OpenSlide::open(path).map_err(|e| {
+        SlideErrorKind::NoReader {
+            ftu: Box::new(ftu_error.kind),
+            openslide: Box::new(e.kind),
+        }
+        .at(path)
+    })?;
     check_size(o.width as u64, o.height as u64, limits).map_err(|kind| kind.at(path))?;
     o.region(0, 0, o.width, o.height)
 }

@@ -750,6 +750,10 @@ impl LevelReader {
 fn open_with_openslide(path: &Path, ftu_error: SlideError) -> Result<SlideSource, SlideError> {
     match OpenSlide::open(path) {
         Ok(o) => Ok(SlideSource::OpenSlide(Arc::new(o))),
-        Err(e) => Err(SlideErrorKind::Unsupported(format!("{}; and {}", ftu_error.kind, e.kind)).at(path)),
+        Err(e) => Err(SlideErrorKind::NoReader {
+            ftu: Box::new(ftu_error.kind),
+            openslide: Box::new(e.kind),
+        }
+        .at(path)),
     }
 }
