@@ -265,7 +265,7 @@ fn main() -> Result<()> {
                 summary.bytes as f64 / 1e6
             );
         }
-        Command::Inspect(a) if is_slide(&a.model) => {
+        Command::Inspect(a) if ftu_infer::slides::is_slide(&a.model) => {
             let meta = ftu_formats::slide::meta::read_meta(&a.model)?;
             println!("{}", a.model.display());
             println!("format: {}, {}×{} pixels", meta.format, meta.width, meta.height);
@@ -365,12 +365,6 @@ impl BatchArgs {
             ..PredictOptions::new(data, out)
         }
     }
-}
-
-/// Whether `path` is a slide (TIFF, PNG or JPEG by its first bytes) rather than a model.
-fn is_slide(path: &Path) -> bool {
-    matches!(ftu_formats::slide::sniff::sniff_file(path), Ok((_, Some(_))))
-        || ftu_formats::slide::openslide::vendor(path).is_some()
 }
 
 fn run_predict(a: PredictArgs) -> Result<()> {

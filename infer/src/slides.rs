@@ -151,7 +151,7 @@ fn source_name(source: PixelSizeSource) -> &'static str {
 
 /// A file ftu can read as a slide: TIFF, PNG or JPEG by its first bytes, or a format OpenSlide
 /// recognises (when it is installed).
-fn is_slide(path: &Path) -> bool {
+pub fn is_slide(path: &Path) -> bool {
     matches!(sniff_file(path), Ok((_, Some(_)))) || ftu_formats::slide::openslide::vendor(path).is_some()
 }
 

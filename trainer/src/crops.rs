@@ -352,15 +352,7 @@ fn open_checked(
     keep: bool,
 ) -> Result<(Pixels, TissueMap, usize, usize), DataError> {
     let (pixels, tissue, w, h) = Pixels::open(path, keep).map_err(|cause| DataError::Slide { id: id.into(), cause })?;
-    if (w, h) != (width as usize, height as usize) {
-        return Err(DataError::Size {
-            id: id.into(),
-            got_w: w,
-            got_h: h,
-            want_w: width,
-            want_h: height,
-        });
-    }
+    DataError::check_size(id, (w, h), (width, height))?;
     Ok((pixels, tissue, w, h))
 }
 

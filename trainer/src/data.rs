@@ -98,15 +98,7 @@ fn read_image(path: &Path, id: &str, width: u32, height: u32) -> Result<ftu_form
         id: id.to_string(),
         cause,
     })?;
-    if img.width != width as usize || img.height != height as usize {
-        return Err(DataError::Size {
-            id: id.to_string(),
-            got_w: img.width,
-            got_h: img.height,
-            want_w: width,
-            want_h: height,
-        });
-    }
+    DataError::check_size(id, (img.width, img.height), (width, height))?;
     Ok(img)
 }
 

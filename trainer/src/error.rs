@@ -70,6 +70,22 @@ pub enum DataError {
     Norm(String),
 }
 
+impl DataError {
+    /// A slide's image must be the size its CSV row gives (its RLE numbers pixels by it).
+    pub fn check_size(id: &str, (got_w, got_h): (usize, usize), (want_w, want_h): (u32, u32)) -> Result<(), DataError> {
+        if (got_w, got_h) == (want_w as usize, want_h as usize) {
+            return Ok(());
+        }
+        Err(DataError::Size {
+            id: id.to_string(),
+            got_w,
+            got_h,
+            want_w,
+            want_h,
+        })
+    }
+}
+
 /// Names the file an error came from.
 pub(crate) trait At<T> {
     fn at(self, what: &'static str, path: &Path) -> Result<T>;
