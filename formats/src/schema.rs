@@ -224,14 +224,20 @@ impl Record for SubmissionRow {
 
 /// Reads every row of a CSV file, checking columns, each row's values and id uniqueness.
 pub fn read_rows<T: Record>(path: &Path) -> Result<Vec<T>, CsvError> {
+    let file = std::fs::File::open(path).map_err(|e| CsvError::Open {
+        path: path.to_owned(),
+        cause: e.into(),
+    })?;
+    read_rows_from(io::BufReader::new(file), path)
+}
+
+/// [`read_rows`] over any reader (bytes in memory, a pipe); `path` names it in errors.
+pub fn read_rows_from<T: Record, R: io::Read>(input: R, path: &Path) -> Result<Vec<T>, CsvError> {
     let open_err = |cause| CsvError::Open {
         path: path.to_owned(),
         cause,
     };
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_path(path)
-        .map_err(open_err)?;
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(input);
     let header = reader.headers().map_err(open_err)?.clone();
     for &column in T::COLUMNS {
         if !header.iter().any(|h| h == column) {

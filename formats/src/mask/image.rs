@@ -5,20 +5,28 @@ use crate::blocks::BlockMap;
 use crate::mask::runs::RunMask;
 use crate::mask::Mask;
 use crate::slide::write::{needs_bigtiff, write_tiff, Chunking, Compression, Samples, TiffSpec};
-use crate::slide::{read_slide, SlideError, SlideLimits};
+use crate::slide::{decode_slide, read_slide, RgbImage, SlideError, SlideLimits};
 use image::ImageEncoder;
 use std::io;
 use std::path::Path;
 
 /// Reads a mask image; a pixel is foreground when any channel is non-zero.
 pub fn read_mask(path: &Path, limits: SlideLimits) -> Result<Mask, SlideError> {
-    let rgb = read_slide(path, limits)?;
+    Ok(to_mask(read_slide(path, limits)?))
+}
+
+/// [`read_mask`] of a file's bytes already in memory; `name` is used in errors.
+pub fn decode_mask(bytes: &[u8], name: &Path, limits: SlideLimits) -> Result<Mask, SlideError> {
+    Ok(to_mask(decode_slide(bytes, name, limits)?))
+}
+
+fn to_mask(rgb: RgbImage) -> Mask {
     let data = rgb
         .data
         .chunks_exact(3)
         .map(|p| (p[0] | p[1] | p[2] != 0) as u8)
         .collect();
-    Ok(Mask::from_row_major(rgb.height, rgb.width, data).expect("decoded size matches header"))
+    Mask::from_row_major(rgb.height, rgb.width, data).expect("decoded size matches header")
 }
 
 /// Writes a mask as an 8-bit greyscale PNG with 0 and 255, atomically.

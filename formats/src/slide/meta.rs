@@ -14,6 +14,7 @@ use tiff::decoder::Decoder;
 use tiff::tags::Tag;
 
 use super::error::{SlideError, SlideErrorKind};
+use super::ifd::checked_decoder;
 use super::region::{pyramid_levels, PyramidLevel, SlideSource};
 use super::sniff::{sniff_file, Format};
 
@@ -93,7 +94,8 @@ fn openslide_meta(path: &Path) -> Result<SlideMeta, SlideError> {
 fn tiff_meta(path: &Path) -> Result<SlideMeta, SlideError> {
     let err = |e: tiff::TiffError| SlideErrorKind::Tiff(e).at(path);
     let file = File::open(path).map_err(|e| SlideErrorKind::Io(e).at(path))?;
-    let mut decoder = Decoder::new(BufReader::new(file)).map_err(err)?;
+    let len = file.metadata().map_err(|e| SlideErrorKind::Io(e).at(path))?.len();
+    let mut decoder = checked_decoder(BufReader::new(file), len).map_err(|kind| kind.at(path))?;
     let (width, height) = decoder.dimensions().map_err(err)?;
     let (width, height) = (width as usize, height as usize);
     let description = decoder

@@ -4,6 +4,7 @@
 //! (pyramidal, tiled, BigTIFF) TIFF ([`write`]). Errors carry the file's path once ([`SlideError`]).
 
 pub mod error;
+mod ifd;
 pub mod meta;
 pub mod openslide;
 pub mod read;

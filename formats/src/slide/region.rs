@@ -9,9 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
-use tiff::decoder::Decoder;
 
 use super::error::{check_size, SlideError, SlideErrorKind, SlideLimits};
+use super::ifd::checked_decoder;
 use super::openslide::OpenSlide;
 use super::read::read_slide;
 use super::rgb::{crop, RgbImage};
@@ -246,7 +246,8 @@ pub fn pyramid_levels(path: &Path, width: usize, height: usize) -> Vec<PyramidLe
     let Ok(file) = File::open(path) else {
         return levels;
     };
-    let Ok(mut decoder) = Decoder::new(BufReader::new(file)) else {
+    let len = file.metadata().map_or(0, |m| m.len());
+    let Ok(mut decoder) = checked_decoder(BufReader::new(file), len) else {
         return levels;
     };
     let mut page = 0;

@@ -17,6 +17,7 @@ use tiff::tags::{CompressionMethod, PlanarConfiguration, Tag};
 use tiff::ColorType;
 
 use super::error::{check_size, guarded, SlideError, SlideErrorKind, SlideLimits};
+use super::ifd::checked_decoder;
 use super::rgb::RgbImage;
 use super::write::YCBCR_SUBSAMPLING;
 
@@ -65,6 +66,9 @@ impl Seek for Reader {
         }
     }
 }
+
+/// Tiles this large are taken whatever the image's size (a small image in one big tile).
+const MAX_TILE_PIXELS: usize = 1 << 20;
 
 /// A TIFF page, decoded chunk by chunk on demand.
 pub struct TiffRegions {
@@ -148,7 +152,7 @@ impl TiffRegions {
         let mut order = [0u8; 2];
         reader.read_exact(&mut order)?;
         reader.rewind()?;
-        let mut decoder = Decoder::new(reader)?;
+        let mut decoder = checked_decoder(reader, len)?;
         if page > 0 {
             decoder.seek_to_image(page)?;
         }
@@ -158,6 +162,15 @@ impl TiffRegions {
         let (chunk_w, chunk_h) = (cw as usize, ch as usize);
         if chunk_w == 0 || chunk_h == 0 {
             return Err(unsupported("chunks of size 0".into()));
+        }
+        // A tile larger than the image (in whole 16-pixel steps) and than 1024² claims memory
+        // no image needs: refused before any is read. (Strips hold only their image rows.)
+        let padded = (width as usize).next_multiple_of(16) * (height as usize).next_multiple_of(16);
+        if decoder.get_chunk_type() == ChunkType::Tile && chunk_w.saturating_mul(chunk_h) > padded.max(MAX_TILE_PIXELS)
+        {
+            return Err(SlideErrorKind::Corrupt(format!(
+                "tiles of {chunk_w}×{chunk_h} for a {width}×{height} image"
+            )));
         }
         // Codecs neither ftu nor the tiff crate decodes are refused here, before any chunk is
         // read (a slide that needs them goes to OpenSlide, see `super::openslide`).
@@ -446,16 +459,20 @@ impl TiffRegions {
                 raw.truncate(needed);
                 raw
             }
-            RawCodec::Lzw => {
-                let mut raw = vec![0u8; needed];
-                lzw_decompress(&stored, &mut raw).map_err(corrupt)?;
-                raw
-            }
+            RawCodec::Lzw => lzw_decompress(&stored, needed).map_err(corrupt)?,
+            // The output grows as the stream yields it, as LZW's does.
             RawCodec::Deflate => {
-                let mut raw = vec![0u8; needed];
+                let mut raw = Vec::new();
                 flate2::read::ZlibDecoder::new(&stored[..])
-                    .read_exact(&mut raw)
+                    .take(needed as u64)
+                    .read_to_end(&mut raw)
                     .map_err(|e| corrupt(format!("deflate: {e}")))?;
+                if raw.len() < needed {
+                    return Err(corrupt(format!(
+                        "deflate: decompresses to {} bytes, expected {needed}",
+                        raw.len()
+                    )));
+                }
                 raw
             }
         };
@@ -574,11 +591,16 @@ fn to_u8(s: u16) -> u8 {
     ((s as u32 * 255 + 32767) / 65535) as u8
 }
 
-/// Fills `out` from a TIFF LZW stream; a stream that ends early is an error.
-fn lzw_decompress(compressed: &[u8], out: &mut [u8]) -> Result<(), String> {
+/// Decompresses a TIFF LZW stream of `needed` bytes; a stream that ends early is an error. The
+/// output grows as the stream yields it (never sized from `needed` before the data is seen).
+fn lzw_decompress(compressed: &[u8], needed: usize) -> Result<Vec<u8>, String> {
     let mut lzw = weezl::decode::Decoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8);
+    let mut out = Vec::new();
     let (mut consumed, mut filled) = (0, 0);
-    while filled < out.len() {
+    while filled < needed {
+        if filled == out.len() {
+            out.resize(needed.min((2 * out.len()).max(1 << 16)), 0);
+        }
         let step = lzw.decode_bytes(&compressed[consumed..], &mut out[filled..]);
         consumed += step.consumed_in;
         filled += step.consumed_out;
@@ -588,10 +610,10 @@ fn lzw_decompress(compressed: &[u8], out: &mut [u8]) -> Result<(), String> {
             Ok(_) => break, // end code, or no input left
         }
     }
-    if filled < out.len() {
-        return Err(format!("decompresses to {filled} bytes, expected {}", out.len()));
+    if filled < needed {
+        return Err(format!("decompresses to {filled} bytes, expected {needed}"));
     }
-    Ok(())
+    Ok(out)
 }
 
 /// TIFF predictor 2: each sample was stored as the difference from the same channel one pixel left.

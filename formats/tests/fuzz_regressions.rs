@@ -1,0 +1,62 @@
+//! Every input the fuzz targets (`fuzz/`, `scripts/fuzz.sh`) found a crash with, kept in
+//! `tests/fuzz/`, replayed through the same entry point under the same allocation audit: each
+//! must now be refused with the error named here, within the budget the fuzz target gave it
+//! (a small multiple of the file's size plus what its allowed pixels need).
+
+#[path = "../../fuzz/src/audit.rs"]
+mod audit;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use audit::{budget, within, Audit, LIMITS};
+use ftu_formats::mask::image::decode_mask;
+use ftu_formats::slide::decode_slide;
+use ftu_formats::slide::meta::read_meta;
+use ftu_formats::slide::tiff::TiffRegions;
+
+#[global_allocator]
+static GLOBAL: Audit = Audit;
+
+/// (file in tests/fuzz, the fuzz target that found it, what the error must say)
+const CASES: &[(&str, &str, &str)] = &[
+    ("slide-tag-values-past-the-end.tif", "slide", "past the end of the file"),
+    (
+        "region-tag-values-past-the-end.tif",
+        "tiff_region",
+        "past the end of the file",
+    ),
+    ("meta-tag-values-past-the-end.tif", "meta", "past the end of the file"),
+    ("mask-tile-larger-than-the-image.tif", "mask", "for a 20×13 image"),
+];
+
+fn replay(target: &str, path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let name = Path::new("fuzz-input");
+    let err = |e: ftu_formats::slide::SlideError| e.to_string();
+    match target {
+        "slide" => decode_slide(bytes, name, LIMITS).map(drop).map_err(err),
+        "mask" => decode_mask(bytes, name, LIMITS).map(drop).map_err(err),
+        "tiff_region" => TiffRegions::from_bytes(Arc::from(bytes), name, 64 << 10)
+            .map(drop)
+            .map_err(err),
+        "meta" => read_meta(path).map(drop).map_err(err),
+        _ => panic!("no fuzz target {target}"),
+    }
+}
+
+#[test]
+fn what_fuzzing_found_is_refused_within_budget() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz");
+    for &(file, target, expected) in CASES {
+        let path = dir.join(file);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let pixels = if target == "meta" { 0 } else { LIMITS.max_pixels };
+        let allowed = budget(bytes.len(), pixels);
+        let (result, peak) = within(allowed, || replay(target, &path, &bytes));
+        let message = result.expect_err(file);
+        assert!(message.contains(expected), "{file}: {message}");
+        println!("{file}: refused with {peak} bytes at most (budget {allowed}): {message}");
+    }
+    let kept = std::fs::read_dir(&dir).expect("tests/fuzz").count();
+    assert_eq!(kept, CASES.len(), "every file in tests/fuzz has a case here");
+}
