@@ -7,7 +7,8 @@
 # N executions (default 10 000 000) or S seconds, as many at once as there are cores (JOBS=).
 # It starts from the seeds in fuzz/seeds/<target> (made by `cargo run -p ftu-formats --example
 # fuzz_seeds`), keeps what it learns in fuzz/corpus/<target> (not committed), and writes an
-# input that crashes to fuzz/artifacts/<target>/. A crash is a panic in ftu's own code, a
+# input that crashes to fuzz/artifacts/<target>/ (a crash's input belongs in
+# formats/tests/fuzz/ with a case in formats/tests/fuzz_regressions.rs once it is fixed). A crash is a panic in ftu's own code, a
 # decoder panic that escapes `catch_unwind`, an input that passes the allocation audit's budget
 # (fuzz/src/lib.rs), a run over 10 s or over 2 GiB. At the end a table gives each target's
 # executions, rate and crashes (also fuzz/runs.tsv); the script fails if any target crashed.
@@ -58,7 +59,8 @@ run_one() {
   mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
   local limit=(-runs="$runs")
   [ "$seconds" -gt 0 ] && limit=(-max_total_time="$seconds")
-  local start rc=0
+  local start rc=0 stamp
+  stamp=$(mktemp)
   start=$(date +%s)
   "target/fuzz/x86_64-unknown-linux-gnu/release/$t" "fuzz/corpus/$t" "fuzz/seeds/$t" \
     "${limit[@]}" -max_len=65536 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
@@ -67,7 +69,8 @@ run_one() {
   local execs
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$logs/$t.log" | grep -o '[0-9]*$' | tail -1)
   local crashes
-  crashes=$(find "fuzz/artifacts/$t" -type f | wc -l)
+  crashes=$(find "fuzz/artifacts/$t" -type f -newer "$stamp" | wc -l)
+  rm -f "$stamp"
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "${execs:-0}" "$took" "$(( ${execs:-0} / (took > 0 ? took : 1) ))" \
     "$(find "fuzz/corpus/$t" -type f | wc -l)" "$crashes $([ "$rc" -ne 0 ] && echo "(exit $rc, see $logs/$t.log)")"
 }

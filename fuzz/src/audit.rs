@@ -25,7 +25,10 @@ fn grow(bytes: usize) {
             "allocation audit: {} bytes live after asking for {bytes}, over this input's budget of {budget}",
             live - base
         );
-        eprintln!("{}", std::backtrace::Backtrace::force_capture());
+        // A panic hook may hold the backtrace lock (and be what allocated): no second one then.
+        if !std::thread::panicking() {
+            eprintln!("{}", std::backtrace::Backtrace::force_capture());
+        }
         std::process::abort();
     }
 }

@@ -25,6 +25,9 @@ pub fn audited<T>(budget: usize, f: impl FnOnce() -> T) -> T {
                 eprintln!("panic in ftu's code: {info}");
                 std::process::abort();
             }
+            if std::env::var_os("FTU_FUZZ_VERBOSE").is_some() {
+                eprintln!("panic in a dependency (caught where ftu contains it): {info}");
+            }
         }))
     });
     within(budget, f).0

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tiff::decoder::Decoder;
 use tiff::tags::Tag;
 
-use super::error::{SlideError, SlideErrorKind};
+use super::error::{guarded, SlideError, SlideErrorKind};
 use super::ifd::checked_decoder;
 use super::region::{pyramid_levels, PyramidLevel, SlideSource};
 use super::sniff::{sniff_file, Format};
@@ -50,8 +50,13 @@ pub struct SlideMeta {
     pub description: Option<String>,
 }
 
-/// Reads `path`'s metadata (decoding no pixels of a TIFF; PNG and JPEG headers only).
+/// Reads `path`'s metadata (decoding no pixels of a TIFF; PNG and JPEG headers only). A decoder
+/// crate's panic on a malformed header is this file's error.
 pub fn read_meta(path: &Path) -> Result<SlideMeta, SlideError> {
+    guarded(|| Ok(meta_of(path))).map_err(|kind| kind.at(path))?
+}
+
+fn meta_of(path: &Path) -> Result<SlideMeta, SlideError> {
     let (magic, format) = sniff_file(path).map_err(|e| SlideErrorKind::Io(e).at(path))?;
     match format {
         Some(Format::Tiff) => tiff_meta(path),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::error::{check_size, SlideError, SlideErrorKind, SlideLimits};
+use super::error::{check_size, guarded, SlideError, SlideErrorKind, SlideLimits};
 use super::ifd::checked_decoder;
 use super::openslide::OpenSlide;
 use super::read::read_slide;
@@ -242,6 +242,11 @@ impl PyramidLevel {
 /// macro photographs, which have other shapes, are left out, and so is anything past a page that
 /// cannot be read: the levels only ever save time, the full-resolution page is always there.
 pub fn pyramid_levels(path: &Path, width: usize, height: usize) -> Vec<PyramidLevel> {
+    // A decoder crate's panic on a malformed page is a page that cannot be read: no levels.
+    guarded(|| Ok(levels_of(path, width, height))).unwrap_or_default()
+}
+
+fn levels_of(path: &Path, width: usize, height: usize) -> Vec<PyramidLevel> {
     let mut levels = Vec::new();
     let Ok(file) = File::open(path) else {
         return levels;

@@ -92,6 +92,9 @@ pub struct TiffRegions {
     /// Uncompressed, LZW and deflate chunks are decompressed here, in parallel; other codecs go
     /// through the crate.
     raw: Option<RawLayout>,
+    /// For JPEG chunks (through the crate), the frame size `JPEGTables` states, if any: each
+    /// chunk's frame header, and this one, are checked against the chunk first.
+    jpeg: Option<Option<(usize, usize)>>,
     cache: HashMap<usize, Arc<RgbImage>>,
     order: VecDeque<usize>,
     cache_bytes: usize,
@@ -196,6 +199,14 @@ impl TiffRegions {
             None => None,
         };
         let extents = chunk_extents(&mut decoder)?;
+        let jpeg = match compression {
+            Some(6) | Some(7) => Some(match decoder.find_tag(Tag::JPEGTables)? {
+                Some(tables) => jpeg_frame(&tables.into_u8_vec()?[..])
+                    .map_err(|e| SlideErrorKind::Corrupt(format!("JPEGTables: {e}")))?,
+                None => None,
+            }),
+            _ => None,
+        };
         let (width, height) = (width as usize, height as usize);
         let mut decoders = vec![Mutex::new(decoder)];
         if raw.is_none() {
@@ -220,6 +231,7 @@ impl TiffRegions {
             chunk_h,
             across: width.div_ceil(chunk_w),
             raw,
+            jpeg,
             cache: HashMap::new(),
             order: VecDeque::new(),
             cache_bytes: 0,
@@ -407,10 +419,28 @@ impl TiffRegions {
     }
 
     fn decode_with_crate(&self, i: usize) -> Result<RgbImage, SlideErrorKind> {
-        self.extent(i)?;
+        let (offset, count) = self.extent(i)?;
         let slot = rayon::current_thread_index().unwrap_or(0) % self.decoders.len();
         // A decoder that panicked is still usable for other chunks: seeks start afresh.
         let mut decoder = self.decoders[slot].lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tables_frame) = self.jpeg {
+            // The JPEG decoder sizes its output from the stream's own frame header (the chunk's,
+            // or one in `JPEGTables`): one larger than the chunk it fills is refused before it
+            // allocates.
+            let reader = decoder.inner();
+            reader.seek(SeekFrom::Start(offset))?;
+            let frame =
+                jpeg_frame(reader.take(count)).map_err(|e| SlideErrorKind::Corrupt(format!("chunk {i}: JPEG {e}")))?;
+            let (cw, ch) = (self.chunk_w.next_multiple_of(16), self.chunk_h.next_multiple_of(16));
+            for (w, h) in [frame, tables_frame].into_iter().flatten() {
+                if w > cw || h > ch {
+                    return Err(SlideErrorKind::Corrupt(format!(
+                        "chunk {i}: a JPEG of {w}×{h} in a {}×{} chunk",
+                        self.chunk_w, self.chunk_h
+                    )));
+                }
+            }
+        }
         let samples = guarded(|| match decoder.read_chunk(i as u32)? {
             DecodingResult::U8(v) => Ok(v),
             DecodingResult::U16(v) => Ok(v.into_iter().map(to_u8).collect()),
@@ -589,6 +619,47 @@ fn paste(out: &mut RgbImage, chunk: &RgbImage, x0: usize, y0: usize) {
 /// 16-bit samples to 8, rounded.
 fn to_u8(s: u16) -> u8 {
     ((s as u32 * 255 + 32767) / 65535) as u8
+}
+
+/// The frame size (width, height) a JPEG stream's first start-of-frame marker states, if one
+/// comes before its scan; `None` when there is none (as in the tables of `JPEGTables`).
+fn jpeg_frame<R: Read>(mut reader: R) -> Result<Option<(usize, usize)>, String> {
+    let mut next = |r: &mut R| -> Result<u8, String> {
+        let mut byte = [0u8; 1];
+        r.read_exact(&mut byte)
+            .map_err(|_| "ends before its frame header".to_string())?;
+        Ok(byte[0])
+    };
+    if (next(&mut reader)?, next(&mut reader)?) != (0xFF, 0xD8) {
+        return Err("no start-of-image marker".into());
+    }
+    loop {
+        if next(&mut reader)? != 0xFF {
+            return Err("a segment without a marker".into());
+        }
+        let mut marker = next(&mut reader)?;
+        while marker == 0xFF {
+            marker = next(&mut reader)?;
+        }
+        if marker == 0xD9 || marker == 0xDA {
+            return Ok(None); // end of image, or the scan: no frame header before it
+        }
+        let length = u16::from_be_bytes([next(&mut reader)?, next(&mut reader)?]) as u64;
+        // SOF0–SOF15 except DHT (C4), JPG (C8) and DAC (CC): precision, height, width.
+        if (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker) {
+            let mut frame = [0u8; 5];
+            reader
+                .read_exact(&mut frame)
+                .map_err(|_| "ends inside its frame header".to_string())?;
+            let height = u16::from_be_bytes([frame[1], frame[2]]) as usize;
+            let width = u16::from_be_bytes([frame[3], frame[4]]) as usize;
+            return Ok(Some((width, height)));
+        }
+        if length < 2 {
+            return Err(format!("a segment of length {length}"));
+        }
+        std::io::copy(&mut (&mut reader).take(length - 2), &mut std::io::sink()).map_err(|e| e.to_string())?;
+    }
 }
 
 /// Decompresses a TIFF LZW stream of `needed` bytes; a stream that ends early is an error. The
