@@ -12,6 +12,7 @@
 # decoder panic that escapes `catch_unwind`, an input that passes the allocation audit's budget
 # (fuzz/src/lib.rs), a run over 10 s or over 2 GiB. At the end a table gives each target's
 # executions, rate and crashes (also fuzz/runs.tsv); the script fails if any target crashed.
+# FUZZ_SEED=N makes a run with --runs repeatable (CI: a short, fixed smoke run).
 #
 # Why cargo-fuzz: libFuzzer's coverage feedback and value profile find the deep TIFF paths
 # (offset tables, codec switches) that random mutation does not; it runs on stable Rust with
@@ -63,7 +64,7 @@ run_one() {
   stamp=$(mktemp)
   start=$(date +%s)
   "target/fuzz/x86_64-unknown-linux-gnu/release/$t" "fuzz/corpus/$t" "fuzz/seeds/$t" \
-    "${limit[@]}" -max_len=65536 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    "${limit[@]}" ${FUZZ_SEED:+-seed="$FUZZ_SEED"} -max_len=65536 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="fuzz/artifacts/$t/" >"$logs/$t.log" 2>&1 || rc=$?
   local took=$(( $(date +%s) - start ))
   local execs
@@ -75,7 +76,7 @@ run_one() {
     "$(find "fuzz/corpus/$t" -type f | wc -l)" "$crashes $([ "$rc" -ne 0 ] && echo "(exit $rc, see $logs/$t.log)")"
 }
 export -f run_one
-export runs seconds logs
+export runs seconds logs FUZZ_SEED
 
 echo "== fuzzing ${targets[*]} ($([ "$seconds" -gt 0 ] && echo "$seconds s" || echo "$runs executions") each, $jobs at a time)"
 results=$(printf '%s\n' "${targets[@]}" | xargs -P "$jobs" -I{} bash -c 'run_one {}')

@@ -624,7 +624,7 @@ fn to_u8(s: u16) -> u8 {
 /// The frame size (width, height) a JPEG stream's first start-of-frame marker states, if one
 /// comes before its scan; `None` when there is none (as in the tables of `JPEGTables`).
 fn jpeg_frame<R: Read>(mut reader: R) -> Result<Option<(usize, usize)>, String> {
-    let mut next = |r: &mut R| -> Result<u8, String> {
+    let next = |r: &mut R| -> Result<u8, String> {
         let mut byte = [0u8; 1];
         r.read_exact(&mut byte)
             .map_err(|_| "ends before its frame header".to_string())?;
