@@ -126,13 +126,24 @@ pub fn pad_edge(region: RgbImage, side: usize) -> RgbImage {
     if region.width == side && region.height == side {
         return region;
     }
-    let mut out = RgbImage::new(side, side);
+    RgbImage {
+        data: pad_samples(&region.data, region.width, region.height, 3, side),
+        width: side,
+        height: side,
+    }
+}
+
+/// Row-major `w × h` pixels of `channels` samples each (`w`, `h` ≤ `side`), padded to
+/// `side × side` by repeating the last row and column: a slide window's RGB, a label plane.
+pub fn pad_samples<T: Copy>(data: &[T], w: usize, h: usize, channels: usize, side: usize) -> Vec<T> {
+    let row_len = w * channels;
+    let mut out = Vec::with_capacity(side * side * channels);
     for y in 0..side {
-        let sy = y.min(region.height - 1);
-        for x in 0..side {
-            let sx = x.min(region.width - 1);
-            let (d, s) = ((y * side + x) * 3, (sy * region.width + sx) * 3);
-            out.data[d..d + 3].copy_from_slice(&region.data[s..s + 3]);
+        let row = &data[y.min(h - 1) * row_len..][..row_len];
+        out.extend_from_slice(row);
+        let last = &row[row_len - channels..];
+        for _ in w..side {
+            out.extend_from_slice(last);
         }
     }
     out
@@ -160,6 +171,8 @@ mod tests {
         let p = pad_edge(img, 3);
         assert_eq!(p.pixel(2, 2), [4, 5, 6]);
         assert_eq!(p.pixel(0, 1), [1, 2, 3]);
+        // One sample per pixel (a label plane): 2×2 to 3×3.
+        assert_eq!(pad_samples(&[1u8, 2, 3, 4], 2, 2, 1, 3), [1, 2, 2, 3, 4, 4, 3, 4, 4]);
         let map: Vec<f32> = (0..9).map(|v| v as f32).collect();
         assert_eq!(crop_map(map, 3, 2, 1), [0.0, 1.0]);
     }

@@ -12,7 +12,7 @@ use ftu_formats::mask::rle::{self, Run};
 use ftu_formats::resize::{resize_map, resize_rgb};
 use ftu_formats::slide::region::SlideSource;
 use ftu_formats::slide::{RgbImage, SlideError};
-use ftu_formats::tiles::pad_edge;
+use ftu_formats::tiles::{pad_edge, pad_samples};
 use ftu_formats::tissue::{thumbnail_factor, TissueMap, THUMBNAIL_SIDE};
 use ftu_formats::SlideLimits;
 use rand::Rng;
@@ -259,7 +259,7 @@ impl FullSlide {
                 own.normalise_to(&mut image, target);
             }
         }
-        let label = pad_plane(&self.label_region(x, y, w, h)?, w, h, side);
+        let label = pad_samples(&self.label_region(x, y, w, h)?, w, h, 1, side);
         let scale = if self.soft() { 1.0 / 255.0 } else { 1.0 };
         let values: Vec<f32> = label.iter().map(|&v| v as f32 * scale).collect();
         let values = if side == size {
@@ -356,21 +356,6 @@ fn open_checked(
     Ok((pixels, tissue, w, h))
 }
 
-/// A `w × h` plane padded to `side × side` by repeating its last row and column.
-fn pad_plane(plane: &[u8], w: usize, h: usize, side: usize) -> Vec<u8> {
-    if w == side && h == side {
-        return plane.to_vec();
-    }
-    let mut out = vec![0u8; side * side];
-    for y in 0..side {
-        let sy = y.min(h - 1);
-        for x in 0..side {
-            out[y * side + x] = plane[sy * w + x.min(w - 1)];
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,7 +446,7 @@ mod tests {
                     plane[r * w + c] = u8::from(truth.get(y + r, x + c));
                 }
             }
-            let m: Vec<f32> = pad_plane(&plane, w, h, side).iter().map(|&v| v as f32).collect();
+            let m: Vec<f32> = pad_samples(&plane, w, h, 1, side).iter().map(|&v| v as f32).collect();
             let want_mask: Vec<u8> = resize_map(&m, side, side, 48, 48)
                 .iter()
                 .map(|&v| u8::from(v > 0.5))
