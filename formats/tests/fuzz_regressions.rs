@@ -34,6 +34,16 @@ const CASES: &[(&str, &str, &str)] = &[
         "the decoder failed on this file (index out of bounds",
     ),
     (
+        "slide-bigtiff-unknown-type-misaligns-the-crate.tif",
+        "slide",
+        "past the end of the file",
+    ),
+    (
+        "region-bigtiff-unknown-type-misaligns-the-crate.tif",
+        "tiff_region",
+        "past the end of the file",
+    ),
+    (
         "region-jpeg-frame-larger-than-its-tile.tif",
         "tiff_region",
         "in a 16×16 chunk",

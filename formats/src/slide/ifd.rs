@@ -59,67 +59,54 @@ pub(crate) fn check_directories<R: Read + Seek>(reader: &mut R, len: u64) -> Res
         _ => return Ok(()),
     };
     // Classic: 2-byte entry count, 12-byte entries (4 bytes of values inline), 4-byte next link.
-    // BigTIFF: 8-byte count, 20-byte entries (8 inline), 8-byte link.
-    let (count_bytes, entry_bytes, inline, link_bytes) = if big { (8, 20, 8, 8) } else { (2, 12, 4, 4) };
+    // BigTIFF: 8-byte count, 20-byte entries (8 inline), 8-byte link. An entry of a type the
+    // crate does not know is skipped as tiff 0.10.3 skips it (8 bytes after its tag and type,
+    // also in BigTIFF), so the entries checked here are the ones the crate will read.
+    let (count_bytes, inline, word) = if big { (8, 8u64, 8) } else { (2, 4u64, 4) };
     let mut next = if big {
         u64_at(&header[8..])
     } else {
         u32_at(&header[4..]) as u64
     };
     let mut seen = HashSet::new();
-    let mut entry = [0u8; 20];
+    let mut buf = [0u8; 8];
     while next != 0 {
         if !seen.insert(next) || seen.len() > MAX_DIRECTORIES {
             return Err(corrupt(format!("the directory chain loops back to offset {next}")));
         }
-        let mut count = [0u8; 8];
         let start = next;
-        read_at(reader, start, &mut count[..count_bytes], len, "directory")?;
-        let entries = if big { u64_at(&count) } else { u16_at(&count) as u64 };
-        let table = entries
-            .checked_mul(entry_bytes as u64)
-            .and_then(|t| t.checked_add(start + count_bytes as u64 + link_bytes as u64))
-            .filter(|&end| end <= len)
-            .ok_or_else(|| {
-                corrupt(format!(
-                    "directory at offset {start} claims {entries} entries, past the end of the file ({len} bytes)"
-                ))
-            })?;
-        for e in 0..entries {
-            let at = start + count_bytes as u64 + e * entry_bytes as u64;
-            read_at(reader, at, &mut entry[..entry_bytes], len, "directory entry")?;
-            let (tag, kind) = (u16_at(&entry), u16_at(&entry[2..]));
-            let values = if big {
-                u64_at(&entry[4..])
-            } else {
-                u32_at(&entry[4..]) as u64
-            };
-            // Types the crate does not know it refuses itself, without allocating.
-            let Some(size) = type_size(kind) else { continue };
-            let bytes = values.saturating_mul(size);
-            if bytes <= inline {
+        read_at(reader, start, &mut buf[..count_bytes], len, "directory")?;
+        let entries = if big { u64_at(&buf) } else { u16_at(&buf) as u64 };
+        // Each entry takes at least 12 bytes: a count the file cannot hold is refused at once.
+        if entries.saturating_mul(12) > len - start {
+            return Err(corrupt(format!(
+                "directory at offset {start} claims {entries} entries, past the end of the file ({len} bytes)"
+            )));
+        }
+        let mut at = start + count_bytes as u64;
+        for _ in 0..entries {
+            read_at(reader, at, &mut buf[..4], len, "directory entry")?;
+            let (tag, kind) = (u16_at(&buf), u16_at(&buf[2..]));
+            at += 4;
+            // Types the crate does not know it skips without allocating.
+            let Some(size) = type_size(kind) else {
+                at += 8;
                 continue;
-            }
-            let offset = if big {
-                u64_at(&entry[12..])
-            } else {
-                u32_at(&entry[8..]) as u64
             };
-            if offset.checked_add(bytes).is_none_or(|end| end > len) {
+            read_at(reader, at, &mut buf[..word], len, "directory entry")?;
+            let values = if big { u64_at(&buf) } else { u32_at(&buf) as u64 };
+            read_at(reader, at + word as u64, &mut buf[..word], len, "directory entry")?;
+            let offset = if big { u64_at(&buf) } else { u32_at(&buf) as u64 };
+            at += 2 * word as u64;
+            let bytes = values.saturating_mul(size);
+            if bytes > inline && offset.checked_add(bytes).is_none_or(|end| end > len) {
                 return Err(corrupt(format!(
                     "tag {tag} claims {values} values ({bytes} bytes) at offset {offset}, past the end of the file ({len} bytes)"
                 )));
             }
         }
-        let mut link = [0u8; 8];
-        read_at(
-            reader,
-            table - link_bytes as u64,
-            &mut link[..link_bytes],
-            len,
-            "directory link",
-        )?;
-        next = if big { u64_at(&link) } else { u32_at(&link) as u64 };
+        read_at(reader, at, &mut buf[..word], len, "directory link")?;
+        next = if big { u64_at(&buf) } else { u32_at(&buf) as u64 };
     }
     Ok(())
 }
@@ -209,6 +196,27 @@ mod tests {
         // A count that overflows u64 bytes.
         let huge = tiff(&[(273, 12, u32::MAX, 38)]);
         assert!(check(&huge).is_err());
+    }
+
+    #[test]
+    fn entries_after_an_unknown_type_are_read_where_the_crate_reads_them() {
+        // BigTIFF, one directory at 16 of two entries: an unknown type (99), which tiff 0.10.3
+        // skips as 12 bytes, then at 36 (not 44, where a 20-byte entry would end) two million
+        // LONG strip offsets in a file of 64 bytes.
+        let mut b = b"II\x2b\x00\x08\x00\x00\x00".to_vec();
+        b.extend(16u64.to_le_bytes());
+        b.extend(2u64.to_le_bytes());
+        b.extend(256u16.to_le_bytes());
+        b.extend(99u16.to_le_bytes());
+        b.extend([0u8; 8]);
+        b.extend(273u16.to_le_bytes());
+        b.extend(4u16.to_le_bytes());
+        b.extend(2_000_000u64.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.resize(64, 0);
+        let err = check(&b).unwrap_err().to_string();
+        assert!(err.contains("tag 273 claims 2000000 values"), "{err}");
     }
 
     #[test]
