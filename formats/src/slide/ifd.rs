@@ -63,11 +63,9 @@ pub(crate) fn check_directories<R: Read + Seek>(reader: &mut R, len: u64) -> Res
     // crate does not know is skipped as tiff 0.10.3 skips it (8 bytes after its tag and type,
     // also in BigTIFF), so the entries checked here are the ones the crate will read.
     let (count_bytes, inline, word) = if big { (8, 8u64, 8) } else { (2, 4u64, 4) };
-    let mut next = if big {
-        u64_at(&header[8..])
-    } else {
-        u32_at(&header[4..]) as u64
-    };
+    // A count, offset or link: 8 bytes in BigTIFF, 4 in classic.
+    let word_at = |b: &[u8]| if big { u64_at(b) } else { u32_at(b) as u64 };
+    let mut next = word_at(&header[if big { 8 } else { 4 }..]);
     let mut seen = HashSet::new();
     let mut buf = [0u8; 8];
     while next != 0 {
@@ -94,9 +92,9 @@ pub(crate) fn check_directories<R: Read + Seek>(reader: &mut R, len: u64) -> Res
                 continue;
             };
             read_at(reader, at, &mut buf[..word], len, "directory entry")?;
-            let values = if big { u64_at(&buf) } else { u32_at(&buf) as u64 };
+            let values = word_at(&buf);
             read_at(reader, at + word as u64, &mut buf[..word], len, "directory entry")?;
-            let offset = if big { u64_at(&buf) } else { u32_at(&buf) as u64 };
+            let offset = word_at(&buf);
             at += 2 * word as u64;
             let bytes = values.saturating_mul(size);
             if bytes > inline && offset.checked_add(bytes).is_none_or(|end| end > len) {
@@ -106,7 +104,7 @@ pub(crate) fn check_directories<R: Read + Seek>(reader: &mut R, len: u64) -> Res
             }
         }
         read_at(reader, at, &mut buf[..word], len, "directory link")?;
-        next = if big { u64_at(&buf) } else { u32_at(&buf) as u64 };
+        next = word_at(&buf);
     }
     Ok(())
 }
