@@ -48,6 +48,11 @@ const CASES: &[(&str, &str, &str)] = &[
         "tiff_region",
         "in a 16×16 chunk",
     ),
+    (
+        "slide-jpeg-one-row-in-24-row-mcus.jpg",
+        "slide",
+        "a JPEG of 60436×1 is decoded in 8×24 blocks",
+    ),
 ];
 
 fn replay(target: &str, path: &Path, bytes: &[u8]) -> Result<(), String> {

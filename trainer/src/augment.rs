@@ -389,7 +389,8 @@ pub mod stain {
 #[derive(Debug, Clone, Copy)]
 pub struct SlideInfo {
     /// 0.4 / hubmap_pixel_size[organ] for HPA slides (how much smaller the same tissue looks in
-    /// HuBMAP's scans); `None` for HuBMAP slides.
+    /// HuBMAP's scans); `None` for HuBMAP slides, and for every slide when crops are read at a
+    /// target pixel size.
     pub hpa_to_hubmap: Option<f64>,
 }
 
@@ -401,7 +402,8 @@ pub fn augment(sample: &mut Sample, info: SlideInfo, cfg: &AugmentConfig, rng: &
     let sym = |r: f64, rng: &mut ChaCha8Rng| (rng.random::<f64>() * 2.0 - 1.0) * r;
     if let Some(factor) = info.hpa_to_hubmap {
         if chance(cfg.p_pixel_size, rng) {
-            sample.affine(factor, 0.0, 0.0, 0.0);
+            let [lo, hi] = cfg.pixel_size_range;
+            sample.affine(factor.clamp(lo, hi), 0.0, 0.0, 0.0);
         }
     }
     if chance(cfg.p_hflip, rng) {
@@ -559,6 +561,42 @@ mod tests {
             "{cx},{cy} vs {expected:?}"
         );
         assert_follows(&s, "pixel-size rescale");
+    }
+
+    #[test]
+    fn the_pixel_size_factor_is_clamped_to_its_range() {
+        // Prostate: 0.4 / 6.263 = 0.064 would leave no FTU; the range's 0.5 is applied instead.
+        let cfg = AugmentConfig {
+            p_pixel_size: 1.0,
+            ..AugmentConfig::none()
+        };
+        let info = |f| SlideInfo { hpa_to_hubmap: Some(f) };
+        let run = |info, cfg: &AugmentConfig| {
+            let mut s = marked_block(26, 16);
+            augment(&mut s, info, cfg, &mut ChaCha8Rng::seed_from_u64(3));
+            s
+        };
+        let mut expected = marked_block(26, 16);
+        expected.affine(0.5, 0.0, 0.0, 0.0);
+        assert_eq!(run(info(0.4 / 6.263), &cfg), expected);
+        let mut expected = marked_block(26, 16);
+        expected.affine(0.8, 0.0, 0.0, 0.0);
+        assert_eq!(run(info(0.8), &cfg), expected, "inside the range the factor is kept");
+        let wide = AugmentConfig {
+            pixel_size_range: [0.05, 2.0],
+            ..cfg.clone()
+        };
+        assert_ne!(run(info(0.4 / 6.263), &wide), run(info(0.4 / 6.263), &cfg));
+        let never = AugmentConfig {
+            p_pixel_size: 0.0,
+            ..cfg
+        };
+        assert_eq!(run(info(0.8), &never), marked_block(26, 16));
+        assert_eq!(
+            run(SlideInfo { hpa_to_hubmap: None }, &wide),
+            marked_block(26, 16),
+            "HuBMAP slides are not rescaled"
+        );
     }
 
     #[test]

@@ -323,8 +323,13 @@ pub struct AugmentConfig {
     pub stain: f64,
     /// Macenko stain normalisation towards this training slide id (every slide, always).
     pub stain_normalize_to: Option<String>,
-    /// HPA slides rescaled by 0.4 / hubmap_pixel_size[organ] with this probability.
+    /// HPA slides rescaled by 0.4 / hubmap_pixel_size[organ] with this probability, so the
+    /// model sees the scale of HuBMAP's scans (the competition's test set). Not applied in crops
+    /// mode with a target `pixel_size`: those crops are already at one physical scale.
     pub p_pixel_size: f64,
+    /// The pixel-size factor is clamped to [lo, hi]: prostate's 6.263 µm would shrink HPA tissue
+    /// 16-fold, and a slide resized whole to `size`² keeps no FTU at that factor.
+    pub pixel_size_range: [f64; 2],
 }
 
 impl Default for AugmentConfig {
@@ -353,7 +358,8 @@ impl Default for AugmentConfig {
             p_stain: 0.5,
             stain: 0.15,
             stain_normalize_to: None,
-            p_pixel_size: 0.0,
+            p_pixel_size: 0.5,
+            pixel_size_range: [0.5, 2.0],
         }
     }
 }
@@ -570,6 +576,13 @@ impl TrainConfig {
             if !(0.0..=1.0).contains(&p) {
                 return Err(invalid(&format!("augment.{name}"), format!("a probability, got {p}")));
             }
+        }
+        let [lo, hi] = self.augment.pixel_size_range;
+        if !(lo > 0.0 && lo <= hi && hi.is_finite()) {
+            return Err(invalid(
+                "augment.pixel_size_range",
+                format!("[lo, hi] with 0 < lo <= hi, got [{lo}, {hi}]"),
+            ));
         }
         if !["cpu", "cuda"].contains(&self.device.as_str()) && !self.device.starts_with("cuda:") {
             return Err(invalid("device", format!("cpu, cuda or cuda:N, got {:?}", self.device)));

@@ -318,8 +318,10 @@ impl SlideCache {
 
     pub fn info(&self, i: usize) -> SlideInfo {
         let row = &self.rows[i];
+        let physical = matches!(&self.crops, Some((spec, _)) if spec.pixel_size.is_some());
         SlideInfo {
-            hpa_to_hubmap: (row.data_source == DataSource::Hpa).then(|| 0.4 / row.organ.hubmap_pixel_size()),
+            hpa_to_hubmap: (row.data_source == DataSource::Hpa && !physical)
+                .then(|| 0.4 / row.organ.hubmap_pixel_size()),
         }
     }
 }

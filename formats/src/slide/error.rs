@@ -44,12 +44,26 @@ pub enum SlideErrorKind {
         pixels: u64,
         max_pixels: u64,
     },
+    /// A JPEG whose MCU-padded area (what its decoder works on) is past the pixel limit.
+    #[error(
+        "a JPEG of {width}×{height} is decoded in {mcu_width}×{mcu_height} blocks, {padded} pixels in all, over the limit of {max_pixels}"
+    )]
+    JpegWorkArea {
+        width: usize,
+        height: usize,
+        mcu_width: usize,
+        mcu_height: usize,
+        padded: u64,
+        max_pixels: u64,
+    },
     #[error("unsupported {0}")]
     Unsupported(String),
     #[error("corrupt or truncated TIFF: {0}")]
     Tiff(#[from] tiff::TiffError),
     #[error("corrupt or truncated TIFF: {0}")]
     Corrupt(String),
+    #[error("corrupt or truncated JPEG: {0}")]
+    CorruptJpeg(String),
     #[error("corrupt or truncated image: {0}")]
     Image(#[from] image::ImageError),
     #[error("the decoder failed on this file ({0})")]

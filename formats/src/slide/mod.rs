@@ -5,6 +5,7 @@
 
 pub mod error;
 mod ifd;
+mod jpeg;
 pub mod meta;
 pub mod openslide;
 pub mod read;

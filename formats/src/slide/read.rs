@@ -2,11 +2,12 @@
 //! JPEG with `image`. The pixel-count guard rejects oversized headers before anything is
 //! allocated.
 
-use std::io::{BufRead, Cursor, Seek};
+use std::io::{BufRead, Cursor, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
 use super::error::{check_size, guarded, SlideError, SlideErrorKind, SlideLimits};
+use super::jpeg;
 use super::openslide::{self, OpenSlide};
 use super::rgb::RgbImage;
 use super::sniff::{sniff, sniff_file, Format};
@@ -62,7 +63,17 @@ pub fn decode_slide(bytes: &[u8], name: &Path, limits: SlideLimits) -> Result<Rg
     }
 }
 
-fn read_other<R: BufRead + Seek>(reader: R, limits: SlideLimits) -> Result<RgbImage, SlideErrorKind> {
+fn read_other<R: BufRead + Seek>(mut reader: R, limits: SlideLimits) -> Result<RgbImage, SlideErrorKind> {
+    // A JPEG decoder allocates for whole MCUs: a frame one row tall with 4× vertical sampling
+    // is 32 rows of work. Its frame header is read first and the padded area checked.
+    if reader.fill_buf()?.starts_with(&[0xFF, 0xD8]) {
+        let start = reader.stream_position()?;
+        let frame = jpeg::frame(&mut reader).map_err(|e| SlideErrorKind::CorruptJpeg(e))?;
+        reader.seek(SeekFrom::Start(start))?;
+        if let Some(frame) = frame {
+            frame.check(limits)?;
+        }
+    }
     let mut reader = image::ImageReader::new(reader).with_guessed_format()?;
     let mut image_limits = image::Limits::default();
     image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8));

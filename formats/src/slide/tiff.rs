@@ -18,6 +18,7 @@ use tiff::ColorType;
 
 use super::error::{check_size, guarded, SlideError, SlideErrorKind, SlideLimits};
 use super::ifd::checked_decoder;
+use super::jpeg::{self, JpegFrame};
 use super::rgb::RgbImage;
 use super::write::YCBCR_SUBSAMPLING;
 
@@ -94,7 +95,7 @@ pub struct TiffRegions {
     raw: Option<RawLayout>,
     /// For JPEG chunks (through the crate), the frame size `JPEGTables` states, if any: each
     /// chunk's frame header, and this one, are checked against the chunk first.
-    jpeg: Option<Option<(usize, usize)>>,
+    jpeg: Option<Option<JpegFrame>>,
     cache: HashMap<usize, Arc<RgbImage>>,
     order: VecDeque<usize>,
     cache_bytes: usize,
@@ -201,7 +202,7 @@ impl TiffRegions {
         let extents = chunk_extents(&mut decoder)?;
         let jpeg = match compression {
             Some(6) | Some(7) => Some(match decoder.find_tag(Tag::JPEGTables)? {
-                Some(tables) => jpeg_frame(&tables.into_u8_vec()?[..])
+                Some(tables) => jpeg::frame(&tables.into_u8_vec()?[..])
                     .map_err(|e| SlideErrorKind::Corrupt(format!("JPEGTables: {e}")))?,
                 None => None,
             }),
@@ -430,9 +431,12 @@ impl TiffRegions {
             let reader = decoder.inner();
             reader.seek(SeekFrom::Start(offset))?;
             let frame =
-                jpeg_frame(reader.take(count)).map_err(|e| SlideErrorKind::Corrupt(format!("chunk {i}: JPEG {e}")))?;
+                jpeg::frame(reader.take(count)).map_err(|e| SlideErrorKind::Corrupt(format!("chunk {i}: JPEG {e}")))?;
             let (cw, ch) = (self.chunk_w.next_multiple_of(16), self.chunk_h.next_multiple_of(16));
-            for (w, h) in [frame, tables_frame].into_iter().flatten() {
+            for JpegFrame {
+                width: w, height: h, ..
+            } in [frame, tables_frame].into_iter().flatten()
+            {
                 if w > cw || h > ch {
                     return Err(SlideErrorKind::Corrupt(format!(
                         "chunk {i}: a JPEG of {w}×{h} in a {}×{} chunk",
@@ -619,47 +623,6 @@ fn paste(out: &mut RgbImage, chunk: &RgbImage, x0: usize, y0: usize) {
 /// 16-bit samples to 8, rounded.
 fn to_u8(s: u16) -> u8 {
     ((s as u32 * 255 + 32767) / 65535) as u8
-}
-
-/// The frame size (width, height) a JPEG stream's first start-of-frame marker states, if one
-/// comes before its scan; `None` when there is none (as in the tables of `JPEGTables`).
-fn jpeg_frame<R: Read>(mut reader: R) -> Result<Option<(usize, usize)>, String> {
-    let next = |r: &mut R| -> Result<u8, String> {
-        let mut byte = [0u8; 1];
-        r.read_exact(&mut byte)
-            .map_err(|_| "ends before its frame header".to_string())?;
-        Ok(byte[0])
-    };
-    if (next(&mut reader)?, next(&mut reader)?) != (0xFF, 0xD8) {
-        return Err("no start-of-image marker".into());
-    }
-    loop {
-        if next(&mut reader)? != 0xFF {
-            return Err("a segment without a marker".into());
-        }
-        let mut marker = next(&mut reader)?;
-        while marker == 0xFF {
-            marker = next(&mut reader)?;
-        }
-        if marker == 0xD9 || marker == 0xDA {
-            return Ok(None); // end of image, or the scan: no frame header before it
-        }
-        let length = u16::from_be_bytes([next(&mut reader)?, next(&mut reader)?]) as u64;
-        // SOF0–SOF15 except DHT (C4), JPG (C8) and DAC (CC): precision, height, width.
-        if (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker) {
-            let mut frame = [0u8; 5];
-            reader
-                .read_exact(&mut frame)
-                .map_err(|_| "ends inside its frame header".to_string())?;
-            let height = u16::from_be_bytes([frame[1], frame[2]]) as usize;
-            let width = u16::from_be_bytes([frame[3], frame[4]]) as usize;
-            return Ok(Some((width, height)));
-        }
-        if length < 2 {
-            return Err(format!("a segment of length {length}"));
-        }
-        std::io::copy(&mut (&mut reader).take(length - 2), &mut std::io::sink()).map_err(|e| e.to_string())?;
-    }
 }
 
 /// Decompresses a TIFF LZW stream of `needed` bytes; a stream that ends early is an error. The
