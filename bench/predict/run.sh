@@ -4,6 +4,7 @@
 # the median over ROUNDS alternating runs, the ratio, and how far the two submissions agree.
 #   bash bench/predict/run.sh            # CPU
 #   DEVICE=cuda bash bench/predict/run.sh  # with onnxruntime-gpu (FTU_ORT_PACKAGE=onnxruntime-gpu)
+#   POOLS=1 bash bench/predict/run.sh      # instead: --thread-pool per-session against shared
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SLIDES=${SLIDES:-8}
@@ -42,6 +43,29 @@ path = "b.onnx"
 norm = "imagenet"
 TOML
 
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+if [ "${POOLS:-0}" = 1 ]; then
+  # ONNX Runtime's intra-op threads: a pool per model (the default) against one shared pool.
+  echo "== thread pools: per-session against shared, $ROUNDS alternating rounds, --threads ${THREADS:-$(nproc)}"
+  declare -A rate=([per-session]="" [shared]="")
+  for round in $(seq "$ROUNDS"); do
+    for pool in per-session shared; do
+      "$bin/ftu-infer" predict --manifest "$work/ensemble.toml" --data "$work/data" --out "$work/$pool.csv" \
+        --device "$DEVICE" --threads "${THREADS:-$(nproc)}" --thread-pool "$pool" >"$work/$pool.log"
+      r=$(grep -o '[0-9.]* slides/s' "$work/$pool.log" | cut -d' ' -f1)
+      rate[$pool]+="$r "
+      echo "round $round: $pool $r slides/s"
+    done
+  done
+  # shellcheck disable=SC2086
+  a=$(median ${rate[per-session]}) b=$(median ${rate[shared]})
+  cmp -s "$work/per-session.csv" "$work/shared.csv" && same="byte-identical" || same="DIFFERENT"
+  echo "== median over $ROUNDS rounds: per-session $a slides/s, shared $b slides/s, shared/per-session $(awk "BEGIN {printf \"%.2f\", $b / $a}")×; submissions $same"
+  [ "$same" = byte-identical ]
+  exit 0
+fi
+
 ftu=()
 py=()
 for round in $(seq "$ROUNDS"); do
@@ -53,7 +77,6 @@ for round in $(seq "$ROUNDS"); do
   py+=("$(grep -o '[0-9.]* slides/s' "$work/python.log" | cut -d' ' -f1)")
   echo "round $round: ftu-infer ${ftu[-1]} slides/s, python ${py[-1]} slides/s"
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 f=$(median "${ftu[@]}")
 p=$(median "${py[@]}")
 echo "ftu-infer stages (last round):"

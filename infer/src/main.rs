@@ -8,7 +8,7 @@ use ftu_formats::slide::SlideLimits;
 use ftu_infer::engine::Engine;
 use ftu_infer::predict::{self, OnError, PredictOptions};
 use ftu_infer::score;
-use ftu_infer::session::{Device, ModelInfo, Runtime, RuntimeOptions};
+use ftu_infer::session::{Device, ModelInfo, Runtime, RuntimeOptions, ThreadPool};
 use ftu_infer::slides::SlideList;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Read;
@@ -108,6 +108,10 @@ struct RuntimeArgs {
     /// most 4 cores (it leaves them to the slide reader between model runs), on above.
     #[arg(long, value_name = "on|off", value_parser = parse_switch)]
     spin: Option<bool>,
+    /// `per-session`: each model its own intra-op pool (ONNX Runtime's default); `shared`: one
+    /// pool for all the ensemble's models (`--threads` and `--spin` then set that pool).
+    #[arg(long, value_name = "per-session|shared", default_value = "per-session")]
+    thread_pool: ThreadPool,
 }
 
 fn parse_switch(s: &str) -> Result<bool, String> {
@@ -126,6 +130,7 @@ impl RuntimeArgs {
             allow_cpu_fallback: self.allow_cpu_fallback,
             threads: self.threads,
             spinning: self.spin,
+            thread_pool: self.thread_pool,
         })?;
         Ok(runtime)
     }
@@ -294,6 +299,7 @@ fn main() -> Result<()> {
                 allow_cpu_fallback: false,
                 threads: Some(1),
                 spin: None,
+                thread_pool: ThreadPool::PerSession,
             }
             .load()?;
             let session = runtime.session(&a.model)?;

@@ -33,6 +33,43 @@ pub enum RuntimeError {
     Cuda { path: PathBuf, device: i32, cause: String },
     #[error("bad device {0:?}: expected cpu, cuda or cuda:N")]
     BadDevice(String),
+    #[error(
+        "ONNX Runtime's environment in this process was made with {made} thread pools; \
+         one process cannot have both (ONNX Runtime has one environment per process)"
+    )]
+    ThreadPoolMismatch { made: &'static str },
+}
+
+/// Where a session's intra-op threads come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ThreadPool {
+    /// Each session its own pool (ONNX Runtime's default): an ensemble of n models on c cores
+    /// has n × c intra-op threads, each pool idle between its own session's runs.
+    #[default]
+    PerSession,
+    /// One pool for every session of the process (ONNX Runtime's global thread pools): c
+    /// threads whatever the ensemble's size.
+    Shared,
+}
+
+impl ThreadPool {
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadPool::PerSession => "per-session",
+            ThreadPool::Shared => "shared",
+        }
+    }
+}
+
+impl FromStr for ThreadPool {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ThreadPool, String> {
+        match s {
+            "per-session" => Ok(ThreadPool::PerSession),
+            "shared" => Ok(ThreadPool::Shared),
+            _ => Err(format!("`{s}`: expected per-session or shared")),
+        }
+    }
 }
 
 /// Where the models run.
@@ -81,6 +118,10 @@ pub struct RuntimeOptions {
     /// Whether idle intra-op threads spin before they sleep (`session.intra_op.allow_spinning`);
     /// when `None`, [`default_spinning`] for this machine.
     pub spinning: Option<bool>,
+    /// One intra-op pool per session, or one for all. The first runtime loaded in a process
+    /// decides (ONNX Runtime has one environment per process); a later one asking otherwise
+    /// gets [`RuntimeError::ThreadPoolMismatch`].
+    pub thread_pool: ThreadPool,
 }
 
 impl Default for RuntimeOptions {
@@ -90,6 +131,7 @@ impl Default for RuntimeOptions {
             allow_cpu_fallback: false,
             threads: None,
             spinning: None,
+            thread_pool: ThreadPool::PerSession,
         }
     }
 }
@@ -123,8 +165,12 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// What was loaded once per process: the library's path, the environment, and which thread
+/// pools the environment was made with.
+type Loaded = (PathBuf, ort::environment::Environment, ThreadPool);
+
 /// The library is loaded once per process; later calls reuse it.
-static LOADED: OnceLock<Result<(PathBuf, ort::environment::Environment), (PathBuf, String)>> = OnceLock::new();
+static LOADED: OnceLock<Result<Loaded, (PathBuf, String)>> = OnceLock::new();
 
 impl Runtime {
     /// Finds and loads libonnxruntime (see [`find_library`]).
@@ -136,14 +182,26 @@ impl Runtime {
                 let library = find_library()?;
                 LOADED.get_or_init(|| {
                     let fail = |e: String| (library.clone(), e);
-                    let builder = ort::init_from(&library).map_err(|e| fail(e.to_string()))?;
+                    let mut builder = ort::init_from(&library).map_err(|e| fail(e.to_string()))?;
+                    if options.thread_pool == ThreadPool::Shared {
+                        let mut pool = ort::environment::GlobalThreadPoolOptions::default()
+                            .with_intra_threads(options.threads.unwrap_or(0))
+                            .map_err(|e| fail(e.to_string()))?;
+                        if let Some(spinning) = options.spinning.or_else(default_spinning) {
+                            pool = pool.with_spin_control(spinning).map_err(|e| fail(e.to_string()))?;
+                        }
+                        builder = builder.with_global_thread_pool(pool);
+                    }
                     let env = builder.with_name("ftu").build().map_err(|e| fail(e.to_string()))?;
-                    Ok((library.clone(), env))
+                    Ok((library.clone(), env, options.thread_pool))
                 })
             }
         };
         match loaded {
-            Ok((path, env)) => Ok(Runtime {
+            Ok((_, _, made)) if *made != options.thread_pool => {
+                Err(RuntimeError::ThreadPoolMismatch { made: made.name() })
+            }
+            Ok((path, env, _)) => Ok(Runtime {
                 env: env.clone(),
                 options,
                 library: path.clone(),
@@ -172,15 +230,19 @@ impl Runtime {
             cause,
         };
         let mut builder = Session::builder(&self.env).map_err(|e| model_err(e.to_string()))?;
-        if let Some(threads) = self.options.threads {
-            builder = builder
-                .with_intra_threads(threads)
-                .map_err(|e| model_err(e.to_string()))?;
-        }
-        if let Some(spinning) = self.options.spinning.or_else(default_spinning) {
-            builder = builder
-                .with_intra_op_spinning(spinning)
-                .map_err(|e| model_err(e.to_string()))?;
+        // With the shared pool, ort turns the session's own threads off: threads and spinning
+        // were set on the pool.
+        if self.options.thread_pool == ThreadPool::PerSession {
+            if let Some(threads) = self.options.threads {
+                builder = builder
+                    .with_intra_threads(threads)
+                    .map_err(|e| model_err(e.to_string()))?;
+            }
+            if let Some(spinning) = self.options.spinning.or_else(default_spinning) {
+                builder = builder
+                    .with_intra_op_spinning(spinning)
+                    .map_err(|e| model_err(e.to_string()))?;
+            }
         }
         if let Device::Cuda(device) = self.options.device {
             let cuda = ort::ep::CUDA::default()

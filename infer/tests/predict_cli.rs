@@ -184,6 +184,17 @@ fn predict_writes_one_row_per_id_in_order_with_per_organ_and_source_thresholds()
     let o = f.predict(&manifest, &["--spin", "off"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read(f.path("sub.csv")).unwrap(), spun);
+    // Nor does one thread pool for all sessions instead of one each.
+    let o = f.predict(&manifest, &["--thread-pool", "shared", "--threads", "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(f.path("sub.csv")).unwrap(), spun);
+    let o = f.predict(&manifest, &["--thread-pool", "global"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("expected per-session or shared"),
+        "{}",
+        text(&o)
+    );
     let o = f.predict(&manifest, &["--spin", "sometimes"]);
     assert!(!o.status.success());
     assert!(
