@@ -667,7 +667,12 @@ mod tests {
         liver.sampling.organ_weights.insert("liver".into(), 1.0);
         let mut negative = base.clone();
         negative.loss.per_organ.insert("lung".into(), -1.0);
-        let bad = [bad.as_slice(), &[liver, negative]].concat();
+        let range = |lo, hi| {
+            let mut c = base.clone();
+            c.augment.pixel_size_range = [lo, hi];
+            c
+        };
+        let bad = [bad.as_slice(), &[liver, negative, range(0.0, 2.0), range(2.0, 0.5)]].concat();
         let fields = [
             "size",
             "folds",
@@ -678,6 +683,8 @@ mod tests {
             "ensemble.size_weights",
             "sampling.organ_weights",
             "loss.per_organ",
+            "augment.pixel_size_range",
+            "augment.pixel_size_range",
         ];
         assert_eq!(bad.len(), fields.len());
         for (c, field) in bad.iter().zip(fields) {

@@ -68,7 +68,7 @@ fn read_other<R: BufRead + Seek>(mut reader: R, limits: SlideLimits) -> Result<R
     // is 32 rows of work. Its frame header is read first and the padded area checked.
     if reader.fill_buf()?.starts_with(&[0xFF, 0xD8]) {
         let start = reader.stream_position()?;
-        let frame = jpeg::frame(&mut reader).map_err(|e| SlideErrorKind::CorruptJpeg(e))?;
+        let frame = jpeg::frame(&mut reader).map_err(SlideErrorKind::CorruptJpeg)?;
         reader.seek(SeekFrom::Start(start))?;
         if let Some(frame) = frame {
             frame.check(limits)?;
