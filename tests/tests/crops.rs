@@ -146,3 +146,53 @@ fn crops_mode_validates_as_ftu_infer_serves_it() {
         fold0.best_dice
     );
 }
+
+/// Pixel-size augmentation rescales HPA slides to HuBMAP's scale, except where crops are read at
+/// a target µm per pixel (already one physical scale for every slide).
+#[test]
+fn pixel_size_augmentation_is_off_only_for_crops_at_a_target_pixel_size() {
+    use ftu_formats::organ::DataSource;
+    use ftu_trainer::config::SamplingConfig;
+    use ftu_trainer::crops::CropSpec;
+    use ftu_trainer::data::SlideCache;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth_data(dir.path(), 3, 0, 128, 9);
+    let rows = schema::read_train(&data.join("train.csv")).unwrap();
+    assert!(rows.iter().all(|r| r.data_source == DataSource::Hpa));
+    let expected: Vec<Option<f64>> = rows.iter().map(|r| Some(0.4 / r.organ.hubmap_pixel_size())).collect();
+    let factors = |cache: &SlideCache| (0..rows.len()).map(|i| cache.info(i).hpa_to_hubmap).collect::<Vec<_>>();
+
+    let resized = SlideCache::build(&data, rows.clone(), vec![], 64, usize::MAX, None, || {}).unwrap();
+    assert_eq!(factors(&resized), expected, "resize mode");
+    let crops = |sampling: SamplingConfig| {
+        SlideCache::build_crops(
+            &data,
+            rows.clone(),
+            vec![],
+            CropSpec::new(64, &sampling),
+            usize::MAX,
+            None,
+            || {},
+        )
+        .unwrap()
+    };
+    let by_scale = crops(SamplingConfig {
+        scale: 0.5,
+        ..SamplingConfig::default()
+    });
+    assert_eq!(
+        factors(&by_scale),
+        expected,
+        "crops at a scale keep each slide's own scale"
+    );
+    let by_pixel_size = crops(SamplingConfig {
+        pixel_size: Some(0.8),
+        ..SamplingConfig::default()
+    });
+    assert_eq!(
+        factors(&by_pixel_size),
+        vec![None; rows.len()],
+        "crops at 0.8 µm per pixel"
+    );
+}
