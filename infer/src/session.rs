@@ -64,11 +64,10 @@ impl ThreadPool {
 impl FromStr for ThreadPool {
     type Err = String;
     fn from_str(s: &str) -> Result<ThreadPool, String> {
-        match s {
-            "per-session" => Ok(ThreadPool::PerSession),
-            "shared" => Ok(ThreadPool::Shared),
-            _ => Err(format!("`{s}`: expected per-session or shared")),
-        }
+        [ThreadPool::PerSession, ThreadPool::Shared]
+            .into_iter()
+            .find(|pool| pool.name() == s)
+            .ok_or_else(|| format!("`{s}`: expected per-session or shared"))
     }
 }
 
@@ -122,6 +121,14 @@ pub struct RuntimeOptions {
     /// decides (ONNX Runtime has one environment per process); a later one asking otherwise
     /// gets [`RuntimeError::ThreadPoolMismatch`].
     pub thread_pool: ThreadPool,
+}
+
+impl RuntimeOptions {
+    /// Whether idle intra-op threads spin: as set, else [`default_spinning`] (`None`: ONNX
+    /// Runtime's own default).
+    fn spinning_or_default(&self) -> Option<bool> {
+        self.spinning.or_else(default_spinning)
+    }
 }
 
 impl Default for RuntimeOptions {
@@ -187,7 +194,7 @@ impl Runtime {
                         let mut pool = ort::environment::GlobalThreadPoolOptions::default()
                             .with_intra_threads(options.threads.unwrap_or(0))
                             .map_err(|e| fail(e.to_string()))?;
-                        if let Some(spinning) = options.spinning.or_else(default_spinning) {
+                        if let Some(spinning) = options.spinning_or_default() {
                             pool = pool.with_spin_control(spinning).map_err(|e| fail(e.to_string()))?;
                         }
                         builder = builder.with_global_thread_pool(pool);
@@ -238,7 +245,7 @@ impl Runtime {
                     .with_intra_threads(threads)
                     .map_err(|e| model_err(e.to_string()))?;
             }
-            if let Some(spinning) = self.options.spinning.or_else(default_spinning) {
+            if let Some(spinning) = self.options.spinning_or_default() {
                 builder = builder
                     .with_intra_op_spinning(spinning)
                     .map_err(|e| model_err(e.to_string()))?;
