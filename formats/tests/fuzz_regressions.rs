@@ -89,3 +89,28 @@ fn what_fuzzing_found_is_refused_within_budget() {
     let kept = std::fs::read_dir(&dir).expect("tests/fuzz").count();
     assert_eq!(kept, CASES.len(), "every file in tests/fuzz has a case here");
 }
+
+/// A file with several bad chunks gets the same error whatever the thread count: the first
+/// bad chunk in chunk order, not whichever thread failed first (CI, on another machine, once
+/// saw chunk 1's error for this file).
+#[test]
+fn several_bad_chunks_report_the_first_whatever_the_threads() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/region-jpeg-frame-larger-than-its-tile.tif");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for threads in [1, 2, 16] {
+        for _ in 0..50 {
+            // A fresh pool each time: its threads start while the chunks are handed out.
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a rayon pool");
+            let message = pool
+                .install(|| replay("tiff_region", &path, &bytes))
+                .expect_err("refused");
+            assert!(
+                message.contains("chunk 0: a JPEG of 8200×11777 in a 16×16 chunk"),
+                "{threads} threads: {message}"
+            );
+        }
+    }
+}

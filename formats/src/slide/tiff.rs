@@ -345,7 +345,9 @@ impl TiffRegions {
                 (w * h) as u64
             })
             .sum::<u64>();
-        let result: Result<Vec<T>, SlideErrorKind> = if self.raw.is_some() {
+        // Every chunk's result is kept and the first error in chunk order is reported, so a file
+        // with several bad chunks gets the same message whatever the thread count or timing.
+        let results: Vec<Result<T, SlideErrorKind>> = if self.raw.is_some() {
             let mut compressed = Vec::with_capacity(indices.len());
             for &i in indices {
                 compressed.push(self.raw_bytes(i).map_err(|kind| kind.at(&self.path))?);
@@ -371,7 +373,10 @@ impl TiffRegions {
                 })
                 .collect()
         };
-        result.map_err(|kind| kind.at(&self.path))
+        results
+            .into_iter()
+            .collect::<Result<Vec<T>, _>>()
+            .map_err(|kind| kind.at(&self.path))
     }
 
     /// Pixels decoded so far: each chunk's, each time it was decoded (the cache saves repeats).
