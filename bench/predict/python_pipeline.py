@@ -4,7 +4,9 @@ What competitors' inference notebooks did, slide by slide: tifffile reads the sl
 resizes it (INTER_AREA), NumPy normalises and stacks the TTA flips into one batch, onnxruntime runs
 each model, flips are undone, sigmoid, models and groups averaged, OpenCV resizes the map back
 (INTER_LINEAR), per-organ threshold, NumPy run-length encoding. It reads the same manifest as
-ftu-infer (the subset the benchmark uses: groups, models with named norms, flips TTA, thresholds).
+ftu-infer (the subset the benchmark uses: groups, models with named norms and outputs by name or
+index, flips TTA, thresholds). Grey, RGBA and 16-bit slides become 8-bit RGB as ftu reads them.
+It prints its bare `session.run` time beside its wall time.
 
     python python_pipeline.py --manifest M --data DIR --out submission.csv [--device cpu|cuda]
 """
@@ -31,6 +33,17 @@ def rle_encode(mask):
     runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
     runs[1::2] -= runs[::2]
     return " ".join(str(x) for x in runs)
+
+
+def to_rgb8(img):
+    """Grey, grey+alpha, RGBA and 16-bit slides to 8-bit RGB, rounded as ftu's reader does."""
+    if img.dtype == np.uint16:
+        img = ((img.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.shape[2] in (1, 2):
+        img = np.repeat(img[:, :, :1], 3, axis=2)
+    return np.ascontiguousarray(img[:, :, :3])
 
 
 def tta_batch(x, mode):
@@ -72,14 +85,18 @@ def main():
         for m in g["model"]:
             sess = ort.InferenceSession(os.path.join(base, m["path"]), providers=providers)
             mean, std = NORMS[m["norm"]]
-            models.append((sess, mean.astype(np.float32), std.astype(np.float32), m.get("weight", 1.0)))
+            names = [o.name for o in sess.get_outputs()]
+            output = m.get("output", 0)
+            output = names[output] if isinstance(output, int) else output
+            models.append((sess, output, mean.astype(np.float32), std.astype(np.float32), m.get("weight", 1.0)))
         groups.append((g["size"], g.get("weight", 1.0), models))
 
     start = time.perf_counter()
     rows = list(csv.DictReader(open(os.path.join(a.data, "test.csv"))))
     out = []
+    session_time = 0.0
     for row in rows:
-        img = tifffile.imread(os.path.join(a.data, "test_images", row["id"] + ".tiff"))
+        img = to_rgb8(tifffile.imread(os.path.join(a.data, "test_images", row["id"] + ".tiff")))
         h, w = img.shape[:2]
         total = np.zeros((h, w), np.float32)
         gsum = 0.0
@@ -87,10 +104,12 @@ def main():
             small = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
             acc = np.zeros((size, size), np.float32)
             msum = 0.0
-            for sess, mean, std, mweight in models:
+            for sess, output, mean, std, mweight in models:
                 x = ((small - mean) / std).transpose(2, 0, 1)
                 batch = np.ascontiguousarray(np.stack(tta_batch(x, mode)), dtype=np.float32)
-                logits = sess.run(None, {sess.get_inputs()[0].name: batch})[0][:, 0]
+                t0 = time.perf_counter()
+                logits = sess.run([output], {sess.get_inputs()[0].name: batch})[0][:, 0]
+                session_time += time.perf_counter() - t0
                 prob = 1.0 / (1.0 + np.exp(-logits))
                 acc += mweight * untta(list(prob), mode)
                 msum += mweight
@@ -107,6 +126,7 @@ def main():
         wr.writerow(["id", "rle"])
         wr.writerows(out)
     print(f"python pipeline: {len(rows)} slides in {wall:.2f} s, {len(rows) / wall:.3f} slides/s")
+    print(f"python session.run: {session_time:.2f} s")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 #   bash bench/predict/run.sh            # CPU
 #   DEVICE=cuda bash bench/predict/run.sh  # with onnxruntime-gpu (FTU_ORT_PACKAGE=onnxruntime-gpu)
 #   POOLS=1 bash bench/predict/run.sh      # instead: --thread-pool per-session against shared
+#   MIXED=1 bash bench/predict/run.sh      # instead: the mixed ensemble (below) against its limit
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SLIDES=${SLIDES:-8}
@@ -44,6 +45,63 @@ norm = "imagenet"
 TOML
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+if [ "${MIXED:-0}" = 1 ]; then
+  # The ensemble people bring: a U-Net-ResNet18 and a SegFormer-MiT-b0 (ImageNet normalisation) in
+  # one 256² group, a 3-output U-Net-ResNet18 (pm1, mask output by name) in a second, flips TTA,
+  # over 3000² slides in six TIFF flavours. Untrained exports: their cost is what is measured.
+  SLIDES=${MIXED_SLIDES:-6}
+  echo "== mixed ensemble: $SLIDES slides of 3000² in mixed TIFF flavours, 3 models in 2 groups of 256², flips TTA"
+  "$bin/ftu-train" synth --out "$work/mixed" --train 0 --test "$SLIDES" --size 3000 --seed 7 --mixed-formats >/dev/null
+  "$bin/ftu-train" export --arch unet-resnet18 --seed 1 --out "$work/unet.onnx" >/dev/null
+  "$bin/ftu-train" export --arch segformer-mit_b0 --seed 2 --out "$work/segformer.onnx" >/dev/null
+  "$bin/ftu-train" export --arch unet-resnet18 --organ-head --pixel-size-head --norm pm1 --seed 3 \
+    --out "$work/unet3.onnx" >/dev/null
+  cat > "$work/mixed.toml" <<TOML
+[tta]
+mode = "flips"
+[thresholds]
+default = 0.5
+kidney = 0.45
+[[group]]
+size = 256
+[[group.model]]
+path = "unet.onnx"
+norm = "imagenet"
+[[group.model]]
+path = "segformer.onnx"
+norm = "imagenet"
+[[group]]
+size = 256
+[[group.model]]
+path = "unet3.onnx"
+norm = "pm1"
+output = "logits"
+TOML
+  threads=${THREADS:-$(nproc)}
+  walls=() limits=() models=() pys=() pyruns=()
+  for round in $(seq "$ROUNDS"); do
+    "$bin/ftu-infer" predict --manifest "$work/mixed.toml" --data "$work/mixed" --out "$work/mixed-ftu.csv" \
+      --device "$DEVICE" --threads "$threads" --bench-limit >"$work/mixed-ftu.log"
+    limits+=("$(sed -n 's/^limit: .* took \([0-9.]*\) s$/\1/p' "$work/mixed-ftu.log")")
+    models+=("$(sed -n 's/^  model stage in predict \([0-9.]*\) s.*/\1/p' "$work/mixed-ftu.log")")
+    walls+=("$(sed -n 's/.*with start-up and loading ([0-9.]* s) \([0-9.]*\) s.*/\1/p' "$work/mixed-ftu.log")")
+    .venv/bin/python bench/predict/python_pipeline.py --manifest "$work/mixed.toml" --data "$work/mixed" \
+      --out "$work/mixed-python.csv" --device "$DEVICE" >"$work/mixed-python.log"
+    pys+=("$(sed -n 's/^python pipeline: .* in \([0-9.]*\) s,.*/\1/p' "$work/mixed-python.log")")
+    pyruns+=("$(sed -n 's/^python session.run: \([0-9.]*\) s$/\1/p' "$work/mixed-python.log")")
+    echo "round $round: ftu-infer wall ${walls[-1]} s (model stage ${models[-1]} s, bare-ORT limit ${limits[-1]} s); python ${pys[-1]} s (session.run ${pyruns[-1]} s)"
+  done
+  w=$(median "${walls[@]}") l=$(median "${limits[@]}") m=$(median "${models[@]}")
+  p=$(median "${pys[@]}") pr=$(median "${pyruns[@]}")
+  echo "ftu-infer stages (last round):"
+  sed -n '/^stage/,/^threshold/p' "$work/mixed-ftu.log"
+  echo "== medians over $ROUNDS rounds, --threads $threads: ftu wall $w s = $(awk "BEGIN {printf \"%.2f\", $w / $l}")× the limit ($l s); model stage $(awk "BEGIN {printf \"%.2f\", $m / $l}")×; python $p s = $(awk "BEGIN {printf \"%.2f\", $w / $p}")× ftu/python (python's own session.run $pr s)"
+  "$bin/ftu-infer" score --truth "$work/mixed-python.csv" --pred "$work/mixed-ftu.csv" --meta "$work/mixed/test.csv" \
+    >"$work/mixed-agreement.txt"
+  echo "== agreement (Dice of ftu-infer's masks against the Python pipeline's): $(head -n 1 "$work/mixed-agreement.txt")"
+  exit 0
+fi
 
 if [ "${POOLS:-0}" = 1 ]; then
   # ONNX Runtime's intra-op threads: a pool per model (the default) against one shared pool.

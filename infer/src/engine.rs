@@ -105,7 +105,7 @@ impl Timings {
     }
 }
 
-fn timed<T>(slot: &mut Duration, f: impl FnOnce() -> T) -> T {
+pub(crate) fn timed<T>(slot: &mut Duration, f: impl FnOnce() -> T) -> T {
     let start = Instant::now();
     let out = f();
     *slot += start.elapsed();
@@ -279,19 +279,31 @@ impl Engine {
         info: &SlideInfo,
         t: &mut Timings,
     ) -> Result<Vec<f32>, EngineError> {
-        let (height, width) = (slide.height, slide.width);
+        let (map, w_in, h_in) = self.small_group(gi, slide, info, t)?;
+        Ok(timed(&mut t.resize_back, || {
+            resize_map(&map, w_in, h_in, slide.width, slide.height)
+        }))
+    }
+
+    /// Group `gi` in resize mode: its map of the slide at the group's input size, with that
+    /// size (width, height), before it is resized back.
+    pub fn small_group(
+        &mut self,
+        gi: usize,
+        slide: &RgbImage,
+        info: &SlideInfo,
+        t: &mut Timings,
+    ) -> Result<(Vec<f32>, usize, usize), EngineError> {
         let size = self.manifest.groups[gi].size;
         let (h_in, w_in) = match &self.manifest.scaling {
-            Some(s) => s.input_dims(size, height, width, info.pixel_size),
+            Some(s) => s.input_dims(size, slide.height, slide.width, info.pixel_size),
             None => (size, size),
         };
         let map = self
             .group_maps(gi, std::slice::from_ref(slide), (h_in, w_in), info.organ, usize::MAX, t)?
             .pop()
             .expect("one map per input");
-        Ok(timed(&mut t.resize_back, || {
-            resize_map(&map, w_in, h_in, width, height)
-        }))
+        Ok((map, w_in, h_in))
     }
 
     /// Group `gi`'s map of each source image seen at `h_in × w_in` (each TTA scale resized from

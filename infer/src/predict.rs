@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::engine::{Engine, EngineError, ProbMap, SlideInfo, Timings};
+use crate::ensemble::SlideMaps;
 use crate::slides::{SlideList, SlideResultRow};
 use crate::tiled::{self, TileStats};
 use crate::{postprocess, score};
 use ftu_formats::atomic::{write_atomic, AtomicFile, WriteError};
 use ftu_formats::draw::{outline_overlay, outline_overview, overlay, Layer, PRED_COLOUR, TRUTH_COLOUR};
 use ftu_formats::kaggle::Split;
-use ftu_formats::manifest::GroupMode;
+use ftu_formats::manifest::{GroupMode, PostprocessSpec};
 use ftu_formats::mask::runs::{Component, RunMask, RunSums};
 use ftu_formats::mask::Mask;
 use ftu_formats::mask::{geojson, image as mask_image, rle};
@@ -343,8 +344,9 @@ pub fn predict_dir(
         }
     } else {
         std::thread::scope(|scope| -> Result<(), PredictError> {
-            // One decoded slide waits while the models run: reading overlaps inference, memory
-            // stays at two slides.
+            // Three stages, one thread each: the reader decodes the next slide, this thread runs
+            // the models on the current one, and the finisher resizes the previous one's maps
+            // back, thresholds, encodes and writes its outputs. Memory stays at three slides.
             let (tx, rx) = sync_channel::<(Result<RgbImage, SlideFailure>, Duration)>(1);
             let reader_rows = &rows;
             scope.spawn(move || {
@@ -356,14 +358,24 @@ pub fn predict_dir(
                     }
                 }
             });
-            for (i, row) in rows.iter().enumerate() {
-                let (slide, read_time) = rx.recv().expect("the reader sends one result per row");
-                let mut t = Timings {
-                    read: read_time,
-                    ..Timings::default()
-                };
-                let outcome =
-                    slide.and_then(|slide| predict_one(engine, opts, row, &slide, truth.get(&row.id), &mut t));
+            let (jobs, job_rx) = sync_channel::<Finish>(1);
+            let (done_tx, done) = sync_channel::<(Result<Outcome, SlideFailure>, Timings)>(1);
+            let truth = &truth;
+            scope.spawn(move || {
+                for job in job_rx {
+                    let mut t = job.t;
+                    let outcome = job
+                        .modelled
+                        .and_then(|m| finish_one(opts, job.row, m, truth.get(&job.row.id), &mut t));
+                    if done_tx.send((outcome, t)).is_err() {
+                        break; // the consumer stopped on an error
+                    }
+                }
+            });
+            // The row whose outcome the finisher owes, with its index.
+            let mut owed: Option<(usize, &TestRow)> = None;
+            let mut collect = |(i, row): (usize, &TestRow)| -> Result<(), PredictError> {
+                let (outcome, t) = done.recv().expect("the finisher answers every slide it is given");
                 timings.add(&t);
                 results.record(row, outcome)?;
                 progress(Event::Slide {
@@ -371,8 +383,22 @@ pub fn predict_dir(
                     total,
                     id: &row.id,
                 });
+                Ok(())
+            };
+            for (i, row) in rows.iter().enumerate() {
+                let (slide, read_time) = rx.recv().expect("the reader sends one result per row");
+                let mut t = Timings {
+                    read: read_time,
+                    ..Timings::default()
+                };
+                let modelled = slide.and_then(|slide| model_one(engine, row, slide, &mut t));
+                jobs.send(Finish { row, modelled, t })
+                    .expect("the finisher takes jobs until this loop ends");
+                if let Some(prev) = owed.replace((i, row)) {
+                    collect(prev)?;
+                }
             }
-            Ok(())
+            owed.map_or(Ok(()), collect)
         })?;
     }
 
@@ -553,20 +579,51 @@ fn info_of(row: &TestRow) -> SlideInfo {
     }
 }
 
-/// One slide read whole, every group in resize mode.
-fn predict_one(
-    engine: &mut Engine,
+/// A slide read whole whose models have run: what [`finish_one`] needs to make its row.
+struct Modelled {
+    slide: RgbImage,
+    maps: SlideMaps,
+    threshold: f32,
+    post: PostprocessSpec,
+}
+
+/// A slide for the finisher thread, with its timings so far.
+struct Finish<'a> {
+    row: &'a TestRow,
+    modelled: Result<Modelled, SlideFailure>,
+    t: Timings,
+}
+
+/// The models' half of one slide read whole (every group in resize mode): each group's map.
+fn model_one(engine: &mut Engine, row: &TestRow, slide: RgbImage, t: &mut Timings) -> Result<Modelled, SlideFailure> {
+    let info = info_of(row);
+    let maps = engine.slide_maps(&slide, &info, t)?;
+    Ok(Modelled {
+        slide,
+        maps,
+        threshold: engine.threshold(&info),
+        post: engine.manifest().postprocess.get(row.organ),
+    })
+}
+
+/// The rest of one slide, without the engine: the groups' maps resized back and averaged,
+/// thresholded, post-processed and encoded; the requested outputs written.
+fn finish_one(
     opts: &PredictOptions,
     row: &TestRow,
-    slide: &RgbImage,
+    modelled: Modelled,
     truth: Option<&String>,
     t: &mut Timings,
 ) -> Result<Outcome, SlideFailure> {
-    let info = info_of(row);
-    let prob = engine.predict(slide, &info, t)?;
+    let Modelled {
+        slide,
+        maps,
+        threshold: cut,
+        post,
+    } = modelled;
+    let prob = maps.combine(t);
     let start = Instant::now();
-    let mask = threshold(&prob, engine.threshold(&info));
-    let post = engine.manifest().postprocess.get(row.organ);
+    let mask = threshold(&prob, cut);
     let runs_needed = !post.is_identity() || opts.geojson.is_some() || opts.masks.is_some();
     let (encoded, mask, runs) = if runs_needed {
         let thresholded = RunSums::of_dense(RunMask::from_mask(&mask), &prob.data);
@@ -582,11 +639,11 @@ fn predict_one(
     }
     if let Some(dir) = &opts.overlays {
         let truth = truth.and_then(|r| rle::decode(r, slide.height, slide.width).ok());
-        let (w, h, rgb) = overlay(slide, &mask, truth.as_ref(), opts.overlay_size);
+        let (w, h, rgb) = overlay(&slide, &mask, truth.as_ref(), opts.overlay_size);
         mask_image::write_rgb_png(&dir.join(format!("{}.png", row.id)), w, h, &rgb)?;
     }
     if let Some((runs, thresholded)) = &runs {
-        write_extras(opts, row, runs, |c| thresholded.mean_over(&c.runs), slide)?;
+        write_extras(opts, row, runs, |c| thresholded.mean_over(&c.runs), &slide)?;
     }
     Ok(Outcome {
         rle: encoded,
