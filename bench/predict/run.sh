@@ -79,7 +79,7 @@ norm = "pm1"
 output = "logits"
 TOML
   threads=${THREADS:-$(nproc)}
-  walls=() limits=() models=() pys=() pyruns=()
+  walls=() limits=() models=() pys=() pyruns=() over_limit=() over_python=()
   for round in $(seq "$ROUNDS"); do
     "$bin/ftu-infer" predict --manifest "$work/mixed.toml" --data "$work/mixed" --out "$work/mixed-ftu.csv" \
       --device "$DEVICE" --threads "$threads" --bench-limit >"$work/mixed-ftu.log"
@@ -90,13 +90,17 @@ TOML
       --out "$work/mixed-python.csv" --device "$DEVICE" >"$work/mixed-python.log"
     pys+=("$(sed -n 's/^python pipeline: .* in \([0-9.]*\) s,.*/\1/p' "$work/mixed-python.log")")
     pyruns+=("$(sed -n 's/^python session.run: \([0-9.]*\) s$/\1/p' "$work/mixed-python.log")")
-    echo "round $round: ftu-infer wall ${walls[-1]} s (model stage ${models[-1]} s, bare-ORT limit ${limits[-1]} s); python ${pys[-1]} s (session.run ${pyruns[-1]} s)"
+    # The ratios are taken within a round (the same minute of this noisy machine), then the median.
+    over_limit+=("$(awk "BEGIN {printf \"%.3f\", ${walls[-1]} / ${limits[-1]}}")")
+    over_python+=("$(awk "BEGIN {printf \"%.3f\", ${walls[-1]} / ${pys[-1]}}")")
+    echo "round $round: ftu-infer wall ${walls[-1]} s (model stage ${models[-1]} s, bare-ORT limit ${limits[-1]} s: ${over_limit[-1]}×); python ${pys[-1]} s (session.run ${pyruns[-1]} s; ftu/python ${over_python[-1]}×)"
   done
   w=$(median "${walls[@]}") l=$(median "${limits[@]}") m=$(median "${models[@]}")
   p=$(median "${pys[@]}") pr=$(median "${pyruns[@]}")
   echo "ftu-infer stages (last round):"
   sed -n '/^stage/,/^threshold/p' "$work/mixed-ftu.log"
-  echo "== medians over $ROUNDS rounds, --threads $threads: ftu wall $w s = $(awk "BEGIN {printf \"%.2f\", $w / $l}")× the limit ($l s); model stage $(awk "BEGIN {printf \"%.2f\", $m / $l}")×; python $p s = $(awk "BEGIN {printf \"%.2f\", $w / $p}")× ftu/python (python's own session.run $pr s)"
+  echo "== medians over $ROUNDS rounds, --threads $threads: ftu wall $w s, model stage $m s, bare-ORT limit $l s, python $p s (its session.run $pr s)"
+  echo "== ftu wall / limit $(median "${over_limit[@]}")×, ftu wall / python $(median "${over_python[@]}")× (medians of each round's ratio)"
   "$bin/ftu-infer" score --truth "$work/mixed-python.csv" --pred "$work/mixed-ftu.csv" --meta "$work/mixed/test.csv" \
     >"$work/mixed-agreement.txt"
   echo "== agreement (Dice of ftu-infer's masks against the Python pipeline's): $(head -n 1 "$work/mixed-agreement.txt")"
