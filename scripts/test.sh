@@ -29,5 +29,21 @@ if ! .venv/bin/python -c "import tifffile, imagecodecs" 2>/dev/null; then
   .venv/bin/pip install --quiet "tifffile==2026.3.3" "imagecodecs==2026.3.6"
 fi
 
+# infer/tests/ort_versions.rs also runs predict on the oldest ONNX Runtime ftu is tested on: the
+# library of the onnxruntime 1.22.0 wheel (the first whose wheel ships it), unpacked into .ort-oldest/.
+ORT_OLDEST=1.22.0
+oldest_dir=".ort-oldest/$ORT_OLDEST"
+if [ -z "${FTU_ORT_OLDEST:-}" ]; then
+  if ! ls "$oldest_dir"/onnxruntime/capi/libonnxruntime.so.* >/dev/null 2>&1; then
+    echo "== onnxruntime $ORT_OLDEST's library into $oldest_dir"
+    rm -rf "$oldest_dir" && mkdir -p "$oldest_dir"
+    .venv/bin/pip download --quiet --no-deps --only-binary=:all: "onnxruntime==$ORT_OLDEST" -d "$oldest_dir"
+    .venv/bin/python -m zipfile -e "$oldest_dir"/onnxruntime-*.whl "$oldest_dir"
+  fi
+  FTU_ORT_OLDEST="$(pwd)/$(ls "$oldest_dir"/onnxruntime/capi/libonnxruntime.so.* | head -n 1)"
+  export FTU_ORT_OLDEST
+fi
+echo "== oldest ONNX Runtime tested: $FTU_ORT_OLDEST"
+
 echo "== cargo test --workspace"
 cargo test --workspace --all-targets

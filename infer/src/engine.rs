@@ -172,7 +172,7 @@ impl Engine {
         let mut groups: Vec<Vec<LoadedModel>> = manifest.groups.iter().map(|_| Vec::new()).collect();
         for ((gi, spec), session) in specs.into_iter().zip(sessions) {
             let session = session?;
-            let info = ModelInfo::of(&session);
+            let info = ModelInfo::of(&session, &spec.path);
             let (input, output, batch) = check_fit(spec, &info, manifest.groups[gi].size, &manifest)?;
             groups[gi].push(LoadedModel {
                 spec: spec.clone(),

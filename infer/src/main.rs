@@ -304,7 +304,7 @@ fn main() -> Result<()> {
             .load()?;
             let session = runtime.session(&a.model)?;
             println!("{}", a.model.display());
-            print!("{}", ModelInfo::of(&session).report());
+            print!("{}", ModelInfo::of(&session, &a.model).report());
         }
         Command::Rle(RleCommand::Encode { mask, max_pixels }) => {
             let m = mask_image::read_mask(&mask, SlideLimits { max_pixels })?;
