@@ -375,12 +375,7 @@ impl BatchArgs {
 
 fn run_predict(a: PredictArgs) -> Result<()> {
     let started = std::time::Instant::now();
-    let (mut engine, runtime) = load_engine(&a.manifest, &a.runtime)?;
-    let loaded = started.elapsed();
-    if a.bench_limit {
-        engine.record_batches(4 << 30);
-    }
-    engine.set_read_levels(!a.read_level0);
+    let manifest = Manifest::load(&a.manifest)?;
     let slides = match (&a.slides[..], a.organ) {
         ([], _) => None,
         (paths, Some(organ)) => {
@@ -408,7 +403,17 @@ fn run_predict(a: PredictArgs) -> Result<()> {
         slides,
         ..a.batch.options(a.data.unwrap_or_default(), a.out)
     };
-    let report = with_progress(|progress| predict::predict_dir(&mut engine, &opts, progress))
+    // The first slide decodes while the sessions are built.
+    let reader = predict::SlideReader::start(&opts, predict::reads_tiles(&manifest))
+        .with_context(|| format!("predicting {what}"))?;
+    let loaded_at = std::time::Instant::now();
+    let (mut engine, runtime) = load_engine_from(manifest, &a.runtime)?;
+    let loaded = loaded_at.elapsed();
+    if a.bench_limit {
+        engine.record_batches(4 << 30);
+    }
+    engine.set_read_levels(!a.read_level0);
+    let report = with_progress(|progress| predict::predict_with(&mut engine, &opts, reader, progress))
         .with_context(|| format!("predicting {what}"))?;
     if let Some(note) = runtime.fallback() {
         println!("note: {note}");
@@ -453,7 +458,10 @@ fn run_pseudo(a: PseudoArgs) -> Result<()> {
 
 /// The manifest's ensemble on the asked-for runtime, with what it loaded said on stderr.
 fn load_engine(manifest: &Path, runtime: &RuntimeArgs) -> Result<(Engine, Runtime)> {
-    let manifest = Manifest::load(manifest)?;
+    load_engine_from(Manifest::load(manifest)?, runtime)
+}
+
+fn load_engine_from(manifest: Manifest, runtime: &RuntimeArgs) -> Result<(Engine, Runtime)> {
     let runtime = runtime.load()?;
     eprintln!(
         "ONNX Runtime {} on {}",

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -41,6 +41,8 @@ pub enum PredictError {
     Slide { id: String, cause: SlideFailure },
     #[error(transparent)]
     Write(#[from] WriteError),
+    #[error("cannot start the slide reader thread: {0}")]
+    Thread(String),
 }
 
 /// Why one slide could not be predicted.
@@ -276,14 +278,8 @@ pub fn threshold(prob: &ProbMap, threshold: f32) -> Mask {
     Mask::from_row_major(prob.height, prob.width, data).expect("a map's data fills its size")
 }
 
-/// Predicts every row of `data/test.csv` (or of one shard of it) and writes the submission
-/// (temp file, then rename).
-pub fn predict_dir(
-    engine: &mut Engine,
-    opts: &PredictOptions,
-    progress: Progress,
-) -> Result<PredictReport, PredictError> {
-    let start = Instant::now();
+/// The rows of test.csv (or of `opts.slides`) that `opts` selects: all, or one shard's.
+fn selected_rows(opts: &PredictOptions) -> Result<Vec<TestRow>, PredictError> {
     let all_rows = match &opts.slides {
         Some(list) => list.rows.clone(),
         None => schema::read_test(&Split::Test.csv(&opts.data))?,
@@ -293,7 +289,7 @@ pub fn predict_dir(
             data: opts.data.clone(),
         });
     }
-    let rows: Vec<TestRow> = match opts.shard {
+    Ok(match opts.shard {
         None => all_rows,
         Some(shard) => all_rows
             .into_iter()
@@ -301,7 +297,97 @@ pub fn predict_dir(
             .filter(|(i, _)| shard.holds(*i))
             .map(|(_, r)| r)
             .collect(),
-    };
+    })
+}
+
+/// A slide read whole, with how long reading it took.
+type ReadSlide = (Result<RgbImage, SlideFailure>, Duration);
+
+/// The rows a run predicts and, for manifests that read slides whole, a thread that decodes
+/// them in order one slide ahead of the models. Started before the engine is loaded, it
+/// overlaps the first slide's decoding with session creation (and CUDA's start-up).
+pub struct SlideReader {
+    rows: Vec<TestRow>,
+    /// `None` for tiled manifests: they read slides region by region, nothing whole ahead.
+    slides: Option<Receiver<ReadSlide>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SlideReader {
+    /// The rows `opts` selects, with a reader thread started on them unless `tiled`.
+    pub fn start(opts: &PredictOptions, tiled: bool) -> Result<SlideReader, PredictError> {
+        let rows = selected_rows(opts)?;
+        if tiled {
+            return Ok(SlideReader {
+                rows,
+                slides: None,
+                thread: None,
+            });
+        }
+        // One decoded slide waits in the channel: memory stays bounded whatever the run's length.
+        let (tx, rx) = sync_channel::<ReadSlide>(1);
+        let (opts, to_read) = (opts.clone(), rows.clone());
+        let thread = std::thread::Builder::new()
+            .name("ftu-reader".into())
+            .spawn(move || {
+                for row in &to_read {
+                    let t0 = Instant::now();
+                    let slide = read_row(&opts, row);
+                    if tx.send((slide, t0.elapsed())).is_err() {
+                        break; // the run stopped
+                    }
+                }
+            })
+            .map_err(|cause| PredictError::Thread(cause.to_string()))?;
+        Ok(SlideReader {
+            rows,
+            slides: Some(rx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SlideReader {
+    /// A run that stops early closes the channel: the reader ends after the slide it is on.
+    fn drop(&mut self) {
+        drop(self.slides.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Whether the manifest reads slides region by region (a tiled group) rather than whole.
+pub fn reads_tiles(manifest: &ftu_formats::manifest::Manifest) -> bool {
+    manifest.groups.iter().any(|g| matches!(g.mode, GroupMode::Tiles(_)))
+}
+
+/// Predicts every row of `data/test.csv` (or of one shard of it) and writes the submission
+/// (temp file, then rename).
+pub fn predict_dir(
+    engine: &mut Engine,
+    opts: &PredictOptions,
+    progress: Progress,
+) -> Result<PredictReport, PredictError> {
+    let reader = SlideReader::start(opts, reads_tiles(engine.manifest()))?;
+    predict_with(engine, opts, reader, progress)
+}
+
+/// [`predict_dir`] with its slides from `reader`, started (by [`SlideReader::start`] on the
+/// same options) before the engine was loaded.
+pub fn predict_with(
+    engine: &mut Engine,
+    opts: &PredictOptions,
+    mut reader: SlideReader,
+    progress: Progress,
+) -> Result<PredictReport, PredictError> {
+    let start = Instant::now();
+    let tiled = reads_tiles(engine.manifest());
+    if tiled != reader.slides.is_none() {
+        // Started for the other kind of manifest: start again for this one.
+        reader = SlideReader::start(opts, tiled)?;
+    }
+    let rows = std::mem::take(&mut reader.rows);
     let truth: HashMap<String, String> = match (&opts.overlays, opts.data.join("truth.csv")) {
         (Some(_), t) if t.is_file() && opts.slides.is_none() => {
             score::read_truth(&t, Some(&Split::Test.csv(&opts.data)))?
@@ -320,11 +406,6 @@ pub fn predict_dir(
             cause,
         })?;
     }
-    let tiled = engine
-        .manifest()
-        .groups
-        .iter()
-        .any(|g| matches!(g.mode, GroupMode::Tiles(_)));
 
     let mut timings = Timings::default();
     let total = rows.len();
@@ -347,17 +428,10 @@ pub fn predict_dir(
             // Three stages, one thread each: the reader decodes the next slide, this thread runs
             // the models on the current one, and the finisher resizes the previous one's maps
             // back, thresholds, encodes and writes its outputs. Memory stays at three slides.
-            let (tx, rx) = sync_channel::<(Result<RgbImage, SlideFailure>, Duration)>(1);
-            let reader_rows = &rows;
-            scope.spawn(move || {
-                for row in reader_rows {
-                    let t0 = Instant::now();
-                    let slide = read_row(opts, row);
-                    if tx.send((slide, t0.elapsed())).is_err() {
-                        break; // the consumer stopped on an error
-                    }
-                }
-            });
+            let rx = reader
+                .slides
+                .as_ref()
+                .expect("a reader for a manifest that reads whole slides");
             let (jobs, job_rx) = sync_channel::<Finish>(1);
             let (done_tx, done) = sync_channel::<(Result<Outcome, SlideFailure>, Timings)>(1);
             let truth = &truth;
