@@ -427,7 +427,9 @@ pub fn predict_with(
         std::thread::scope(|scope| -> Result<(), PredictError> {
             // Three stages, one thread each: the reader decodes the next slide, this thread runs
             // the models on the current one, and the finisher resizes the previous one's maps
-            // back, thresholds, encodes and writes its outputs. Memory stays at three slides.
+            // back, thresholds, encodes and writes its outputs. At most four slides are held:
+            // two at the reader (one decoding, one waiting), one at the models or waiting for the
+            // finisher, one being finished.
             let rx = reader
                 .slides
                 .as_ref()
