@@ -24,26 +24,6 @@ bin=target/release
 work=bench-out/predict
 rm -rf "$work" && mkdir -p "$work"
 
-echo "== $SLIDES test slides of 3000² (synthetic), two models, ${SIZE}², flips TTA"
-"$bin/ftu-train" synth --out "$work/data" --train 0 --test "$SLIDES" --size 3000 --seed 7 >/dev/null
-"$bin/ftu-onnx-samples" conv-net --width "$WIDTH" --depth 3 --seed 1 --out "$work/a.onnx" 2>/dev/null
-"$bin/ftu-onnx-samples" conv-net --width "$WIDTH" --depth 3 --seed 2 --out "$work/b.onnx" 2>/dev/null
-cat > "$work/ensemble.toml" <<TOML
-[tta]
-mode = "flips"
-[thresholds]
-default = 0.5
-kidney = 0.45
-[[group]]
-size = $SIZE
-[[group.model]]
-path = "a.onnx"
-norm = "imagenet"
-[[group.model]]
-path = "b.onnx"
-norm = "imagenet"
-TOML
-
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 if [ "${MIXED:-0}" = 1 ]; then
@@ -106,6 +86,27 @@ TOML
   echo "== agreement (Dice of ftu-infer's masks against the Python pipeline's): $(head -n 1 "$work/mixed-agreement.txt")"
   exit 0
 fi
+
+
+echo "== $SLIDES test slides of 3000² (synthetic), two models, ${SIZE}², flips TTA"
+"$bin/ftu-train" synth --out "$work/data" --train 0 --test "$SLIDES" --size 3000 --seed 7 >/dev/null
+"$bin/ftu-onnx-samples" conv-net --width "$WIDTH" --depth 3 --seed 1 --out "$work/a.onnx" 2>/dev/null
+"$bin/ftu-onnx-samples" conv-net --width "$WIDTH" --depth 3 --seed 2 --out "$work/b.onnx" 2>/dev/null
+cat > "$work/ensemble.toml" <<TOML
+[tta]
+mode = "flips"
+[thresholds]
+default = 0.5
+kidney = 0.45
+[[group]]
+size = $SIZE
+[[group.model]]
+path = "a.onnx"
+norm = "imagenet"
+[[group.model]]
+path = "b.onnx"
+norm = "imagenet"
+TOML
 
 if [ "${POOLS:-0}" = 1 ]; then
   # ONNX Runtime's intra-op threads: a pool per model (the default) against one shared pool.
