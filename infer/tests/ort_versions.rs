@@ -6,11 +6,15 @@
 //! Needs two libraries: ORT_DYLIB_PATH (or the `.venv` onnxruntime 1.31.1) and FTU_ORT_OLDEST,
 //! libonnxruntime from the onnxruntime 1.22.0 wheel. scripts/test.sh sets both.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use ftu_formats::slide::write::{write_tiff_image, Chunking, Compression, Samples, TiffSpec};
 use ftu_onnx::samples;
+
+use common::text;
 
 fn oldest() -> PathBuf {
     let path = std::env::var_os("FTU_ORT_OLDEST")
@@ -22,20 +26,10 @@ fn oldest() -> PathBuf {
 
 /// `ftu-infer ARGS` on the library at `library`, or on the default one when `None`.
 fn ftu_infer(args: &[&str], library: Option<&Path>) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ftu-infer"));
-    c.args(args).env("RUST_BACKTRACE", "0");
-    if let Some(lib) = library {
-        c.env("ORT_DYLIB_PATH", lib);
+    match library {
+        Some(lib) => common::ftu_infer_with(args, &[("ORT_DYLIB_PATH", lib.as_os_str())]),
+        None => common::ftu_infer_with(args, &[]),
     }
-    c.output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

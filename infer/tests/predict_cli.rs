@@ -2,6 +2,8 @@
 //! model whose output is the red channel, so every expected mask is known.
 //! Needs libonnxruntime: ORT_DYLIB_PATH, or `pip install onnxruntime==1.31.1` (scripts/test.sh does).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -13,22 +15,12 @@ use ftu_formats::slide::write::{write_tiff_image, Chunking, Compression, Samples
 use ftu_formats::slide::RgbImage;
 use ftu_onnx::samples::{self, InputShape};
 
+use common::text;
+
 const SIDE: usize = 64;
 
 fn ftu_infer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ftu-infer"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    common::ftu_infer_with(args, &[])
 }
 
 /// Red rises left to right by 4 per column; green and blue vary so nothing else can pass for red.

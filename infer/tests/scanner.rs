@@ -7,6 +7,8 @@
 //! Needs libonnxruntime, libopenslide0 and a Python with tifffile and imagecodecs (`.venv`, or
 //! FTU_PYTHON); scripts/test.sh installs them.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -18,6 +20,8 @@ use ftu_formats::slide::tiff::TiffRegions;
 use ftu_formats::slide::{RgbImage, SlideLimits};
 use ftu_infer::slides::SlideResultRow;
 use ftu_onnx::samples::{self, InputShape};
+
+use common::text;
 
 const W: usize = 1536;
 const H: usize = 1024;
@@ -71,20 +75,10 @@ fn read_npy(path: &Path) -> RgbImage {
 }
 
 fn ftu_infer(args: &[&str], openslide: Option<&str>) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ftu-infer"));
-    c.args(args).env("RUST_BACKTRACE", "0");
-    if let Some(lib) = openslide {
-        c.env("FTU_OPENSLIDE", lib);
+    match openslide {
+        Some(lib) => common::ftu_infer_with(args, &[("FTU_OPENSLIDE", lib.as_ref())]),
+        None => common::ftu_infer_with(args, &[]),
     }
-    c.output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]
