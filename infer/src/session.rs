@@ -509,26 +509,19 @@ pub fn default_opset(path: &Path) -> std::io::Result<Option<u32>> {
                 return Ok(None);
             };
             match (key >> 3, key & 7) {
-                (1, 2) => {
-                    let Some(len) = varint(&mut bytes)? else {
-                        return Ok(None);
-                    };
-                    let Some(text) = bytes.get(..len as usize) else {
-                        return Ok(None);
-                    };
-                    domain = String::from_utf8_lossy(text).into_owned();
-                    bytes = &bytes[len as usize..];
-                }
                 (2, 0) => version = varint(&mut bytes)?,
                 (_, 0) => drop(varint(&mut bytes)?),
-                (_, 2) => {
+                (field, 2) => {
                     let Some(len) = varint(&mut bytes)? else {
                         return Ok(None);
                     };
-                    let Some(rest) = bytes.get(len as usize..) else {
+                    let Some(value) = usize::try_from(len).ok().and_then(|n| bytes.get(..n)) else {
                         return Ok(None);
                     };
-                    bytes = rest;
+                    if field == 1 {
+                        domain = String::from_utf8_lossy(value).into_owned();
+                    }
+                    bytes = &bytes[value.len()..];
                 }
                 _ => return Ok(None),
             }
