@@ -3,6 +3,7 @@
 //!
 //! The models crate exports its networks through this; tests build small hand-made graphs with it.
 
+pub mod fp16;
 pub mod graph;
 pub mod samples;
 
@@ -12,4 +13,5 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
 
+pub use fp16::{to_fp16, Fp16Error, Fp16Report};
 pub use graph::{read, to_bytes, write, Attr, Dim, GraphBuilder, ModelMeta, OnnxError};

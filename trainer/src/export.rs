@@ -18,6 +18,8 @@ pub struct ExportRequest {
     /// An ftu checkpoint (safetensors of every parameter and buffer).
     pub checkpoint: Option<PathBuf>,
     pub encoder_only: bool,
+    /// Store the weights and run the graph in float16; inputs and outputs stay float32.
+    pub fp16: bool,
     pub seed: u64,
     pub meta: ExportMeta,
     pub out: PathBuf,
@@ -28,6 +30,8 @@ pub struct ExportSummary {
     pub parameters: usize,
     pub loaded: Vec<(PathBuf, LoadReport)>,
     pub outputs: Vec<String>,
+    /// What the float16 conversion did, when asked.
+    pub fp16: Option<ftu_onnx::Fp16Report>,
 }
 
 fn load(model: &Segmenter, path: &Path, scope: Scope) -> Result<LoadReport> {
@@ -47,12 +51,23 @@ pub fn export(request: &ExportRequest) -> Result<ExportSummary> {
     if let Some(path) = &request.checkpoint {
         loaded.push((path.clone(), load(&model, path, Scope::Full)?));
     }
-    let proto = if request.encoder_only {
+    let mut proto = if request.encoder_only {
         model.export_encoder(&request.meta)
     } else {
         model.export(&request.meta)
     }
     .with_context(|| format!("exporting {}", request.arch))?;
+    let fp16 = if request.fp16 {
+        let report =
+            ftu_onnx::to_fp16(&mut proto).with_context(|| format!("converting {} to float16", request.arch))?;
+        proto.metadata_props.push(ftu_onnx::proto::StringStringEntryProto {
+            key: Some("ftu.precision".to_string()),
+            value: Some("fp16".to_string()),
+        });
+        Some(report)
+    } else {
+        None
+    };
     let outputs = proto
         .graph
         .as_ref()
@@ -63,5 +78,6 @@ pub fn export(request: &ExportRequest) -> Result<ExportSummary> {
         parameters: model.store().parameter_count(),
         loaded,
         outputs,
+        fp16,
     })
 }
