@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use ftu_formats::manifest::Manifest;
+use ftu_formats::manifest::{ConvSearch, CudaSettings, Manifest};
 use ftu_formats::mask::{image as mask_image, rle};
 use ftu_formats::slide::SlideLimits;
 use ftu_infer::engine::Engine;
@@ -112,6 +112,18 @@ struct RuntimeArgs {
     /// pool for all the ensemble's models (`--threads` and `--spin` then set that pool).
     #[arg(long, value_name = "per-session|shared", default_value = "per-session")]
     thread_pool: ThreadPool,
+    /// CUDA: how cuDNN picks convolution algorithms (over the manifest's `[cuda] conv_search`;
+    /// ONNX Runtime's default: exhaustive).
+    #[arg(long, value_name = "exhaustive|heuristic|default")]
+    cuda_conv_search: Option<ConvSearch>,
+    /// CUDA: the most device memory ONNX Runtime's arena takes, in MiB (over the manifest's
+    /// `[cuda] memory_limit_mib`; default: no limit).
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    cuda_memory_limit_mib: Option<u64>,
+    /// CUDA: whether float32 convolutions and matmuls may use TF32 tensor cores (over the
+    /// manifest's `[cuda] tf32`; ONNX Runtime's default: on).
+    #[arg(long, value_name = "on|off", value_parser = parse_switch)]
+    cuda_tf32: Option<bool>,
 }
 
 fn parse_switch(s: &str) -> Result<bool, String> {
@@ -124,13 +136,24 @@ fn parse_switch(s: &str) -> Result<bool, String> {
 
 impl RuntimeArgs {
     fn load(&self) -> Result<Runtime> {
+        self.load_with(CudaSettings::default())
+    }
+
+    /// With the manifest's `[cuda]` options where no flag sets them.
+    fn load_with(&self, manifest_cuda: CudaSettings) -> Result<Runtime> {
         let device: Device = self.device.parse()?;
+        let flags = CudaSettings {
+            conv_search: self.cuda_conv_search,
+            memory_limit_mib: self.cuda_memory_limit_mib.map(|m| m as usize),
+            tf32: self.cuda_tf32,
+        };
         let runtime = Runtime::load(RuntimeOptions {
             device,
             allow_cpu_fallback: self.allow_cpu_fallback,
             threads: self.threads,
             spinning: self.spin,
             thread_pool: self.thread_pool,
+            cuda: flags.or(manifest_cuda),
         })?;
         Ok(runtime)
     }
@@ -300,6 +323,9 @@ fn main() -> Result<()> {
                 threads: Some(1),
                 spin: None,
                 thread_pool: ThreadPool::PerSession,
+                cuda_conv_search: None,
+                cuda_memory_limit_mib: None,
+                cuda_tf32: None,
             }
             .load()?;
             let session = runtime.session(&a.model)?;
@@ -462,7 +488,7 @@ fn load_engine(manifest: &Path, runtime: &RuntimeArgs) -> Result<(Engine, Runtim
 }
 
 fn load_engine_from(manifest: Manifest, runtime: &RuntimeArgs) -> Result<(Engine, Runtime)> {
-    let runtime = runtime.load()?;
+    let runtime = runtime.load_with(manifest.cuda)?;
     eprintln!(
         "ONNX Runtime {} on {}",
         runtime.library.display(),

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
+use ftu_formats::manifest::{ConvSearch, CudaSettings};
 use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
 
@@ -121,6 +122,8 @@ pub struct RuntimeOptions {
     /// decides (ONNX Runtime has one environment per process); a later one asking otherwise
     /// gets [`RuntimeError::ThreadPoolMismatch`].
     pub thread_pool: ThreadPool,
+    /// The CUDA execution provider's options (with `Device::Cuda`).
+    pub cuda: CudaSettings,
 }
 
 impl RuntimeOptions {
@@ -139,6 +142,7 @@ impl Default for RuntimeOptions {
             threads: None,
             spinning: None,
             thread_pool: ThreadPool::PerSession,
+            cuda: CudaSettings::default(),
         }
     }
 }
@@ -252,10 +256,7 @@ impl Runtime {
             }
         }
         if let Device::Cuda(device) = self.options.device {
-            let cuda = ort::ep::CUDA::default()
-                .with_device_id(device)
-                .build()
-                .error_on_failure();
+            let cuda = cuda_provider(device, &self.options.cuda).build().error_on_failure();
             match builder.with_execution_providers([cuda]) {
                 Ok(b) => builder = b,
                 Err(e) => {
@@ -278,6 +279,26 @@ impl Runtime {
         }
         builder.commit_from_file(path).map_err(|e| model_err(e.to_string()))
     }
+}
+
+/// ONNX Runtime's CUDA provider on `device`, with the options that are set.
+fn cuda_provider(device: i32, settings: &CudaSettings) -> ort::ep::CUDA {
+    use ort::ep::cuda::ConvAlgorithmSearch;
+    let mut cuda = ort::ep::CUDA::default().with_device_id(device);
+    if let Some(search) = settings.conv_search {
+        cuda = cuda.with_conv_algorithm_search(match search {
+            ConvSearch::Exhaustive => ConvAlgorithmSearch::Exhaustive,
+            ConvSearch::Heuristic => ConvAlgorithmSearch::Heuristic,
+            ConvSearch::Default => ConvAlgorithmSearch::Default,
+        });
+    }
+    if let Some(mib) = settings.memory_limit_mib {
+        cuda = cuda.with_memory_limit(mib.saturating_mul(1 << 20));
+    }
+    if let Some(tf32) = settings.tf32 {
+        cuda = cuda.with_tf32(tf32);
+    }
+    cuda
 }
 
 /// The candidates for libonnxruntime, in order: `ORT_DYLIB_PATH`; the folder of the running
@@ -593,6 +614,28 @@ mod tests {
 
     /// The opset walk: a default-domain import after a large skipped graph and another domain's
     /// import; "ai.onnx" counts as the default; a file without one, or cut short, gives None.
+    #[test]
+    fn cuda_options_reach_the_provider_only_when_set() {
+        let set = CudaSettings {
+            conv_search: Some(ConvSearch::Heuristic),
+            memory_limit_mib: Some(2),
+            tf32: Some(false),
+        };
+        let shown = format!("{:?}", cuda_provider(1, &set));
+        for want in [
+            "\"device_id\": \"1\"",
+            "\"cudnn_conv_algo_search\": \"HEURISTIC\"",
+            "\"gpu_mem_limit\": \"2097152\"",
+            "\"use_tf32\": \"false\"",
+        ] {
+            assert!(shown.contains(want), "{want} not in {shown}");
+        }
+        let shown = format!("{:?}", cuda_provider(0, &CudaSettings::default()));
+        for absent in ["cudnn_conv_algo_search", "gpu_mem_limit", "use_tf32"] {
+            assert!(!shown.contains(absent), "{absent} in {shown}");
+        }
+    }
+
     #[test]
     fn default_opset_is_read_past_the_graph() {
         let dir = tempfile::tempdir().unwrap();

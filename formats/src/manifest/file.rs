@@ -41,8 +41,21 @@ pub struct ManifestFile {
     pub tissue: Option<TissueFile>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postprocess: Option<BTreeMap<String, PostprocessFile>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cuda: Option<CudaFile>,
     #[serde(default)]
     pub group: Vec<GroupFile>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CudaFile {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conv_search: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit_mib: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tf32: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -197,6 +210,11 @@ mod tests {
                     ..Default::default()
                 },
             )])),
+            cuda: Some(CudaFile {
+                conv_search: Some("heuristic".into()),
+                memory_limit_mib: Some(4096),
+                tf32: Some(false),
+            }),
             group: vec![
                 GroupFile {
                     size: 512,

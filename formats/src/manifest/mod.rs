@@ -11,7 +11,7 @@ use crate::tta::TtaMode;
 
 pub mod file;
 
-use file::{GroupFile, ModelFile, PostprocessFile};
+use file::{CudaFile, GroupFile, ModelFile, PostprocessFile};
 pub use file::{ManifestError, ManifestFile, OutputRef};
 
 /// The model input sizes must divide by this (the encoders' total stride).
@@ -29,6 +29,75 @@ pub struct Manifest {
     pub tissue: TissueDetection,
     /// `[postprocess]`: mask clean-up per organ.
     pub postprocess: PostprocessTable,
+    /// `[cuda]`: options of ONNX Runtime's CUDA execution provider (ignored on the CPU).
+    pub cuda: CudaSettings,
+}
+
+/// Options of ONNX Runtime's CUDA execution provider; an unset one keeps ONNX Runtime's default
+/// (exhaustive cuDNN convolution search, no arena limit, TF32 on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CudaSettings {
+    /// How cuDNN picks each convolution's algorithm (`cudnn_conv_algo_search`).
+    pub conv_search: Option<ConvSearch>,
+    /// The most device memory ONNX Runtime's arena takes, in MiB (`gpu_mem_limit`).
+    pub memory_limit_mib: Option<usize>,
+    /// Whether float32 convolutions and matmuls may use TF32 tensor cores (`use_tf32`).
+    pub tf32: Option<bool>,
+}
+
+impl CudaSettings {
+    /// These settings where set, `fallback`'s elsewhere (command-line flags over the manifest's).
+    pub fn or(self, fallback: CudaSettings) -> CudaSettings {
+        CudaSettings {
+            conv_search: self.conv_search.or(fallback.conv_search),
+            memory_limit_mib: self.memory_limit_mib.or(fallback.memory_limit_mib),
+            tf32: self.tf32.or(fallback.tf32),
+        }
+    }
+}
+
+/// cuDNN's convolution algorithm choice: `exhaustive` benchmarks every algorithm once per input
+/// shape (the fastest runs, a slower first batch), `heuristic` asks cuDNN's heuristics,
+/// `default` takes the implicit-precomputed GEMM algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvSearch {
+    Exhaustive,
+    Heuristic,
+    Default,
+}
+
+impl std::str::FromStr for ConvSearch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "exhaustive" => Ok(ConvSearch::Exhaustive),
+            "heuristic" => Ok(ConvSearch::Heuristic),
+            "default" => Ok(ConvSearch::Default),
+            _ => Err(format!("`{s}`: expected exhaustive, heuristic or default")),
+        }
+    }
+}
+
+fn parse_cuda(raw: CudaFile) -> Result<CudaSettings, (String, String)> {
+    let conv_search = match raw.conv_search {
+        None => None,
+        Some(s) => Some(s.parse().map_err(|m| ("cuda.conv_search".to_string(), m))?),
+    };
+    let memory_limit_mib = match raw.memory_limit_mib {
+        None => None,
+        Some(m) if m > 0 => Some(m as usize),
+        Some(m) => {
+            return Err((
+                "cuda.memory_limit_mib".to_string(),
+                format!("{m} is not a positive number of MiB"),
+            ))
+        }
+    };
+    Ok(CudaSettings {
+        conv_search,
+        memory_limit_mib,
+        tf32: raw.tf32,
+    })
 }
 
 /// Models that see the slide at the same input size; their maps are averaged by model weight.
@@ -431,6 +500,10 @@ impl Manifest {
             None => PostprocessTable::default(),
             Some(tables) => parse_postprocess(tables).map_err(|(f, m)| field(&f, m))?,
         };
+        let cuda = match raw.cuda {
+            None => CudaSettings::default(),
+            Some(c) => parse_cuda(c).map_err(|(f, m)| field(&f, m))?,
+        };
         Ok(Manifest {
             path: path.to_path_buf(),
             groups,
@@ -439,6 +512,7 @@ impl Manifest {
             scaling,
             tissue,
             postprocess,
+            cuda,
         })
     }
 
@@ -787,6 +861,32 @@ mod tests {
     }
 
     #[test]
+    fn the_cuda_table_parses_and_flags_override_it_one_by_one() {
+        let dir = with_models(&["a.onnx"]);
+        let model = "[[group]]\nsize = 256\n[[group.model]]\npath = \"a.onnx\"\nnorm = \"unit\"\n";
+        assert_eq!(parse(model, dir.path()).unwrap().cuda, CudaSettings::default());
+        let text = format!("[cuda]\nconv_search = \"heuristic\"\nmemory_limit_mib = 4096\ntf32 = false\n{model}");
+        let m = parse(&text, dir.path()).unwrap();
+        let file = CudaSettings {
+            conv_search: Some(ConvSearch::Heuristic),
+            memory_limit_mib: Some(4096),
+            tf32: Some(false),
+        };
+        assert_eq!(m.cuda, file);
+        let flags = CudaSettings {
+            tf32: Some(true),
+            ..CudaSettings::default()
+        };
+        assert_eq!(
+            flags.or(m.cuda),
+            CudaSettings {
+                tf32: Some(true),
+                ..file
+            }
+        );
+    }
+
+    #[test]
     fn tiles_tissue_and_postprocess_parse_into_typed_fields() {
         let dir = with_models(&["a.onnx"]);
         let text = "[tissue]\ndetect = false\nmin_fraction = 0.2\n\
@@ -900,6 +1000,8 @@ mod tests {
             ),
             ("[postprocess.lung]\nerode_px = 999\n", "postprocess.lung.erode_px"),
             ("reference_size = 3000\n", "reference_size"),
+            ("[cuda]\nconv_search = \"fast\"\n", "cuda.conv_search"),
+            ("[cuda]\nmemory_limit_mib = 0\n", "cuda.memory_limit_mib"),
         ] {
             let err = parse(&format!("{extra}{model}"), dir.path()).unwrap_err().to_string();
             assert!(err.contains(&format!("{field}:")), "expected {field} in: {err}");
