@@ -1,9 +1,10 @@
-//! How a forward pass runs: train or eval mode, and the seeded randomness that dropout and
-//! drop-path draw from in training, so a run with a seed repeats exactly.
+//! How a forward pass runs: train or eval mode, the precision of convolutions and matmuls, and
+//! the seeded randomness that dropout and drop-path draw from in training, so a run with a seed
+//! repeats exactly.
 
 use std::sync::Mutex;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -12,7 +13,55 @@ pub struct Ctx {
     /// BatchNorm's running-statistics momentum when recalibrating.
     recalibrate: Option<f64>,
     generic: bool,
+    precision: Precision,
     rng: Mutex<ChaCha8Rng>,
+}
+
+/// The precision convolutions and matmuls run in (mixed precision): parameters, BatchNorm and
+/// LayerNorm, activations between layers and losses stay float32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    /// The low-precision type, or `None` for float32.
+    pub fn low(self) -> Option<DType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(DType::BF16),
+            Precision::F16 => Some(DType::F16),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "f16" => Ok(Precision::F16),
+            _ => Err(format!("`{s}`: expected f32, bf16 or f16")),
+        }
+    }
 }
 
 impl Ctx {
@@ -22,6 +71,7 @@ impl Ctx {
             train: false,
             recalibrate: None,
             generic: false,
+            precision: Precision::F32,
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(0)),
         }
     }
@@ -48,6 +98,7 @@ impl Ctx {
             train: true,
             recalibrate: None,
             generic: false,
+            precision: Precision::F32,
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
         }
     }
@@ -56,6 +107,52 @@ impl Ctx {
     /// on a GPU) even on the CPU: the reference ftu's CPU ops are tested against.
     pub fn generic(self) -> Ctx {
         Ctx { generic: true, ..self }
+    }
+
+    /// The same context, with convolutions and matmuls in `precision`.
+    pub fn with_precision(self, precision: Precision) -> Ctx {
+        Ctx { precision, ..self }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// `op` (a convolution or matmul) on `operands` in the context's precision, its result as
+    /// float32. On a GPU the operands are cast down and the op runs in the low type (tensor
+    /// cores). Candle's CPU backend has no bfloat16 matmul, so on the CPU the operands and the
+    /// result are rounded to the low type and the op runs in float32 — the numbers tensor cores
+    /// give (low-precision products, float32 sums, a low-precision result), gradients included:
+    /// each rounding's gradient is the incoming one rounded the same way, as the GPU's backward
+    /// kernels take and give low-precision gradients. This is how mixed precision is tested
+    /// without a GPU.
+    pub fn low_precision(
+        &self,
+        operands: &[&Tensor],
+        op: impl FnOnce(&[Tensor]) -> crate::Result<Tensor>,
+    ) -> crate::Result<Tensor> {
+        let Some(low) = self.precision.low() else {
+            let owned: Vec<Tensor> = operands.iter().map(|t| (*t).clone()).collect();
+            return op(&owned);
+        };
+        let on_cpu = operands.first().is_some_and(|t| t.device().is_cpu());
+        let cast: Vec<Tensor> = operands
+            .iter()
+            .map(|t| {
+                let down = t.to_dtype(low)?;
+                if on_cpu {
+                    down.to_dtype(DType::F32)
+                } else {
+                    Ok(down)
+                }
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let y = op(&cast)?;
+        Ok(if on_cpu {
+            y.to_dtype(low)?.to_dtype(DType::F32)?
+        } else {
+            y.to_dtype(DType::F32)?
+        })
     }
 
     /// Whether `x` takes ftu's fused CPU ops: f32 on the CPU, unless the generic path is asked.

@@ -13,7 +13,7 @@ pub mod registry;
 pub mod store;
 pub mod weights;
 
-pub use ctx::Ctx;
+pub use ctx::{Ctx, Precision};
 pub use export::Exporter;
 pub use model::{ExportMeta, Outputs, Segmenter};
 pub use registry::{Arch, ArchConfig};

@@ -71,9 +71,11 @@ impl EfficientSelfAttention {
         let k = self.split_heads(&self.key.forward(&kv_source, ctx)?)?;
         let v = self.split_heads(&self.value.forward(&kv_source, ctx)?)?;
         let scale = 1.0 / ((c / self.heads) as f64).sqrt();
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
+        let k_t = k.t()?.contiguous()?;
+        let scores = (ctx.low_precision(&[&q, &k_t], |t| Ok(t[0].matmul(&t[1])?))? * scale)?;
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((n, l, c))?;
+        let out = ctx.low_precision(&[&probs, &v], |t| Ok(t[0].matmul(&t[1])?))?;
+        let out = out.transpose(1, 2)?.reshape((n, l, c))?;
         self.dense.forward(&out, ctx)
     }
 

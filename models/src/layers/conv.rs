@@ -107,8 +107,9 @@ impl Conv2d {
     }
 }
 
-impl Layer for Conv2d {
-    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+impl Conv2d {
+    /// The convolution of `x` by `weight` (this layer's, or a low-precision copy of it).
+    fn convolve(&self, x: &Tensor, weight: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let c = self.cfg;
         let c_in = x.dim(1)?;
         // On the CPU, ftu's own ops (forward and gradients): im2col + gemm for ordinary
@@ -120,10 +121,10 @@ impl Layer for Conv2d {
             padding: c.padding,
             dilation: c.dilation,
         };
-        let y = if on_cpu && c.groups == 1 {
-            super::conv_op::conv2d(x, &self.weight, spacing)?
-        } else if on_cpu && c.groups == c_in && self.weight.dim(1)? == 1 {
-            super::conv_op::depthwise_conv2d(x, &self.weight, spacing)?
+        Ok(if on_cpu && c.groups == 1 {
+            super::conv_op::conv2d(x, weight, spacing)?
+        } else if on_cpu && c.groups == c_in && weight.dim(1)? == 1 {
+            super::conv_op::depthwise_conv2d(x, weight, spacing)?
         } else {
             // candle 0.9.2's tiled CPU conv2d takes a contiguous NCHW input for NHWC when
             // C = H = W (`layout_is_valid` in cpu_backend/conv2d.rs) and returns wrong values; a
@@ -134,8 +135,14 @@ impl Layer for Conv2d {
             } else {
                 x.clone()
             };
-            x.conv2d(&self.weight, c.padding, c.stride, c.dilation, c.groups)?
-        };
+            x.conv2d(weight, c.padding, c.stride, c.dilation, c.groups)?
+        })
+    }
+}
+
+impl Layer for Conv2d {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let y = ctx.low_precision(&[x, &self.weight], |t| self.convolve(&t[0], &t[1], ctx))?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?,
             None => y,

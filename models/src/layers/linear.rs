@@ -44,11 +44,12 @@ impl Linear {
 }
 
 impl Layer for Linear {
-    fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let c_in = dims[dims.len() - 1];
         let rows = x.elem_count() / c_in;
-        let y = x.reshape((rows, c_in))?.matmul(&self.weight.t()?)?;
+        let x = x.reshape((rows, c_in))?;
+        let y = ctx.low_precision(&[&x, &self.weight], |t| Ok(t[0].matmul(&t[1].t()?)?))?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
