@@ -253,3 +253,56 @@ fn stopping_after_epoch_1_and_resuming_matches_an_unbroken_run() {
         .to_string();
     assert!(err.contains("differ"), "{err}");
 }
+
+/// `precision = "bf16"` and `"f16"` train (convolutions and matmuls rounded as on tensor cores,
+/// f16 with its loss scale, saved in state.json for a resume) to about the f32 run's losses
+/// with the same seed, and export float32 models all the same.
+#[test]
+fn mixed_precision_trains_like_float32_and_exports_float32() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 6, 0);
+    let mut last = Vec::new();
+    for precision in ["f32", "bf16", "f16"] {
+        let out = dir.path().join(precision);
+        let mut cfg = small(&data, &out, 2);
+        cfg.fold = Some(0);
+        cfg.precision = precision.into();
+        train::run(&cfg, false, &mut Quiet).unwrap();
+        let rows = metrics(&out.join("metrics.csv"));
+        assert_eq!(rows.len(), 2, "{precision}");
+        last.push((precision, rows[1].train_loss, rows[1].val_loss));
+
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("fold0/state.json")).unwrap()).unwrap();
+        let scale = state.get("loss_scale").and_then(|s| s.as_f64());
+        match precision {
+            // Two steps, no overflow at 65536: the scale has not moved.
+            "f16" => assert_eq!(scale, Some(65536.0), "{state}"),
+            _ => assert_eq!(scale, None, "{precision}: {state}"),
+        }
+        let model = ftu_onnx::read(&out.join("fold0/model.onnx")).unwrap();
+        let graph = model.graph.unwrap();
+        let float = ftu_onnx::proto::tensor_proto::DataType::Float as i32;
+        let int64 = ftu_onnx::proto::tensor_proto::DataType::Int64 as i32;
+        assert!(
+            graph
+                .initializer
+                .iter()
+                .all(|t| t.data_type == Some(float) || t.data_type == Some(int64)),
+            "{precision}: the export is not float32"
+        );
+    }
+    println!("epoch 2 train and validation loss: {last:?}");
+    let (_, train32, val32) = last[0];
+    for &(precision, train, val) in &last[1..] {
+        assert!(
+            ((train - train32) / train32).abs() < 0.05 && ((val - val32) / val32).abs() < 0.05,
+            "{precision}: losses {train:.4}, {val:.4} against f32's {train32:.4}, {val32:.4}"
+        );
+        assert_ne!(
+            (train, val),
+            (train32, val32),
+            "{precision}: the same losses as f32 to the bit"
+        );
+    }
+}

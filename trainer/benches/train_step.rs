@@ -2,7 +2,10 @@
 //! CPU: batch 4, 256². Prints the median over the timed steps; `bench/train_step/run.sh` sets it
 //! beside the same step in PyTorch.
 //!
-//! `cargo bench -p ftu-trainer --bench train_step [-- --steps N --batch B --size S --arch A --device D --profile]`
+//! `cargo bench -p ftu-trainer --bench train_step [-- --steps N --batch B --size S --arch A --device D --precision P --profile]`
+//!
+//! `--precision bf16|f16` runs convolutions and matmuls in that precision as the trainer does
+//! (f16 with its dynamic loss scale); on the CPU that is an emulation, slower than f32.
 //!
 //! `--device cuda` (a `--features cuda` build) runs the step on the GPU through candle's
 //! device-generic ops; each step ends with the device synchronised, so times are wall times.
@@ -15,8 +18,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use ftu_models::store::is_buffer;
-use ftu_models::{profile, Arch, ArchConfig, Ctx, Segmenter};
+use ftu_models::{profile, Arch, ArchConfig, Ctx, Precision, Segmenter};
 use ftu_trainer::config::OptimConfig;
+use ftu_trainer::loss_scale::LossScale;
 use ftu_trainer::optim::AdamW;
 
 fn arg(name: &str, default: &str) -> String {
@@ -36,6 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batch: usize = arg("--batch", batch).parse()?;
     let size: usize = arg("--size", size).parse()?;
     let arch: Arch = arg("--arch", "unet-resnet34").parse()?;
+    let precision: Precision = arg("--precision", "f32").parse()?;
+    let mut loss_scale = LossScale::for_precision(precision);
     let profiling = std::env::args().any(|a| a == "--profile");
     let mut table: Vec<(String, f64, f64, usize)> = Vec::new();
     let device = ftu_trainer::device::parse(&arg("--device", "cpu"))?;
@@ -53,12 +59,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for step in 0..=steps {
         profile::set_enabled(profiling && step > 0);
         let start = Instant::now();
-        let out = model.forward(&image, &Ctx::train(step as u64))?;
+        let out = model.forward(&image, &Ctx::train(step as u64).with_precision(precision))?;
         let loss = candle_nn::loss::binary_cross_entropy_with_logit(&out.logits, &mask)?;
         let forward = start.elapsed().as_secs_f64() * 1e3;
-        let grads = loss.backward()?;
+        let scale = loss_scale.scale();
+        let grads = if scale == 1.0 {
+            loss.backward()?
+        } else {
+            (&loss * scale)?.backward()?
+        };
         let backward = start.elapsed().as_secs_f64() * 1e3 - forward;
-        opt.step(&grads, 1e-3, 1.0, |_| false)?;
+        let finite = !loss_scale.is_dynamic() || opt.grad_norm(&grads)?.is_finite();
+        if loss_scale.update(finite) {
+            opt.step(&grads, 1e-3, 1.0 / scale, |_| false)?;
+        }
         device.synchronize()?;
         let ms = start.elapsed().as_secs_f64() * 1e3;
         // The first step allocates everything once; it is not timed.
@@ -79,9 +93,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
     println!(
-        "candle {arch} on {device:?} batch {batch} {size}²: median {median:.0} ms/step over {} steps ({:.1} M parameters)",
+        "candle {arch} on {device:?} in {precision} batch {batch} {size}²: median {median:.0} ms/step over {} steps \
+         ({:.1} M parameters{})",
         times.len(),
-        model.store().parameter_count() as f64 / 1e6
+        model.store().parameter_count() as f64 / 1e6,
+        if loss_scale.is_dynamic() {
+            format!(
+                "; f16 loss scale {}, {} steps skipped",
+                loss_scale.scale(),
+                loss_scale.skipped
+            )
+        } else {
+            String::new()
+        }
     );
     println!("CANDLE_MS {median:.1}");
     Ok(())

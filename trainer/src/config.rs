@@ -70,6 +70,9 @@ pub struct TrainConfig {
     /// Validation overlays written each epoch (per fold).
     pub overlays: usize,
     pub device: String,
+    /// Convolutions and matmuls in f32, bf16 or f16 (mixed precision: f32 weights, BatchNorm
+    /// statistics and losses; f16 with dynamic loss scaling). Export stays f32.
+    pub precision: String,
     /// A pseudo.csv from `ftu-infer pseudo`: its slides join every fold's training set (never
     /// validation) with their soft labels.
     pub pseudo: Option<PathBuf>,
@@ -110,6 +113,7 @@ impl Default for TrainConfig {
             deep_supervision: false,
             overlays: 4,
             device: "cpu".into(),
+            precision: "f32".into(),
             pseudo: None,
             pseudo_weight: 0.5,
             pseudo_unsure: None,
@@ -587,6 +591,9 @@ impl TrainConfig {
         if !["cpu", "cuda"].contains(&self.device.as_str()) && !self.device.starts_with("cuda:") {
             return Err(invalid("device", format!("cpu, cuda or cuda:N, got {:?}", self.device)));
         }
+        self.precision
+            .parse::<ftu_models::Precision>()
+            .map_err(|m| invalid("precision", m))?;
         Ok(())
     }
 }

@@ -16,7 +16,7 @@ use ftu_formats::resize::resize_map;
 use ftu_formats::{tiles, Organ};
 use ftu_models::store::is_buffer;
 use ftu_models::weights::{self, Scope};
-use ftu_models::{Arch, ArchConfig, Ctx, ExportMeta, Segmenter};
+use ftu_models::{Arch, ArchConfig, Ctx, ExportMeta, Precision, Segmenter};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::TrainConfig;
 use crate::data::{self, Batch, SlideCache};
 use crate::error::{At, Result, TrainError};
+use crate::loss_scale::LossScale;
 use crate::optim::{self, AdamW, Ema};
 use crate::{full_res, losses, plots, sampling};
 
@@ -71,6 +72,9 @@ pub(crate) struct FoldState {
     pub best_epoch: usize,
     /// Set once the best checkpoint has been exported.
     pub exported: bool,
+    /// The float16 loss scale at the end of the last epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
 }
 
 impl FoldState {
@@ -295,6 +299,9 @@ pub(crate) struct Fold<'a> {
     /// Encoder parameters start with this (frozen for the first epochs when asked).
     encoder_prefix: String,
     pub(crate) state: FoldState,
+    /// Convolutions and matmuls in this precision; f16's loss scale.
+    precision: Precision,
+    loss_scale: LossScale,
     /// RUN/metrics.csv: every fold's rows, this fold's up to where it stands.
     metrics: Vec<Metrics>,
     /// Training samples per epoch.
@@ -337,6 +344,10 @@ impl<'a> Fold<'a> {
         resume: bool,
         progress: &mut dyn Progress,
     ) -> Result<Fold<'a>> {
+        let precision: Precision = cfg
+            .precision
+            .parse()
+            .map_err(|m| TrainError::Run(format!("precision: {m}")))?;
         let dir = fold_dir(cfg, k);
         std::fs::create_dir_all(dir.join("overlays")).at("creating", &dir.join("overlays"))?;
         // Pseudo-labelled slides (after the labelled ones) train in every fold, never validate.
@@ -410,7 +421,10 @@ impl<'a> Fold<'a> {
                 best_dice: -1.0,
                 best_epoch: 0,
                 exported: false,
+                loss_scale: None,
             },
+            precision,
+            loss_scale: LossScale::for_precision(precision),
             metrics: Vec::new(),
             samples,
             total_steps: steps_per_epoch * cfg.epochs,
@@ -438,6 +452,9 @@ impl<'a> Fold<'a> {
     fn resume(&mut self, progress: &mut dyn Progress) -> Result<()> {
         let (last, last_optim) = (self.path("last.safetensors"), self.path("last.optim.safetensors"));
         self.state = FoldState::read(self.cfg, self.k)?;
+        if let Some(scale) = self.state.loss_scale {
+            self.loss_scale.resume_at(scale);
+        }
         self.settle_checkpoint()?;
         weights::load(&self.model, &last, Scope::Full).at("resuming from", &last)?;
         self.opt.load(&last_optim).at("resuming from", &last_optim)?;
@@ -525,13 +542,15 @@ impl<'a> Fold<'a> {
                         })
                         .transpose()
                 });
-                let ctx = Ctx::train(seed_of(&[cfg.seed, k as u64, epoch as u64, b as u64, 99]));
+                let ctx = Ctx::train(seed_of(&[cfg.seed, k as u64, epoch as u64, b as u64, 99]))
+                    .with_precision(self.precision);
+                let loss_scale = self.loss_scale.scale();
                 let result = current
                     .to_device(&self.device)
                     .map_err(TrainError::from)
                     .and_then(|batch| {
                         let weights = image_weights(chunks[b])?;
-                        loss_and_gradients(cfg, model, &batch, weights.as_ref(), &ctx)
+                        loss_and_gradients(cfg, model, &batch, weights.as_ref(), &ctx, loss_scale)
                     });
                 let loaded = loader
                     .join()
@@ -541,8 +560,12 @@ impl<'a> Fold<'a> {
             next = loaded??;
             let (value, grads) = step_result?;
             if !value.is_finite() {
+                let hint = match self.precision {
+                    Precision::F16 => "; an activation may be beyond float16's ±65504: try --precision bf16",
+                    _ => "",
+                };
                 return Err(TrainError::Run(format!(
-                    "fold {k} epoch {epoch} batch {b}: the loss is {value}; lower optim.lr"
+                    "fold {k} epoch {epoch} batch {b}: the loss is {value}; lower optim.lr{hint}"
                 )));
             }
             loss_sum += value;
@@ -575,12 +598,16 @@ impl<'a> Fold<'a> {
         })
     }
 
-    /// One optimiser step on gradients summed over `batches` batches (averaged, clipped to
-    /// `clip_norm`), then the EMA; returns the step's learning rate.
+    /// One optimiser step on gradients summed over `batches` batches (averaged, divided by the
+    /// loss scale, clipped to `clip_norm`), then the EMA; returns the step's learning rate. With
+    /// float16's dynamic loss scale, gradients that are not finite skip the step (and the EMA).
     fn step(&mut self, grads: &GradStore, batches: usize, frozen: bool) -> Result<f64> {
         let cfg = self.cfg;
-        let scale = 1.0 / batches as f64;
+        let scale = 1.0 / (batches as f64 * self.loss_scale.scale());
         let norm = self.opt.grad_norm(grads)? * scale;
+        if !self.loss_scale.update(norm.is_finite()) {
+            return Ok(optim::learning_rate(&cfg.optim, self.opt.step, self.total_steps));
+        }
         let clip = if cfg.optim.clip_norm > 0.0 && norm > cfg.optim.clip_norm {
             cfg.optim.clip_norm / norm
         } else {
@@ -719,6 +746,7 @@ impl<'a> Fold<'a> {
             optim::save_atomic(&all, &optim_path)?;
         }
         self.state.epochs_done = epoch;
+        self.state.loss_scale = self.loss_scale.is_dynamic().then(|| self.loss_scale.scale());
         write_json(&self.path("state.json"), &self.state)?;
         self.settle_checkpoint()
     }
@@ -809,12 +837,21 @@ impl<'a> Fold<'a> {
         )
         .at("plotting", &dice_png)?;
         progress.finish(&format!(
-            "fold {k} epoch {epoch}: train loss {:.4}, val loss {:.4}, val Dice {:.4} (full resolution {:.4}){} ({:.1} s)",
+            "fold {k} epoch {epoch}: train loss {:.4}, val loss {:.4}, val Dice {:.4} (full resolution {:.4}){}{} ({:.1} s)",
             trained.train_loss,
             validated.loss,
             validated.dice,
             validated.dice_full,
             if validated.improved { " (best)" } else { "" },
+            if self.loss_scale.is_dynamic() {
+                format!(
+                    "; f16 loss scale {}, {} steps skipped so far",
+                    self.loss_scale.scale(),
+                    self.loss_scale.skipped
+                )
+            } else {
+                String::new()
+            },
             took.as_secs_f64()
         ));
         Ok(())
@@ -881,6 +918,7 @@ fn loss_and_gradients(
     batch: &Batch,
     image_weights: Option<&Tensor>,
     ctx: &Ctx,
+    loss_scale: f64,
 ) -> Result<(f64, GradStore)> {
     let out = model.forward(&batch.images, ctx)?;
     let keep = batch.keep.as_ref();
@@ -898,5 +936,10 @@ fn loss_and_gradients(
         loss = (loss + (mse * cfg.loss.pixel_size)?)?;
     }
     let value = loss.to_scalar::<f32>()? as f64;
-    Ok((value, loss.backward()?))
+    let grads = if loss_scale == 1.0 {
+        loss.backward()?
+    } else {
+        (loss * loss_scale)?.backward()?
+    };
+    Ok((value, grads))
 }

@@ -12,6 +12,7 @@ pub mod export;
 pub mod fold;
 pub mod folds;
 pub mod full_res;
+pub mod loss_scale;
 pub mod losses;
 pub mod optim;
 pub mod plots;

@@ -119,6 +119,11 @@ struct TrainArgs {
     /// cpu, cuda or cuda:N (CUDA needs the build with `--features cuda`; the CPU build says so).
     #[arg(long)]
     device: Option<String>,
+    /// f32, bf16 or f16: the precision of convolutions and matmuls (f32 weights, BatchNorm and
+    /// losses; f16 with dynamic loss scaling). On the CPU bf16 and f16 are emulated (rounded, run
+    /// in f32: slower, for checking); they pay off on a GPU.
+    #[arg(long)]
+    precision: Option<String>,
 }
 
 impl TrainArgs {
@@ -144,7 +149,8 @@ impl TrainArgs {
             workers,
             norm,
             freeze_encoder_epochs,
-            device
+            device,
+            precision
         );
         if let Some(sizes) = &self.sizes {
             c.sizes = sizes.clone();
