@@ -268,6 +268,8 @@ def main():
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--arch", default="unet-resnet34")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="f32", choices=["f32", "bf16", "f16"],
+                   help="autocast dtype for the forward (f16 with a GradScaler), as ftu-train's --precision")
     p.add_argument("--profile", action="store_true")
     a = p.parse_args()
     torch.manual_seed(0)
@@ -277,11 +279,16 @@ def main():
     image = torch.randn(a.batch, 3, a.size, a.size, device=dev)
     mask = (image.mean(1, keepdim=True) > 0).float()
 
+    low = {"f32": None, "bf16": torch.bfloat16, "f16": torch.float16}[a.precision]
+    scaler = torch.amp.GradScaler(dev.type, enabled=a.precision == "f16")
+
     def step():
         opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(model(image), mask)
-        loss.backward()
-        opt.step()
+        with torch.autocast(dev.type, dtype=low or torch.float32, enabled=low is not None):
+            loss = F.binary_cross_entropy_with_logits(model(image).float(), mask)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
@@ -294,8 +301,9 @@ def main():
             times.append(ms)
     median = statistics.median(times)
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"torch {torch.__version__} {a.arch} batch {a.batch} {a.size}²: median {median:.0f} ms/step "
-          f"({params:.1f} M parameters, {torch.get_num_threads()} threads)")
+    peak = f", peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB allocated" if dev.type == "cuda" else ""
+    print(f"torch {torch.__version__} {a.arch} {a.precision} batch {a.batch} {a.size}²: median {median:.0f} ms/step "
+          f"({params:.1f} M parameters, {torch.get_num_threads()} threads{peak})")
     print(f"TORCH_MS {median:.1f}")
     if a.profile:
         from torch.profiler import ProfilerActivity, profile

@@ -4,7 +4,7 @@
 //! fail when no CUDA device opens — they never pass without having run.
 
 use candle_core::{DType, Device, Tensor, Var};
-use ftu_models::{ArchConfig, Ctx, Segmenter};
+use ftu_models::{ArchConfig, Ctx, Precision, Segmenter};
 
 fn asked() -> bool {
     let asked = std::env::var("FTU_GPU_TESTS").is_ok_and(|v| v == "1");
@@ -15,8 +15,8 @@ fn asked() -> bool {
 }
 
 /// Loss and every parameter gradient (by name, on the host) of one training step.
-fn step(model: &Segmenter, image: &Tensor, mask: &Tensor) -> (f64, Vec<(String, Vec<f32>)>) {
-    let out = model.forward(image, &Ctx::train(1)).unwrap();
+fn step(model: &Segmenter, image: &Tensor, mask: &Tensor, precision: Precision) -> (f64, Vec<(String, Vec<f32>)>) {
+    let out = model.forward(image, &Ctx::train(1).with_precision(precision)).unwrap();
     let loss = candle_nn::loss::binary_cross_entropy_with_logit(&out.logits, mask).unwrap();
     let grads = loss.backward().unwrap();
     let named: Vec<(String, Var)> = model.store().named_vars();
@@ -64,11 +64,12 @@ fn a_training_step_on_cuda_matches_the_cpu_for_each_encoder_family() {
             .unwrap();
         let on_cpu = Segmenter::on_device(arch, config.clone(), 3, DType::F32, &Device::Cpu).unwrap();
         let on_gpu = Segmenter::on_device(arch, config.clone(), 3, DType::F32, &cuda).unwrap();
-        let (loss_cpu, grads_cpu) = step(&on_cpu, &image, &mask);
+        let (loss_cpu, grads_cpu) = step(&on_cpu, &image, &mask, Precision::F32);
         let (loss_gpu, grads_gpu) = step(
             &on_gpu,
             &image.to_device(&cuda).unwrap(),
             &mask.to_device(&cuda).unwrap(),
+            Precision::F32,
         );
         let loss_error = (loss_gpu - loss_cpu).abs() / loss_cpu.abs().max(1e-12);
         assert!(
@@ -93,5 +94,63 @@ fn a_training_step_on_cuda_matches_the_cpu_for_each_encoder_family() {
             "{arch}: gradients differ by {relative:.2e} (relative L2)"
         );
         eprintln!("{arch}: loss {loss_error:.1e}, gradient {relative:.1e} relative difference CUDA vs CPU");
+    }
+}
+
+/// bf16 and f16 on CUDA (candle's kernels in the low type) against the CPU's emulation of them
+/// (operands and results rounded, float32 sums), which models/tests/training.rs checks against
+/// float64: the loss within 1e-2 relative and the whole gradient's cosine ≥ 0.95. Both round to
+/// the same type, but sums run in different orders and a different rounding flips some values
+/// by one unit of the low type, so the bound is looser than float32's.
+#[test]
+fn mixed_precision_on_cuda_matches_the_cpu_emulation() {
+    if !asked() {
+        return;
+    }
+    let cuda = ftu_trainer::device::parse("cuda").unwrap_or_else(|e| panic!("FTU_GPU_TESTS=1, but {e}"));
+    let config = ArchConfig {
+        drop_path: Some(0.0),
+        ..ArchConfig::default()
+    };
+    for arch in ["unet-resnet18", "segformer-mit_b0"] {
+        let arch = arch.parse().unwrap();
+        let image = Tensor::randn(0f32, 1.0, (2, 3, 128, 128), &Device::Cpu).unwrap();
+        let mask = image
+            .mean_keepdim(1)
+            .unwrap()
+            .gt(0.0)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let on_cpu = Segmenter::on_device(arch, config.clone(), 3, DType::F32, &Device::Cpu).unwrap();
+        let on_gpu = Segmenter::on_device(arch, config.clone(), 3, DType::F32, &cuda).unwrap();
+        for precision in [Precision::Bf16, Precision::F16] {
+            let (loss_cpu, grads_cpu) = step(&on_cpu, &image, &mask, precision);
+            let (loss_gpu, grads_gpu) = step(
+                &on_gpu,
+                &image.to_device(&cuda).unwrap(),
+                &mask.to_device(&cuda).unwrap(),
+                precision,
+            );
+            let loss_error = (loss_gpu - loss_cpu).abs() / loss_cpu.abs().max(1e-12);
+            let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
+            for ((_, a), (_, b)) in grads_cpu.iter().zip(&grads_gpu) {
+                for (x, y) in a.iter().zip(b) {
+                    dot += *x as f64 * *y as f64;
+                    na += (*x as f64).powi(2);
+                    nb += (*y as f64).powi(2);
+                }
+            }
+            let cosine = dot / (na.sqrt() * nb.sqrt()).max(1e-300);
+            eprintln!("{arch} {precision}: loss {loss_error:.1e} relative difference, gradient cosine {cosine:.4}");
+            assert!(
+                loss_error <= 1e-2,
+                "{arch} {precision}: loss {loss_gpu} on CUDA, {loss_cpu} emulated"
+            );
+            assert!(
+                cosine >= 0.95,
+                "{arch} {precision}: gradient cosine {cosine} CUDA vs emulated"
+            );
+        }
     }
 }
