@@ -38,6 +38,39 @@ fn step(model: &Segmenter, image: &Tensor, mask: &Tensor, precision: Precision) 
     (loss.to_scalar::<f32>().unwrap() as f64, gradients)
 }
 
+/// The same network (seed 3), batch and step in `precision` on the CPU and on CUDA.
+#[allow(clippy::type_complexity)]
+fn cpu_and_cuda_steps(
+    arch: &str,
+    precision: Precision,
+) -> ((f64, Vec<(String, Vec<f32>)>), (f64, Vec<(String, Vec<f32>)>)) {
+    let cuda = ftu_trainer::device::parse("cuda").unwrap_or_else(|e| panic!("FTU_GPU_TESTS=1, but {e}"));
+    let arch = arch.parse().unwrap();
+    let config = ArchConfig {
+        // No randomness whose stream differs between devices.
+        drop_path: Some(0.0),
+        ..ArchConfig::default()
+    };
+    let image = Tensor::randn(0f32, 1.0, (2, 3, 128, 128), &Device::Cpu).unwrap();
+    let mask = image
+        .mean_keepdim(1)
+        .unwrap()
+        .gt(0.0)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let on_cpu = Segmenter::on_device(arch, config.clone(), 3, DType::F32, &Device::Cpu).unwrap();
+    let on_gpu = Segmenter::on_device(arch, config, 3, DType::F32, &cuda).unwrap();
+    let cpu = step(&on_cpu, &image, &mask, precision);
+    let gpu = step(
+        &on_gpu,
+        &image.to_device(&cuda).unwrap(),
+        &mask.to_device(&cuda).unwrap(),
+        precision,
+    );
+    (cpu, gpu)
+}
+
 /// The same network, batch and step on the CPU (ftu's CPU ops) and on CUDA (candle's
 /// device-generic ops): the loss within 1e-3 relative, the whole gradient within 1e-2 relative
 /// (L2), every parameter's gradient present on both.
@@ -46,31 +79,8 @@ fn a_training_step_on_cuda_matches_the_cpu_for_each_encoder_family() {
     if !asked() {
         return;
     }
-    let cuda = ftu_trainer::device::parse("cuda").unwrap_or_else(|e| panic!("FTU_GPU_TESTS=1, but {e}"));
-    let config = ArchConfig {
-        // No randomness whose stream differs between devices.
-        drop_path: Some(0.0),
-        ..ArchConfig::default()
-    };
     for arch in ["unet-resnet18", "unet-efficientnet_b0", "segformer-mit_b0"] {
-        let arch = arch.parse().unwrap();
-        let image = Tensor::randn(0f32, 1.0, (2, 3, 128, 128), &Device::Cpu).unwrap();
-        let mask = image
-            .mean_keepdim(1)
-            .unwrap()
-            .gt(0.0)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap();
-        let on_cpu = Segmenter::on_device(arch, config.clone(), 3, DType::F32, &Device::Cpu).unwrap();
-        let on_gpu = Segmenter::on_device(arch, config.clone(), 3, DType::F32, &cuda).unwrap();
-        let (loss_cpu, grads_cpu) = step(&on_cpu, &image, &mask, Precision::F32);
-        let (loss_gpu, grads_gpu) = step(
-            &on_gpu,
-            &image.to_device(&cuda).unwrap(),
-            &mask.to_device(&cuda).unwrap(),
-            Precision::F32,
-        );
+        let ((loss_cpu, grads_cpu), (loss_gpu, grads_gpu)) = cpu_and_cuda_steps(arch, Precision::F32);
         let loss_error = (loss_gpu - loss_cpu).abs() / loss_cpu.abs().max(1e-12);
         assert!(
             loss_error <= 1e-3,
@@ -107,31 +117,9 @@ fn mixed_precision_on_cuda_matches_the_cpu_emulation() {
     if !asked() {
         return;
     }
-    let cuda = ftu_trainer::device::parse("cuda").unwrap_or_else(|e| panic!("FTU_GPU_TESTS=1, but {e}"));
-    let config = ArchConfig {
-        drop_path: Some(0.0),
-        ..ArchConfig::default()
-    };
     for arch in ["unet-resnet18", "segformer-mit_b0"] {
-        let arch = arch.parse().unwrap();
-        let image = Tensor::randn(0f32, 1.0, (2, 3, 128, 128), &Device::Cpu).unwrap();
-        let mask = image
-            .mean_keepdim(1)
-            .unwrap()
-            .gt(0.0)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap();
-        let on_cpu = Segmenter::on_device(arch, config.clone(), 3, DType::F32, &Device::Cpu).unwrap();
-        let on_gpu = Segmenter::on_device(arch, config.clone(), 3, DType::F32, &cuda).unwrap();
         for precision in [Precision::Bf16, Precision::F16] {
-            let (loss_cpu, grads_cpu) = step(&on_cpu, &image, &mask, precision);
-            let (loss_gpu, grads_gpu) = step(
-                &on_gpu,
-                &image.to_device(&cuda).unwrap(),
-                &mask.to_device(&cuda).unwrap(),
-                precision,
-            );
+            let ((loss_cpu, grads_cpu), (loss_gpu, grads_gpu)) = cpu_and_cuda_steps(arch, precision);
             let loss_error = (loss_gpu - loss_cpu).abs() / loss_cpu.abs().max(1e-12);
             let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
             for ((_, a), (_, b)) in grads_cpu.iter().zip(&grads_gpu) {
