@@ -113,8 +113,9 @@ impl Conv2d {
         let c = self.cfg;
         let c_in = x.dim(1)?;
         // On the CPU, ftu's own ops (forward and gradients): im2col + gemm for ordinary
-        // convolutions, direct loops for depthwise ones; elsewhere, and for other grouped
-        // convolutions, candle's.
+        // convolutions, direct loops for depthwise ones. Elsewhere candle's forward, with
+        // gradients made of forward convolutions for ordinary ones (`conv_op/generic.rs`), and
+        // candle's own for other grouped convolutions.
         let on_cpu = ctx.cpu_ops(x);
         let spacing = Spacing {
             stride: c.stride,
@@ -125,17 +126,10 @@ impl Conv2d {
             super::conv_op::conv2d(x, weight, spacing)?
         } else if on_cpu && c.groups == c_in && weight.dim(1)? == 1 {
             super::conv_op::depthwise_conv2d(x, weight, spacing)?
+        } else if c.groups == 1 {
+            super::conv_op::generic::conv2d(x, weight, spacing)?
         } else {
-            // candle 0.9.2's tiled CPU conv2d takes a contiguous NCHW input for NHWC when
-            // C = H = W (`layout_is_valid` in cpu_backend/conv2d.rs) and returns wrong values; a
-            // strided view of the same values takes its copying path instead.
-            let (h, w) = (x.dim(2)?, x.dim(3)?);
-            let x = if x.device().is_cpu() && c.groups == 1 && c_in == h && h == w {
-                x.pad_with_zeros(3, 0, 1)?.narrow(3, 0, w)?
-            } else {
-                x.clone()
-            };
-            x.conv2d(weight, c.padding, c.stride, c.dilation, c.groups)?
+            super::conv_op::generic::candle_conv2d(x, weight, spacing, c.groups)?
         })
     }
 }

@@ -19,6 +19,7 @@
 
 mod compute;
 mod depthwise;
+pub(crate) mod generic;
 mod geometry;
 mod matmul;
 #[cfg(test)]

@@ -206,3 +206,60 @@ fn a_kernel_larger_than_the_padded_input_is_an_error() {
     let err = conv2d(&x, &w, spacing(1, 1, 1)).unwrap_err().to_string();
     assert!(err.contains("smaller than kernel"), "{err}");
 }
+
+/// The device-generic convolution (candle's forward, gradients made of forward convolutions:
+/// what CUDA runs) equals ftu's CPU op in values and both gradients, on square and non-square
+/// inputs of odd and even sides, where strides skip the last rows and where the padding
+/// reaches past the kernel.
+#[test]
+fn the_generic_path_matches_the_cpu_op_in_values_and_gradients() {
+    let dev = Device::Cpu;
+    let mut all = cases();
+    all.push((3, 4, 1, spacing(1, 1, 1)));
+    all.push((3, 4, 3, spacing(3, 2, 2)));
+    for (case, (c_in, c_out, k, s)) in all.into_iter().enumerate() {
+        for (h, w) in [(16, 16), (17, 17), (19, 26), (26, 19)] {
+            let what = format!("case {case} ({c_in}→{c_out}, k {k}, {s:?}) at {h}×{w}");
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, c_in, h, w), &dev).unwrap()).unwrap();
+            let kernel = Var::from_tensor(&Tensor::randn(0f32, 0.3, (c_out, c_in, k, k), &dev).unwrap()).unwrap();
+            let fast = conv2d(&x, &kernel, s).unwrap();
+            let generic = generic::conv2d(&x, &kernel, s).unwrap();
+            assert_eq!(fast.dims(), generic.dims(), "{what}: shape");
+            let d = max_abs(&(&fast - &generic).unwrap());
+            assert!(d <= 1e-5 * max_abs(&fast).max(1.0), "{what}: values off by {d}");
+            let weights = Tensor::randn(0f32, 1.0, fast.dims(), &dev).unwrap();
+            let g_fast = (&fast * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_generic = (&generic * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, v) in [("input", &x), ("kernel", &kernel)] {
+                let (a, b) = (g_fast.get(v).unwrap(), g_generic.get(v).unwrap());
+                assert_eq!(a.dims(), b.dims(), "{what}: {name} gradient shape");
+                let d = max_abs(&(a - b).unwrap());
+                assert!(
+                    d <= 1e-5 * max_abs(a).max(1.0),
+                    "{what}: {name} gradient off by {d} of {}",
+                    max_abs(a)
+                );
+            }
+        }
+    }
+}
+
+/// The generic path takes any dtype (f64 here, as the reference of models/tests/training.rs),
+/// and the network's input image gets no gradient there either.
+#[test]
+fn the_generic_path_runs_in_f64_and_skips_a_plain_inputs_gradient() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f64, 1.0, (1, 3, 9, 12), &dev).unwrap();
+    let w = Var::from_tensor(&Tensor::randn(0f64, 0.3, (4, 3, 3, 3), &dev).unwrap()).unwrap();
+    let s = spacing(2, 1, 1);
+    let y = generic::conv2d(&x, &w, s).unwrap();
+    assert_eq!(y.dtype(), candle_core::DType::F64);
+    let reference = x.conv2d(&w, 1, 2, 1, 1).unwrap();
+    assert_eq!(
+        max_abs(&(&y - &reference).unwrap().to_dtype(candle_core::DType::F32).unwrap()),
+        0.0
+    );
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&x).is_none());
+    assert_eq!(grads.get(&w).unwrap().dims(), &[4, 3, 3, 3]);
+}

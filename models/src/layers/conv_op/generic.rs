@@ -1,0 +1,215 @@
+//! Convolution off ftu's CPU ops (CUDA, other dtypes, `Ctx::generic`) with a backward pass made
+//! of forward convolutions. candle 0.9.2 differentiates conv2d through `conv_transpose2d`, whose
+//! CUDA kernel is a naive loop, one thread per input-gradient element over every output it
+//! touches; its forward conv2d on CUDA is im2col + cuBLAS. So here:
+//!
+//! - the forward is candle's conv2d, unchanged;
+//! - the input gradient is a forward convolution of the output gradient, dilated by the stride
+//!   (zeros between its elements), padded, with the kernel flipped and its in/out channels
+//!   swapped — the "full" correlation that is the transpose of the forward;
+//! - the kernel gradient is candle's own formula (a convolution of the input by the output
+//!   gradient, batch and channels swapped), which is already im2col + cuBLAS on CUDA.
+//!
+//! Everything is composed candle tensor ops, so the same code runs on the CPU (other dtypes, the
+//! generic path) and is tested there against ftu's CPU gradient ops; on CUDA it runs candle's
+//! fast forward kernels. The custom op only carries the gradient: its forward returns a copy of
+//! the convolution computed beforehand, which the op then lets go of (the graph keeps the
+//! input and kernel, as candle's own conv2d does, not a second copy of the output).
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
+
+use super::Spacing;
+use crate::Result;
+
+/// `x` (N, C, H, W) convolved with `weight` (K, C, k_h, k_w), one group, any device and dtype,
+/// with the backward pass described above.
+pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, spacing: Spacing) -> Result<Tensor> {
+    let y = candle_conv2d(&x.detach(), &weight.detach(), spacing, 1)?;
+    let op = WithGradients {
+        spacing,
+        result: Mutex::new(Some(y)),
+    };
+    Ok(x.apply_op2(weight, op)?)
+}
+
+/// candle's conv2d, around its CPU bug: 0.9.2's tiled CPU conv2d takes a contiguous NCHW input
+/// for NHWC when C = H = W (`layout_is_valid` in cpu_backend/conv2d.rs) and returns wrong
+/// values; a strided view of the same values takes its copying path instead.
+pub(crate) fn candle_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    spacing: Spacing,
+    groups: usize,
+) -> candle_core::Result<Tensor> {
+    let (c_in, h, w) = (x.dim(1)?, x.dim(2)?, x.dim(3)?);
+    let x = if x.device().is_cpu() && groups == 1 && c_in == h && h == w {
+        x.pad_with_zeros(3, 0, 1)?.narrow(3, 0, w)?
+    } else {
+        x.clone()
+    };
+    x.conv2d(weight, spacing.padding, spacing.stride, spacing.dilation, groups)
+}
+
+/// The gradient for the input of `input_shape` (N, C, H, W), from the output gradient `grad`
+/// (N, K, H_out, W_out) and the kernel (K, C, k_h, k_w).
+pub(crate) fn input_gradient(
+    grad: &Tensor,
+    weight: &Tensor,
+    spacing: Spacing,
+    input_shape: &Shape,
+) -> candle_core::Result<Tensor> {
+    let Spacing {
+        stride,
+        padding,
+        dilation,
+    } = spacing;
+    let (_, _, h, w) = input_shape.dims4()?;
+    let (_, _, k_h, k_w) = weight.dims4()?;
+    let mut g = grad.clone();
+    for (axis, size, k) in [(2, h, k_h), (3, w, k_w)] {
+        g = dilate(&g, axis, stride)?;
+        // Output row i of the full correlation reads dilated rows i − reach … i − reach + span:
+        // `reach` zeros before, and after, enough for the last input rows (those the forward's
+        // stride skipped past get zero gradient through the same zeros).
+        let span = dilation * (k - 1);
+        let reach = span as isize - padding as isize;
+        let after = size as isize + span as isize - reach - g.dim(axis)? as isize;
+        g = pad_or_crop(&g, axis, reach, after)?;
+    }
+    let flipped = weight.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
+    let unit = Spacing {
+        stride: 1,
+        padding: 0,
+        dilation,
+    };
+    candle_conv2d(&g, &flipped, unit, 1)
+}
+
+/// The gradient for the kernel (K, C, k_h, k_w), from the input and the output gradient.
+pub(crate) fn kernel_gradient(
+    x: &Tensor,
+    grad: &Tensor,
+    spacing: Spacing,
+    kernel: (usize, usize),
+) -> candle_core::Result<Tensor> {
+    // Batch and channels swapped: the input's channels are the batch, the output gradient's
+    // channels the kernels, and the images the summed-over channels.
+    let swapped = Spacing {
+        stride: spacing.dilation,
+        padding: spacing.padding,
+        dilation: spacing.stride,
+    };
+    let g = candle_conv2d(&x.transpose(0, 1)?, &grad.transpose(0, 1)?, swapped, 1)?.transpose(0, 1)?;
+    // The swapped convolution can reach past the kernel when the stride skipped the last rows.
+    g.narrow(2, 0, kernel.0)?.narrow(3, 0, kernel.1)?.contiguous()
+}
+
+/// `s − 1` zeros between consecutive elements along `axis`.
+fn dilate(t: &Tensor, axis: usize, s: usize) -> candle_core::Result<Tensor> {
+    if s == 1 {
+        return Ok(t.clone());
+    }
+    let n = t.dim(axis)?;
+    // Each element followed by s − 1 zeros (a new axis after `axis`), then the trailing zeros cut.
+    let zeros = t.zeros_like()?;
+    let mut parts = vec![t.unsqueeze(axis + 1)?];
+    for _ in 1..s {
+        parts.push(zeros.unsqueeze(axis + 1)?);
+    }
+    let interleaved = Tensor::cat(&parts, axis + 1)?;
+    let mut dims = t.dims().to_vec();
+    dims[axis] = n * s;
+    interleaved.reshape(dims)?.narrow(axis, 0, (n - 1) * s + 1)
+}
+
+/// Zeros before and after along `axis`, or rows cut where a count is negative.
+fn pad_or_crop(t: &Tensor, axis: usize, before: isize, after: isize) -> candle_core::Result<Tensor> {
+    let t = t.pad_with_zeros(axis, before.max(0) as usize, after.max(0) as usize)?;
+    let (cut_front, cut_back) = ((-before).max(0) as usize, (-after).max(0) as usize);
+    if cut_front + cut_back == 0 {
+        return Ok(t);
+    }
+    let len = t.dim(axis)? - cut_front - cut_back;
+    t.narrow(axis, cut_front, len)
+}
+
+/// (x, weight) → the convolution computed beforehand, with its gradients.
+struct WithGradients {
+    spacing: Spacing,
+    /// Taken (and dropped) by the forward.
+    result: Mutex<Option<Tensor>>,
+}
+
+impl WithGradients {
+    /// The result tensor, once.
+    fn take(&self) -> candle_core::Result<Tensor> {
+        let mut slot = self.result.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        slot.take()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{}: forward run twice", self.name())))
+    }
+}
+
+/// A copy of a fresh contiguous tensor's storage.
+fn copy_of<S: candle_core::backend::BackendStorage>(s: &S, l: &Layout, name: &str) -> candle_core::Result<(S, Shape)> {
+    if !l.is_contiguous() || l.start_offset() != 0 {
+        candle_core::bail!("{name}: the convolution's result must be a fresh contiguous tensor");
+    }
+    Ok((s.try_clone(l)?, l.shape().clone()))
+}
+
+impl CustomOp2 for WithGradients {
+    fn name(&self) -> &'static str {
+        "ftu-conv2d-generic"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = self.take()?;
+        let (storage, layout) = y.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(s) => copy_of(s, layout, self.name()),
+            _ => candle_core::bail!("{}: the result is not on the CPU", self.name()),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let y = self.take()?;
+        let (storage, layout) = y.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(s) => copy_of(s, layout, self.name()),
+            _ => candle_core::bail!("{}: the result is not on the GPU", self.name()),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // The network's input image needs no gradient, and it is the most expensive one.
+        let grad_x = if x.track_op() {
+            Some(input_gradient(grad, weight, self.spacing, x.shape())?)
+        } else {
+            None
+        };
+        let (_, _, k_h, k_w) = weight.dims4()?;
+        let grad_w = kernel_gradient(x, grad, self.spacing, (k_h, k_w))?;
+        Ok((grad_x, Some(grad_w)))
+    }
+}
