@@ -113,9 +113,10 @@ impl Conv2d {
         let c = self.cfg;
         let c_in = x.dim(1)?;
         // On the CPU, ftu's own ops (forward and gradients): im2col + gemm for ordinary
-        // convolutions, direct loops for depthwise ones. Elsewhere candle's forward, with
-        // gradients made of forward convolutions for ordinary ones (`conv_op/generic.rs`), and
-        // candle's own for other grouped convolutions.
+        // convolutions, direct loops for depthwise ones. Elsewhere (`conv_op/generic.rs`)
+        // candle's forward with gradients made of forward convolutions for ordinary ones,
+        // shifted views times per-channel weights for depthwise ones, and candle's grouped
+        // conv2d for the rest.
         let on_cpu = ctx.cpu_ops(x);
         let spacing = Spacing {
             stride: c.stride,
@@ -128,6 +129,8 @@ impl Conv2d {
             super::conv_op::depthwise_conv2d(x, weight, spacing)?
         } else if c.groups == 1 {
             super::conv_op::generic::conv2d(x, weight, spacing)?
+        } else if c.groups == c_in && weight.dim(1)? == 1 {
+            super::conv_op::generic::depthwise_conv2d(x, weight, spacing)?
         } else {
             super::conv_op::generic::candle_conv2d(x, weight, spacing, c.groups)?
         })

@@ -52,6 +52,63 @@ pub(crate) fn candle_conv2d(
     x.conv2d(weight, spacing.padding, spacing.stride, spacing.dilation, groups)
 }
 
+/// `x` (N, C, H, W) convolved channel by channel with `weight` (C, 1, k_h, k_w), any device and
+/// dtype: the sum over the k_h·k_w taps of the kernel of a shifted (and strided) view of the
+/// padded input times that tap's per-channel weight, so that CUDA runs a few elementwise kernels
+/// over the whole tensor where candle's grouped conv2d runs one convolution per channel (a
+/// thousand launches in an EfficientNet layer). Gradients come from candle's autograd of these
+/// ops. Stride-1 taps are views of the padded input; strided ones are copies of the output's
+/// size, k_h·k_w of them kept for the backward pass.
+pub(crate) fn depthwise_conv2d(x: &Tensor, weight: &Tensor, spacing: Spacing) -> candle_core::Result<Tensor> {
+    let Spacing {
+        stride,
+        padding,
+        dilation,
+    } = spacing;
+    let (_, c, h, w) = x.dims4()?;
+    let (_, _, k_h, k_w) = weight.dims4()?;
+    let out = |size: usize, k: usize| {
+        (size + 2 * padding)
+            .checked_sub(dilation * (k - 1) + 1)
+            .map(|v| v / stride + 1)
+    };
+    let (Some(h_out), Some(w_out)) = (out(h, k_h), out(w, k_w)) else {
+        candle_core::bail!("depthwise conv: input {h}×{w} padded by {padding} is smaller than kernel {k_h}×{k_w}");
+    };
+    // Padding enough past the end that every strided view can take `stride` rows per output row.
+    let padded = x
+        .pad_with_zeros(2, padding, padding + stride)?
+        .pad_with_zeros(3, padding, padding + stride)?;
+    let mut sum: Option<Tensor> = None;
+    for i in 0..k_h {
+        for j in 0..k_w {
+            let rows = every(&padded, 2, i * dilation, h_out, stride)?;
+            let tap = every(&rows, 3, j * dilation, w_out, stride)?;
+            let tap = if stride > 1 { tap.contiguous()? } else { tap };
+            let weight_ij = weight.narrow(2, i, 1)?.narrow(3, j, 1)?.reshape((1, c, 1, 1))?;
+            let term = tap.broadcast_mul(&weight_ij)?;
+            sum = Some(match sum {
+                None => term,
+                Some(s) => (s + term)?,
+            });
+        }
+    }
+    sum.ok_or_else(|| candle_core::Error::Msg("depthwise conv: an empty kernel".into()))
+}
+
+/// `count` entries along `axis` from `start`, `step` apart (the tensor must reach
+/// `start + count·step`).
+fn every(t: &Tensor, axis: usize, start: usize, count: usize, step: usize) -> candle_core::Result<Tensor> {
+    if step == 1 {
+        return t.narrow(axis, start, count);
+    }
+    let run = t.narrow(axis, start, count * step)?;
+    let mut dims = run.dims().to_vec();
+    dims[axis] = count;
+    dims.insert(axis + 1, step);
+    run.reshape(dims)?.narrow(axis + 1, 0, 1)?.squeeze(axis + 1)
+}
+
 /// The gradient for the input of `input_shape` (N, C, H, W), from the output gradient `grad`
 /// (N, K, H_out, W_out) and the kernel (K, C, k_h, k_w).
 pub(crate) fn input_gradient(

@@ -179,6 +179,40 @@ fn depthwise_matches_candles_grouped_conv2d() {
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (c, 1, k, k), &dev).unwrap()).unwrap();
         let ours = depthwise_conv2d(&x, &w, s).unwrap();
         assert_matches_candle(&x, &w, s, c, &ours, 1.0, &format!("k {k} {s:?} side {side}"));
+        let generic = generic::depthwise_conv2d(&x, &w, s).unwrap();
+        assert_matches_candle(
+            &x,
+            &w,
+            s,
+            c,
+            &generic,
+            1.0,
+            &format!("generic: k {k} {s:?} side {side}"),
+        );
+    }
+    // Non-square, dilated (candle's own backward fails on non-square strided inputs, so the
+    // generic path is held to ftu's CPU op there).
+    for (k, s) in [(3, spacing(2, 1, 1)), (5, spacing(2, 2, 1)), (3, spacing(1, 2, 2))] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 6, 13, 20), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (6, 1, k, k), &dev).unwrap()).unwrap();
+        let (fast, generic) = (
+            depthwise_conv2d(&x, &w, s).unwrap(),
+            generic::depthwise_conv2d(&x, &w, s).unwrap(),
+        );
+        assert_eq!(fast.dims(), generic.dims());
+        let d = max_abs(&(&fast - &generic).unwrap());
+        assert!(d <= 1e-5 * max_abs(&fast).max(1.0), "k {k} {s:?}: values off by {d}");
+        let weights = Tensor::randn(0f32, 1.0, fast.dims(), &dev).unwrap();
+        let g_fast = (&fast * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_generic = (&generic * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [("input", &x), ("kernel", &w)] {
+            let (a, b) = (g_fast.get(v).unwrap(), g_generic.get(v).unwrap());
+            let d = max_abs(&(a - b).unwrap());
+            assert!(
+                d <= 1e-5 * max_abs(a).max(1.0),
+                "k {k} {s:?}: {name} gradient off by {d}"
+            );
+        }
     }
 }
 
