@@ -3,6 +3,7 @@
 
 mod activation;
 mod attention;
+mod batch_norm_generic;
 mod batch_norm_op;
 mod conv;
 mod conv_op;

@@ -40,7 +40,8 @@ impl BatchNorm2d {
 
 impl BatchNorm2d {
     /// `act(bn(x) [+ residual])`. In training on the CPU one fused op with its own backward;
-    /// otherwise (eval, other devices, activations the op lacks) the composed ops.
+    /// on other devices and dtypes one op of composed kernels with its own backward, then the
+    /// residual and activation composed; in eval the composed ops.
     pub fn forward_act(&self, x: &Tensor, ctx: &Ctx, residual: Option<&Tensor>, act: Activation) -> Result<Tensor> {
         let Some(momentum) = ctx.batch_statistics() else {
             let mean = Self::per_channel(self.running_mean.as_tensor())?;
@@ -87,17 +88,9 @@ impl BatchNorm2d {
                 Tensor::from_vec(stats.var, c, dev)?,
             )
         } else {
-            let mean = x.mean_keepdim((0, 2, 3))?;
-            let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
-            let normed = x.broadcast_sub(&mean)?.broadcast_div(&(&var + self.eps)?.sqrt()?)?;
-            let y = normed
-                .broadcast_mul(&Self::per_channel(&self.weight)?)?
-                .broadcast_add(&Self::per_channel(&self.bias)?)?;
-            (
-                finish(y, residual, act, ctx)?,
-                mean.flatten_all()?.detach(),
-                var.flatten_all()?.detach(),
-            )
+            // One op whose backward keeps the input only (`batch_norm_generic.rs`).
+            let (y, mean, var) = super::batch_norm_generic::batch_norm(x, &self.weight, &self.bias, self.eps)?;
+            (finish(y, residual, act, ctx)?, mean, var)
         };
         // Running variance is unbiased, as in PyTorch.
         let m = momentum.unwrap_or(self.momentum);
