@@ -4,6 +4,9 @@
 //!
 //! `cargo bench -p ftu-trainer --bench train_step [-- --steps N --batch B --size S --arch A --device D --precision P --profile]`
 //!
+//! `--generic` runs the device-generic layers (what a GPU runs) on the CPU instead of ftu's CPU
+//! ops: their memory and op structure, measurable here.
+//!
 //! `--precision bf16|f16` runs convolutions and matmuls in that precision as the trainer does
 //! (f16 with its dynamic loss scale); on the CPU that is an emulation, slower than f32.
 //!
@@ -43,6 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let precision: Precision = arg("--precision", "f32").parse()?;
     let mut loss_scale = LossScale::for_precision(precision);
     let profiling = std::env::args().any(|a| a == "--profile");
+    let generic = std::env::args().any(|a| a == "--generic");
     let mut table: Vec<(String, f64, f64, usize)> = Vec::new();
     let device = ftu_trainer::device::parse(&arg("--device", "cpu"))?;
     let model = Segmenter::on_device(arch, ArchConfig::default(), 0, DType::F32, &device)?;
@@ -59,7 +63,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for step in 0..=steps {
         profile::set_enabled(profiling && step > 0);
         let start = Instant::now();
-        let out = model.forward(&image, &Ctx::train(step as u64).with_precision(precision))?;
+        let ctx = Ctx::train(step as u64).with_precision(precision);
+        let ctx = if generic { ctx.generic() } else { ctx };
+        let out = model.forward(&image, &ctx)?;
         let loss = candle_nn::loss::binary_cross_entropy_with_logit(&out.logits, &mask)?;
         let forward = start.elapsed().as_secs_f64() * 1e3;
         let scale = loss_scale.scale();
@@ -93,8 +99,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
     println!(
-        "candle {arch} on {device:?} in {precision} batch {batch} {size}²: median {median:.0} ms/step over {} steps \
+        "candle {arch} on {device:?}{} in {precision} batch {batch} {size}²: median {median:.0} ms/step over {} steps \
          ({:.1} M parameters{})",
+        if generic { " (generic path)" } else { "" },
         times.len(),
         model.store().parameter_count() as f64 / 1e6,
         if loss_scale.is_dynamic() {
