@@ -8,12 +8,12 @@
 //!   variance plus ε, as PyTorch normalises);
 //! - backward: `dβ = Σ dy`, `dγ = Σ dy·x̂`, `dx = (γ/σ)/M · (M·dy − dβ − x̂·dγ)`, with M = N·H·W.
 //!
-//! The custom op only carries the gradient: its forward returns a copy of `y`, computed
-//! beforehand, and lets go of it.
+//! The custom op only carries the gradient: its forward returns `y`, computed beforehand
+//! (`precomputed.rs`).
 
-use std::sync::Mutex;
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
+use super::precomputed::Precomputed;
 
 /// `(y, mean, var)` of a training BatchNorm of `x` (N, C, H, W) with scale `gamma` and shift
 /// `beta` (C); `mean` and `var` (the biased batch variance) per channel, detached.
@@ -35,7 +35,7 @@ pub(crate) fn batch_norm(
     let op = BatchNormGradients {
         mean: mean.clone(),
         inv_std,
-        result: Mutex::new(Some(y)),
+        result: Precomputed::new("ftu-batch-norm-generic", y),
     };
     let y = x.apply_op3(gamma, beta, op)?;
     Ok((y, mean.flatten_all()?, var.flatten_all()?))
@@ -45,24 +45,7 @@ struct BatchNormGradients {
     /// Per channel, (1, C, 1, 1).
     mean: Tensor,
     inv_std: Tensor,
-    /// Taken (and dropped) by the forward.
-    result: Mutex<Option<Tensor>>,
-}
-
-impl BatchNormGradients {
-    fn take(&self) -> candle_core::Result<Tensor> {
-        let mut slot = self.result.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        slot.take()
-            .ok_or_else(|| candle_core::Error::Msg(format!("{}: forward run twice", self.name())))
-    }
-}
-
-/// A copy of a fresh contiguous tensor's storage.
-fn copy_of<S: candle_core::backend::BackendStorage>(s: &S, l: &Layout, name: &str) -> candle_core::Result<(S, Shape)> {
-    if !l.is_contiguous() || l.start_offset() != 0 {
-        candle_core::bail!("{name}: the result must be a fresh contiguous tensor");
-    }
-    Ok((s.try_clone(l)?, l.shape().clone()))
+    result: Precomputed,
 }
 
 impl CustomOp3 for BatchNormGradients {
@@ -79,12 +62,7 @@ impl CustomOp3 for BatchNormGradients {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = self.take()?;
-        let (storage, layout) = y.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(s) => copy_of(s, layout, self.name()),
-            _ => candle_core::bail!("{}: the result is not on the CPU", self.name()),
-        }
+        self.result.cpu()
     }
 
     #[cfg(feature = "cuda")]
@@ -97,12 +75,7 @@ impl CustomOp3 for BatchNormGradients {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let y = self.take()?;
-        let (storage, layout) = y.storage_and_layout();
-        match &*storage {
-            Storage::Cuda(s) => copy_of(s, layout, self.name()),
-            _ => candle_core::bail!("{}: the result is not on the GPU", self.name()),
-        }
+        self.result.cuda()
     }
 
     fn bwd(

@@ -14,6 +14,7 @@ mod mix_ffn;
 mod norm;
 mod pool;
 mod pool_op;
+mod precomputed;
 mod resample;
 mod se;
 mod upsample_op;

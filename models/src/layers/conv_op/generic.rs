@@ -12,14 +12,12 @@
 //!
 //! Everything is composed candle tensor ops, so the same code runs on the CPU (other dtypes, the
 //! generic path) and is tested there against ftu's CPU gradient ops; on CUDA it runs candle's
-//! fast forward kernels. The custom op only carries the gradient: its forward returns a copy of
-//! the convolution computed beforehand, which the op then lets go of (the graph keeps the
-//! input and kernel, as candle's own conv2d does, not a second copy of the output).
+//! fast forward kernels. The custom op only carries the gradient: its forward returns the
+//! convolution computed beforehand (`layers/precomputed.rs`).
 
-use std::sync::Mutex;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
-
+use super::super::precomputed::Precomputed;
 use super::Spacing;
 use crate::Result;
 
@@ -29,7 +27,7 @@ pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, spacing: Spacing) -> Result<Te
     let y = candle_conv2d(&x.detach(), &weight.detach(), spacing, 1)?;
     let op = WithGradients {
         spacing,
-        result: Mutex::new(Some(y)),
+        result: Precomputed::new("ftu-conv2d-generic", y),
     };
     Ok(x.apply_op2(weight, op)?)
 }
@@ -195,25 +193,7 @@ fn pad_or_crop(t: &Tensor, axis: usize, before: isize, after: isize) -> candle_c
 /// (x, weight) → the convolution computed beforehand, with its gradients.
 struct WithGradients {
     spacing: Spacing,
-    /// Taken (and dropped) by the forward.
-    result: Mutex<Option<Tensor>>,
-}
-
-impl WithGradients {
-    /// The result tensor, once.
-    fn take(&self) -> candle_core::Result<Tensor> {
-        let mut slot = self.result.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        slot.take()
-            .ok_or_else(|| candle_core::Error::Msg(format!("{}: forward run twice", self.name())))
-    }
-}
-
-/// A copy of a fresh contiguous tensor's storage.
-fn copy_of<S: candle_core::backend::BackendStorage>(s: &S, l: &Layout, name: &str) -> candle_core::Result<(S, Shape)> {
-    if !l.is_contiguous() || l.start_offset() != 0 {
-        candle_core::bail!("{name}: the convolution's result must be a fresh contiguous tensor");
-    }
-    Ok((s.try_clone(l)?, l.shape().clone()))
+    result: Precomputed,
 }
 
 impl CustomOp2 for WithGradients {
@@ -228,12 +208,7 @@ impl CustomOp2 for WithGradients {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = self.take()?;
-        let (storage, layout) = y.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(s) => copy_of(s, layout, self.name()),
-            _ => candle_core::bail!("{}: the result is not on the CPU", self.name()),
-        }
+        self.result.cpu()
     }
 
     #[cfg(feature = "cuda")]
@@ -244,12 +219,7 @@ impl CustomOp2 for WithGradients {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let y = self.take()?;
-        let (storage, layout) = y.storage_and_layout();
-        match &*storage {
-            Storage::Cuda(s) => copy_of(s, layout, self.name()),
-            _ => candle_core::bail!("{}: the result is not on the GPU", self.name()),
-        }
+        self.result.cuda()
     }
 
     fn bwd(
