@@ -63,15 +63,22 @@ fn matmul_of_transposed_views_matches_a_direct_sum() {
 /// GPU runs) in values and in both gradients, within 1e-5 of the largest entry or of `floor`.
 fn assert_matches_candle(x: &Var, w: &Var, s: Spacing, groups: usize, ours: &Tensor, floor: f32, what: &str) {
     let reference = x.conv2d(w, s.padding, s.stride, s.dilation, groups).unwrap();
+    assert_same(x, w, &reference, ours, floor, what);
+}
+
+/// `ours` equals `reference` (both computed from `x` and `w`) in shape, values and the gradients
+/// for `x` and `w`, within 1e-5 of the largest entry or of `floor`.
+fn assert_same(x: &Var, w: &Var, reference: &Tensor, ours: &Tensor, floor: f32, what: &str) {
     assert_eq!(reference.dims(), ours.dims(), "{what}: shape");
-    let d = max_abs(&(&reference - ours).unwrap());
-    assert!(d <= 1e-5 * max_abs(&reference).max(floor), "{what}: values off by {d}");
+    let d = max_abs(&(reference - ours).unwrap());
+    assert!(d <= 1e-5 * max_abs(reference).max(floor), "{what}: values off by {d}");
     // A loss weighing every output differently checks every gradient entry.
     let weights = Tensor::randn(0f32, 1.0, reference.dims(), x.device()).unwrap();
-    let g_ref = (&reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+    let g_ref = (reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
     let g_new = (ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();
     for (name, v) in [("input", x), ("kernel", w)] {
         let (a, b) = (g_ref.get(v).unwrap(), g_new.get(v).unwrap());
+        assert_eq!(a.dims(), b.dims(), "{what}: {name} gradient shape");
         let d = max_abs(&(a - b).unwrap());
         assert!(
             d <= 1e-5 * max_abs(a).max(floor),
@@ -199,20 +206,7 @@ fn depthwise_matches_candles_grouped_conv2d() {
             depthwise_conv2d(&x, &w, s).unwrap(),
             generic::depthwise_conv2d(&x, &w, s).unwrap(),
         );
-        assert_eq!(fast.dims(), generic.dims());
-        let d = max_abs(&(&fast - &generic).unwrap());
-        assert!(d <= 1e-5 * max_abs(&fast).max(1.0), "k {k} {s:?}: values off by {d}");
-        let weights = Tensor::randn(0f32, 1.0, fast.dims(), &dev).unwrap();
-        let g_fast = (&fast * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        let g_generic = (&generic * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        for (name, v) in [("input", &x), ("kernel", &w)] {
-            let (a, b) = (g_fast.get(v).unwrap(), g_generic.get(v).unwrap());
-            let d = max_abs(&(a - b).unwrap());
-            assert!(
-                d <= 1e-5 * max_abs(a).max(1.0),
-                "k {k} {s:?}: {name} gradient off by {d}"
-            );
-        }
+        assert_same(&x, &w, &fast, &generic, 1.0, &format!("k {k} {s:?}"));
     }
 }
 
@@ -258,22 +252,7 @@ fn the_generic_path_matches_the_cpu_op_in_values_and_gradients() {
             let kernel = Var::from_tensor(&Tensor::randn(0f32, 0.3, (c_out, c_in, k, k), &dev).unwrap()).unwrap();
             let fast = conv2d(&x, &kernel, s).unwrap();
             let generic = generic::conv2d(&x, &kernel, s).unwrap();
-            assert_eq!(fast.dims(), generic.dims(), "{what}: shape");
-            let d = max_abs(&(&fast - &generic).unwrap());
-            assert!(d <= 1e-5 * max_abs(&fast).max(1.0), "{what}: values off by {d}");
-            let weights = Tensor::randn(0f32, 1.0, fast.dims(), &dev).unwrap();
-            let g_fast = (&fast * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-            let g_generic = (&generic * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-            for (name, v) in [("input", &x), ("kernel", &kernel)] {
-                let (a, b) = (g_fast.get(v).unwrap(), g_generic.get(v).unwrap());
-                assert_eq!(a.dims(), b.dims(), "{what}: {name} gradient shape");
-                let d = max_abs(&(a - b).unwrap());
-                assert!(
-                    d <= 1e-5 * max_abs(a).max(1.0),
-                    "{what}: {name} gradient off by {d} of {}",
-                    max_abs(a)
-                );
-            }
+            assert_same(&x, &kernel, &fast, &generic, 1.0, &what);
         }
     }
 }
