@@ -69,11 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let loss = candle_nn::loss::binary_cross_entropy_with_logit(&out.logits, &mask)?;
         let forward = start.elapsed().as_secs_f64() * 1e3;
         let scale = loss_scale.scale();
-        let grads = if scale == 1.0 {
-            loss.backward()?
-        } else {
-            (&loss * scale)?.backward()?
-        };
+        let grads = loss_scale.backward(&loss)?;
         let backward = start.elapsed().as_secs_f64() * 1e3 - forward;
         let finite = !loss_scale.is_dynamic() || opt.grad_norm(&grads)?.is_finite();
         if loss_scale.update(finite) {

@@ -544,7 +544,7 @@ impl<'a> Fold<'a> {
                 });
                 let ctx = Ctx::train(seed_of(&[cfg.seed, k as u64, epoch as u64, b as u64, 99]))
                     .with_precision(self.precision);
-                let loss_scale = self.loss_scale.scale();
+                let loss_scale = &self.loss_scale;
                 let result = current
                     .to_device(&self.device)
                     .map_err(TrainError::from)
@@ -918,7 +918,7 @@ fn loss_and_gradients(
     batch: &Batch,
     image_weights: Option<&Tensor>,
     ctx: &Ctx,
-    loss_scale: f64,
+    loss_scale: &LossScale,
 ) -> Result<(f64, GradStore)> {
     let out = model.forward(&batch.images, ctx)?;
     let keep = batch.keep.as_ref();
@@ -936,10 +936,5 @@ fn loss_and_gradients(
         loss = (loss + (mse * cfg.loss.pixel_size)?)?;
     }
     let value = loss.to_scalar::<f32>()? as f64;
-    let grads = if loss_scale == 1.0 {
-        loss.backward()?
-    } else {
-        (loss * loss_scale)?.backward()?
-    };
-    Ok((value, grads))
+    Ok((value, loss_scale.backward(&loss)?))
 }

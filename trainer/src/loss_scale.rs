@@ -4,6 +4,8 @@
 //! gradients are not finite is skipped and the scale halved; after `GROWTH_INTERVAL` finite steps
 //! in a row the scale doubles. bfloat16 has float32's range and float32 needs none: scale 1.
 
+use candle_core::backprop::GradStore;
+use candle_core::Tensor;
 use ftu_models::Precision;
 
 /// PyTorch's defaults.
@@ -45,6 +47,15 @@ impl LossScale {
     /// What the loss is multiplied by before the backward pass.
     pub fn scale(&self) -> f64 {
         self.scale
+    }
+
+    /// The gradients of `loss` times the scale (of `loss` itself at scale 1).
+    pub fn backward(&self, loss: &Tensor) -> candle_core::Result<GradStore> {
+        if self.scale == 1.0 {
+            loss.backward()
+        } else {
+            (loss * self.scale)?.backward()
+        }
     }
 
     /// Whether the scale changes and steps can be skipped.
