@@ -129,6 +129,14 @@ pub struct SlideCache {
     crops: Option<(CropSpec, Vec<FullSlide>)>,
 }
 
+/// Every slide's result in row order, or the error of the first bad slide in train.csv's order:
+/// the same slide is named run after run, where rayon's short-circuiting `collect` names
+/// whichever failing slide a thread reached first. (The others keep loading when one fails, a
+/// cost paid only on the way to an error.)
+fn first_error_in_row_order<T>(results: Vec<Result<T, DataError>>) -> Result<Vec<T>, DataError> {
+    results.into_iter().collect()
+}
+
 impl SlideCache {
     pub fn build(
         data: &Path,
@@ -143,18 +151,18 @@ impl SlideCache {
         let per_slide = size * size * 13;
         let fits = (budget_bytes / per_slide.max(1)).min(cache.rows.len());
         let all: Vec<usize> = (0..cache.rows.len()).collect();
-        let slides = all[..fits]
-            .par_iter()
-            .map(|&i| {
-                let s = cache.load(i).map(Arc::new);
-                tick();
-                s
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let slides = first_error_in_row_order(
+            all[..fits]
+                .par_iter()
+                .map(|&i| {
+                    let s = cache.load(i).map(Arc::new);
+                    tick();
+                    s
+                })
+                .collect(),
+        )?;
         // Those beyond the budget are still checked now, so a bad file fails before training.
-        all[fits..]
-            .par_iter()
-            .try_for_each(|&i| cache.load(i).map(|_| tick()))?;
+        first_error_in_row_order(all[fits..].par_iter().map(|&i| cache.load(i).map(|_| tick())).collect())?;
         cache.slides = slides.into_iter().map(Some).collect();
         cache.slides.resize(cache.rows.len(), None);
         Ok(cache)
@@ -224,30 +232,32 @@ impl SlideCache {
                 fits
             })
             .collect();
-        let full = (0..cache.rows.len())
-            .into_par_iter()
-            .map(|i| {
-                let row = &cache.rows[i];
-                let size = (row.img_width, row.img_height);
-                let slide = match i.checked_sub(cache.labelled) {
-                    None => {
-                        let path = Split::Train
-                            .find_image(data, &row.id)
-                            .ok_or_else(|| DataError::Missing {
-                                id: row.id.clone(),
-                                dir: data.to_path_buf(),
-                            })?;
-                        FullSlide::labelled(&path, &row.id, &row.rle, size, keep[i])
-                    }
-                    Some(p) => {
-                        let p = &cache.pseudo[p];
-                        FullSlide::pseudo(&p.image, &p.label, &p.id, size, keep[i])
-                    }
-                };
-                tick();
-                slide
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let full = first_error_in_row_order(
+            (0..cache.rows.len())
+                .into_par_iter()
+                .map(|i| {
+                    let row = &cache.rows[i];
+                    let size = (row.img_width, row.img_height);
+                    let slide = match i.checked_sub(cache.labelled) {
+                        None => {
+                            let path = Split::Train
+                                .find_image(data, &row.id)
+                                .ok_or_else(|| DataError::Missing {
+                                    id: row.id.clone(),
+                                    dir: data.to_path_buf(),
+                                })?;
+                            FullSlide::labelled(&path, &row.id, &row.rle, size, keep[i])
+                        }
+                        Some(p) => {
+                            let p = &cache.pseudo[p];
+                            FullSlide::pseudo(&p.image, &p.label, &p.id, size, keep[i])
+                        }
+                    };
+                    tick();
+                    slide
+                })
+                .collect(),
+        )?;
         cache.crops = Some((spec, full));
         Ok(cache)
     }
@@ -418,5 +428,54 @@ pub fn stack(samples: &[(Sample, bool)], rows: &[&TrainRow], norm: &Normalisatio
         keep: keep.map(|k| Tensor::from_vec(k, (n, 1, size, size), &dev).expect("sizes agree")),
         organs: Tensor::from_vec(organs, n, &dev).expect("sizes agree"),
         pixel_sizes: Tensor::from_vec(pixel, (n, 1), &dev).expect("sizes agree"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SamplingConfig;
+    use crate::synth::{self, SynthConfig};
+
+    /// Six slides, of which the 3rd and 5th in train.csv's order are not images.
+    fn two_bad_slides(dir: &Path) -> (Vec<TrainRow>, String) {
+        let cfg = SynthConfig {
+            train: 6,
+            test: 0,
+            size: 64,
+            seed: 3,
+            mixed_formats: false,
+        };
+        synth::generate(dir, &cfg, || {}).unwrap();
+        let rows = ftu_formats::schema::read_train(&dir.join("train.csv")).unwrap();
+        for row in [&rows[2], &rows[4]] {
+            let path = Split::Train.find_image(dir, &row.id).unwrap();
+            std::fs::write(path, b"not a TIFF").unwrap();
+        }
+        let first_bad = rows[2].id.clone();
+        (rows, first_bad)
+    }
+
+    #[test]
+    fn the_first_bad_slide_in_row_order_is_named_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rows, first_bad) = two_bad_slides(dir.path());
+        let named = |r: Result<SlideCache, DataError>| match r {
+            Ok(_) => panic!("two slides are not images"),
+            Err(e) => match e {
+                DataError::Slide { id, .. } => id,
+                other => panic!("{other}"),
+            },
+        };
+        for _ in 0..4 {
+            // Cached (a budget for all), checked only (no budget), and crops mode.
+            for budget in [1 << 30, 0] {
+                let r = SlideCache::build(dir.path(), rows.clone(), vec![], 32, budget, None, || {});
+                assert_eq!(named(r), first_bad, "budget {budget}");
+            }
+            let spec = CropSpec::new(32, &SamplingConfig::default());
+            let r = SlideCache::build_crops(dir.path(), rows.clone(), vec![], spec, 1 << 30, None, || {});
+            assert_eq!(named(r), first_bad, "crops");
+        }
     }
 }

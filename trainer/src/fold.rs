@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::TrainConfig;
 use crate::data::{self, Batch, SlideCache};
 use crate::error::{At, Result, TrainError};
-use crate::loss_scale::LossScale;
+use crate::loss_scale::{LossScale, SavedLossScale};
 use crate::optim::{self, AdamW, Ema};
 use crate::{full_res, losses, plots, sampling};
 
@@ -74,7 +74,7 @@ pub(crate) struct FoldState {
     pub exported: bool,
     /// The float16 loss scale at the end of the last epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss_scale: Option<f64>,
+    pub loss_scale: Option<SavedLossScale>,
 }
 
 impl FoldState {
@@ -452,8 +452,8 @@ impl<'a> Fold<'a> {
     fn resume(&mut self, progress: &mut dyn Progress) -> Result<()> {
         let (last, last_optim) = (self.path("last.safetensors"), self.path("last.optim.safetensors"));
         self.state = FoldState::read(self.cfg, self.k)?;
-        if let Some(scale) = self.state.loss_scale {
-            self.loss_scale.resume_at(scale);
+        if let Some(saved) = &self.state.loss_scale {
+            self.loss_scale.resume(saved);
         }
         self.settle_checkpoint()?;
         weights::load(&self.model, &last, Scope::Full).at("resuming from", &last)?;
@@ -521,37 +521,31 @@ impl<'a> Fold<'a> {
                 .map(|j| seed_of(&[cfg.seed, k as u64, epoch as u64, b as u64, j as u64]))
                 .collect::<Vec<_>>()
         };
-        let mut next = Some(data::batch(
-            cache,
-            chunks[0],
-            &seeds_for(0, chunks[0].len()),
-            Some(&cfg.augment),
-            norm,
-            cfg.pseudo_unsure,
-        )?);
+        // Batch b + 1 is drawn, augmented and uploaded to the device on a thread of its own while
+        // batch b trains: on a GPU the host-to-device copy leaves the training thread too.
+        let load = |b: usize| -> Result<Option<data::Batch>> {
+            let Some(c) = chunks.get(b) else { return Ok(None) };
+            let host = data::batch(
+                cache,
+                c,
+                &seeds_for(b, c.len()),
+                Some(&cfg.augment),
+                norm,
+                cfg.pseudo_unsure,
+            )?;
+            Ok(Some(host.to_device(&device)?))
+        };
+        let mut next = load(0)?;
         for b in 0..chunks.len() {
-            let current = next.take().expect("a batch is ready");
+            let batch = next.take().expect("a batch is ready");
             let model = &self.model;
             let (loaded, step_result) = std::thread::scope(|scope| {
-                let loader = scope.spawn(|| {
-                    chunks
-                        .get(b + 1)
-                        .map(|c| {
-                            let seeds = seeds_for(b + 1, c.len());
-                            data::batch(cache, c, &seeds, Some(&cfg.augment), norm, cfg.pseudo_unsure)
-                        })
-                        .transpose()
-                });
+                let loader = scope.spawn(|| load(b + 1));
                 let ctx = Ctx::train(seed_of(&[cfg.seed, k as u64, epoch as u64, b as u64, 99]))
                     .with_precision(self.precision);
                 let loss_scale = &self.loss_scale;
-                let result = current
-                    .to_device(&self.device)
-                    .map_err(TrainError::from)
-                    .and_then(|batch| {
-                        let weights = image_weights(chunks[b])?;
-                        loss_and_gradients(cfg, model, &batch, weights.as_ref(), &ctx, loss_scale)
-                    });
+                let result = image_weights(chunks[b])
+                    .and_then(|weights| loss_and_gradients(cfg, model, &batch, weights.as_ref(), &ctx, loss_scale));
                 let loaded = loader
                     .join()
                     .map_err(|_| TrainError::Run("the batch loader panicked".into()));
@@ -746,7 +740,7 @@ impl<'a> Fold<'a> {
             optim::save_atomic(&all, &optim_path)?;
         }
         self.state.epochs_done = epoch;
-        self.state.loss_scale = self.loss_scale.is_dynamic().then(|| self.loss_scale.scale());
+        self.state.loss_scale = self.loss_scale.saved();
         write_json(&self.path("state.json"), &self.state)?;
         self.settle_checkpoint()
     }

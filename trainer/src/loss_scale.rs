@@ -7,6 +7,7 @@
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use ftu_models::Precision;
+use serde::{Deserialize, Serialize};
 
 /// PyTorch's defaults.
 const INITIAL: f64 = 65536.0;
@@ -14,6 +15,16 @@ const GROWTH_INTERVAL: usize = 2000;
 /// Below this the scale stops halving (gradients that are not finite even so are a model
 /// problem, not a scaling one; the steps keep being skipped and counted).
 const MIN_SCALE: f64 = 1.0 / 65536.0;
+
+/// A dynamic loss scale as `state.json` keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SavedLossScale {
+    pub scale: f64,
+    /// Finite steps since the scale last changed (it doubles at `GROWTH_INTERVAL`).
+    pub good_steps: usize,
+    /// Steps skipped since the run began.
+    pub skipped: usize,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LossScale {
@@ -37,11 +48,27 @@ impl LossScale {
         }
     }
 
-    /// Resumes at a saved scale (ignored when the scale is not dynamic).
-    pub fn resume_at(&mut self, scale: f64) {
-        if self.dynamic && scale.is_finite() && scale > 0.0 {
-            self.scale = scale;
+    /// What `--resume` needs to go on exactly where this run stands (as PyTorch's
+    /// `GradScaler.state_dict`): nothing when the scale is not dynamic.
+    pub fn saved(&self) -> Option<SavedLossScale> {
+        self.dynamic.then_some(SavedLossScale {
+            scale: self.scale,
+            good_steps: self.good,
+            skipped: self.skipped,
+        })
+    }
+
+    /// Goes on from a saved state (ignored when the scale is not dynamic; a scale that is not a
+    /// positive number, as a hand-edited file may hold, keeps the current one).
+    pub fn resume(&mut self, saved: &SavedLossScale) {
+        if !self.dynamic {
+            return;
         }
+        if saved.scale.is_finite() && saved.scale > 0.0 {
+            self.scale = saved.scale.max(MIN_SCALE);
+        }
+        self.good = saved.good_steps.min(GROWTH_INTERVAL - 1);
+        self.skipped = saved.skipped;
     }
 
     /// What the loss is multiplied by before the backward pass.
@@ -113,8 +140,46 @@ mod tests {
             s.update(false);
         }
         assert_eq!(s.scale(), MIN_SCALE);
-        s.resume_at(8.0);
-        assert_eq!(s.scale(), 8.0);
+    }
+
+    #[test]
+    fn a_resumed_scale_goes_on_as_if_never_stopped() {
+        // A run of mixed steps, stopped after each prefix, saved through JSON and resumed into a
+        // fresh scale, ends in the same state as the uninterrupted run: scale, growth count and
+        // skips.
+        let steps: Vec<bool> = (0..3 * GROWTH_INTERVAL).map(|i| i % 1500 != 7).collect();
+        let mut whole = LossScale::for_precision(Precision::F16);
+        for &finite in &steps {
+            whole.update(finite);
+        }
+        assert_eq!(whole.skipped, 4);
+        assert_ne!(whole.scale(), INITIAL, "the run both halved and grew the scale");
+        for stop in [1, 8, GROWTH_INTERVAL - 1, GROWTH_INTERVAL + 1500, steps.len() - 1] {
+            let mut first = LossScale::for_precision(Precision::F16);
+            for &finite in &steps[..stop] {
+                first.update(finite);
+            }
+            let json = serde_json::to_string(&first.saved().unwrap()).unwrap();
+            let mut second = LossScale::for_precision(Precision::F16);
+            second.resume(&serde_json::from_str(&json).unwrap());
+            for &finite in &steps[stop..] {
+                second.update(finite);
+            }
+            assert_eq!(second, whole, "stopped after {stop} steps");
+        }
+    }
+
+    #[test]
+    fn a_saved_scale_that_is_not_a_positive_number_is_not_taken() {
+        let mut s = LossScale::for_precision(Precision::F16);
+        for scale in [0.0, -4.0, f64::NAN, f64::INFINITY] {
+            s.resume(&SavedLossScale {
+                scale,
+                good_steps: 3,
+                skipped: 1,
+            });
+            assert_eq!((s.scale(), s.good, s.skipped), (INITIAL, 3, 1), "{scale}");
+        }
     }
 
     #[test]
@@ -122,7 +187,12 @@ mod tests {
         for p in [Precision::F32, Precision::Bf16] {
             let mut s = LossScale::for_precision(p);
             assert!(s.update(false));
-            s.resume_at(8.0);
+            assert_eq!(s.saved(), None);
+            s.resume(&SavedLossScale {
+                scale: 8.0,
+                good_steps: 3,
+                skipped: 1,
+            });
             assert_eq!((s.scale(), s.skipped, s.is_dynamic()), (1.0, 0, false));
         }
     }
