@@ -1,13 +1,14 @@
 //! ftu-formats: what every part of ftu reads and writes — organs and data sources, the
 //! competition's CSV schemas and folder layout, masks (RLE in the competition's convention, row
 //! runs, mask images, GeoJSON), the Dice metric, slides (read whole or by region through one
-//! chunked TIFF reader, and written as TIFF), resizing, TTA transforms, sliding windows and their blending, tissue detection, overlays, and
-//! the ensemble manifest. No ONNX Runtime and no Candle: the trainer and the engine both stand on this crate.
+//! chunked TIFF reader, and written as TIFF), resizing, TTA transforms, sliding windows and their blending, tissue detection, overlays,
+//! the ensemble manifest, and how a failed command's error reads. No ONNX Runtime and no Candle: the trainer and the engine both stand on this crate.
 
 pub mod atomic;
 pub mod blocks;
 pub mod dice;
 pub mod draw;
+pub mod exit;
 pub mod kaggle;
 pub mod manifest;
 pub mod mask;

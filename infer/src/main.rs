@@ -268,8 +268,12 @@ struct ScoreArgs {
     meta: Option<PathBuf>,
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    ftu_formats::exit::run(|| dispatch(Cli::parse()))
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
         Command::Predict(a) => run_predict(a)?,
         Command::Pseudo(a) => run_pseudo(a)?,
         Command::Bundle(a) => {

@@ -224,3 +224,110 @@ fn a_chunk_claiming_more_bytes_than_the_file_fails_cleanly_under_a_memory_limit(
         fails_with(&out, &[name, "chunk 4", "runs past the end of the file"]);
     }
 }
+
+/// `ftu-infer ARGS` with RUST_BACKTRACE=1 in its environment, as a user's shell may have it.
+fn ftu_infer_backtrace_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ftu-infer"))
+        .args(args)
+        .env_remove("FTU_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .env("RUST_BACKTRACE", "1")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// Exit status 1; stderr is `error: …` then only `caused by: …` lines; no backtrace, no panic,
+/// no Rust Debug form of a type.
+fn reads_as_sentences(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let mut lines = err.lines();
+    assert!(lines.next().is_some_and(|l| l.starts_with("error: ")), "{err}");
+    for line in lines {
+        assert!(
+            line.starts_with("caused by: "),
+            "a line that is no cause: {line:?} in\n{err}"
+        );
+    }
+    assert!(
+        !err.to_lowercase().contains("backtrace") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(!err.contains("Other(") && !err.contains("Some("), "a Debug form: {err}");
+    err
+}
+
+#[test]
+fn failing_commands_print_error_and_causes_without_a_backtrace() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("m.png");
+    let err = reads_as_sentences(&ftu_infer_backtrace_env(
+        &[
+            "rle",
+            "decode",
+            "--height",
+            "3",
+            "--width",
+            "2",
+            "--out",
+            png.to_str().unwrap(),
+            "1 2 3",
+        ],
+        &[],
+    ));
+    assert!(
+        err.starts_with("error: decoding RLE for a 3×2 mask\ncaused by: "),
+        "{err}"
+    );
+
+    // No ONNX Runtime anywhere: no ORT_DYLIB_PATH file, no Python on PATH, no virtualenv.
+    let model = write(dir.path(), "m.onnx", "not a model");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ftu-infer"));
+    let out = cmd
+        .args(["inspect", &model])
+        .env_clear()
+        .env("RUST_BACKTRACE", "1")
+        .env("PATH", dir.path().join("empty"))
+        .env("ORT_DYLIB_PATH", dir.path().join("libonnxruntime.so"))
+        .output()
+        .unwrap();
+    let err = reads_as_sentences(&out);
+    assert!(err.contains("ONNX Runtime library not found"), "{err}");
+
+    let missing = dir.path().join("manifest.toml");
+    let err = reads_as_sentences(&ftu_infer_backtrace_env(
+        &["predict", "--manifest", missing.to_str().unwrap(), "--data", "."],
+        &[],
+    ));
+    assert!(err.contains("manifest.toml"), "the manifest is not named: {err}");
+}
+
+#[test]
+fn ftu_backtrace_asks_for_one_and_usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("m.png");
+    let out = ftu_infer_backtrace_env(
+        &[
+            "rle",
+            "decode",
+            "--height",
+            "3",
+            "--width",
+            "2",
+            "--out",
+            png.to_str().unwrap(),
+            "1 2 3",
+        ],
+        &[("FTU_BACKTRACE", "1")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("\nbacktrace:\n") && err.contains(" 0: "),
+        "{err}"
+    );
+
+    let out = ftu_infer_backtrace_env(&["predict", "--no-such-flag"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}

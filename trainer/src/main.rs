@@ -337,8 +337,12 @@ struct SynthWsiArgs {
     pyramid: Vec<u32>,
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    ftu_formats::exit::run(|| dispatch(Cli::parse()))
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
         Command::Synth(a) => {
             let cfg = SynthConfig {
                 train: a.train,
