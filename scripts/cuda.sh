@@ -4,7 +4,7 @@
 # driver's libcuda (never shipped: the GPU machine has the real one), and the variables candle's
 # `cuda` feature needs at build time. Then, with arguments, runs them as a command, e.g.
 #   bash scripts/cuda.sh cargo build --release -p ftu-trainer --features cuda --target-dir target/cuda
-# Recipe and pins: ../shared/GPU.md. CUDA_COMPUTE_CAP defaults to 90 (H100/H200).
+# The pins are below. CUDA_COMPUTE_CAP defaults to 90 (H100/H200).
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cuda_dir="${FTU_CUDA_DIR:-$repo_root/.cuda}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Evidence for issue 18's crops mode on generated whole-slide-like data: resize vs crops on
+# Crops mode on generated whole-slide-like data: resize vs crops on
 # large slides, the same model, sampling budget and seed. Ten 3072² slides from `ftu-train
 # synth-wsi` (tissue islands on glass, FTU discs of 20–45 px radius), eight to train (2 folds),
 # two held out; test Dice from `ftu-infer predict` + `score` on the held-out two. Prints a table.

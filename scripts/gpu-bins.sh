@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Here (no GPU needed): builds the CUDA binaries the GPU check runs (scripts/cuda.sh) and puts
-# them, stripped and gzipped to fit one device call's 64 MiB, in gpu-bin/ (git-ignored), which
-# the device tool carries: run(carry=["gpu-bin"], command="bash scripts/gpu-check.sh").
+# On any machine (no GPU needed): builds the CUDA binaries the GPU check runs (scripts/cuda.sh)
+# and puts them, stripped and gzipped (about 15 MB), in gpu-bin/ (git-ignored); copy that folder
+# to the GPU machine and run `bash scripts/gpu-check.sh` there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=target/cuda

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# On the lent GPU machine (H100/H200, CUDA 13 driver, PyTorch with its nvidia-* wheels, no Rust),
-# with gpu-bin/ carried from `bash scripts/gpu-bins.sh`: in one call, each part under its own time
-# limit so a slow one cannot eat the rest,
+# On a GPU machine (H100/H200, CUDA 13 driver, PyTorch with its nvidia-* wheels, no Rust), with
+# gpu-bin/ copied there from `bash scripts/gpu-bins.sh`: each part under its own time limit so a
+# slow one cannot eat the rest,
 #   (a) the GPU tests: a training step on CUDA against the CPU for three encoder families, and
 #       bf16/f16 on CUDA against the CPU's emulation of them;
 #   (b) the Candle train step, unet-resnet34 at 256² batch 4, on CUDA and on the CPU;
 #   (c) the same step in PyTorch eager on the GPU (bench/train_step/torch_step.py), f32;
 #   (d) Candle and PyTorch at 512², batch 16, on the GPU, f32 and bf16 (PyTorch: autocast);
 #   (e) the demo's training (synthetic slides, unet-resnet18) on the GPU, with its Dice;
-# The limits add up to 535 s, inside one device call (run it with timeout_s=580). Then a table
+# The limits add up to 535 s (give the whole script about 580 s). Then a table
 # of the medians and of each part's peak GPU memory (nvidia-smi sampled every 100 ms while the
 # part runs; it includes the CUDA context, for Candle and PyTorch alike).
 set -uo pipefail

@@ -1,6 +1,6 @@
 //! Speed of the shared formats on a competition-sized slide: RLE encode/decode of a 3000² mask
 //! and TIFF decode of a 3000² RGB slide, uncompressed, LZW strips and LZW tiles.
-//! Run: `cargo bench -p ftu-tests --bench formats`. Prints medians against the goals.
+//! Run: `cargo bench -p ftu-tests --bench formats`. Prints medians against ftu's goals.
 
 use ftu_formats::mask::rle;
 use ftu_formats::slide::write::{write_tiff_image, Chunking, Compression, Samples, TiffSpec};

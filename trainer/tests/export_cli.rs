@@ -1,5 +1,6 @@
-//! `ftu-train export`: the ONNX it writes has the outputs and metadata the issue names, the
-//! encoder-only export has one output per level, and bad names or weights are refused by name.
+//! `ftu-train export`: the ONNX it writes has the heads' outputs and the `ftu.arch` and `ftu.norm`
+//! metadata, the encoder-only export has one output per level, and bad names or weights are
+//! refused by name.
 
 use std::path::Path;
 use std::process::{Command, Output};
