@@ -7,9 +7,10 @@ use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use half::{bf16, f16};
 use ndarray::{Array4, ArrayD, ArrayView4, ArrayViewD, Axis};
-use ort::session::Session;
-use ort::value::TensorRef;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{Tensor, TensorRef};
 use rayon::prelude::*;
 
 use crate::session::{Element, ModelInfo, Runtime, RuntimeError, TensorInfo};
@@ -119,6 +120,10 @@ struct LoadedModel {
     info: ModelInfo,
     input: String,
     output: String,
+    /// The input's and output's element types (float32, float16 or bfloat16): the batch is
+    /// converted to the input's, the output read as float32 whatever its own.
+    input_element: Element,
+    output_element: Element,
     /// A fixed batch dimension (often 1 in exports without dynamic axes): batches are split to it.
     batch: Option<usize>,
     /// Every batch run, kept for [`Engine::replay`] while recording.
@@ -173,14 +178,16 @@ impl Engine {
         for ((gi, spec), session) in specs.into_iter().zip(sessions) {
             let session = session?;
             let info = ModelInfo::of(&session, &spec.path);
-            let (input, output, batch) = check_fit(spec, &info, manifest.groups[gi].size, &manifest)?;
+            let fit = check_fit(spec, &info, manifest.groups[gi].size, &manifest)?;
             groups[gi].push(LoadedModel {
                 spec: spec.clone(),
                 session,
                 info,
-                input,
-                output,
-                batch,
+                input: fit.input,
+                output: fit.output,
+                input_element: fit.input_element,
+                output_element: fit.output_element,
+                batch: fit.batch,
                 recorded: Vec::new(),
             });
         }
@@ -235,7 +242,7 @@ impl Engine {
                 message: e.to_string(),
             };
             for batch in std::mem::take(&mut model.recorded) {
-                let tensor = TensorRef::from_array_view(batch.view()).map_err(err)?;
+                let tensor = input_value(batch.view(), &model.input_element).map_err(err)?;
                 let outputs = model
                     .session
                     .run(ort::inputs![model.input.as_str() => tensor])
@@ -572,7 +579,7 @@ fn run(model: &mut LoadedModel, batch: ArrayView4<f32>) -> Result<ArrayD<f32>, E
         path: path.clone(),
         message,
     };
-    let tensor = TensorRef::from_array_view(batch).map_err(|e| err(e.to_string()))?;
+    let tensor = input_value(batch, &model.input_element).map_err(|e| err(e.to_string()))?;
     let output = model.output.as_str();
     let outputs = model
         .session
@@ -581,11 +588,11 @@ fn run(model: &mut LoadedModel, batch: ArrayView4<f32>) -> Result<ArrayD<f32>, E
     let value = outputs
         .get(output)
         .ok_or_else(|| err(format!("no output `{output}` in the results")))?;
-    let out = value.try_extract_array::<f32>().map_err(|e| err(e.to_string()))?;
+    let out = output_as_f32(value, &model.output_element).map_err(|e| err(e.to_string()))?;
     if !matches!(out.ndim(), 3 | 4) || out.len_of(Axis(0)) != n {
         return Err(err(format!(
-            "output `{output}` has shape {:?}; expected N×C×H×W or N×H×W with N = {n}",
-            out.shape()
+            "output `{output}` has shape {}; expected N×C×H×W or N×H×W with N = {n}",
+            out.shape().iter().map(usize::to_string).collect::<Vec<_>>().join("×")
         )));
     }
     // NaN would threshold to background and +Inf to foreground without a word: refuse both.
@@ -599,7 +606,27 @@ fn run(model: &mut LoadedModel, batch: ArrayView4<f32>) -> Result<ArrayD<f32>, E
             total: out.len(),
         });
     }
-    Ok(out.as_standard_layout().into_owned())
+    Ok(out)
+}
+
+/// The batch as the model's input type: float32 as it is (no copy), float16 and bfloat16
+/// converted value by value (round to nearest even).
+fn input_value<'a>(batch: ArrayView4<'a, f32>, element: &Element) -> Result<SessionInputValue<'a>, ort::Error> {
+    Ok(match element {
+        Element::F16 => Tensor::from_array(batch.mapv(f16::from_f32))?.into(),
+        Element::BF16 => Tensor::from_array(batch.mapv(bf16::from_f32))?.into(),
+        // check_fit let no other type through.
+        _ => TensorRef::from_array_view(batch)?.into(),
+    })
+}
+
+/// An output of the model's output type as float32, standard layout.
+fn output_as_f32(value: &ort::value::DynValue, element: &Element) -> Result<ArrayD<f32>, ort::Error> {
+    Ok(match element {
+        Element::F16 => value.try_extract_array::<f16>()?.mapv(f16::to_f32),
+        Element::BF16 => value.try_extract_array::<bf16>()?.mapv(bf16::to_f32),
+        _ => value.try_extract_array::<f32>()?.as_standard_layout().into_owned(),
+    })
 }
 
 impl LoadedModel {
@@ -648,14 +675,19 @@ fn activated(spec: &ModelSpec, item: ArrayViewD<f32>) -> Result<Vec<f32>, String
     })
 }
 
-/// Checks a model's signature against its manifest entry; returns the input name, the output
-/// name and a fixed batch size if any.
-fn check_fit(
-    spec: &ModelSpec,
-    info: &ModelInfo,
-    size: usize,
-    manifest: &Manifest,
-) -> Result<(String, String, Option<usize>), EngineError> {
+/// What [`check_fit`] found a model's signature to be.
+#[derive(Debug)]
+struct Fit {
+    input: String,
+    output: String,
+    input_element: Element,
+    output_element: Element,
+    /// A fixed batch size, if the model has one.
+    batch: Option<usize>,
+}
+
+/// Checks a model's signature against its manifest entry.
+fn check_fit(spec: &ModelSpec, info: &ModelInfo, size: usize, manifest: &Manifest) -> Result<Fit, EngineError> {
     let unfit = |message: String| EngineError::Unfit {
         field: spec.field.clone(),
         path: spec.path.clone(),
@@ -668,9 +700,18 @@ fn check_fit(
             names(&info.inputs)
         )));
     };
-    if input.element != Element::F32 || input.dims.len() != 4 {
+    if !input.element.is_supported() {
         return Err(unfit(format!(
-            "input `{}` is {:?} {}; expected float32 N×3×H×W",
+            "input `{}` is {} {}; ftu feeds images as {}",
+            input.name,
+            input.element.onnx_name(),
+            input.shape_string(),
+            Element::ACCEPTED
+        )));
+    }
+    if input.dims.len() != 4 {
+        return Err(unfit(format!(
+            "input `{}` is {} {}; expected N×3×H×W",
             input.name,
             input.element,
             input.shape_string()
@@ -719,10 +760,12 @@ fn check_fit(
             names(&info.outputs)
         ))
     })?;
-    if output.element != Element::F32 {
+    if !output.element.is_supported() {
         return Err(unfit(format!(
-            "output `{}` is {:?}; expected float32",
-            output.name, output.element
+            "output `{}` is {}; ftu reads masks of {}",
+            output.name,
+            output.element.onnx_name(),
+            Element::ACCEPTED
         )));
     }
     match output.dims.len() {
@@ -750,7 +793,13 @@ fn check_fit(
             )))
         }
     }
-    Ok((input.name.clone(), output.name.clone(), batch))
+    Ok(Fit {
+        input: input.name.clone(),
+        output: output.name.clone(),
+        input_element: input.element.clone(),
+        output_element: output.element.clone(),
+        batch,
+    })
 }
 
 fn names(list: &[TensorInfo]) -> String {

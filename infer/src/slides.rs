@@ -19,7 +19,7 @@ pub enum SlidesError {
     List { path: PathBuf, cause: std::io::Error },
     #[error("{0}: no such file or folder")]
     NotFound(PathBuf),
-    #[error("no slide files (TIFF, SVS, PNG, JPEG) in {0:?}")]
+    #[error("no slide files (TIFF, SVS, PNG, JPEG) in {}", .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
     Empty(Vec<PathBuf>),
     #[error("two slides would both have the id {id}: {first} and {second} (rename one)")]
     DuplicateId {

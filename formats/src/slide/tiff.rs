@@ -454,8 +454,8 @@ impl TiffRegions {
             DecodingResult::U8(v) => Ok(v),
             DecodingResult::U16(v) => Ok(v.into_iter().map(to_u8).collect()),
             _ => Err(SlideErrorKind::Unsupported(format!(
-                "TIFF sample format for {:?}",
-                self.color
+                "TIFF samples that are not 8- or 16-bit unsigned integers ({})",
+                colour_name(self.color)
             ))),
         })?;
         self.to_rgb_image(i, samples)
@@ -569,7 +569,8 @@ fn sample_layout<R: Read + Seek>(
         ColorType::RGBA(b) if b == 8 || b == 16 => (4, b as usize / 8),
         other => {
             return Err(unsupported(format!(
-                "TIFF colour type {other:?} (expected 8- or 16-bit grey, RGB or RGBA)"
+                "TIFF colour type {} (expected 8- or 16-bit grey, RGB or RGBA)",
+                colour_name(other)
             )))
         }
     };
@@ -716,6 +717,25 @@ fn round_to_u8(v: f32) -> u8 {
 const DECODED_COMPRESSIONS: [u16; 7] = [1, 4, 5, 7, 8, 32773, 32946];
 
 /// What a compression code ftu does not decode is, for the error.
+/// A TIFF colour type as a person names it: `8-bit CMYK`, `4-channel 16-bit multiband`.
+fn colour_name(colour: ColorType) -> String {
+    let (name, bits) = match colour {
+        ColorType::Gray(b) => ("grey", b),
+        ColorType::RGB(b) => ("RGB", b),
+        ColorType::Palette(b) => ("palette", b),
+        ColorType::GrayA(b) => ("grey with alpha", b),
+        ColorType::RGBA(b) => ("RGBA", b),
+        ColorType::CMYK(b) => ("CMYK", b),
+        ColorType::CMYKA(b) => ("CMYK with alpha", b),
+        ColorType::YCbCr(b) => ("YCbCr", b),
+        ColorType::Multiband { bit_depth, num_samples } => {
+            return format!("{num_samples}-channel {bit_depth}-bit multiband")
+        }
+        _ => return "an unknown colour type".to_string(),
+    };
+    format!("{bits}-bit {name}")
+}
+
 fn compression_name(code: u16) -> &'static str {
     match code {
         33003 | 33005 | 34712 => " (JPEG 2000, as Aperio SVS; read through OpenSlide)",
