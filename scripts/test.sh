@@ -23,11 +23,13 @@ python3 scripts/module_cycles.py formats infer models onnx trainer
 # The engine's tests run models through the real ONNX Runtime.
 source scripts/ort.sh
 # infer/tests/scanner.rs writes scanner-style slides (JPEG 2000 SVS, OME-TIFF) with tifffile and
-# reads them with OpenSlide too (libopenslide0: .ci/run installs it; apt-get install libopenslide0).
-if ! .venv/bin/python -c "import tifffile, imagecodecs" 2>/dev/null; then
-  echo "== pip install tifffile imagecodecs into .venv"
-  .venv/bin/pip install --quiet "tifffile==2026.3.3" "imagecodecs==2026.3.6"
+# reads them with OpenSlide too: PyPI's openslide-bin (one self-contained libopenslide.so.1, no
+# root), which ftu finds in the openslide_bin package of $VIRTUAL_ENV's Python.
+if ! .venv/bin/python -c "import tifffile, imagecodecs, importlib.metadata as m, sys; sys.exit(m.version('openslide-bin') != '4.0.1.2')" 2>/dev/null; then
+  echo "== pip install tifffile imagecodecs openslide-bin into .venv"
+  .venv/bin/pip install --quiet "tifffile==2026.3.3" "imagecodecs==2026.3.6" "openslide-bin==4.0.1.2"
 fi
+export VIRTUAL_ENV="$(pwd)/.venv"
 
 # infer/tests/ort_versions.rs also runs predict on the oldest ONNX Runtime ftu is tested on: the
 # library of the onnxruntime 1.22.0 wheel (the first whose wheel ships it), unpacked into .ort-oldest/.

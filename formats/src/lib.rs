@@ -8,6 +8,7 @@ pub mod atomic;
 pub mod blocks;
 pub mod dice;
 pub mod draw;
+pub mod dylib;
 pub mod exit;
 pub mod kaggle;
 pub mod manifest;

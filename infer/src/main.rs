@@ -319,6 +319,11 @@ fn dispatch(cli: Cli) -> Result<()> {
                 let short: String = d.chars().take(200).collect();
                 println!("description: {}", short.replace(['\r', '\n'], " "));
             }
+            // Which OpenSlide reads the formats ftu's reader does not (loaded now if not yet).
+            match ftu_formats::slide::openslide::loaded() {
+                Ok(l) => println!("openslide: {} from {} ({})", l.version, l.path.display(), l.origin),
+                Err(e) => println!("openslide: none ({e})"),
+            }
         }
         Command::Inspect(a) => {
             let runtime = RuntimeArgs {

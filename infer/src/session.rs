@@ -2,10 +2,10 @@
 //! and what a model's inputs and outputs look like once ONNX Runtime has read it.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
+use ftu_formats::dylib::{self, PythonShipped};
 use ftu_formats::manifest::{ConvSearch, CudaSettings};
 use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
@@ -301,9 +301,15 @@ fn cuda_provider(device: i32, settings: &CudaSettings) -> ort::ep::CUDA {
     cuda
 }
 
+/// PyPI's `onnxruntime` and `onnxruntime-gpu`: `onnxruntime/capi/libonnxruntime.so.1.x.y`.
+pub const PYPI: PythonShipped = PythonShipped {
+    package: "onnxruntime",
+    subdir: "capi",
+};
+
 /// The candidates for libonnxruntime, in order: `ORT_DYLIB_PATH`; the folder of the running
 /// binary (and its `lib/`), as in a Kaggle bundle; the `onnxruntime` package of the active
-/// virtualenv's Python, then of `python3` on PATH.
+/// virtualenv's Python, then of `python3` on PATH (see [`ftu_formats::dylib`]).
 pub fn find_library() -> Result<PathBuf, RuntimeError> {
     let mut looked = Vec::new();
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
@@ -313,29 +319,15 @@ pub fn find_library() -> Result<PathBuf, RuntimeError> {
         }
         looked.push(format!("ORT_DYLIB_PATH={}", path.display()));
     }
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(Path::to_path_buf))
-    {
-        for dir in [dir.clone(), dir.join("lib")] {
-            if let Some(lib) = library_in(&dir) {
-                return Ok(lib);
-            }
-            looked.push(dir.display().to_string());
-        }
-    }
-    let venv = std::env::var_os("VIRTUAL_ENV").map(|v| PathBuf::from(v).join("bin").join("python"));
-    for python in venv.into_iter().chain(["python3", "python"].map(PathBuf::from)) {
-        let Some(capi) = python_onnxruntime(&python) else {
-            continue;
-        };
-        if let Some(lib) = library_in(&capi) {
-            return Ok(lib);
-        }
-        looked.push(capi.display().to_string());
-    }
-    looked.push("the onnxruntime package of python3 on PATH".to_string());
-    Err(RuntimeError::NotFound {
+    dylib::search(
+        &dylib::binary_folders(),
+        &dylib::pythons(),
+        PYPI,
+        library_in,
+        &mut looked,
+    )
+    .map(|found| found.path)
+    .ok_or_else(|| RuntimeError::NotFound {
         looked: looked.join(", "),
     })
 }
@@ -366,22 +358,6 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
         .collect();
     versioned.sort();
     versioned.pop()
-}
-
-fn python_onnxruntime(python: &Path) -> Option<PathBuf> {
-    let out = Command::new(python)
-        .args([
-            "-c",
-            "import os, onnxruntime; print(os.path.dirname(onnxruntime.__file__))",
-        ])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let dir = String::from_utf8(out.stdout).ok()?;
-    Some(PathBuf::from(dir.trim()).join("capi"))
 }
 
 /// A tensor's element type: the three ftu feeds and reads, or any other by ONNX's name for it.

@@ -4,8 +4,9 @@
 //! read a file, and the generated pixels; `predict --slides DIR --organ kidney` takes each
 //! slide's µm per pixel from its file and writes GeoJSON and masks that match the truth; without
 //! the OpenSlide library the SVS is an error saying how to install it and the rest still runs.
-//! Needs libonnxruntime, libopenslide0 and a Python with tifffile and imagecodecs (`.venv`, or
-//! FTU_PYTHON); scripts/test.sh installs them.
+//! Needs libonnxruntime, OpenSlide (PyPI's openslide-bin in `.venv`, found through
+//! VIRTUAL_ENV) and a Python with tifffile and imagecodecs (`.venv`, or FTU_PYTHON);
+//! scripts/test.sh installs them.
 
 mod common;
 
@@ -83,7 +84,8 @@ fn ftu_infer(args: &[&str], openslide: Option<&str>) -> Output {
 
 #[test]
 fn scanner_files_read_alike_and_predict_without_test_csv() {
-    ftu_formats::slide::openslide::available().expect("OpenSlide (apt-get install libopenslide0; .ci/run does)");
+    ftu_formats::slide::openslide::available()
+        .expect("OpenSlide (pip install openslide-bin into .venv, with VIRTUAL_ENV set; scripts/test.sh does)");
     let dir = scanner_files();
     let scans = dir.path().join("scans");
     let pixels = read_npy(&dir.path().join("pixels.npy"));
@@ -219,7 +221,7 @@ fn scanner_files_read_alike_and_predict_without_test_csv() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("aperio") && err.contains("apt-get install libopenslide0"),
+        err.contains("aperio") && err.contains("FTU_OPENSLIDE") && err.contains("pip install openslide-bin"),
         "{}",
         text(&o)
     );
@@ -229,4 +231,70 @@ fn scanner_files_read_alike_and_predict_without_test_csv() {
         Some("/nonexistent/libopenslide.so"),
     );
     assert!(o.status.success(), "{}", text(&o));
+}
+
+/// `inspect` of a slide says which OpenSlide it loaded: PyPI's openslide-bin (`libopenslide.so.1`)
+/// found through the virtualenv's Python with nothing else set, and the same file found in
+/// `lib/` beside a copied binary (a bundle's layout) with no Python at all.
+#[test]
+fn openslide_is_found_in_the_virtualenv_and_beside_the_binary() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let venv = repo.join(".venv");
+    let dir = tempfile::tempdir().unwrap();
+    let slide = dir.path().join("s.png");
+    image::RgbImage::from_pixel(8, 8, image::Rgb([200, 100, 50]))
+        .save(&slide)
+        .unwrap();
+    let inspect = |exe: &Path, env: &[(&str, &std::ffi::OsStr)]| {
+        let out = Command::new(exe)
+            .args(["inspect", slide.to_str().unwrap()])
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let empty = dir.path().join("empty");
+    let out = inspect(
+        Path::new(env!("CARGO_BIN_EXE_ftu-infer")),
+        &[("VIRTUAL_ENV", venv.as_os_str()), ("PATH", empty.as_os_str())],
+    );
+    let line = out.lines().find(|l| l.starts_with("openslide: ")).unwrap_or_default();
+    assert!(
+        line.starts_with("openslide: 4.")
+            && line.contains("openslide_bin/libopenslide.so.1")
+            && line.contains("(the openslide_bin package of ")
+            && line.contains(".venv/bin/python)"),
+        "{out}"
+    );
+    let library = line.split(" from ").nth(1).unwrap().split(" (").next().unwrap();
+
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir_all(bundle.join("lib")).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_ftu-infer"), bundle.join("ftu-infer")).unwrap();
+    std::fs::copy(library, bundle.join("lib/libopenslide.so.1")).unwrap();
+    let out = inspect(&bundle.join("ftu-infer"), &[("PATH", empty.as_os_str())]);
+    let want = format!(
+        "from {} (beside the binary)",
+        bundle.join("lib/libopenslide.so.1").display()
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("openslide: 4.") && l.ends_with(&want)),
+        "{out}"
+    );
+
+    // Nowhere ftu looks (unless the system has Debian's libopenslide0): inspect still reads the
+    // PNG and says how to install OpenSlide.
+    let out = inspect(
+        Path::new(env!("CARGO_BIN_EXE_ftu-infer")),
+        &[("PATH", empty.as_os_str())],
+    );
+    assert!(
+        out.contains("(the system's library path)")
+            || (out.contains("openslide: none (OpenSlide is not installed")
+                && out.contains("pip install openslide-bin")),
+        "{out}"
+    );
 }

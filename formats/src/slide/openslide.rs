@@ -1,19 +1,34 @@
 //! Scanner formats ftu's own reader does not decode — Aperio SVS with JPEG 2000 tiles, Hamamatsu
 //! NDPI, 3DHistech MRXS, Leica SCN, Philips TIFF, … — through OpenSlide's C library, loaded at
-//! run time (`libopenslide.so.0`, or the file `FTU_OPENSLIDE` names), so nothing links against
-//! it: without it every other format works as before, and a slide that needs it is an error
-//! saying how to install it. Debian/Ubuntu: `apt-get install libopenslide0`.
+//! run time, so nothing links against it: without it every other format works as before, and a
+//! slide that needs it is an error saying how to install it (`pip install openslide-bin`).
+//!
+//! The library loaded is the file `FTU_OPENSLIDE` names when it is set (and nothing else), else
+//! the first found of: `libopenslide.so.1` (OpenSlide 4) or `.so.0` (3.4) beside the binary or in
+//! its `lib/`, in the `openslide_bin` package (PyPI's `openslide-bin`) of the active virtualenv's
+//! Python or of `python3`/`python` on PATH, then on the system's library path (Debian's
+//! `libopenslide0`) — `.so.1` before `.so.0` in each place.
 
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, c_void, CStr, CString, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use super::error::{SlideError, SlideErrorKind};
 use super::rgb::RgbImage;
+use crate::dylib::{self, PythonShipped};
 
-/// Where the library is looked for when `FTU_OPENSLIDE` is unset.
-pub const LIBRARY: &str = "libopenslide.so.0";
+/// The variable that names the library to load (and turns the search off).
+pub const VARIABLE: &str = "FTU_OPENSLIDE";
+
+/// The library's file names, newest ABI first: OpenSlide 4.x, then 3.4.
+pub const NAMES: [&str; 2] = ["libopenslide.so.1", "libopenslide.so.0"];
+
+/// PyPI's `openslide-bin`: `openslide_bin/libopenslide.so.1`.
+pub const PYPI: PythonShipped = PythonShipped {
+    package: "openslide_bin",
+    subdir: "",
+};
 
 type Open = unsafe extern "C" fn(*const c_char) -> *mut c_void;
 type Close = unsafe extern "C" fn(*mut c_void);
@@ -24,10 +39,12 @@ type LevelDownsample = unsafe extern "C" fn(*mut c_void, i32) -> f64;
 type ReadRegion = unsafe extern "C" fn(*mut c_void, *mut u32, i64, i64, i32, i64, i64);
 type Property = unsafe extern "C" fn(*mut c_void, *const c_char) -> *const c_char;
 type DetectVendor = unsafe extern "C" fn(*const c_char) -> *const c_char;
+type GetVersion = unsafe extern "C" fn() -> *const c_char;
 
 /// OpenSlide's functions, resolved once.
 struct Library {
     _lib: libloading::Library,
+    loaded: Loaded,
     open: Open,
     close: Close,
     get_error: GetError,
@@ -39,40 +56,119 @@ struct Library {
     detect_vendor: DetectVendor,
 }
 
+/// Which OpenSlide this process loaded, for `ftu-infer inspect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// The file, or the name the system's loader resolved (`libopenslide.so.0`).
+    pub path: PathBuf,
+    /// Where it was found: `FTU_OPENSLIDE`, `beside the binary`, `the openslide_bin package of
+    /// .venv/bin/python`, `the system's library path`.
+    pub origin: String,
+    /// `openslide_get_version()`: `4.0.0`, `3.4.1`.
+    pub version: String,
+}
+
+/// What to try loading, in order, each with where it came from; and the places searched in vain.
+fn candidates() -> (Vec<(OsString, String)>, Vec<String>) {
+    if let Some(name) = std::env::var_os(VARIABLE) {
+        return (vec![(name, VARIABLE.to_string())], Vec::new());
+    }
+    let mut looked = Vec::new();
+    let found = dylib::search(
+        &dylib::binary_folders(),
+        &dylib::pythons(),
+        PYPI,
+        |dir| dylib::first_file(dir, &NAMES),
+        &mut looked,
+    );
+    let system = NAMES.map(|n| (OsString::from(n), "the system's library path".to_string()));
+    let list = found
+        .map(|f| (f.path.into_os_string(), f.origin.to_string()))
+        .into_iter()
+        .chain(system)
+        .collect();
+    (list, looked)
+}
+
 fn library() -> Result<&'static Library, String> {
     static LIB: OnceLock<Result<Library, String>> = OnceLock::new();
     LIB.get_or_init(|| {
-        let name = std::env::var_os("FTU_OPENSLIDE").unwrap_or_else(|| LIBRARY.into());
-        // SAFETY: loading OpenSlide runs its library constructors, which only initialise glib
-        // and its codecs; the symbols below are OpenSlide's stable C API (3.4 and 4.x).
-        unsafe {
-            let lib = libloading::Library::new(&name).map_err(|e| {
-                format!(
-                    "OpenSlide is not installed ({}: {e}); install it (Debian/Ubuntu: apt-get install libopenslide0; macOS: brew install openslide) or set FTU_OPENSLIDE to the library's path",
-                    PathBuf::from(&name).display()
-                )
-            })?;
-            macro_rules! sym {
-                ($name:literal) => {
-                    *lib.get($name).map_err(|e| format!("OpenSlide library without {}: {e}", String::from_utf8_lossy($name)))?
-                };
+        let (candidates, looked) = candidates();
+        let mut failures = Vec::new();
+        for (name, origin) in candidates {
+            match load(&name, origin) {
+                Ok(lib) => return Ok(lib),
+                Err(e) => failures.push(e),
             }
-            Ok(Library {
-                open: sym!(b"openslide_open"),
-                close: sym!(b"openslide_close"),
-                get_error: sym!(b"openslide_get_error"),
-                level_count: sym!(b"openslide_get_level_count"),
-                level_dimensions: sym!(b"openslide_get_level_dimensions"),
-                level_downsample: sym!(b"openslide_get_level_downsample"),
-                read_region: sym!(b"openslide_read_region"),
-                property: sym!(b"openslide_get_property_value"),
-                detect_vendor: sym!(b"openslide_detect_vendor"),
-                _lib: lib,
-            })
         }
+        Err(if std::env::var_os(VARIABLE).is_some() {
+            format!(
+                "OpenSlide could not be loaded from {VARIABLE} ({}); point {VARIABLE} at libopenslide.so.1 \
+                 (pip install openslide-bin puts it in site-packages/openslide_bin/), or unset it to let ftu look for it",
+                failures.join("; ")
+            )
+        } else {
+            format!(
+                "OpenSlide is not installed: no {} in {}, nor on the system's library path ({}); \
+                 install it with `pip install openslide-bin` (into the virtualenv ftu runs in, or for python3 on PATH), \
+                 or apt-get install libopenslide0 (Debian/Ubuntu), or set {VARIABLE} to the library's path",
+                NAMES.join(" or "),
+                looked.join(", "),
+                failures.join("; ")
+            )
+        })
     })
     .as_ref()
     .map_err(Clone::clone)
+}
+
+/// Loads OpenSlide from `name` (a path, or a name for the system's loader).
+fn load(name: &OsString, origin: String) -> Result<Library, String> {
+    let shown = PathBuf::from(name).display().to_string();
+    // SAFETY: loading OpenSlide runs its library constructors, which only initialise glib and its
+    // codecs; the symbols below are OpenSlide's stable C API (3.4 and 4.x).
+    unsafe {
+        let lib = libloading::Library::new(name).map_err(|e| format!("{shown}: {e}"))?;
+        macro_rules! sym {
+            ($name:literal) => {
+                *lib.get($name).map_err(|e| {
+                    format!(
+                        "{shown} is no OpenSlide library (no {}: {e})",
+                        String::from_utf8_lossy($name)
+                    )
+                })?
+            };
+        }
+        let get_version: GetVersion = sym!(b"openslide_get_version");
+        let version = get_version();
+        let version = if version.is_null() {
+            "(version unknown)".to_string()
+        } else {
+            CStr::from_ptr(version).to_string_lossy().into_owned()
+        };
+        Ok(Library {
+            loaded: Loaded {
+                path: PathBuf::from(name),
+                origin,
+                version,
+            },
+            open: sym!(b"openslide_open"),
+            close: sym!(b"openslide_close"),
+            get_error: sym!(b"openslide_get_error"),
+            level_count: sym!(b"openslide_get_level_count"),
+            level_dimensions: sym!(b"openslide_get_level_dimensions"),
+            level_downsample: sym!(b"openslide_get_level_downsample"),
+            read_region: sym!(b"openslide_read_region"),
+            property: sym!(b"openslide_get_property_value"),
+            detect_vendor: sym!(b"openslide_detect_vendor"),
+            _lib: lib,
+        })
+    }
+}
+
+/// Which OpenSlide is loaded (loading it if it has not been), or why none could be.
+pub fn loaded() -> Result<Loaded, String> {
+    library().map(|l| l.loaded.clone())
 }
 
 /// Whether OpenSlide's library could be loaded (the reason when not).
