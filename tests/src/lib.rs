@@ -1,6 +1,8 @@
 //! Helpers the cross-crate tests share: synthetic Kaggle folders, ONNX Runtime, an engine from a
-//! manifest, a whole `predict` run with the submission's ids next to test.csv's, and a trainer
-//! progress that prints nothing.
+//! manifest, a whole `predict` run with the submission's ids next to test.csv's, a trainer
+//! progress that prints nothing, and the docs' command lines ([`doc_commands`]).
+
+pub mod doc_commands;
 
 use std::path::{Path, PathBuf};
 
