@@ -5,6 +5,7 @@
 //! the ensemble manifest, and how a failed command's error reads. No ONNX Runtime and no Candle: the trainer and the engine both stand on this crate.
 
 pub mod atomic;
+pub mod blend;
 pub mod blocks;
 pub mod dice;
 pub mod draw;
@@ -14,6 +15,7 @@ pub mod kaggle;
 pub mod manifest;
 pub mod mask;
 pub mod organ;
+pub mod postprocess;
 pub mod resize;
 pub mod schema;
 pub mod slide;

@@ -6,7 +6,6 @@ pub mod bundle;
 pub mod engine;
 pub mod ensemble;
 pub mod merge;
-pub mod postprocess;
 pub mod predict;
 pub mod pseudo;
 pub mod score;

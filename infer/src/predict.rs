@@ -15,9 +15,9 @@ use serde::Serialize;
 
 use crate::engine::{Engine, EngineError, ProbMap, SlideInfo, Timings};
 use crate::ensemble::SlideMaps;
+use crate::score;
 use crate::slides::{SlideList, SlideResultRow};
 use crate::tiled::{self, TileStats};
-use crate::{postprocess, score};
 use ftu_formats::atomic::{write_atomic, AtomicFile, WriteError};
 use ftu_formats::draw::{outline_overlay, outline_overview, overlay, Layer, PRED_COLOUR, TRUTH_COLOUR};
 use ftu_formats::kaggle::Split;
@@ -25,6 +25,7 @@ use ftu_formats::manifest::{GroupMode, PostprocessSpec};
 use ftu_formats::mask::runs::{Component, RunMask, RunSums};
 use ftu_formats::mask::Mask;
 use ftu_formats::mask::{geojson, image as mask_image, rle};
+use ftu_formats::postprocess;
 use ftu_formats::schema::{self, CsvError, SubmissionRow, TestRow};
 use ftu_formats::slide::region::SlideSource;
 use ftu_formats::slide::{read_slide, RgbImage, SlideError, SlideLimits};

@@ -25,6 +25,39 @@ fn invalid(field: &str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// One option that differs between two configs: its key, and the value in each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    pub key: String,
+    pub ours: String,
+    pub theirs: String,
+}
+
+/// A config as `key.sub = value` pairs (values as TOML writes them).
+fn flatten(c: &TrainConfig) -> BTreeMap<String, String> {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) if !t.is_empty() => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    let value = toml::Value::try_from(c).expect("the config serialises");
+    walk("", &value, &mut out);
+    out
+}
+
 /// With `samples_per_epoch = 0` in resize mode, an epoch has at least this many batches.
 pub const MIN_STEPS_PER_EPOCH: usize = 8;
 
@@ -81,6 +114,10 @@ pub struct TrainConfig {
     /// [lo, hi]: a pseudo-label's pixels with lo < p < hi (the ensemble unsure) count in no
     /// loss term.
     pub pseudo_unsure: Option<[f64; 2]>,
+    /// Train and validate on these organs' slides only (every organ when empty); each slide keeps
+    /// the fold it has in a run of every organ with the same `folds` and `seed`, so the run's
+    /// out-of-fold predictions line up with such a run's, and its manifest serves these organs.
+    pub organs: Vec<Organ>,
     pub sampling: SamplingConfig,
     pub optim: OptimConfig,
     pub loss: LossConfig,
@@ -117,6 +154,7 @@ impl Default for TrainConfig {
             pseudo: None,
             pseudo_weight: 0.5,
             pseudo_unsure: None,
+            organs: Vec::new(),
             sampling: SamplingConfig::default(),
             optim: OptimConfig::default(),
             loss: LossConfig::default(),
@@ -446,6 +484,52 @@ impl TrainConfig {
         toml::to_string_pretty(self).expect("the config serialises")
     }
 
+    /// The options of the run as a whole, what RUN/config.toml holds: `fold` picks a job's
+    /// share of a run, not the run, so fold jobs of one run save the same file.
+    pub fn run_options(&self) -> TrainConfig {
+        TrainConfig {
+            fold: None,
+            ..self.clone()
+        }
+    }
+
+    /// `data`, `out`, `pretrained` and `pseudo` made absolute (against the working directory), so
+    /// a saved config means the same files from anywhere.
+    pub fn with_absolute_paths(mut self) -> Result<TrainConfig, ConfigError> {
+        let absolute = |field: &str, p: &Path| {
+            std::path::absolute(p).map_err(|e| invalid(field, format!("cannot make {} absolute: {e}", p.display())))
+        };
+        self.data = absolute("data", &self.data)?;
+        self.out = absolute("out", &self.out)?;
+        if let Some(p) = &self.pretrained {
+            self.pretrained = Some(absolute("pretrained", p)?);
+        }
+        if let Some(p) = &self.pseudo {
+            self.pseudo = Some(absolute("pseudo", p)?);
+        }
+        Ok(self)
+    }
+
+    /// The config as `key.sub = value` pairs, values as TOML writes them (`optim.lr` → `0.003`).
+    pub fn flattened(&self) -> BTreeMap<String, String> {
+        flatten(self)
+    }
+
+    /// Every option whose value differs between `self` and `other`, by its key in config.toml
+    /// (`optim.lr`), with both values as TOML writes them; in key order.
+    pub fn differences(&self, other: &TrainConfig) -> Vec<Difference> {
+        let (a, b) = (flatten(self), flatten(other));
+        let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        keys.into_iter()
+            .filter(|k| a.get(*k) != b.get(*k))
+            .map(|k| Difference {
+                key: k.clone(),
+                ours: a.get(k).cloned().unwrap_or_else(|| "(unset)".into()),
+                theirs: b.get(k).cloned().unwrap_or_else(|| "(unset)".into()),
+            })
+            .collect()
+    }
+
     /// Checks what serde cannot: ranges and combinations.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.data.as_os_str().is_empty() {
@@ -485,6 +569,12 @@ impl TrainConfig {
         }
         if self.epochs == 0 {
             return Err(invalid("epochs", "at least 1"));
+        }
+        let mut organs = self.organs.clone();
+        organs.sort_unstable();
+        organs.dedup();
+        if organs.len() != self.organs.len() {
+            return Err(invalid("organs", "each organ once"));
         }
         if self.batch == 0 {
             return Err(invalid("batch", "at least 1"));

@@ -27,6 +27,7 @@ use crate::data::{self, Batch, SlideCache};
 use crate::error::{At, Result, TrainError};
 use crate::loss_scale::{LossScale, SavedLossScale};
 use crate::optim::{self, AdamW, Ema};
+use crate::run_dir::fold_dir;
 use crate::{full_res, losses, plots, sampling};
 
 /// What the caller sees of progress.
@@ -125,10 +126,6 @@ pub fn arch_config(cfg: &TrainConfig) -> ArchConfig {
     }
 }
 
-pub(crate) fn fold_dir(cfg: &TrainConfig, k: usize) -> PathBuf {
-    cfg.out.join(format!("fold{k}"))
-}
-
 fn read_metrics(path: &Path) -> Result<Vec<Metrics>> {
     if !path.exists() {
         return Ok(Vec::new());
@@ -138,6 +135,33 @@ fn read_metrics(path: &Path) -> Result<Vec<Metrics>> {
         .deserialize()
         .collect::<Result<Vec<Metrics>, _>>()
         .at("reading", path)
+}
+
+/// RUN/metrics.csv: every fold's foldK/metrics.csv in one table, by fold and epoch. Each fold
+/// writes only its own file, so fold jobs running at once never lose each other's rows; any job
+/// may rebuild the table, and the job that finishes the run rebuilds it from the final files.
+pub(crate) fn merge_metrics(cfg: &TrainConfig) -> Result<()> {
+    let merged = cfg.out.join("metrics.csv");
+    let mut rows = Vec::new();
+    let mut without_file = Vec::new();
+    for k in 0..cfg.folds {
+        let own = fold_dir(cfg, k).join("metrics.csv");
+        if own.exists() {
+            rows.extend(read_metrics(&own)?);
+        } else {
+            without_file.push(k);
+        }
+    }
+    // Folds of runs written before the fold files keep their rows of the table.
+    if !without_file.is_empty() {
+        rows.extend(
+            read_metrics(&merged)?
+                .into_iter()
+                .filter(|m| without_file.contains(&m.fold)),
+        );
+    }
+    rows.sort_by_key(|m| (m.fold, m.epoch));
+    write_metrics(&merged, &rows)
 }
 
 fn write_metrics(path: &Path, rows: &[Metrics]) -> Result<()> {
@@ -302,7 +326,7 @@ pub(crate) struct Fold<'a> {
     /// Convolutions and matmuls in this precision; f16's loss scale.
     precision: Precision,
     loss_scale: LossScale,
-    /// RUN/metrics.csv: every fold's rows, this fold's up to where it stands.
+    /// This fold's rows of foldK/metrics.csv, up to where it stands.
     metrics: Vec<Metrics>,
     /// Training samples per epoch.
     samples: usize,
@@ -432,10 +456,19 @@ impl<'a> Fold<'a> {
         if resume && fold.path("state.json").exists() {
             fold.resume(progress)?;
         }
-        // This fold's earlier rows survive only up to where it resumes.
-        fold.metrics = read_metrics(&fold.metrics_path())?
+        // This fold's earlier rows survive only up to where it resumes (from foldK/metrics.csv,
+        // or RUN/metrics.csv in runs that kept no fold file).
+        let own = fold.path("metrics.csv");
+        let earlier = if own.exists() {
+            read_metrics(&own)?
+        } else if resume {
+            read_metrics(&fold.run_metrics_path())?
+        } else {
+            Vec::new()
+        };
+        fold.metrics = earlier
             .into_iter()
-            .filter(|m| m.fold != k || m.epoch <= fold.state.epochs_done)
+            .filter(|m| m.fold == k && m.epoch <= fold.state.epochs_done)
             .collect();
         Ok(fold)
     }
@@ -444,7 +477,7 @@ impl<'a> Fold<'a> {
         self.dir.join(name)
     }
 
-    fn metrics_path(&self) -> PathBuf {
+    fn run_metrics_path(&self) -> PathBuf {
         self.cfg.out.join("metrics.csv")
     }
 
@@ -803,11 +836,12 @@ impl<'a> Fold<'a> {
             dice_lung: organ_dice(Organ::Lung),
             seconds: took.as_secs_f64(),
         };
-        self.metrics.retain(|m| !(m.fold == k && m.epoch == epoch));
+        self.metrics.retain(|m| m.epoch != epoch);
         self.metrics.push(row);
-        self.metrics.sort_by_key(|m| (m.fold, m.epoch));
-        write_metrics(&self.metrics_path(), &self.metrics)?;
-        let mine: Vec<&Metrics> = self.metrics.iter().filter(|m| m.fold == k).collect();
+        self.metrics.sort_by_key(|m| m.epoch);
+        write_metrics(&self.path("metrics.csv"), &self.metrics)?;
+        merge_metrics(self.cfg)?;
+        let mine: Vec<&Metrics> = self.metrics.iter().collect();
         let pts = |f: fn(&Metrics) -> f64| mine.iter().map(|m| (m.epoch as f64, f(m))).collect::<Vec<_>>();
         let (loss_png, dice_png) = (self.path("loss.png"), self.path("dice.png"));
         plots::line_chart(

@@ -3,15 +3,12 @@
 //! the folds' sizes differ by at most one.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use ftu_formats::atomic::WriteError;
 use ftu_formats::schema::TrainRow;
 use ftu_formats::Organ;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
 
 /// The fold of each row, in row order.
 pub fn stratified(rows: &[TrainRow], folds: usize, seed: u64) -> Vec<usize> {
@@ -30,29 +27,6 @@ pub fn stratified(rows: &[TrainRow], folds: usize, seed: u64) -> Vec<usize> {
         }
     }
     fold_of
-}
-
-#[derive(Serialize)]
-struct FoldRow<'a> {
-    id: &'a str,
-    organ: &'a str,
-    fold: usize,
-}
-
-/// RUN/folds.csv: id, organ, fold.
-pub fn write(path: &Path, rows: &[TrainRow], fold_of: &[usize]) -> Result<(), WriteError> {
-    ftu_formats::atomic::write_atomic(path, |w| {
-        let mut csv = csv::Writer::from_writer(w);
-        for (r, &fold) in rows.iter().zip(fold_of) {
-            csv.serialize(FoldRow {
-                id: &r.id,
-                organ: r.organ.as_str(),
-                fold,
-            })
-            .map_err(std::io::Error::other)?;
-        }
-        csv.flush()
-    })
 }
 
 #[cfg(test)]

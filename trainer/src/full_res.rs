@@ -3,6 +3,7 @@
 //! against the full-resolution mask from train.csv, as the competition scored it. This is the
 //! number that picks a fold's best checkpoint and the one the threshold search maximises.
 
+use ftu_formats::blend::{combine, GroupMap};
 use ftu_formats::dice::ThresholdCounts;
 use ftu_formats::mask::rle;
 use ftu_formats::resize::resize_map;
@@ -58,19 +59,22 @@ fn score_against(full: &[f32], truth: &Mask, grid: &[f32], rle_threshold: Option
 pub type Part<'a> = (&'a [f32], (usize, usize), f32);
 
 /// Maps at training scale averaged at full resolution with weights (summing to any positive
-/// total), as ftu-infer averages the groups of a manifest; one map when given one.
+/// total), as ftu-infer averages the groups of a manifest (the same code: [`ftu_formats::blend`]).
 pub fn blend(maps: &[Part], row: &TrainRow) -> Vec<f32> {
-    let (h, w) = (row.img_height as usize, row.img_width as usize);
-    if let [(map, (mw, mh), _)] = maps {
-        return resize_map(map, *mw, *mh, w, h);
-    }
-    let total: f32 = maps.iter().map(|m| m.2).sum();
-    let mut out = vec![0f32; h * w];
-    for &(map, (mw, mh), weight) in maps {
-        let full = resize_map(map, mw, mh, w, h);
-        out.iter_mut().zip(&full).for_each(|(o, v)| *o += v * weight / total);
-    }
-    out
+    let groups = maps
+        .iter()
+        .map(|&(map, (width, height), weight)| {
+            (
+                GroupMap::Small {
+                    map: map.to_vec(),
+                    width,
+                    height,
+                },
+                weight,
+            )
+        })
+        .collect();
+    combine(row.img_width as usize, row.img_height as usize, groups)
 }
 
 #[cfg(test)]

@@ -3,10 +3,12 @@
 
 pub mod adamw_op;
 pub mod augment;
+pub mod cli;
 pub mod config;
 pub mod crops;
 pub mod data;
 pub mod device;
+pub mod ensemble;
 pub mod error;
 pub mod export;
 pub mod fold;
@@ -16,6 +18,7 @@ pub mod loss_scale;
 pub mod losses;
 pub mod optim;
 pub mod plots;
+pub mod run_dir;
 pub mod sampling;
 pub mod synth;
 pub mod thresholds;

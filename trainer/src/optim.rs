@@ -12,7 +12,10 @@ use crate::adamw_op;
 use crate::config::OptimConfig;
 
 /// The learning rate at optimiser step `step` of `total`: linear warmup from 0, then cosine
-/// decay from `lr` to `min_lr`.
+/// decay from `lr` to `min_lr`. `total` is the steps of the epochs the run has now: a run
+/// extended with `--resume --epochs N` goes on from the step it stopped at along the curve of an
+/// N-epoch run — the rate rises from `min_lr` to that curve's value there (a warm restart) and
+/// decays with it to `min_lr` at the new end.
 pub fn learning_rate(cfg: &OptimConfig, step: usize, total: usize) -> f64 {
     if step < cfg.warmup_steps {
         return cfg.lr * (step + 1) as f64 / cfg.warmup_steps as f64;

@@ -25,7 +25,8 @@ use crate::data::{self, SlideCache};
 use crate::error::At;
 pub use crate::error::{Result, TrainError};
 pub use crate::fold::{arch_config, FoldResult, Metrics, Progress};
-use crate::fold::{fold_dir, train_fold, write_json, FoldState};
+use crate::fold::{train_fold, write_json, FoldState};
+use crate::run_dir::{self, fold_dir, RunMode};
 use crate::{folds, full_res, thresholds};
 
 pub struct RunSummary {
@@ -47,10 +48,21 @@ struct Group {
 }
 
 /// Runs the configured folds (at each size) and writes the manifest. `resume` continues fold
-/// checkpoints.
+/// checkpoints; see [`run_with`] for the other ways into an existing run folder.
 pub fn run(cfg: &TrainConfig, resume: bool, progress: &mut dyn Progress) -> Result<RunSummary> {
-    cfg.validate()?;
-    save_config(cfg, resume)?;
+    run_with(
+        cfg,
+        RunMode {
+            resume,
+            overwrite: false,
+        },
+        progress,
+    )
+}
+
+/// The run's labelled slides and the fold of each: the stratified split of every slide of
+/// train.csv, then (with `organs`) only those organs' slides, each keeping its fold.
+pub fn slides_and_folds(cfg: &TrainConfig) -> Result<(Vec<TrainRow>, Vec<usize>)> {
     let train_csv = ftu_formats::kaggle::Split::Train.csv(&cfg.data);
     let rows = ftu_formats::schema::read_train(&train_csv).at("reading", &train_csv)?;
     if rows.len() < cfg.folds {
@@ -62,11 +74,52 @@ pub fn run(cfg: &TrainConfig, resume: bool, progress: &mut dyn Progress) -> Resu
         )));
     }
     let fold_of = folds::stratified(&rows, cfg.folds, cfg.seed);
-    folds::write(&cfg.out.join("folds.csv"), &rows, &fold_of)?;
+    if cfg.organs.is_empty() {
+        return Ok((rows, fold_of));
+    }
+    let (rows, fold_of): (Vec<TrainRow>, Vec<usize>) = rows
+        .into_iter()
+        .zip(fold_of)
+        .filter(|(r, _)| cfg.organs.contains(&r.organ))
+        .unzip();
+    let organs: Vec<&str> = cfg.organs.iter().map(|o| o.as_str()).collect();
+    for k in 0..cfg.folds {
+        if !fold_of.contains(&k) {
+            return Err(TrainError::Run(format!(
+                "{}: the {} slides of {} leave fold {k} of {} without a validation slide; use fewer folds",
+                train_csv.display(),
+                rows.len(),
+                organs.join(", "),
+                cfg.folds
+            )));
+        }
+    }
+    Ok((rows, fold_of))
+}
+
+/// [`run`] with the rules of [`crate::run_dir`] for an `--out` that holds a run: `--resume`,
+/// `--overwrite`, and fold jobs (`fold = K`) joining the run's folder. The inputs (train.csv,
+/// the pretrained file, pseudo-labels) are checked before anything is written. The run's
+/// manifest is written once every fold (at every size) has finished, by whichever job finishes
+/// last, so no manifest ever lacks a finished fold.
+pub fn run_with(cfg: &TrainConfig, mode: RunMode, progress: &mut dyn Progress) -> Result<RunSummary> {
+    cfg.validate()?;
+    let (rows, fold_of) = slides_and_folds(cfg)?;
+    if let Some(path) = &cfg.pretrained {
+        if !path.is_file() {
+            return Err(TrainError::Run(format!(
+                "pretrained: {} is not a file (a timm or Hugging Face model.safetensors)",
+                path.display()
+            )));
+        }
+    }
     let pseudo = match &cfg.pseudo {
         Some(path) => schema::read_pseudo(path).at("reading", path)?,
         None => Vec::new(),
     };
+    run_dir::claim(cfg, mode)?;
+    run_dir::write_folds(&cfg.out, &rows, &fold_of)?;
+    let resume = mode.resume;
     if cfg.workers > 0 {
         // Ignored when a global pool already exists (a second run in one process).
         let _ = rayon::ThreadPoolBuilder::new().num_threads(cfg.workers).build_global();
@@ -74,7 +127,13 @@ pub fn run(cfg: &TrainConfig, resume: bool, progress: &mut dyn Progress) -> Resu
 
     if cfg.sizes.is_empty() {
         let (folds, group) = train_size(cfg, &rows, &pseudo, &fold_of, resume, progress)?;
-        let written = group.map(|g| write_manifest(cfg, &rows, &fold_of, &[g])).transpose()?;
+        let written = match group {
+            Some(g) => Some(write_manifest(cfg, &rows, &fold_of, &[g])?),
+            None => {
+                waiting(cfg, progress);
+                None
+            }
+        };
         return Ok(summary(folds, written));
     }
     let mut all = Vec::new();
@@ -82,8 +141,8 @@ pub fn run(cfg: &TrainConfig, resume: bool, progress: &mut dyn Progress) -> Resu
     for (i, &size) in cfg.sizes.iter().enumerate() {
         let sub = cfg.at_size(size);
         progress.finish(&format!("size {size}²: {}", sub.out.display()));
-        save_config(&sub, resume)?;
-        folds::write(&sub.out.join("folds.csv"), &rows, &fold_of)?;
+        run_dir::write_size_config(&sub)?;
+        run_dir::write_folds(&sub.out, &rows, &fold_of)?;
         let (folds, group) = train_size(&sub, &rows, &pseudo, &fold_of, resume, progress)?;
         all.extend(folds);
         if let Some(mut g) = group {
@@ -96,15 +155,32 @@ pub fn run(cfg: &TrainConfig, resume: bool, progress: &mut dyn Progress) -> Resu
                 None => 1.0,
             };
             groups.push(g);
+        } else {
+            waiting(&sub, progress);
         }
     }
-    // The joint manifest once every size has finished folds.
+    // The joint manifest once every size has finished every fold.
     let written = if groups.len() == cfg.sizes.len() {
         Some(write_manifest(cfg, &rows, &fold_of, &groups)?)
     } else {
         None
     };
     Ok(summary(all, written))
+}
+
+/// Says which folds are still to finish before the manifest is written.
+fn waiting(cfg: &TrainConfig, progress: &mut dyn Progress) {
+    let open: Vec<String> = (0..cfg.folds)
+        .filter(|&k| !run_dir::fold_finished(cfg, k))
+        .map(|k| k.to_string())
+        .collect();
+    progress.finish(&format!(
+        "{}: {} of {} folds finished; the manifest is written when fold(s) {} finish (by their job, or by `ftu-train train --resume`)",
+        cfg.out.display(),
+        cfg.folds - open.len(),
+        cfg.folds,
+        open.join(", ")
+    ));
 }
 
 fn summary(folds: Vec<FoldResult>, written: Option<(PathBuf, thresholds::Thresholds)>) -> RunSummary {
@@ -116,27 +192,8 @@ fn summary(folds: Vec<FoldResult>, written: Option<(PathBuf, thresholds::Thresho
     }
 }
 
-/// RUN/config.toml; with `resume`, a saved one must hold the same options.
-fn save_config(cfg: &TrainConfig, resume: bool) -> Result<()> {
-    std::fs::create_dir_all(&cfg.out).at("creating", &cfg.out)?;
-    let config_path = cfg.out.join("config.toml");
-    if resume && config_path.exists() {
-        let saved = TrainConfig::from_toml_file(&config_path)?;
-        if saved != *cfg {
-            return Err(TrainError::Run(format!(
-                "--resume: the options differ from the run's {}; resume with the same options",
-                config_path.display()
-            )));
-        }
-    }
-    let text = cfg.to_toml();
-    Ok(ftu_formats::atomic::write_atomic(&config_path, |w| {
-        std::io::Write::write_all(w, text.as_bytes())
-    })?)
-}
-
-/// The folds at `cfg.size`; the group of every fold of the run that has finished (folds may run
-/// separately), if any has.
+/// The folds at `cfg.size` (all of them, or the job's `fold`); the group of the run's folds when
+/// every one has finished (folds may run as separate jobs).
 fn train_size(
     cfg: &TrainConfig,
     rows: &[TrainRow],
@@ -201,13 +258,8 @@ fn train_size(
             cfg, arch, &device, &cache, fold_of, k, &norm, resume, progress,
         )?);
     }
-    let finished: Vec<usize> = (0..cfg.folds)
-        .filter(|k| {
-            let dir = fold_dir(cfg, *k);
-            dir.join("model.onnx").exists() && dir.join("oof.safetensors").exists()
-        })
-        .collect();
-    if finished.is_empty() {
+    let finished: Vec<usize> = (0..cfg.folds).filter(|&k| run_dir::fold_finished(cfg, k)).collect();
+    if finished.len() < cfg.folds {
         return Ok((results, None));
     }
     let fold_dice = finished
@@ -269,6 +321,9 @@ fn write_manifest(
     fold_of: &[usize],
     groups: &[Group],
 ) -> Result<(PathBuf, thresholds::Thresholds)> {
+    for g in groups {
+        crate::fold::merge_metrics(&g.cfg)?;
+    }
     let e = &cfg.ensemble;
     let grid = thresholds::grid(e.threshold_from, e.threshold_to, e.threshold_step);
     let grid32 = thresholds::as_f32(&grid);
@@ -333,6 +388,11 @@ fn write_manifest(
                 norm: Some(g.cfg.norm.clone()),
                 output: Some(OutputRef::Name("logits".into())),
                 activation: Some("sigmoid".into()),
+                organs: (!g.cfg.organs.is_empty()).then(|| {
+                    let mut organs = g.cfg.organs.clone();
+                    organs.sort();
+                    organs.iter().map(|o| o.to_string()).collect()
+                }),
                 ..Default::default()
             })
             .collect(),

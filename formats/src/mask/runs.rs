@@ -103,6 +103,56 @@ impl RunMask {
         self.rows.iter().flatten().map(|&(s, e)| (e - s) as u64).sum()
     }
 
+    /// Pixels of a dense row-major map above `threshold`.
+    pub fn from_map(map: &[f32], height: usize, width: usize, threshold: f32) -> RunMask {
+        assert_eq!(map.len(), height * width, "a map of {width}×{height}");
+        let rows = map
+            .chunks_exact(width.max(1))
+            .take(height)
+            .map(|line| {
+                let mut row = Vec::new();
+                push_runs(&mut row, 0, width, |x| line[x] > threshold);
+                row
+            })
+            .collect();
+        RunMask { width, height, rows }
+    }
+
+    /// Pixels in both masks (of one size).
+    pub fn overlap(&self, other: &RunMask) -> u64 {
+        assert_eq!(
+            (self.height, self.width),
+            (other.height, other.width),
+            "masks of one size"
+        );
+        let mut both = 0u64;
+        for (a, b) in self.rows.iter().zip(&other.rows) {
+            let (mut i, mut j) = (0, 0);
+            while i < a.len() && j < b.len() {
+                let (s, e) = (a[i].0.max(b[j].0), a[i].1.min(b[j].1));
+                if s < e {
+                    both += (e - s) as u64;
+                }
+                if a[i].1 < b[j].1 {
+                    i += 1;
+                } else {
+                    j += 1;
+                }
+            }
+        }
+        both
+    }
+
+    /// The competition's Dice of this mask against `truth` (1 when both are empty).
+    pub fn dice(&self, truth: &RunMask) -> f64 {
+        let sum = self.count() + truth.count();
+        if sum == 0 {
+            1.0
+        } else {
+            2.0 * self.overlap(truth) as f64 / sum as f64
+        }
+    }
+
     pub fn get(&self, y: usize, x: usize) -> bool {
         let x = x as u32;
         let row = &self.rows[y];
@@ -394,6 +444,27 @@ mod tests {
             prop_assert_eq!(runs.count(), mask.count() as u64);
             let back = runs.complement().complement();
             prop_assert_eq!(back, runs);
+        }
+
+        #[test]
+        fn overlap_and_dice_on_runs_equal_the_dense_ones(a in random_mask(), seed in 0u64..1000) {
+            // A second mask of the same size: `a` with pixels flipped by a seeded pattern.
+            let (h, w) = (a.height(), a.width());
+            let flipped: Vec<u8> = a
+                .data()
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| v ^ u8::from((i as u64 * 2654435761 + seed) % 3 == 0))
+                .collect();
+            let b = Mask::from_row_major(h, w, flipped).unwrap();
+            let both = a.data().iter().zip(b.data()).filter(|(x, y)| **x == 1 && **y == 1).count() as u64;
+            let (ra, rb) = (RunMask::from_mask(&a), RunMask::from_mask(&b));
+            prop_assert_eq!(ra.overlap(&rb), both);
+            let sum = a.count() + b.count();
+            let dice = if sum == 0 { 1.0 } else { 2.0 * both as f64 / sum as f64 };
+            prop_assert!((ra.dice(&rb) - dice).abs() < 1e-12);
+            let map: Vec<f32> = a.data().iter().map(|&v| v as f32 * 0.8 + 0.1).collect();
+            prop_assert_eq!(RunMask::from_map(&map, h, w, 0.5), ra);
         }
 
         #[test]

@@ -1,8 +1,8 @@
 //! Mask clean-up per organ, on row runs so whole-slide masks never go dense: drop components
 //! smaller than an area, fill holes smaller than an area, then grow or shrink by a disc.
 
-use ftu_formats::manifest::PostprocessSpec;
-use ftu_formats::mask::runs::{normalised, RunMask};
+use crate::manifest::PostprocessSpec;
+use crate::mask::runs::{normalised, RunMask};
 
 /// Applies a spec; areas in µm² use the slide's `pixel_size`.
 pub fn apply(mask: RunMask, spec: &PostprocessSpec, pixel_size: f64) -> RunMask {
@@ -91,8 +91,8 @@ pub fn erode(mask: &RunMask, r: u32) -> RunMask {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ftu_formats::manifest::Area;
-    use ftu_formats::mask::Mask;
+    use crate::manifest::Area;
+    use crate::mask::Mask;
 
     fn mask_of(rows: &[&str]) -> RunMask {
         let (h, w) = (rows.len(), rows[0].len());
