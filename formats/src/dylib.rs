@@ -1,7 +1,9 @@
 //! Where ftu looks for the shared libraries it loads at run time without linking them (ONNX
 //! Runtime, OpenSlide): the running binary's folder and its `lib/` (a bundle), then the Python
 //! package pip installs the library with (`onnxruntime`, `openslide-bin`) in the active
-//! virtualenv's Python, then in `python3` and `python` on PATH. Each caller puts its own variable
+//! virtualenv's Python, then in `python3` and `python` on PATH. Before the virtualenv's, the
+//! Python beside the binary is asked: a wheel installs the binary in an environment's `bin/`,
+//! next to that environment's `python`, activated or not. Each caller puts its own variable
 //! (`ORT_DYLIB_PATH`, `FTU_OPENSLIDE`) before these places and the system's loader after them.
 
 use std::path::{Path, PathBuf};
@@ -50,11 +52,19 @@ pub fn binary_folders() -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// The Pythons asked, in order: the active virtualenv's (`$VIRTUAL_ENV/bin/python`), then
-/// `python3` and `python` on PATH.
+/// The Pythons asked, in order: the one beside the running binary (`pip install ftu-infer` puts
+/// the binary in the environment's `bin/`, next to its `python`, whether or not the environment
+/// is activated), the active virtualenv's (`$VIRTUAL_ENV/bin/python`), then `python3` and
+/// `python` on PATH.
 pub fn pythons() -> Vec<PathBuf> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("python")))
+        .filter(|p| p.is_file());
     let venv = std::env::var_os("VIRTUAL_ENV").map(|v| PathBuf::from(v).join("bin").join("python"));
-    venv.into_iter()
+    beside
+        .into_iter()
+        .chain(venv)
         .chain(["python3", "python"].map(PathBuf::from))
         .collect()
 }

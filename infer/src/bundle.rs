@@ -7,6 +7,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use ftu_formats::manifest::{Manifest, ManifestError, ManifestFile};
+use object::elf::FileHeader64;
+use object::read::elf::FileHeader;
+use object::Endianness;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -21,6 +24,8 @@ pub enum BundleError {
          or FTU_ORT_PACKAGE=onnxruntime-gpu with scripts/ort.sh) and point ORT_DYLIB_PATH at its libonnxruntime"
     )]
     NoCudaProvider { name: String, library: PathBuf },
+    #[error("{path}: not a 64-bit ELF executable ftu can read ({cause})")]
+    NotElf { path: PathBuf, cause: object::read::Error },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
@@ -151,7 +156,8 @@ fn build(req: &BundleRequest, tmp: &Path, file: &mut ManifestFile, dir: &Path) -
         }
     }
     let readme = tmp.join("README.md");
-    std::fs::write(&readme, readme_text(req.gpu)).map_err(io(&readme))?;
+    let binary_info = inspect_binary(&req.binary)?.describe();
+    std::fs::write(&readme, readme_text(req.gpu, &binary_info)).map_err(io(&readme))?;
     summary.files.push("README.md".into());
 
     // The bundle's own manifest must load where it is.
@@ -159,14 +165,14 @@ fn build(req: &BundleRequest, tmp: &Path, file: &mut ManifestFile, dir: &Path) -
     Ok(summary)
 }
 
-fn readme_text(gpu: bool) -> String {
+fn readme_text(gpu: bool, binary_info: &str) -> String {
     let device = if gpu { " --device cuda" } else { "" };
     format!(
         r#"# ftu-infer bundle
 
 Everything needed to predict with this ensemble, with no internet and no other files:
 
-- `ftu-infer` — the binary; it loads `lib/libonnxruntime*` from beside itself{gpu_line}
+- `ftu-infer` — the binary ({binary_info}); it loads `lib/libonnxruntime*` from beside itself{gpu_line}
 - `manifest.toml` — the ensemble (models in `models/`, paths relative to the manifest)
 
 ## On Kaggle
@@ -196,4 +202,266 @@ Datasets are mounted read-only and may lose the executable bit, hence the copy a
         },
         accel = if gpu { ", GPU accelerator on" } else { "" },
     )
+}
+
+// Which ftu-infer a bundle ships: one that runs on old Linux (it asks glibc for no version newer
+// than 2.28, manylinux_2_28's floor and that of the onnxruntime and openslide-bin wheels) and
+// carries no debug info, as `scripts/portable.sh` builds it; read from the ELF file's version
+// requirements (`.gnu.version_r`), as `objdump -T` shows them.
+
+/// The newest glibc a portable binary may ask for.
+pub const GLIBC_FLOOR: GlibcVersion = GlibcVersion(2, 28);
+
+/// Where `scripts/portable.sh` puts its ftu-infer, relative to the cargo target folder.
+pub const PORTABLE_BUILD: &str = "portable/x86_64-unknown-linux-gnu/dist/ftu-infer";
+
+/// A glibc symbol version, `GLIBC_2.28` as (2, 28).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GlibcVersion(pub u32, pub u32);
+
+impl std::fmt::Display for GlibcVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.0, self.1)
+    }
+}
+
+impl GlibcVersion {
+    /// `GLIBC_2.28` → (2, 28), `GLIBC_2.2.5` → (2, 2); `None` for other names (`GLIBC_PRIVATE`,
+    /// `GCC_3.0`).
+    pub fn parse(name: &str) -> Option<GlibcVersion> {
+        let mut parts = name.strip_prefix("GLIBC_")?.split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next().map_or(Some(0), |m| m.parse().ok())?;
+        Some(GlibcVersion(major, minor))
+    }
+}
+
+/// What a binary needs to run and how big it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BinaryInfo {
+    pub path: PathBuf,
+    /// The newest `GLIBC_x.y` it asks for (`None`: none, as for a static binary).
+    pub newest_glibc: Option<GlibcVersion>,
+    /// Whether it has debug sections or a symbol table.
+    pub debug_info: bool,
+    pub bytes: u64,
+}
+
+impl BinaryInfo {
+    /// Runs where glibc 2.28 or newer is, and carries no debug info.
+    pub fn portable(&self) -> bool {
+        self.newest_glibc.is_none_or(|v| v <= GLIBC_FLOOR) && !self.debug_info
+    }
+
+    /// `glibc ≥ 2.34, debug info, 82.1 MB`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}, {}, {:.1} MB",
+            self.newest_glibc
+                .map_or("no glibc version needed".to_string(), |v| format!("needs glibc ≥ {v}")),
+            if self.debug_info { "with debug info" } else { "stripped" },
+            self.bytes as f64 / 1e6
+        )
+    }
+}
+
+/// Reads the glibc versions `path` asks for and whether it carries debug info.
+pub fn inspect_binary(path: &Path) -> Result<BinaryInfo, BundleError> {
+    let data = std::fs::read(path).map_err(|cause| BundleError::Io {
+        path: path.to_path_buf(),
+        cause,
+    })?;
+    let not_elf = |cause| BundleError::NotElf {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let data = &data[..];
+    let header = FileHeader64::<Endianness>::parse(data).map_err(not_elf)?;
+    let endian = header.endian().map_err(not_elf)?;
+    let sections = header.sections(endian, data).map_err(not_elf)?;
+    let mut newest = None;
+    if let Some((mut needs, link)) = sections.gnu_verneed(endian, data).map_err(not_elf)? {
+        let strings = sections.strings(endian, data, link).map_err(not_elf)?;
+        while let Some((_, mut aux)) = needs.next().map_err(not_elf)? {
+            while let Some(version) = aux.next().map_err(not_elf)? {
+                let name = version.name(endian, strings).map_err(not_elf)?;
+                if let Some(v) = std::str::from_utf8(name).ok().and_then(GlibcVersion::parse) {
+                    newest = newest.max(Some(v));
+                }
+            }
+        }
+    }
+    let debug_info = sections.iter().any(|s| {
+        sections
+            .section_name(endian, s)
+            .is_ok_and(|n| n.starts_with(b".debug_") || n == b".symtab")
+    });
+    Ok(BinaryInfo {
+        path: path.to_path_buf(),
+        newest_glibc: newest,
+        debug_info,
+        bytes: data.len() as u64,
+    })
+}
+
+/// The ftu-infer a bundle ships, and a warning when it is not portable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BinaryChoice {
+    pub binary: BinaryInfo,
+    pub warning: Option<String>,
+}
+
+/// The ftu-infer a bundle ships: `running` when it is portable; else the portable build
+/// `scripts/portable.sh` leaves in the cargo target folder `running` was built in
+/// (`target/portable/…` for `target/release/ftu-infer`); else `running`, with a warning saying
+/// what it needs and how to make a portable one. `inspect` reads a file (the real one:
+/// [`inspect_binary`]).
+pub fn choose_binary(
+    running: &Path,
+    inspect: impl Fn(&Path) -> Result<BinaryInfo, BundleError>,
+) -> Result<BinaryChoice, BundleError> {
+    let here = inspect(running)?;
+    if here.portable() {
+        return Ok(BinaryChoice {
+            binary: here,
+            warning: None,
+        });
+    }
+    let portable_build = running
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("target"))
+        .join(PORTABLE_BUILD);
+    // A portable build older than the running binary may lack what was built since: not taken.
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let stale = matches!((modified(&portable_build), modified(running)), (Some(p), Some(r)) if p < r);
+    if portable_build.is_file() && !stale {
+        let candidate = inspect(&portable_build)?;
+        if candidate.portable() {
+            return Ok(BinaryChoice {
+                binary: candidate,
+                warning: None,
+            });
+        }
+    }
+    let warning = format!(
+        "the bundle's ftu-infer ({}) is this machine's build, {}: it runs only on Linux with glibc {} \
+         or newer{}; {} scripts/portable.sh (found then as {}), or run `bundle` with a portable ftu-infer",
+        here.path.display(),
+        here.describe(),
+        here.newest_glibc.unwrap_or(GLIBC_FLOOR),
+        if here.newest_glibc.is_some_and(|v| v > GlibcVersion(2, 35)) {
+            " (not on Kaggle's notebooks: glibc 2.35)"
+        } else {
+            ""
+        },
+        if stale {
+            "the portable build there is older than this binary: rerun"
+        } else {
+            "build a portable one with"
+        },
+        portable_build.display()
+    );
+    Ok(BinaryChoice {
+        warning: Some(warning),
+        binary: here,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glibc_versions_parse_and_order() {
+        assert_eq!(GlibcVersion::parse("GLIBC_2.28"), Some(GlibcVersion(2, 28)));
+        assert_eq!(GlibcVersion::parse("GLIBC_2.2.5"), Some(GlibcVersion(2, 2)));
+        assert_eq!(GlibcVersion::parse("GLIBC_PRIVATE"), None);
+        assert_eq!(GlibcVersion::parse("GCC_3.0"), None);
+        assert!(GlibcVersion(2, 34) > GLIBC_FLOOR && GlibcVersion(2, 3) < GLIBC_FLOOR);
+        assert!(GlibcVersion(2, 9) < GlibcVersion(2, 10), "numeric, not text, order");
+    }
+
+    fn info(path: &str, glibc: GlibcVersion, debug_info: bool) -> BinaryInfo {
+        BinaryInfo {
+            path: path.into(),
+            newest_glibc: Some(glibc),
+            debug_info,
+            bytes: 1,
+        }
+    }
+
+    /// The running binary when portable > the portable build beside it > the running binary with
+    /// a warning naming what it needs and scripts/portable.sh.
+    #[test]
+    fn the_portable_binary_is_preferred_and_a_local_build_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let release = dir.path().join("target/release/ftu-infer");
+        let portable = dir.path().join("target").join(PORTABLE_BUILD);
+        let fake = |p: &Path| {
+            Ok(if p == portable {
+                info("portable", GlibcVersion(2, 28), false)
+            } else {
+                info("release", GlibcVersion(2, 36), true)
+            })
+        };
+        // No portable build yet: the running one, with the warning.
+        let c = choose_binary(&release, fake).unwrap();
+        assert_eq!(c.binary.path, PathBuf::from("release"));
+        let w = c.warning.unwrap();
+        assert!(
+            w.contains("glibc 2.36 or newer") && w.contains("not on Kaggle's") && w.contains("scripts/portable.sh"),
+            "{w}"
+        );
+        assert!(w.contains(&portable.display().to_string()), "{w}");
+        // The portable build exists: it is taken; a portable running one is shipped as it is.
+        std::fs::create_dir_all(portable.parent().unwrap()).unwrap();
+        std::fs::write(&portable, b"").unwrap();
+        let c = choose_binary(&release, fake).unwrap();
+        assert_eq!((c.binary.path, c.warning), (PathBuf::from("portable"), None));
+        let c = choose_binary(&portable, fake).unwrap();
+        assert_eq!((c.binary.path, c.warning), (PathBuf::from("portable"), None));
+        // A portable build older than the running binary is not taken, and the warning says so.
+        std::fs::create_dir_all(release.parent().unwrap()).unwrap();
+        std::fs::write(&release, b"").unwrap();
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&portable)
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+        let c = choose_binary(&release, fake).unwrap();
+        assert_eq!(c.binary.path, PathBuf::from("release"));
+        assert!(c
+            .warning
+            .unwrap()
+            .contains("older than this binary: rerun scripts/portable.sh"));
+    }
+
+    /// The parser agrees with objdump on this test binary (built on this machine, so it asks for
+    /// some GLIBC_2.x), where objdump is installed.
+    #[test]
+    fn the_newest_glibc_is_what_objdump_shows() {
+        let exe = std::env::current_exe().unwrap();
+        let got = inspect_binary(&exe).unwrap();
+        let newest = got.newest_glibc.expect("a dynamically linked test binary");
+        assert!(newest >= GlibcVersion(2, 2), "{newest}");
+        let Ok(out) = std::process::Command::new("objdump").arg("-T").arg(&exe).output() else {
+            eprintln!("no objdump: the parser's result is not cross-checked");
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let want = text
+            .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+            .filter_map(GlibcVersion::parse)
+            .max();
+        assert_eq!(Some(newest), want);
+        let text_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(text_file.path(), b"#!/bin/sh\n").unwrap();
+        assert!(matches!(
+            inspect_binary(text_file.path()),
+            Err(BundleError::NotElf { .. })
+        ));
+    }
 }

@@ -277,7 +277,19 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Predict(a) => run_predict(a)?,
         Command::Pseudo(a) => run_pseudo(a)?,
         Command::Bundle(a) => {
-            let binary = std::env::current_exe().context("locating the ftu-infer binary")?;
+            let running = std::env::current_exe().context("locating the ftu-infer binary")?;
+            // This binary if it is portable, else scripts/portable.sh's build beside it, else
+            // this one with a warning.
+            let choice = ftu_infer::bundle::choose_binary(&running, ftu_infer::bundle::inspect_binary)?;
+            if let Some(w) = &choice.warning {
+                eprintln!("warning: {w}");
+            }
+            eprintln!(
+                "binary: {} ({})",
+                choice.binary.path.display(),
+                choice.binary.describe()
+            );
+            let binary = choice.binary.path.clone();
             let library = ftu_infer::session::find_library()?;
             let request = ftu_infer::bundle::BundleRequest {
                 manifest: a.manifest.clone(),

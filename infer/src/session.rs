@@ -308,8 +308,9 @@ pub const PYPI: PythonShipped = PythonShipped {
 };
 
 /// The candidates for libonnxruntime, in order: `ORT_DYLIB_PATH`; the folder of the running
-/// binary (and its `lib/`), as in a Kaggle bundle; the `onnxruntime` package of the active
-/// virtualenv's Python, then of `python3` on PATH (see [`ftu_formats::dylib`]).
+/// binary (and its `lib/`), as in a Kaggle bundle; the `onnxruntime` package of the Python beside
+/// the binary (a wheel's install), of the active virtualenv's, then of `python3` on PATH (see
+/// [`ftu_formats::dylib`]).
 pub fn find_library() -> Result<PathBuf, RuntimeError> {
     let mut looked = Vec::new();
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {

@@ -362,6 +362,28 @@ fn a_bundle_copied_elsewhere_predicts_the_same_submission() {
         readme.contains("/kaggle/input/") && readme.contains("chmod +x"),
         "{readme}"
     );
+    // The test build needs this machine's glibc and has symbols: the bundle ships it and says
+    // what it needs and how to make a portable one (scripts/portable.sh's build, when newer
+    // than this binary, would have been taken instead, with no warning).
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let shipped = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("binary: "))
+        .unwrap_or_default();
+    if shipped.contains("/portable/") {
+        assert!(
+            shipped.contains("glibc ≥ 2.") && shipped.contains("stripped") && !stderr.contains("warning"),
+            "{stderr}"
+        );
+    } else {
+        assert!(
+            shipped.starts_with(env!("CARGO_BIN_EXE_ftu-infer"))
+                && stderr.contains("warning: the bundle's ftu-infer")
+                && stderr.contains("scripts/portable.sh"),
+            "{stderr}"
+        );
+    }
+    assert!(readme.contains("(needs glibc ≥ 2."), "{readme}");
 
     // Elsewhere, with nothing else: no ORT_DYLIB_PATH, no virtualenv, a bare PATH.
     let elsewhere = tempfile::tempdir().unwrap();
