@@ -212,6 +212,10 @@ struct PredictArgs {
     /// (keeping them in memory, up to 4 GiB) and print that limit next to predict's own times.
     #[arg(long)]
     bench_limit: bool,
+    /// Refuse to run when the manifest contradicts what a model states in its metadata (a norm
+    /// other than its ftu.norm, a group size over 2× from its ftu.train_size) instead of warning.
+    #[arg(long)]
+    strict: bool,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -454,7 +458,7 @@ fn run_predict(a: PredictArgs) -> Result<()> {
     let reader = predict::SlideReader::start(&opts, predict::reads_tiles(&manifest))
         .with_context(|| format!("predicting {what}"))?;
     let loaded_at = std::time::Instant::now();
-    let (mut engine, runtime) = load_engine_from(manifest, &a.runtime)?;
+    let (mut engine, runtime) = load_engine_from(manifest, &a.runtime, a.strict)?;
     let loaded = loaded_at.elapsed();
     if a.bench_limit {
         engine.record_batches(4 << 30);
@@ -505,19 +509,36 @@ fn run_pseudo(a: PseudoArgs) -> Result<()> {
 
 /// The manifest's ensemble on the asked-for runtime, with what it loaded said on stderr.
 fn load_engine(manifest: &Path, runtime: &RuntimeArgs) -> Result<(Engine, Runtime)> {
-    load_engine_from(Manifest::load(manifest)?, runtime)
+    load_engine_from(Manifest::load(manifest)?, runtime, false)
 }
 
-fn load_engine_from(manifest: Manifest, runtime: &RuntimeArgs) -> Result<(Engine, Runtime)> {
+/// With `strict`, a manifest that contradicts what a model states is refused, not warned about.
+fn load_engine_from(manifest: Manifest, runtime: &RuntimeArgs, strict: bool) -> Result<(Engine, Runtime)> {
     let runtime = runtime.load_with(manifest.cuda)?;
     eprintln!(
         "ONNX Runtime {} on {}",
         runtime.library.display(),
         runtime.options().device
     );
-    let engine = Engine::load(manifest, &runtime)?;
+    let engine = Engine::load_checked(manifest, &runtime, strict)?;
     if let Some(note) = runtime.fallback() {
         eprintln!("warning: {note}");
+    }
+    for (spec, described, norm) in engine.described() {
+        let from = match spec.norm {
+            Some(_) => "the manifest's",
+            None => "the model's ftu.norm",
+        };
+        eprintln!(
+            "{}: {} ({}), norm {} ({from})",
+            spec.field,
+            spec.path.display(),
+            described.summary(),
+            ftu_infer::engine::describe::norm_name(norm, spec.channels)
+        );
+    }
+    for w in engine.warnings() {
+        eprintln!("warning: {w}");
     }
     let m = engine.manifest();
     eprintln!(

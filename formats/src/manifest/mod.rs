@@ -209,7 +209,9 @@ pub struct ModelSpec {
     pub field: String,
     pub path: PathBuf,
     pub weight: f32,
-    pub norm: Normalisation,
+    /// `None` when the manifest leaves it out: the engine then takes the one the model states in
+    /// its metadata (`ftu.norm`), and refuses a model that states none.
+    pub norm: Option<Normalisation>,
     pub channels: ChannelOrder,
     pub output: OutputRef,
     pub activation: Activation,
@@ -649,14 +651,12 @@ fn parse_model(m: ModelFile, name: &str, dir: &Path) -> Result<ModelSpec, FieldE
         Some(other) => return Err(err("channels", format!("`{other}`: expected rgb or bgr"))),
     };
     let norm = match (m.norm.as_deref().map(str::to_ascii_lowercase), m.mean, m.std) {
-        (Some(n), None, None) => Normalisation::named(&n, channels)
-            .ok_or_else(|| err("norm", format!("`{n}`: expected imagenet, unit, pm1, or mean and std")))?,
-        (None, None, None) => {
-            return Err(err(
-                "norm",
-                "missing: say imagenet, unit (x/255), pm1 (x/127 − 1), or give mean and std".into(),
-            ))
-        }
+        (Some(n), None, None) => Some(
+            Normalisation::named(&n, channels)
+                .ok_or_else(|| err("norm", format!("`{n}`: expected imagenet, unit, pm1, or mean and std")))?,
+        ),
+        // The model's own `ftu.norm`, checked when the engine opens it.
+        (None, None, None) => None,
         (None | Some(_), Some(mean), Some(std)) if m.norm.as_deref().is_none_or(|n| n == "custom") => {
             let three = |v: Vec<f64>, f: &str| -> Result<[f32; 3], FieldError> {
                 let arr: [f64; 3] = v
@@ -670,7 +670,7 @@ fn parse_model(m: ModelFile, name: &str, dir: &Path) -> Result<ModelSpec, FieldE
             if std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || mean.iter().any(|v| !v.is_finite()) {
                 return Err(err("std", format!("{std:?}: every std must be positive")));
             }
-            Normalisation { mean, std }
+            Some(Normalisation { mean, std })
         }
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
             return Err(err("norm", "give either a named norm or mean and std, not both".into()))
@@ -832,7 +832,7 @@ mod tests {
         assert_eq!(a.weight, 1.0);
         assert_eq!(a.channels, ChannelOrder::Bgr);
         // ImageNet's blue mean comes first for a BGR model.
-        assert!((a.norm.mean[0] - 0.406 * 255.0).abs() < 1e-4);
+        assert!((a.norm.expect("a named norm").mean[0] - 0.406 * 255.0).abs() < 1e-4);
         assert_eq!(
             (a.output.clone(), a.activation, a.channel),
             (OutputRef::Index(0), Activation::Sigmoid, 0)
@@ -840,10 +840,10 @@ mod tests {
         let b = &m.groups[1].models[0];
         assert_eq!(
             b.norm,
-            Normalisation {
+            Some(Normalisation {
                 mean: [1.0, 2.0, 3.0],
                 std: [4.0, 5.0, 6.0]
-            }
+            })
         );
         assert_eq!(
             (b.output.clone(), b.activation, b.channel),
@@ -853,11 +853,22 @@ mod tests {
         assert_eq!(m.groups[1].models[1].output, OutputRef::Index(1));
         assert_eq!(
             m.groups[1].models[1].norm,
-            Normalisation {
+            Some(Normalisation {
                 mean: [127.0; 3],
                 std: [127.0; 3]
-            }
+            })
         );
+    }
+
+    #[test]
+    fn a_model_without_norm_is_left_to_its_own_metadata() {
+        let dir = with_models(&["a.onnx"]);
+        let m = parse(
+            "[[group]]\nsize = 512\n[[group.model]]\npath = \"a.onnx\"\n",
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(m.groups[0].models[0].norm, None);
     }
 
     #[test]
@@ -962,7 +973,6 @@ mod tests {
             ("[[group]]\nsize = 512\nweight = 0\n[[group.model]]\npath = \"a.onnx\"\nnorm = \"unit\"\n", "group[0].weight"),
             ("[[group]]\nsize = 512\n", "group[0].model"),
             ("[[group]]\nsize = 512\n[[group.model]]\npath = \"missing.onnx\"\nnorm = \"unit\"\n", "group[0].model[0].path"),
-            ("[[group]]\nsize = 512\n[[group.model]]\npath = \"a.onnx\"\n", "group[0].model[0].norm"),
             ("[[group]]\nsize = 512\n[[group.model]]\npath = \"a.onnx\"\nnorm = \"zscore\"\n", "group[0].model[0].norm"),
             ("[[group]]\nsize = 512\n[[group.model]]\npath = \"a.onnx\"\nmean = [1, 2]\nstd = [1, 1, 1]\n", "group[0].model[0].mean"),
             ("[[group]]\nsize = 512\n[[group.model]]\npath = \"a.onnx\"\nmean = [1, 2, 3]\nstd = [1, 0, 1]\n", "group[0].model[0].std"),

@@ -3,6 +3,8 @@
 //! average the group's models, resize back. Groups are combined in [`crate::ensemble`] (a slide
 //! in memory) and [`crate::tiled`] (a slide read in windows).
 
+pub mod describe;
+
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -53,6 +55,10 @@ pub enum EngineError {
     RecordingFull { kept: usize, mib_left: usize },
     #[error(transparent)]
     Slide(#[from] ftu_formats::slide::SlideError),
+    /// What a model states about itself (its `ftu.*` metadata) leaves its input undefined, or,
+    /// when loading strictly, contradicts the manifest.
+    #[error("manifest {manifest}: {message}")]
+    Described { manifest: PathBuf, message: String },
     #[error("no model in the manifest serves organ {0}: give one without `organs`, or add {0} to a model's organs")]
     NoModel(Organ),
 }
@@ -118,6 +124,10 @@ struct LoadedModel {
     spec: ModelSpec,
     session: Session,
     info: ModelInfo,
+    /// What its metadata says about it, and the normalisation it is fed (the manifest's, or the
+    /// model's own when the manifest gives none).
+    described: describe::Described,
+    norm: Normalisation,
     input: String,
     output: String,
     /// The input's and output's element types (float32, float16 or bfloat16): the batch is
@@ -137,6 +147,8 @@ pub struct Engine {
     recording: Option<Recording>,
     /// Tiled groups read windows from the pyramid level at their scale when a slide has one.
     read_levels: bool,
+    /// Where the manifest and what the models state disagree, one sentence each.
+    warnings: Vec<String>,
 }
 
 struct Recording {
@@ -156,8 +168,15 @@ pub struct Replay {
 
 impl Engine {
     /// Opens a session per model (all at once: ONNX Runtime's graph optimisation of one model
-    /// does not wait for another's) and checks each against the manifest.
+    /// does not wait for another's) and checks each against the manifest; where the manifest and
+    /// a model's metadata disagree, [`Engine::warnings`] says so.
     pub fn load(manifest: Manifest, runtime: &Runtime) -> Result<Engine, EngineError> {
+        Engine::load_checked(manifest, runtime, false)
+    }
+
+    /// [`Engine::load`]; with `strict`, a disagreement between the manifest and what a model
+    /// states (its norm, its training size) is an error instead of a warning.
+    pub fn load_checked(manifest: Manifest, runtime: &Runtime, strict: bool) -> Result<Engine, EngineError> {
         let specs: Vec<(usize, &ModelSpec)> = manifest
             .groups
             .iter()
@@ -175,14 +194,29 @@ impl Engine {
                 .collect()
         });
         let mut groups: Vec<Vec<LoadedModel>> = manifest.groups.iter().map(|_| Vec::new()).collect();
+        let mut warnings = Vec::new();
         for ((gi, spec), session) in specs.into_iter().zip(sessions) {
             let session = session?;
             let info = ModelInfo::of(&session, &spec.path);
             let fit = check_fit(spec, &info, manifest.groups[gi].size, &manifest)?;
+            let described = describe::Described::from_metadata(&info.metadata);
+            let refused = |message: String| EngineError::Described {
+                manifest: manifest.path.clone(),
+                message,
+            };
+            let checked = describe::check(spec, &described, manifest.groups[gi].size).map_err(|e| refused(e.0))?;
+            if strict {
+                if let Some(first) = checked.warnings.first() {
+                    return Err(refused(format!("{first} (an error with --strict)")));
+                }
+            }
+            warnings.extend(checked.warnings);
             groups[gi].push(LoadedModel {
                 spec: spec.clone(),
                 session,
                 info,
+                described,
+                norm: checked.norm,
                 input: fit.input,
                 output: fit.output,
                 input_element: fit.input_element,
@@ -196,7 +230,19 @@ impl Engine {
             groups,
             recording: None,
             read_levels: true,
+            warnings,
         })
+    }
+
+    /// Where the manifest and what its models state disagree (a norm, a training size far from
+    /// the group's), one sentence each naming the field, the model and both values.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Each model's manifest field, what its metadata says, and the normalisation it is fed.
+    pub fn described(&self) -> impl Iterator<Item = (&ModelSpec, &describe::Described, &Normalisation)> {
+        self.groups.iter().flatten().map(|m| (&m.spec, &m.described, &m.norm))
     }
 
     /// Whether tiled groups read a pyramidal slide's windows from the coarsest level that still
@@ -352,7 +398,7 @@ impl Engine {
         // Models that normalise alike share their input planes.
         let mut prepared: Vec<(PlaneKey, Vec<Vec<Planes>>)> = Vec::new();
         for model in self.groups[gi].iter_mut().filter(|m| m.spec.serves(organ)) {
-            let key = (model.spec.norm, model.spec.channels);
+            let key = (model.norm, model.spec.channels);
             if !prepared.iter().any(|(k, _)| *k == key) {
                 let p = timed(&mut t.tta, || {
                     use rayon::prelude::*;
@@ -821,10 +867,10 @@ mod tests {
             field: "group[0].model[0]".into(),
             path: "m.onnx".into(),
             weight: 1.0,
-            norm: Normalisation {
+            norm: Some(Normalisation {
                 mean: [0.0; 3],
                 std: [1.0; 3],
-            },
+            }),
             channels: ChannelOrder::Rgb,
             output: OutputRef::Index(0),
             activation,
