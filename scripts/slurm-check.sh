@@ -6,7 +6,10 @@
 # merged submission equals a single-process run byte for byte. Then it submits the array again
 # with one task made to fail (its shard's data is unreadable), checks Slurm reports that task
 # FAILED, that the afterok merge never runs, and that `merge` over the incomplete set is refused.
-# Stops everything it started. Needs root (daemons, apt-get).
+# Then the training side: two runs (U-Net and FPN) whose folds are array tasks into one run
+# folder each, and `ftu-train ensemble` over both as a job that depends on the two arrays
+# (afterok); its oof.csv, manifest.toml and chosen weights, thresholds and postprocessing must
+# equal those of the same runs and ensemble made in one process. Stops everything it started. Needs root (daemons, apt-get).
 #   bash scripts/slurm-check.sh          # SHARDS=4 SLIDES=12 by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -158,3 +161,44 @@ if "$bin/ftu-infer" merge --test "$bad/test.csv" --out "$work/merged-bad.csv" "$
   echo "FAIL: merge accepted an incomplete set of shards"; exit 1
 fi
 echo "ok: task 1 FAILED, the dependent merge never ran, and merge refuses the incomplete set: $(head -c 200 "$work/merge-bad.err")"
+
+echo "== training: each run's folds as an array job, ftu-train ensemble over two runs with afterok"
+"$bin/ftu-train" synth --out "$work/tdata" --train 10 --test 0 --size 96 --seed 8 >/dev/null
+common="--size 64 --folds 2 --epochs 1 --batch 2 --samples-per-epoch 4 --seed 4 --workers 1 --data $work/tdata"
+unet="--arch unet-resnet18 --decoder-channels 16,16,8,8,8"
+fpn="--arch fpn-resnet18 --decoder-channels 16,8"
+mkdir -p "$work/single" "$work/array"
+# shellcheck disable=SC2086
+"$bin/ftu-train" train $common $unet --out "$work/single/unet" 2>/dev/null
+# shellcheck disable=SC2086
+"$bin/ftu-train" train $common $fpn --out "$work/single/fpn" 2>/dev/null
+"$bin/ftu-train" ensemble --runs "$work/single/unet" "$work/single/fpn" --out "$work/single/ensemble" >/dev/null
+cat > "$work/train.sh" <<SH
+#!/bin/bash
+#SBATCH --array=0-1 --cpus-per-task=1 --mem=2G --output=$work/log/train-%A-%a.out
+set -e
+$bin/ftu-train train $common \$ARCH_ARGS --out $work/array/\$RUN --fold \${SLURM_ARRAY_TASK_ID}
+SH
+cat > "$work/ensemble.sh" <<SH
+#!/bin/bash
+#SBATCH --output=$work/log/ensemble-%j.out
+$bin/ftu-train ensemble --runs $work/array/unet $work/array/fpn --out $work/array/ensemble
+SH
+job_unet=$(RUN=unet ARCH_ARGS="$unet" sbatch --parsable --export=ALL "$work/train.sh")
+job_fpn=$(RUN=fpn ARCH_ARGS="$fpn" sbatch --parsable --export=ALL "$work/train.sh")
+job_ens=$(sbatch --parsable --dependency=afterok:"$job_unet":"$job_fpn" "$work/ensemble.sh")
+echo "fold arrays $job_unet and $job_fpn, ensemble job $job_ens"
+wait_for "$job_unet"
+wait_for "$job_fpn"
+wait_for "$job_ens"
+for f in ensemble/oof.csv ensemble/manifest.toml unet/oof.csv fpn/oof.csv unet/fold0/model.onnx fpn/fold1/model.onnx; do
+  cmp "$work/single/$f" "$work/array/$f" || { echo "FAIL: $f differs between the Slurm jobs and one process"; cat "$work/log/"{train,ensemble}-*.out; exit 1; }
+done
+python3 - "$work/single/ensemble/ensemble.json" "$work/array/ensemble/ensemble.json" <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:])
+for key in ("chosen", "postprocess", "candidates", "final_dice"):
+    assert a[key] == b[key], f"ensemble.json {key} differs"
+print("chosen weights", a["chosen"]["weights"], "mean OOF Dice", round(a["final_dice"], 4))
+PY
+echo "ok: fold arrays and an afterok ensemble job give the single process's models, oof.csv and ensemble"

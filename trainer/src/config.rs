@@ -118,6 +118,9 @@ pub struct TrainConfig {
     /// the fold it has in a run of every organ with the same `folds` and `seed`, so the run's
     /// out-of-fold predictions line up with such a run's, and its manifest serves these organs.
     pub organs: Vec<Organ>,
+    /// With `folds = 1` (a full-data fit, which has no out-of-fold predictions): the run folder
+    /// (or manifest.toml) whose thresholds and postprocessing the manifest takes; 0.5 when absent.
+    pub thresholds_from: Option<PathBuf>,
     pub sampling: SamplingConfig,
     pub optim: OptimConfig,
     pub loss: LossConfig,
@@ -155,6 +158,7 @@ impl Default for TrainConfig {
             pseudo_weight: 0.5,
             pseudo_unsure: None,
             organs: Vec::new(),
+            thresholds_from: None,
             sampling: SamplingConfig::default(),
             optim: OptimConfig::default(),
             loss: LossConfig::default(),
@@ -493,7 +497,7 @@ impl TrainConfig {
         }
     }
 
-    /// `data`, `out`, `pretrained` and `pseudo` made absolute (against the working directory), so
+    /// `data`, `out`, `pretrained`, `pseudo` and `thresholds_from` made absolute (against the working directory), so
     /// a saved config means the same files from anywhere.
     pub fn with_absolute_paths(mut self) -> Result<TrainConfig, ConfigError> {
         let absolute = |field: &str, p: &Path| {
@@ -506,6 +510,9 @@ impl TrainConfig {
         }
         if let Some(p) = &self.pseudo {
             self.pseudo = Some(absolute("pseudo", p)?);
+        }
+        if let Some(p) = &self.thresholds_from {
+            self.thresholds_from = Some(absolute("thresholds_from", p)?);
         }
         Ok(self)
     }
@@ -556,8 +563,14 @@ impl TrainConfig {
                 format!("one positive weight per size of {:?}, got {w:?}", self.sizes),
             ));
         }
-        if self.folds < 2 {
-            return Err(invalid("folds", format!("at least 2, got {}", self.folds)));
+        if self.folds < 1 {
+            return Err(invalid("folds", "at least 1 (1: a full-data fit, no validation)"));
+        }
+        if self.thresholds_from.is_some() && self.folds != 1 {
+            return Err(invalid(
+                "thresholds_from",
+                "only for a full-data fit (folds = 1); a k-fold run searches its thresholds on its out-of-fold predictions",
+            ));
         }
         if let Some(f) = self.fold {
             if f >= self.folds {
@@ -732,7 +745,7 @@ mod tests {
                 ..base.clone()
             },
             TrainConfig {
-                folds: 1,
+                folds: 0,
                 ..base.clone()
             },
             TrainConfig {

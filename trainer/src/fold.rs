@@ -30,6 +30,9 @@ use crate::optim::{self, AdamW, Ema};
 use crate::run_dir::fold_dir;
 use crate::{full_res, losses, plots, sampling};
 
+/// The longest side of a validation overlay (smaller slides keep their own size).
+pub const OVERLAY_SIDE: usize = 512;
+
 /// What the caller sees of progress.
 pub trait Progress {
     /// A counter that worker threads advance (slide decoding); finished by the next `finish`.
@@ -375,11 +378,17 @@ impl<'a> Fold<'a> {
         let dir = fold_dir(cfg, k);
         std::fs::create_dir_all(dir.join("overlays")).at("creating", &dir.join("overlays"))?;
         // Pseudo-labelled slides (after the labelled ones) train in every fold, never validate.
+        // `folds = 1` is a full-data fit: every labelled slide trains, none validates.
+        let full_fit = cfg.folds == 1;
         let train_idx: Vec<usize> = (0..fold_of.len())
-            .filter(|&i| fold_of[i] != k)
+            .filter(|&i| full_fit || fold_of[i] != k)
             .chain(cache.labelled()..cache.rows().len())
             .collect();
-        let val_idx: Vec<usize> = (0..fold_of.len()).filter(|&i| fold_of[i] == k).collect();
+        let val_idx: Vec<usize> = if full_fit {
+            Vec::new()
+        } else {
+            (0..fold_of.len()).filter(|&i| fold_of[i] == k).collect()
+        };
 
         let model = Segmenter::on_device(
             arch,
@@ -661,6 +670,20 @@ impl<'a> Fold<'a> {
         if cfg.optim.bn_recalibrate > 0 {
             self.recalibrate_batch_norm(epoch)?;
         }
+        if self.val_idx.is_empty() {
+            // A full-data fit: no validation, and every epoch is the one exported.
+            self.model.store().save(&self.path("best.safetensors"))?;
+            if let Some(e) = self.ema.as_mut() {
+                e.swap()?;
+            }
+            return Ok(Validated {
+                loss: f64::NAN,
+                dice: f64::NAN,
+                dice_full: f64::NAN,
+                organ_dice: BTreeMap::new(),
+                improved: true,
+            });
+        }
         let rows = cache.rows();
         let val = evaluate(cfg, &self.model, cache, &self.val_idx, self.norm, &self.device)?;
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
@@ -688,9 +711,10 @@ impl<'a> Fold<'a> {
                 })
                 .collect::<Result<_>>()?;
             optim::save_atomic(&oof, &self.path("oof.safetensors"))?;
-        }
-        for ((&i, p), &shape) in self.val_idx.iter().zip(&val.probs).zip(&val.shapes).take(cfg.overlays) {
-            self.overlay(i, p, shape)?;
+            // The overlays show the epoch that is exported: the best.
+            for ((&i, p), &shape) in self.val_idx.iter().zip(&val.probs).zip(&val.shapes).take(cfg.overlays) {
+                self.overlay(i, p, shape)?;
+            }
         }
         if let Some(e) = self.ema.as_mut() {
             e.swap()?;
@@ -727,28 +751,43 @@ impl<'a> Fold<'a> {
         Ok(())
     }
 
-    /// foldK/overlays/ID.png: validation slide `i` with its prediction (`width × height`, at
-    /// the training scale) and truth outlined.
+    /// foldK/overlays/ID.png: validation slide `i` with its prediction (`prob`, `width × height`
+    /// at the training scale, resized up) and truth outlined, at [`OVERLAY_SIDE`] pixels a side or
+    /// the slide's own size if smaller.
     fn overlay(&self, i: usize, prob: &[f32], (width, height): (usize, usize)) -> Result<()> {
+        let row = &self.cache.rows()[i];
+        let (full_w, full_h) = (row.img_width as usize, row.img_height as usize);
+        let scale = (OVERLAY_SIDE as f64 / full_w.max(full_h) as f64).min(1.0);
+        let side = |v: usize| ((v as f64 * scale).round() as usize).max(1);
+        let (ow, oh) = (side(full_w), side(full_h));
         let (rgb, truth) = match self.cache.crops() {
             None => {
-                let slide = self.cache.get(i)?;
-                let rgb = ftu_formats::RgbImage {
-                    width,
-                    height,
-                    data: slide.image.iter().map(|&v| (v * 255.0).round() as u8).collect(),
-                };
-                (rgb, slide.mask.clone())
+                let path = ftu_formats::kaggle::Split::Train
+                    .find_image(&self.cfg.data, &row.id)
+                    .ok_or_else(|| {
+                        TrainError::Run(format!("slide {}: its image is gone from train_images/", row.id))
+                    })?;
+                let slide = ftu_formats::read_slide(&path, ftu_formats::SlideLimits::default())
+                    .map_err(|e| TrainError::Run(e.to_string()))?;
+                let truth = ftu_formats::mask::rle::decode(&row.rle, full_h, full_w)
+                    .map_err(|e| TrainError::Run(format!("train.csv, slide {}: {e}", row.id)))?;
+                let small: Vec<u8> = (0..oh * ow)
+                    .map(|j| {
+                        let (y, x) = ((j / ow) * full_h / oh, (j % ow) * full_w / ow);
+                        truth.data()[y * full_w + x]
+                    })
+                    .collect();
+                (ftu_formats::resize::resize_rgb(&slide, ow, oh), small)
             }
-            Some((_, full)) => full[i].overview(width, height)?,
+            Some((_, full)) => full[i].overview(ow, oh)?,
         };
-        let mask = |data: Vec<u8>| {
-            ftu_formats::Mask::from_row_major(height, width, data).map_err(|e| TrainError::Run(e.to_string()))
-        };
+        let prob = resize_map(prob, width, height, ow, oh);
+        let mask =
+            |data: Vec<u8>| ftu_formats::Mask::from_row_major(oh, ow, data).map_err(|e| TrainError::Run(e.to_string()));
         let pred = mask(prob.iter().map(|&v| u8::from(v > 0.5)).collect())?;
         let truth = mask(truth)?;
-        let (w, h, px) = ftu_formats::draw::overlay(&rgb, &pred, Some(&truth), width.max(height));
-        let id = &self.cache.rows()[i].id;
+        let (w, h, px) = ftu_formats::draw::overlay(&rgb, &pred, Some(&truth), ow.max(oh));
+        let id = &row.id;
         ftu_formats::mask::image::write_rgb_png(&self.dir.join("overlays").join(format!("{id}.png")), w, h, &px)?;
         Ok(())
     }
@@ -761,7 +800,12 @@ impl<'a> Fold<'a> {
     /// files of uncommitted epochs). Each file is written atomically.
     pub(crate) fn checkpoint(&mut self, epoch: usize, validated: &Validated) -> Result<()> {
         if validated.improved {
-            self.state.best_dice = validated.dice_full;
+            // -1 when there is no validation (a full-data fit): state.json holds numbers only.
+            self.state.best_dice = if validated.dice_full.is_finite() {
+                validated.dice_full
+            } else {
+                -1.0
+            };
             self.state.best_epoch = epoch;
         }
         let (weights, optim_path) = self.epoch_files(epoch);
@@ -828,7 +872,7 @@ impl<'a> Fold<'a> {
             train_loss: trained.train_loss,
             val_loss: validated.loss,
             val_dice: validated.dice,
-            val_dice_full: Some(validated.dice_full),
+            val_dice_full: validated.dice_full.is_finite().then_some(validated.dice_full),
             dice_kidney: organ_dice(Organ::Kidney),
             dice_prostate: organ_dice(Organ::Prostate),
             dice_largeintestine: organ_dice(Organ::LargeIntestine),
@@ -842,12 +886,20 @@ impl<'a> Fold<'a> {
         write_metrics(&self.path("metrics.csv"), &self.metrics)?;
         merge_metrics(self.cfg)?;
         let mine: Vec<&Metrics> = self.metrics.iter().collect();
-        let pts = |f: fn(&Metrics) -> f64| mine.iter().map(|m| (m.epoch as f64, f(m))).collect::<Vec<_>>();
+        let pts = |f: fn(&Metrics) -> f64| {
+            mine.iter()
+                .map(|m| (m.epoch as f64, f(m)))
+                .filter(|p| p.1.is_finite())
+                .collect::<Vec<_>>()
+        };
         let (loss_png, dice_png) = (self.path("loss.png"), self.path("dice.png"));
+        let best = (self.state.best_epoch > 0).then_some(self.state.best_epoch as f64);
+        let best = if validated.improved { Some(epoch as f64) } else { best };
         plots::line_chart(
             &loss_png,
             &format!("fold {k} loss"),
             &[("train", pts(|m| m.train_loss)), ("validation", pts(|m| m.val_loss))],
+            best,
         )
         .at("plotting", &loss_png)?;
         plots::line_chart(
@@ -862,15 +914,23 @@ impl<'a> Fold<'a> {
                         .collect(),
                 ),
             ],
+            best,
         )
         .at("plotting", &dice_png)?;
+        let validation = if validated.dice_full.is_finite() {
+            format!(
+                "val loss {:.4}, val Dice {:.4} (full resolution {:.4}){}",
+                validated.loss,
+                validated.dice,
+                validated.dice_full,
+                if validated.improved { " (best)" } else { "" }
+            )
+        } else {
+            "no validation (a full-data fit)".to_string()
+        };
         progress.finish(&format!(
-            "fold {k} epoch {epoch}: train loss {:.4}, val loss {:.4}, val Dice {:.4} (full resolution {:.4}){}{} ({:.1} s)",
+            "fold {k} epoch {epoch}: train loss {:.4}, {validation}{} ({:.1} s)",
             trained.train_loss,
-            validated.loss,
-            validated.dice,
-            validated.dice_full,
-            if validated.improved { " (best)" } else { "" },
             if self.loss_scale.is_dynamic() {
                 format!(
                     "; f16 loss scale {}, {} steps skipped so far",
@@ -896,7 +956,7 @@ impl<'a> Fold<'a> {
             norm: cfg.norm.clone(),
             train_size: Some(cfg.size),
             fold: Some(k),
-            val_dice: Some(self.state.best_dice),
+            val_dice: (self.state.best_dice >= 0.0).then_some(self.state.best_dice),
         };
         let proto = best_model.export(&meta)?;
         ftu_onnx::write(&proto, &onnx).at("writing", &onnx)?;

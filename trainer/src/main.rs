@@ -36,6 +36,8 @@ enum Command {
     /// Finished runs (architectures, sizes, organ-specific runs) made one ensemble: weights,
     /// per-organ thresholds and postprocessing chosen on their out-of-fold predictions.
     Ensemble(EnsembleArgs),
+    /// List the architectures (decoders × encoders) and which pretrained files fit each encoder.
+    Archs,
 }
 
 #[derive(Args)]
@@ -200,6 +202,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Export(a) => run_export(a)?,
         Command::Train(a) => a.run()?,
         Command::Ensemble(a) => a.run()?,
+        Command::Archs => print!("{}", ftu_trainer::cli::archs::listing()),
     }
     Ok(())
 }

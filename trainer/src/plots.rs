@@ -32,8 +32,12 @@ fn font_available() -> bool {
 /// One series: name and (epoch, value) points.
 pub type Series<'a> = (&'a str, Vec<(f64, f64)>);
 
-/// Line chart of `series` against epoch, written to `path` (temp file, then rename).
-pub fn line_chart(path: &Path, title: &str, series: &[Series]) -> Result<(), String> {
+/// The colour of the best epoch's marker.
+pub const BEST: RGBColor = RGBColor(255, 140, 0);
+
+/// Line chart of `series` against epoch, written to `path` (temp file, then rename); `best`
+/// marks an epoch (the one exported) with a vertical line.
+pub fn line_chart(path: &Path, title: &str, series: &[Series], best: Option<f64>) -> Result<(), String> {
     let points: Vec<(f64, f64)> = series.iter().flat_map(|s| s.1.iter().copied()).collect();
     if points.is_empty() {
         return Ok(());
@@ -76,6 +80,19 @@ pub fn line_chart(path: &Path, title: &str, series: &[Series]) -> Result<(), Str
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2)));
             }
         }
+        if let Some(x) = best {
+            let marker = chart
+                .draw_series(LineSeries::new(
+                    [(x, y_min - pad), (x, y_max + pad)],
+                    BEST.stroke_width(2),
+                ))
+                .map_err(|e| e.to_string())?;
+            if text {
+                marker
+                    .label(format!("best epoch {x}"))
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BEST.stroke_width(2)));
+            }
+        }
         if text {
             chart
                 .configure_series_labels()
@@ -101,11 +118,15 @@ mod tests {
             ("train", vec![(1.0, 0.9), (2.0, 0.5), (3.0, 0.3)]),
             ("val", vec![(1.0, 1.0), (2.0, 0.6), (3.0, 0.4)]),
         ];
-        line_chart(&path, "loss", &series).unwrap();
+        line_chart(&path, "loss", &series, None).unwrap();
         let img = image::open(&path).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (800, 480));
-        // Blue and red line pixels are there.
-        let has = |c: [u8; 3]| img.pixels().any(|p| p.0 == c);
-        assert!(has([0, 0, 255]) && has([255, 0, 0]));
+        // Blue and red line pixels are there, and no marker.
+        let has = |img: &image::RgbImage, c: [u8; 3]| img.pixels().any(|p| p.0 == c);
+        assert!(has(&img, [0, 0, 255]) && has(&img, [255, 0, 0]));
+        assert!(!has(&img, [255, 140, 0]));
+        line_chart(&path, "loss", &series, Some(2.0)).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        assert!(has(&img, [255, 140, 0]), "the best epoch is marked");
     }
 }

@@ -48,10 +48,11 @@ fn fold_started(cfg: &TrainConfig, k: usize) -> bool {
     dir.join("state.json").exists() || dir.join("model.onnx").exists()
 }
 
-/// Whether fold `k` at `cfg.size` is finished: exported, with its out-of-fold maps.
+/// Whether fold `k` at `cfg.size` is finished: exported, with its out-of-fold maps (a
+/// full-data fit, `folds = 1`, has none).
 pub fn fold_finished(cfg: &TrainConfig, k: usize) -> bool {
     let dir = fold_dir(cfg, k);
-    dir.join("model.onnx").exists() && dir.join("oof.safetensors").exists()
+    dir.join("model.onnx").exists() && (cfg.folds == 1 || dir.join("oof.safetensors").exists())
 }
 
 /// The run at each of its sizes (itself when it has one).

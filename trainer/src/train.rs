@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::DType;
-use ftu_formats::manifest::file::{GroupFile, ModelFile, TtaFile};
+use ftu_formats::manifest::file::{GroupFile, ModelFile, PostprocessFile, TtaFile};
 use ftu_formats::manifest::{ManifestFile, OutputRef};
 use ftu_formats::schema::{self, PseudoRow, SubmissionRow, TrainRow};
 use ftu_models::Arch;
@@ -183,12 +183,12 @@ fn waiting(cfg: &TrainConfig, progress: &mut dyn Progress) {
     ));
 }
 
-fn summary(folds: Vec<FoldResult>, written: Option<(PathBuf, thresholds::Thresholds)>) -> RunSummary {
+fn summary(folds: Vec<FoldResult>, written: Option<(PathBuf, Option<thresholds::Thresholds>)>) -> RunSummary {
     let (manifest, thresholds) = written.unzip();
     RunSummary {
         folds,
         manifest,
-        thresholds,
+        thresholds: thresholds.flatten(),
     }
 }
 
@@ -320,53 +320,24 @@ fn write_manifest(
     rows: &[TrainRow],
     fold_of: &[usize],
     groups: &[Group],
-) -> Result<(PathBuf, thresholds::Thresholds)> {
+) -> Result<(PathBuf, Option<thresholds::Thresholds>)> {
     for g in groups {
         crate::fold::merge_metrics(&g.cfg)?;
     }
     let e = &cfg.ensemble;
-    let grid = thresholds::grid(e.threshold_from, e.threshold_to, e.threshold_step);
-    let grid32 = thresholds::as_f32(&grid);
-    let maps = groups
-        .iter()
-        .map(|g| oof_maps(g, rows, fold_of))
-        .collect::<Result<Vec<_>>>()?;
-    // Slides with a map in every group: all of them once every fold has finished.
-    let slides: Vec<usize> = (0..rows.len())
-        .filter(|i| maps.iter().all(|m| m.contains_key(i)))
-        .collect();
-    let scored = slides
-        .par_iter()
-        .map(|&i| {
-            let parts: Vec<full_res::Part> = groups
-                .iter()
-                .zip(&maps)
-                .map(|(g, m)| {
-                    let (map, w, h) = &m[&i];
-                    (map.as_slice(), (*w, *h), g.weight as f32)
-                })
-                .collect();
-            let full = full_res::blend(&parts, &rows[i]);
-            let s = full_res::score_full(&full, &rows[i], &grid32, Some(0.5))?;
-            let oof = thresholds::OofSlide {
-                organ: rows[i].organ,
-                counts: s.counts,
-            };
-            let row = SubmissionRow {
-                id: rows[i].id.clone(),
-                rle: s.rle.unwrap_or_default(),
-            };
-            Ok((oof, row))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let (oof, submission): (Vec<_>, Vec<_>) = scored.into_iter().unzip();
-    let th = thresholds::search(&oof, &grid);
-
-    let mut table = toml::Table::new();
-    table.insert("default".to_string(), toml::Value::Float(th.default.threshold));
-    for (organ, choice) in &th.per_organ {
-        table.insert(organ.as_str().to_string(), toml::Value::Float(choice.threshold));
-    }
+    // A full-data fit has no out-of-fold predictions: its thresholds come from another run.
+    let (table, postprocess, searched) = if cfg.folds == 1 {
+        let (table, postprocess) = borrowed_thresholds(cfg)?;
+        (table, postprocess, None)
+    } else {
+        let (th, submission) = search_oof(cfg, rows, fold_of, groups)?;
+        let mut table = toml::Table::new();
+        table.insert("default".to_string(), toml::Value::Float(th.default.threshold));
+        for (organ, choice) in &th.per_organ {
+            table.insert(organ.as_str().to_string(), toml::Value::Float(choice.threshold));
+        }
+        (table, None, Some((th, submission)))
+    };
     let crops =
         |g: &Group| (g.cfg.sampling.mode == SamplingMode::Crops).then(|| CropSpec::new(g.cfg.size, &g.cfg.sampling));
     let group_file = |g: &Group| GroupFile {
@@ -407,13 +378,19 @@ fn write_manifest(
             scales: None,
         }),
         thresholds: Some(table),
+        postprocess,
         group: groups.iter().map(group_file).collect(),
         ..Default::default()
     };
     let path = cfg.out.join("manifest.toml");
     let sizes: Vec<String> = groups.iter().map(|g| format!("{}²", g.cfg.size)).collect();
+    let source = match (&searched, &cfg.thresholds_from) {
+        (Some(_), _) => "thresholds searched on their out-of-fold predictions at full resolution".to_string(),
+        (None, Some(from)) => format!("a full-data fit; thresholds and postprocessing from {}", from.display()),
+        (None, None) => "a full-data fit; threshold 0.5 (no out-of-fold predictions to search)".to_string(),
+    };
     let comment = format!(
-        "Written by ftu-train from {} fold(s) of {} at {}; thresholds searched on their out-of-fold predictions at full resolution.",
+        "Written by ftu-train from {} fold(s) of {} at {}; {source}.",
         groups.iter().map(|g| g.finished.len()).sum::<usize>(),
         cfg.arch,
         sizes.join(", ")
@@ -421,8 +398,80 @@ fn write_manifest(
     manifest
         .write(&path, &comment)
         .map_err(|e| TrainError::Run(e.to_string()))?;
+    let Some((th, submission)) = searched else {
+        return Ok((path, None));
+    };
     write_json(&cfg.out.join("thresholds.json"), &th)?;
     let oof_path = cfg.out.join("oof.csv");
     schema::write_rows(&oof_path, &submission).at("writing", &oof_path)?;
-    Ok((path, th))
+    Ok((path, Some(th)))
+}
+
+/// The threshold search on the groups' out-of-fold maps, blended by group weight at each slide's
+/// full resolution; and each slide's blended mask at 0.5 (oof.csv).
+fn search_oof(
+    cfg: &TrainConfig,
+    rows: &[TrainRow],
+    fold_of: &[usize],
+    groups: &[Group],
+) -> Result<(thresholds::Thresholds, Vec<SubmissionRow>)> {
+    let e = &cfg.ensemble;
+    let grid = thresholds::grid(e.threshold_from, e.threshold_to, e.threshold_step);
+    let grid32 = thresholds::as_f32(&grid);
+    let maps = groups
+        .iter()
+        .map(|g| oof_maps(g, rows, fold_of))
+        .collect::<Result<Vec<_>>>()?;
+    // Slides with a map in every group: all of them once every fold has finished.
+    let slides: Vec<usize> = (0..rows.len())
+        .filter(|i| maps.iter().all(|m| m.contains_key(i)))
+        .collect();
+    let scored = slides
+        .par_iter()
+        .map(|&i| {
+            let parts: Vec<full_res::Part> = groups
+                .iter()
+                .zip(&maps)
+                .map(|(g, m)| {
+                    let (map, w, h) = &m[&i];
+                    (map.as_slice(), (*w, *h), g.weight as f32)
+                })
+                .collect();
+            let full = full_res::blend(&parts, &rows[i]);
+            let s = full_res::score_full(&full, &rows[i], &grid32, Some(0.5))?;
+            let oof = thresholds::OofSlide {
+                organ: rows[i].organ,
+                counts: s.counts,
+            };
+            let row = SubmissionRow {
+                id: rows[i].id.clone(),
+                rle: s.rle.unwrap_or_default(),
+            };
+            Ok((oof, row))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (oof, submission): (Vec<_>, Vec<_>) = scored.into_iter().unzip();
+    Ok((thresholds::search(&oof, &grid), submission))
+}
+
+/// A full-data fit's `[thresholds]` and `[postprocess]`: those of `thresholds_from` (a run folder
+/// or its manifest.toml), else 0.5 and none.
+fn borrowed_thresholds(
+    cfg: &TrainConfig,
+) -> Result<(toml::Table, Option<std::collections::BTreeMap<String, PostprocessFile>>)> {
+    let Some(from) = &cfg.thresholds_from else {
+        let mut table = toml::Table::new();
+        table.insert("default".to_string(), toml::Value::Float(0.5));
+        return Ok((table, None));
+    };
+    let path = if from.is_dir() {
+        from.join("manifest.toml")
+    } else {
+        from.clone()
+    };
+    let m = ManifestFile::read(&path).map_err(|e| TrainError::Run(format!("thresholds_from: {e}")))?;
+    let table = m
+        .thresholds
+        .ok_or_else(|| TrainError::Run(format!("thresholds_from: {} has no [thresholds] table", path.display())))?;
+    Ok((table, m.postprocess))
 }

@@ -251,3 +251,49 @@ fn fold_jobs_started_at_once_equal_one_process() {
         "{manifest}"
     );
 }
+
+/// `--folds 1` trains on every labelled slide with no validation, exports the last epoch, and
+/// takes its thresholds from a k-fold run (`--thresholds-from`); `ensemble` refuses it (no OOF).
+#[test]
+fn a_full_data_fit_exports_its_last_epoch_with_a_runs_thresholds() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synth(&data, 6, 4);
+    let cv = dir.path().join("cv");
+    ok(&strs(&tiny(&data, &cv, 1)));
+    let full = dir.path().join("full");
+    let args = with(
+        with(tiny(&data, &full, 2), "--folds", "1"),
+        "--thresholds-from",
+        cv.to_str().unwrap(),
+    );
+    let stderr = ok(&strs(&args));
+    assert!(
+        stderr.contains("no validation") && stderr.contains("trained on every labelled slide for 2 epochs"),
+        "{stderr}"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(full.join("fold0/state.json")).unwrap()).unwrap();
+    assert_eq!(
+        (state["best_epoch"].as_u64(), state["epochs_done"].as_u64()),
+        (Some(2), Some(2)),
+        "{state}"
+    );
+    let thresholds = |p: &Path| {
+        let m = ftu_formats::manifest::ManifestFile::read(&p.join("manifest.toml")).unwrap();
+        (m.thresholds, m.group.iter().map(|g| g.model.len()).sum::<usize>())
+    };
+    let (cv_th, _) = thresholds(&cv);
+    let (full_th, models) = thresholds(&full);
+    assert_eq!(full_th, cv_th, "the k-fold run's thresholds");
+    assert_eq!(models, 1, "one model, trained on every slide");
+    assert!(!full.join("oof.csv").exists() && !full.join("fold0/oof.safetensors").exists());
+    let e = fails(&[
+        "ensemble",
+        "--runs",
+        full.to_str().unwrap(),
+        "--out",
+        dir.path().join("e").to_str().unwrap(),
+    ]);
+    assert!(e.contains("full-data fit"), "{e}");
+}

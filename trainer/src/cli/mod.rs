@@ -1,5 +1,6 @@
 //! The subcommands of `ftu-train` that take more than a few lines: each file holds one
 //! subcommand's options and its `run`.
 
+pub mod archs;
 pub mod ensemble;
 pub mod train;

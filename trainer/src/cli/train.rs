@@ -46,9 +46,14 @@ pub struct TrainArgs {
     /// Train at each of these sizes (e.g. 512,768); one manifest serves them together.
     #[arg(long, value_delimiter = ',')]
     pub sizes: Option<Vec<usize>>,
-    /// Folds of the stratified (by organ) k-fold split.
+    /// Folds of the stratified (by organ) k-fold split; 1 is a full-data fit (every labelled
+    /// slide trains, none validates, the last epoch is exported).
     #[arg(long)]
     pub folds: Option<usize>,
+    /// With --folds 1: the run folder (or manifest.toml) whose thresholds and postprocessing the
+    /// manifest takes [default: threshold 0.5].
+    #[arg(long)]
+    pub thresholds_from: Option<PathBuf>,
     /// Train this fold only (0-based): one job of a run whose folds run as separate jobs, at
     /// once if need be, into one --out [default: every fold].
     #[arg(long)]
@@ -228,6 +233,9 @@ impl TrainArgs {
         if self.pseudo.is_some() {
             c.pseudo = self.pseudo.clone();
         }
+        if self.thresholds_from.is_some() {
+            c.thresholds_from = self.thresholds_from.clone();
+        }
         if let Some(w) = self.pseudo_weight {
             c.pseudo_weight = w;
         }
@@ -293,6 +301,15 @@ impl TrainArgs {
         let summary = train::run_with(&cfg, mode, &mut Bars { bar: None })
             .with_context(|| format!("training into {}", cfg.out.display()))?;
         for f in &summary.folds {
+            if cfg.folds == 1 {
+                eprintln!(
+                    "{}²: trained on every labelled slide for {} epochs -> {}",
+                    f.size,
+                    f.best_epoch,
+                    f.onnx.display()
+                );
+                continue;
+            }
             eprintln!(
                 "{}² fold {}: best validation Dice {:.4} (full resolution) at epoch {} -> {}",
                 f.size,
@@ -301,6 +318,9 @@ impl TrainArgs {
                 f.best_epoch,
                 f.onnx.display()
             );
+        }
+        if let (Some(path), None) = (&summary.manifest, &summary.thresholds) {
+            eprintln!("manifest for ftu-infer: {}", path.display());
         }
         if let (Some(path), Some(th)) = (&summary.manifest, &summary.thresholds) {
             eprintln!(

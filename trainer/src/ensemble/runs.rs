@@ -98,6 +98,13 @@ pub fn open(dir: &Path, name: String) -> Result<Run> {
         )));
     }
     let mut cfg = TrainConfig::from_toml_file(&config)?;
+    if cfg.folds == 1 {
+        return Err(TrainError::Run(format!(
+            "run {}: a full-data fit (folds = 1) has no out-of-fold predictions to choose weights and \
+             thresholds on; make the ensemble of the k-fold runs",
+            dir.display()
+        )));
+    }
     // A run folder that moved keeps its contents: read them from where it is now.
     cfg.out = dir.to_path_buf();
     for c in sized(&cfg) {
