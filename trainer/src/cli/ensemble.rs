@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use crate::cli::train::Bars;
 use crate::ensemble::{self, EnsembleRequest};
 
 /// Finished runs made one ensemble: weights, thresholds and postprocessing chosen on their
@@ -53,8 +54,7 @@ impl EnsembleArgs {
             postprocess: !self.no_postprocess,
             overwrite: self.overwrite,
         };
-        eprintln!("scoring {} run(s) on their out-of-fold predictions…", self.runs.len());
-        let summary = ensemble::run(&req, |_, _, _| {})
+        let summary = ensemble::run(&req, &mut Bars { bar: None })
             .with_context(|| format!("making the ensemble in {}", self.out.display()))?;
         print!("{}", summary.table());
         Ok(())

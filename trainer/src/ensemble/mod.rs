@@ -28,6 +28,7 @@ use serde::Serialize;
 use crate::error::{At, Result, TrainError};
 use crate::fold::write_json;
 use crate::thresholds;
+use crate::train::Progress;
 use postprocess::{MaskedSlide, OrganChoice};
 use runs::Run;
 use search::{Scored, SlideCounts};
@@ -87,7 +88,9 @@ fn threshold_grid(run: &Run) -> Vec<f64> {
     thresholds::grid(e.threshold_from, e.threshold_to, e.threshold_step)
 }
 
-pub fn run(req: &EnsembleRequest, mut tick: impl FnMut(&str, usize, usize)) -> Result<Summary> {
+/// Checks the runs, scores every candidate on their OOF maps, chooses, and writes `req.out`;
+/// `progress` counts the slides of each of the two passes.
+pub fn run(req: &EnsembleRequest, progress: &mut dyn Progress) -> Result<Summary> {
     if req.runs.is_empty() {
         return Err(TrainError::Run("--runs: at least one finished run".into()));
     }
@@ -122,18 +125,21 @@ pub fn run(req: &EnsembleRequest, mut tick: impl FnMut(&str, usize, usize)) -> R
     let candidates = search::simplex(n, req.weight_steps);
 
     // Pass 1: each slide's counts under every candidate.
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    let tick_total = rows.len();
+    let tick = progress.ticker("scoring candidates", rows.len());
     let counts: Vec<SlideCounts> = rows
         .par_iter()
         .zip(&fold_of)
         .map(|(row, &fold)| {
             let c = slide_counts(&runs, row, fold, &candidates, &grid32)?;
-            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tick();
             Ok(c)
         })
         .collect::<Result<_>>()?;
-    tick("scored", done.into_inner(), tick_total);
+    progress.finish(&format!(
+        "scored {} candidate weighting(s) of {n} run(s) on {} slides",
+        candidates.len(),
+        rows.len()
+    ));
     let scored: Vec<Scored> = (0..candidates.len())
         .into_par_iter()
         .map(|c| search::score(c, &candidates[c], &counts, &grid, &organs))
@@ -147,6 +153,7 @@ pub fn run(req: &EnsembleRequest, mut tick: impl FnMut(&str, usize, usize)) -> R
     let chosen = scored[chosen_i].clone();
 
     // Pass 2: the chosen blend's masks, postprocessing chosen on them, oof.csv.
+    let tick = progress.ticker("postprocessing", rows.len());
     let masked: Vec<MaskedSlide> = rows
         .par_iter()
         .zip(&fold_of)
@@ -156,6 +163,7 @@ pub fn run(req: &EnsembleRequest, mut tick: impl FnMut(&str, usize, usize)) -> R
             let t = chosen.thresholds.threshold(row.organ, row.data_source) as f32;
             let truth = rle::decode(&row.rle, h, w)
                 .map_err(|cause| TrainError::Run(format!("train.csv, slide {}: {cause}", row.id)))?;
+            tick();
             Ok(MaskedSlide {
                 organ: row.organ,
                 pixel_size: row.pixel_size,
@@ -170,6 +178,7 @@ pub fn run(req: &EnsembleRequest, mut tick: impl FnMut(&str, usize, usize)) -> R
         postprocess::grid().into_iter().take(1).collect()
     };
     let post = postprocess::choose(&masked, &specs);
+    progress.finish(&format!("postprocessing: {} spec(s) tried per organ", specs.len()));
     let finals: Vec<(SubmissionRow, f64)> = rows
         .par_iter()
         .zip(&masked)
@@ -303,16 +312,15 @@ fn slide_counts(
         .collect::<Result<_>>()?;
     let truth = rle::decode(&row.rle, h, w)
         .map_err(|cause| TrainError::Run(format!("train.csv, slide {}: {cause}", row.id)))?;
-    let mut seen: Vec<(Vec<f64>, ThresholdCounts)> = Vec::new();
+    // Candidates that differ only in runs that do not serve this slide blend the same maps.
+    let mut seen: std::collections::HashMap<Vec<i64>, ThresholdCounts> = std::collections::HashMap::new();
     let mut buf = Vec::new();
     let counts = candidates
         .iter()
         .map(|weights| {
             let eff = search::effective(weights, &serves)?;
-            if let Some((_, c)) = seen
-                .iter()
-                .find(|(e, _)| e.iter().zip(&eff).all(|(a, b)| (a - b).abs() < 1e-12))
-            {
+            let key: Vec<i64> = eff.iter().map(|w| (w * 1e9).round() as i64).collect();
+            if let Some(c) = seen.get(&key) {
                 return Some(c.clone());
             }
             let parts: Vec<(&[f32], f32)> = maps
@@ -323,7 +331,7 @@ fn slide_counts(
                 .collect();
             ftu_formats::blend::weighted_mean_into(&parts, &mut buf);
             let c = ThresholdCounts::of(&buf, truth.data(), grid);
-            seen.push((eff, c.clone()));
+            seen.insert(key, c.clone());
             Some(c)
         })
         .collect();
