@@ -6,7 +6,7 @@ each model, flips are undone, sigmoid, models and groups averaged, OpenCV resize
 (INTER_LINEAR), per-organ threshold, NumPy run-length encoding. It reads the same manifest as
 ftu-infer (the subset the benchmark uses: groups, models with named norms and outputs by name or
 index, flips TTA, thresholds). Grey, RGBA and 16-bit slides become 8-bit RGB as ftu reads them.
-It prints its bare `session.run` time beside its wall time.
+It prints its bare `session.run` time beside its wall time, and the providers its sessions got.
 
     python python_pipeline.py --manifest M --data DIR --out submission.csv [--device cpu|cuda]
 """
@@ -90,6 +90,8 @@ def main():
             output = names[output] if isinstance(output, int) else output
             models.append((sess, output, mean.astype(np.float32), std.astype(np.float32), m.get("weight", 1.0)))
         groups.append((g["size"], g.get("weight", 1.0), models))
+    # onnxruntime falls back to the CPU silently when the CUDA provider cannot load: say which ran.
+    print(f"python providers: {', '.join(groups[0][2][0][0].get_providers())}")
 
     start = time.perf_counter()
     rows = list(csv.DictReader(open(os.path.join(a.data, "test.csv"))))
