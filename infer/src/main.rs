@@ -9,7 +9,7 @@ use ftu_infer::engine::Engine;
 use ftu_infer::predict::{self, OnError, PredictOptions};
 use ftu_infer::score;
 use ftu_infer::session::{Device, ModelInfo, Runtime, RuntimeOptions, ThreadPool};
-use ftu_infer::slides::SlideList;
+use ftu_infer::slides::{SlideDefaults, SlideList, SlidesMeta};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -36,7 +36,8 @@ enum Command {
     Rle(RleCommand),
     /// Mean Dice of a submission against the truth, overall and per organ.
     Score(ScoreArgs),
-    /// Put shard submissions (`predict --shard i/N`) back together in test.csv's order.
+    /// Put shard outputs (`predict --shard i/N`) back together: in test.csv's order, a list's,
+    /// or by id (`predict --slides` shards keep their columns).
     Merge(MergeArgs),
     /// Soft labels for unlabelled slides (a folder's test.csv) for `ftu-train train --pseudo`:
     /// OUT/labels/ID.png (round(p·255)) and OUT/pseudo.csv naming each slide's image and label.
@@ -48,13 +49,19 @@ enum Command {
 
 #[derive(Args)]
 struct MergeArgs {
-    /// The test.csv the shards split.
-    #[arg(long)]
-    test: PathBuf,
-    /// The merged submission.
+    /// The test.csv the shards split: rows in its order, each of its ids exactly once. Default:
+    /// none (the shards' own ids, sorted, numbers as numbers).
+    #[arg(long, conflicts_with = "ids")]
+    test: Option<PathBuf>,
+    /// A CSV whose id column (e.g. a list under the header `id`) gives the order, each id
+    /// exactly once. Default: none.
+    #[arg(long, value_name = "CSV")]
+    ids: Option<PathBuf>,
+    /// The merged output.
     #[arg(long, default_value = "submission.csv")]
     out: PathBuf,
-    /// The shards' submissions, in any order.
+    /// The shards' outputs (id,rle, or predict --slides' id,organ,pixel_size,height,width,rle),
+    /// in any order.
     #[arg(required = true)]
     shards: Vec<PathBuf>,
 }
@@ -170,18 +177,28 @@ struct PredictArgs {
     /// Slide files or folders of them instead of --data (no test.csv): ids from the file names,
     /// sizes and µm per pixel from the files. The output CSV is then
     /// id,organ,pixel_size,height,width,rle.
-    #[arg(long, num_args = 1.., requires = "organ")]
+    #[arg(long, num_args = 1..)]
     slides: Vec<PathBuf>,
-    /// With --slides: the organ of every slide.
+    /// With --slides: a CSV of id,organ[,pixel_size][,data_source] (other columns ignored, so a
+    /// test.csv serves); a row's pixel_size wins over the file's. Default: none.
+    #[arg(long, value_name = "CSV", requires = "slides")]
+    slides_meta: Option<PathBuf>,
+    /// With --slides: the organ of every slide without a --slides-meta row. Default: none (each
+    /// slide needs a row).
     #[arg(long)]
     organ: Option<ftu_formats::Organ>,
-    /// With --slides: auto (each file's own µm per pixel; a file without one is an error) or
-    /// one value in µm for every slide.
-    #[arg(long, default_value = "auto")]
+    /// With --slides: µm per pixel of every file that states none and has no --slides-meta
+    /// pixel_size; auto: such a file is an error.
+    #[arg(long, value_name = "auto|UM", default_value = "auto")]
     pixel_size: ftu_infer::slides::PixelSizeArg,
-    /// With --slides: where the slides come from, for manifests with per-source thresholds.
+    /// With --slides: where slides without a --slides-meta data_source come from, for manifests
+    /// with per-source thresholds.
     #[arg(long, default_value = "hpa")]
     data_source: ftu_formats::DataSource,
+    /// Reuse the slides an interrupted or failed run of the same manifest and options finished
+    /// (OUT's stem.journal.csv) and predict only the rest. Default: start over.
+    #[arg(long = "continue")]
+    resume: bool,
     /// The submission to write (id,rle); a .report.json lands beside it.
     #[arg(long, default_value = "submission.csv")]
     out: PathBuf,
@@ -386,8 +403,15 @@ fn dispatch(cli: Cli) -> Result<()> {
             eprintln!("wrote {} ({} foreground pixels)", out.display(), m.count());
         }
         Command::Merge(a) => {
-            let rows = ftu_infer::merge::merge(&a.test, &a.shards)?;
-            ftu_formats::schema::write_rows(&a.out, &rows).with_context(|| format!("writing {}", a.out.display()))?;
+            use ftu_infer::merge::Order;
+            let order = match (&a.test, &a.ids) {
+                (Some(test), _) => Order::Test(test),
+                (None, Some(ids)) => Order::Ids(ids),
+                (None, None) => Order::ById,
+            };
+            let rows = ftu_infer::merge::merge_any(order, &a.shards)?;
+            rows.write(&a.out)
+                .with_context(|| format!("writing {}", a.out.display()))?;
             println!(
                 "wrote {} ({} rows from {} shards)",
                 a.out.display(),
@@ -427,19 +451,39 @@ impl BatchArgs {
 fn run_predict(a: PredictArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let manifest = Manifest::load(&a.manifest)?;
-    let slides = match (&a.slides[..], a.organ) {
-        ([], _) => None,
-        (paths, Some(organ)) => {
-            let list = SlideList::from_paths(paths, organ, a.data_source, a.pixel_size)?;
+    let slides = match &a.slides[..] {
+        [] => None,
+        paths => {
+            let defaults = SlideDefaults {
+                meta: a.slides_meta.as_deref().map(SlidesMeta::read).transpose()?,
+                organ: a.organ,
+                data_source: a.data_source,
+                pixel_size: a.pixel_size,
+            };
+            let list = SlideList::from_paths(paths, &defaults)?;
             for r in &list.rows {
                 println!(
-                    "{}: {}×{}, {} µm/pixel ({})",
-                    r.id, r.img_width, r.img_height, r.pixel_size, list.pixel_size_from[&r.id]
+                    "{}: {}×{}, {}, {} µm/pixel ({})",
+                    r.id,
+                    r.img_width,
+                    r.img_height,
+                    r.organ.as_str(),
+                    r.pixel_size,
+                    list.pixel_size_from[&r.id]
+                );
+            }
+            for p in &list.not_slides {
+                println!("not a slide, left out: {}", p.display());
+            }
+            if let (Some(first), Some(meta)) = (list.unmatched_meta.first(), &defaults.meta) {
+                println!(
+                    "note: {} id(s) of {} match no slide file (the first: {first})",
+                    list.unmatched_meta.len(),
+                    meta.path.display()
                 );
             }
             Some(list)
         }
-        (_, None) => bail!("--slides needs --organ"),
     };
     let what = match &a.data {
         Some(d) => d.display().to_string(),
@@ -452,11 +496,12 @@ fn run_predict(a: PredictArgs) -> Result<()> {
         geojson: a.geojson,
         masks: a.masks,
         slides,
+        resume: a.resume,
+        run_options: format!("read_level0={}", a.read_level0),
         ..a.batch.options(a.data.unwrap_or_default(), a.out)
     };
     // The first slide decodes while the sessions are built.
-    let reader = predict::SlideReader::start(&opts, predict::reads_tiles(&manifest))
-        .with_context(|| format!("predicting {what}"))?;
+    let reader = predict::SlideReader::start(&opts, &manifest).with_context(|| format!("predicting {what}"))?;
     let loaded_at = std::time::Instant::now();
     let (mut engine, runtime) = load_engine_from(manifest, &a.runtime, a.strict)?;
     let loaded = loaded_at.elapsed();
@@ -464,8 +509,15 @@ fn run_predict(a: PredictArgs) -> Result<()> {
         engine.record_batches(4 << 30);
     }
     engine.set_read_levels(!a.read_level0);
-    let report = with_progress(|progress| predict::predict_with(&mut engine, &opts, reader, progress))
-        .with_context(|| format!("predicting {what}"))?;
+    let report = match with_progress(|progress| predict::predict_with(&mut engine, &opts, reader, progress)) {
+        Ok(report) => report,
+        Err(e) => {
+            if let predict::PredictError::NothingPredicted { report, .. } = &e {
+                println!("{report}");
+            }
+            return Err(anyhow::Error::new(e).context(format!("predicting {what}")));
+        }
+    };
     if let Some(note) = runtime.fallback() {
         println!("note: {note}");
     }

@@ -1,7 +1,8 @@
-//! Slides given as files, with no test.csv: `predict --slides PATH… --organ O`. Each file (or
-//! each slide file in a folder) becomes a row: the id is its file name without the extension,
-//! the size comes from the file, and the µm per pixel from the file's own metadata
-//! ([`ftu_formats::slide::meta`]) unless `--pixel-size` gives it.
+//! Slides given as files, with no test.csv: `predict --slides PATH… --organ O` (or
+//! `--slides-meta CSV`). Each file (or each slide file in a folder) becomes a row: the id is its
+//! file name without the extension, the size comes from the file, the organ (and µm per pixel)
+//! from the slides-meta CSV's row for the id, else `--organ`; the µm per pixel from that row,
+//! else the file's own metadata ([`ftu_formats::slide::meta`]), else `--pixel-size`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,11 +30,21 @@ pub enum SlidesError {
     },
     #[error(transparent)]
     Meta(#[from] SlideError),
-    #[error("{path}: the file states no µm per pixel (no Aperio MPP, OME-XML PhysicalSizeX or TIFF resolution tags); give it with --pixel-size")]
+    #[error(
+        "{path}: the file states no µm per pixel (no Aperio MPP, OME-XML PhysicalSizeX or TIFF resolution tags); \
+         give it in a --slides-meta row, or --pixel-size for every file that states none"
+    )]
     NoPixelSize { path: PathBuf },
+    #[error("{path}: no organ for slide {id}: give it a --slides-meta row, or --organ for every slide without one")]
+    NoOrgan { id: String, path: PathBuf },
+    #[error("{path}: {message}")]
+    MetaCsv { path: PathBuf, message: String },
+    #[error("{path}, row {row}: {message}")]
+    MetaRow { path: PathBuf, row: usize, message: String },
 }
 
-/// `--pixel-size`: from each file, or one value for every slide.
+/// `--pixel-size`: `auto` (none: a file that states none is an error), or the µm per pixel of
+/// every file that states none.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum PixelSizeArg {
     Auto,
@@ -58,8 +69,114 @@ impl std::str::FromStr for PixelSizeArg {
 pub struct SlideList {
     pub rows: Vec<TestRow>,
     pub paths: HashMap<String, PathBuf>,
-    /// Where each slide's pixel size came from: "given", or the file's field.
+    /// Where each slide's pixel size came from: `--slides-meta`, the file's field, `--pixel-size`.
     pub pixel_size_from: HashMap<String, String>,
+    /// Files in the folders given that are not slides, left out (sorted by name).
+    pub not_slides: Vec<PathBuf>,
+    /// Ids of the slides-meta CSV that no slide file has.
+    pub unmatched_meta: Vec<String>,
+}
+
+/// What each slide's row takes when the file does not say: `--slides-meta`'s rows by id, then
+/// `--organ`, `--data-source` and `--pixel-size`.
+#[derive(Debug, Clone)]
+pub struct SlideDefaults {
+    pub meta: Option<SlidesMeta>,
+    pub organ: Option<Organ>,
+    pub data_source: DataSource,
+    pub pixel_size: PixelSizeArg,
+}
+
+/// `--slides-meta`: a CSV with columns `id` and `organ`, optionally `pixel_size` (µm; empty for
+/// the file's own) and `data_source`; other columns are ignored, so a test.csv serves.
+#[derive(Debug, Clone)]
+pub struct SlidesMeta {
+    pub path: PathBuf,
+    /// In the file's order.
+    rows: Vec<(String, MetaRow)>,
+    index: HashMap<String, usize>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct MetaRow {
+    organ: Organ,
+    pixel_size: Option<f64>,
+    data_source: Option<DataSource>,
+}
+
+impl SlidesMeta {
+    pub fn read(path: &Path) -> Result<SlidesMeta, SlidesError> {
+        let csv_err = |message: String| SlidesError::MetaCsv {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut reader = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_path(path)
+            .map_err(|e| csv_err(e.to_string()))?;
+        let headers = reader.headers().map_err(|e| csv_err(e.to_string()))?.clone();
+        let column = |name: &str| headers.iter().position(|h| h == name);
+        let (Some(id_at), Some(organ_at)) = (column("id"), column("organ")) else {
+            return Err(csv_err(format!(
+                "expected a header with id and organ (optionally pixel_size, data_source), found {}",
+                headers.iter().collect::<Vec<_>>().join(",")
+            )));
+        };
+        let (size_at, source_at) = (column("pixel_size"), column("data_source"));
+        let mut rows: Vec<(String, MetaRow)> = Vec::new();
+        let mut index = HashMap::new();
+        for (i, record) in reader.records().enumerate() {
+            let row = i + 2;
+            let row_err = |message: String| SlidesError::MetaRow {
+                path: path.to_path_buf(),
+                row,
+                message,
+            };
+            let record = record.map_err(|e| row_err(e.to_string()))?;
+            let cell = |at: Option<usize>| at.and_then(|i| record.get(i)).filter(|v| !v.is_empty());
+            let id = cell(Some(id_at))
+                .ok_or_else(|| row_err("the id is empty".into()))?
+                .to_string();
+            if let Some(first) = index.insert(id.clone(), rows.len()) {
+                return Err(row_err(format!("id {id} is listed twice (first in row {})", first + 2)));
+            }
+            let organ = cell(Some(organ_at))
+                .ok_or_else(|| row_err(format!("id {id} has no organ")))?
+                .parse::<Organ>()
+                .map_err(|e| row_err(e.to_string()))?;
+            let pixel_size = match cell(size_at) {
+                None => None,
+                Some(v) => match v.parse::<f64>() {
+                    Ok(um) if um > 0.0 && um.is_finite() => Some(um),
+                    _ => {
+                        return Err(row_err(format!(
+                            "pixel_size `{v}`: expected µm per pixel (> 0) or empty"
+                        )))
+                    }
+                },
+            };
+            let data_source = cell(source_at)
+                .map(|v| v.parse::<DataSource>().map_err(|e| row_err(e.to_string())))
+                .transpose()?;
+            rows.push((
+                id,
+                MetaRow {
+                    organ,
+                    pixel_size,
+                    data_source,
+                },
+            ));
+        }
+        Ok(SlidesMeta {
+            path: path.to_path_buf(),
+            rows,
+            index,
+        })
+    }
+
+    fn get(&self, id: &str) -> Option<&MetaRow> {
+        self.index.get(id).map(|&i| &self.rows[i].1)
+    }
 }
 
 /// A row of the CSV `predict --slides` writes: what each slide was taken to be, and its mask.
@@ -74,23 +191,22 @@ pub struct SlideResultRow {
 }
 
 impl SlideList {
-    /// Files as given; folders' slide files (by content, not extension), sorted by name.
-    pub fn from_paths(
-        paths: &[PathBuf],
-        organ: Organ,
-        data_source: DataSource,
-        pixel_size: PixelSizeArg,
-    ) -> Result<SlideList, SlidesError> {
+    /// Files as given; folders' slide files (by content, not extension), sorted by name, their
+    /// other files listed in `not_slides`.
+    pub fn from_paths(paths: &[PathBuf], defaults: &SlideDefaults) -> Result<SlideList, SlidesError> {
         let mut files = Vec::new();
+        let mut not_slides = Vec::new();
         for p in paths {
             if p.is_dir() {
                 let mut inside: Vec<PathBuf> = std::fs::read_dir(p)
                     .map_err(|cause| SlidesError::List { path: p.clone(), cause })?
                     .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|f| f.is_file() && is_slide(f))
+                    .filter(|f| f.is_file())
                     .collect();
                 inside.sort();
-                files.extend(inside);
+                let (slides, others): (Vec<PathBuf>, Vec<PathBuf>) = inside.into_iter().partition(|f| is_slide(f));
+                files.extend(slides);
+                not_slides.extend(others);
             } else if p.is_file() {
                 files.push(p.clone());
             } else {
@@ -104,6 +220,8 @@ impl SlideList {
             rows: Vec::new(),
             paths: HashMap::new(),
             pixel_size_from: HashMap::new(),
+            not_slides,
+            unmatched_meta: Vec::new(),
         };
         for file in files {
             let id = slide_id(&file);
@@ -114,16 +232,21 @@ impl SlideList {
                     second: file,
                 });
             }
+            let listed = defaults.meta.as_ref().and_then(|m| m.get(&id));
+            let Some(organ) = listed.map(|r| r.organ).or(defaults.organ) else {
+                return Err(SlidesError::NoOrgan { id, path: file });
+            };
             let meta = read_meta(&file)?;
-            let (um, from) = match (pixel_size, meta.pixel_size) {
-                (PixelSizeArg::Um(v), _) => (v, "given".to_string()),
-                (PixelSizeArg::Auto, Some((v, source))) => (v, source_name(source).to_string()),
-                (PixelSizeArg::Auto, None) => return Err(SlidesError::NoPixelSize { path: file }),
+            let (um, from) = match (listed.and_then(|r| r.pixel_size), meta.pixel_size, defaults.pixel_size) {
+                (Some(v), _, _) => (v, "--slides-meta".to_string()),
+                (None, Some((v, source)), _) => (v, source_name(source).to_string()),
+                (None, None, PixelSizeArg::Um(v)) => (v, "--pixel-size".to_string()),
+                (None, None, PixelSizeArg::Auto) => return Err(SlidesError::NoPixelSize { path: file }),
             };
             list.rows.push(TestRow {
                 id: id.clone(),
                 organ,
-                data_source,
+                data_source: listed.and_then(|r| r.data_source).unwrap_or(defaults.data_source),
                 img_height: meta.height as u32,
                 img_width: meta.width as u32,
                 pixel_size: um,
@@ -131,6 +254,14 @@ impl SlideList {
             });
             list.pixel_size_from.insert(id.clone(), from);
             list.paths.insert(id, file);
+        }
+        if let Some(meta) = &defaults.meta {
+            list.unmatched_meta = meta
+                .rows
+                .iter()
+                .filter(|(id, _)| !list.paths.contains_key(id))
+                .map(|(id, _)| id.clone())
+                .collect();
         }
         Ok(list)
     }
@@ -218,9 +349,10 @@ mod tests {
         );
         std::fs::write(d.join("notes.txt"), "not a slide").unwrap();
         let list =
-            SlideList::from_paths(&[d.to_path_buf()], Organ::Kidney, DataSource::Hpa, PixelSizeArg::Auto).unwrap();
+            SlideList::from_paths(&[d.to_path_buf()], &defaults(Some(Organ::Kidney), PixelSizeArg::Auto)).unwrap();
         let ids: Vec<&str> = list.rows.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["a", "b"]);
+        assert_eq!(list.not_slides, [d.join("notes.txt")], "listed, not silently dropped");
         assert_eq!(
             (list.rows[1].img_width, list.rows[1].img_height, list.rows[1].pixel_size),
             (40, 30, 0.25)
@@ -229,15 +361,87 @@ mod tests {
         assert_eq!(list.pixel_size_from["b"], "Aperio MPP");
         assert_eq!(list.path("a"), Some(d.join("a.ome.tif").as_path()));
 
-        // Given, it wins over the file.
-        let list = SlideList::from_paths(
-            &[d.join("b.svs")],
-            Organ::Lung,
-            DataSource::Hubmap,
-            PixelSizeArg::Um(0.8),
+        // --pixel-size is only the fallback: the file's own wins.
+        let list =
+            SlideList::from_paths(&[d.join("b.svs")], &defaults(Some(Organ::Lung), PixelSizeArg::Um(0.8))).unwrap();
+        assert_eq!((list.rows[0].pixel_size, list.rows[0].organ), (0.25, Organ::Lung));
+    }
+
+    fn defaults(organ: Option<Organ>, pixel_size: PixelSizeArg) -> SlideDefaults {
+        SlideDefaults {
+            meta: None,
+            organ,
+            data_source: DataSource::Hpa,
+            pixel_size,
+        }
+    }
+
+    #[test]
+    fn a_slides_meta_csv_gives_organs_and_pixel_sizes_over_the_files_and_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let aperio = TiffMeta {
+            description: Some("Aperio Image Library|MPP = 0.25|AppMag = 40".into()),
+            pixel_size: None,
+        };
+        tiff(&d.join("a.svs"), 8, 8, aperio.clone());
+        tiff(&d.join("b.svs"), 8, 8, aperio);
+        tiff(&d.join("c.tif"), 8, 8, TiffMeta::default());
+        let meta = d.join("meta.csv");
+        std::fs::write(
+            &meta,
+            "id,organ,pixel_size,extra\na,lung,0.75,x\nc,spleen,,y\nz,kidney,,\n",
         )
         .unwrap();
-        assert_eq!((list.rows[0].pixel_size, list.rows[0].organ), (0.8, Organ::Lung));
+        let with_meta = |organ: Option<Organ>, pixel_size| SlideDefaults {
+            meta: Some(SlidesMeta::read(&meta).unwrap()),
+            ..defaults(organ, pixel_size)
+        };
+        let list = SlideList::from_paths(
+            &[d.to_path_buf()],
+            &with_meta(Some(Organ::Prostate), PixelSizeArg::Um(0.5)),
+        )
+        .unwrap();
+        let got: Vec<(&str, Organ, f64, &str)> = list
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    r.id.as_str(),
+                    r.organ,
+                    r.pixel_size,
+                    list.pixel_size_from[&r.id].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", Organ::Lung, 0.75, "--slides-meta"),
+                ("b", Organ::Prostate, 0.25, "Aperio MPP"),
+                ("c", Organ::Spleen, 0.5, "--pixel-size"),
+            ]
+        );
+        assert_eq!(list.unmatched_meta, ["z"]);
+        // b has no row and there is no --organ: named.
+        let err = SlideList::from_paths(&[d.to_path_buf()], &with_meta(None, PixelSizeArg::Um(0.5)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("b.svs") && err.contains("no organ") && err.contains("--organ"),
+            "{err}"
+        );
+
+        for (text, want) in [
+            ("name,organ\na,lung\n", "expected a header with id and organ"),
+            ("id,organ\na,liver\n", "row 2"),
+            ("id,organ,pixel_size\na,lung,-1\n", "pixel_size `-1`"),
+            ("id,organ\na,lung\na,kidney\n", "id a is listed twice"),
+        ] {
+            std::fs::write(&meta, text).unwrap();
+            let err = SlidesMeta::read(&meta).unwrap_err().to_string();
+            assert!(err.contains("meta.csv") && err.contains(want), "{text:?}: {err}");
+        }
     }
 
     #[test]
@@ -247,9 +451,7 @@ mod tests {
         tiff(&d.join("plain.tif"), 8, 8, TiffMeta::default());
         let err = SlideList::from_paths(
             &[d.join("plain.tif")],
-            Organ::Kidney,
-            DataSource::Hpa,
-            PixelSizeArg::Auto,
+            &defaults(Some(Organ::Kidney), PixelSizeArg::Auto),
         )
         .unwrap_err()
         .to_string();
@@ -259,18 +461,14 @@ mod tests {
         std::fs::copy(d.join("plain.tif"), sub.join("plain.tiff")).unwrap();
         let err = SlideList::from_paths(
             &[d.join("plain.tif"), sub],
-            Organ::Kidney,
-            DataSource::Hpa,
-            PixelSizeArg::Um(0.4),
+            &defaults(Some(Organ::Kidney), PixelSizeArg::Um(0.4)),
         )
         .unwrap_err()
         .to_string();
         assert!(err.contains("id plain"), "{err}");
         let err = SlideList::from_paths(
             &[d.join("missing.svs")],
-            Organ::Kidney,
-            DataSource::Hpa,
-            PixelSizeArg::Auto,
+            &defaults(Some(Organ::Kidney), PixelSizeArg::Auto),
         )
         .unwrap_err()
         .to_string();

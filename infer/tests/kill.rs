@@ -222,3 +222,106 @@ fn walk(root: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Complete lines in the journal of a run writing `out` (its header included), 0 when absent.
+fn journal_lines(out: &Path) -> usize {
+    let journal = out.with_file_name(format!("{}.journal.csv", out.file_stem().unwrap().to_str().unwrap()));
+    read(&journal).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
+}
+
+/// Starts `cmd` and SIGKILLs it once the journal of `out` holds `slides` finished slides (or
+/// after `timeout`); says whether it was still running then.
+fn kill_at_slide(mut cmd: Command, out: &Path, slides: usize, timeout: Duration) -> bool {
+    let mut child = cmd.spawn().unwrap();
+    let end = Instant::now() + timeout;
+    while Instant::now() < end && journal_lines(out) < slides + 1 {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let running = child.try_wait().unwrap().is_none();
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+    running
+}
+
+/// `predict --continue` killed part-way (once or twice, at a slide count drawn at random, so
+/// some kills land while a journal line is being written), then resumed, writes the same
+/// submission as an unbroken run, and the resumed runs predict only what was left.
+#[test]
+fn a_killed_predict_resumed_with_continue_gives_the_unbroken_submission() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let n = 12;
+    let (data, manifest) = fixture(d, n);
+    let out = d.join("sub.csv");
+    let predict = || {
+        let mut c = ftu_infer(&[
+            "predict",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--threads",
+            "1",
+            "--continue",
+            "--out",
+        ]);
+        c.arg(&out);
+        c
+    };
+    let full = timed(predict());
+    let unbroken = read(&out).unwrap();
+    assert_eq!(journal_lines(&out), 0, "a finished run removes its journal");
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let mut resumed_mid_run = 0;
+    for round in 0..8 {
+        std::fs::remove_file(&out).unwrap();
+        let mut at = rng.random_range(1..n - 1);
+        // Whether the last run was killed (an earlier one's resume may have finished).
+        let mut killed = false;
+        for _ in 0..=(round % 2) {
+            killed = kill_at_slide(predict(), &out, at, full * 4);
+            at = rng.random_range(at..n);
+        }
+        let finished = journal_lines(&out).saturating_sub(1);
+        if killed && finished < n {
+            assert!(
+                !out.exists(),
+                "round {round}: a run killed before its last slide wrote a submission"
+            );
+        }
+        let resumed = Command::new(env!("CARGO_BIN_EXE_ftu-infer"))
+            .args([
+                "predict",
+                "--manifest",
+                manifest.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+            ])
+            .args(["--threads", "1", "--continue", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+        assert_eq!(
+            read(&out).unwrap(),
+            unbroken,
+            "round {round}: resumed after {finished} slides"
+        );
+        assert_eq!(journal_lines(&out), 0);
+        if killed && finished > 0 && finished < n {
+            resumed_mid_run += 1;
+            let said = String::from_utf8_lossy(&resumed.stdout);
+            assert!(
+                said.contains(&format!("{n} predicted ({finished} reused from the journal)")),
+                "round {round}: {said}"
+            );
+        }
+    }
+    assert!(
+        resumed_mid_run >= 6,
+        "only {resumed_mid_run} of 8 rounds were killed part-way"
+    );
+}

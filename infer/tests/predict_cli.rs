@@ -147,7 +147,10 @@ fn predict_writes_one_row_per_id_in_order_with_per_organ_and_source_thresholds()
     );
     assert!(o.status.success(), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("4 rows, 4 predicted, 0 skipped"), "{stdout}");
+    assert!(
+        stdout.contains("4 rows, 4 predicted, 0 failed with empty masks"),
+        "{stdout}"
+    );
     for stage in ["read", "resize", "model", "resize back", "threshold+rle"] {
         assert!(stdout.contains(stage), "stage {stage} in {stdout}");
     }
@@ -216,9 +219,12 @@ fn a_bad_slide_fails_the_run_and_writes_nothing_unless_skipped() {
     let o = f.predict(&manifest, &["--on-error", "skip"]);
     assert!(o.status.success(), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("3 rows, 1 predicted, 2 skipped"), "{stdout}");
     assert!(
-        stdout.contains("skipped 2:") && stdout.contains("skipped 3: no image"),
+        stdout.contains("3 rows, 1 predicted, 2 failed with empty masks"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("failed 2:") && stdout.contains("failed 3: no image"),
         "{stdout}"
     );
     let sub = schema::read_submission(&f.path("sub.csv")).unwrap();
@@ -474,14 +480,10 @@ fn a_model_that_outputs_nan_or_inf_fails_the_slide_instead_of_an_empty_or_full_m
         );
         assert!(!f.path("sub.csv").exists(), "{what}: no submission");
 
+        // Skipped, every slide fails: the run fails too, with the reasons in its report.
         let o = f.predict(&manifest, &["--on-error", "skip"]);
-        assert!(o.status.success(), "{what}: {}", text(&o));
-        let sub = schema::read_submission(&f.path("sub.csv")).unwrap();
-        assert_eq!(
-            sub.iter().map(|r| (r.id.as_str(), r.rle.as_str())).collect::<Vec<_>>(),
-            [("1", ""), ("2", "")],
-            "{what}: every row kept, empty"
-        );
+        assert!(!o.status.success(), "{what}: {}", text(&o));
+        assert!(!f.path("sub.csv").exists(), "{what}: no submission of empty masks");
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(f.path("sub.report.json")).unwrap()).unwrap();
         let reasons: Vec<&str> = report["skipped"]
@@ -588,7 +590,7 @@ fn predict_takes_slide_files_without_test_csv() {
     let o = predict(&[]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("b: 64×64, 0.5 µm/pixel (OME-XML PhysicalSizeX)"),
+        String::from_utf8_lossy(&o.stdout).contains("b: 64×64, kidney, 0.5 µm/pixel (OME-XML PhysicalSizeX)"),
         "{}",
         text(&o)
     );
@@ -762,4 +764,177 @@ fn a_group_size_beyond_twice_the_models_training_size_warns() {
     let o = f.predict(&manifest_for(&f, "near.onnx", None, SIDE), &["--strict"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(!String::from_utf8_lossy(&o.stderr).contains("warning:"), "{}", text(&o));
+}
+
+#[test]
+fn on_error_skip_with_every_slide_bad_fails_and_writes_no_submission() {
+    let f = Folder::new(&[
+        ("1", Organ::Kidney, DataSource::Hpa),
+        ("2", Organ::Lung, DataSource::Hpa),
+    ]);
+    std::fs::write(f.path("test_images/1.tiff"), b"II*\0 truncated").unwrap();
+    std::fs::remove_file(f.path("test_images/2.tiff")).unwrap();
+    let o = f.predict(&f.manifest(""), &["--on-error", "skip"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("2 rows, 0 predicted, 2 failed") && out.contains("failed 2: no image"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        err.contains("none of the 2 slides could be predicted") && err.contains("sub.report.json"),
+        "{err}"
+    );
+    assert!(
+        !f.path("sub.csv").exists(),
+        "empty masks for every slide would read as no FTU"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.path("sub.report.json")).unwrap()).unwrap();
+    assert_eq!(
+        (report["predicted"].as_u64(), report["failed"].as_u64()),
+        (Some(0), Some(2))
+    );
+    assert!(!f.path("sub.journal.csv").exists());
+}
+
+#[test]
+fn a_failed_run_resumes_with_continue_and_gives_the_unbroken_runs_submission() {
+    let ids = [
+        ("4", Organ::Kidney, DataSource::Hpa),
+        ("8", Organ::Lung, DataSource::Hubmap),
+        ("6", Organ::Spleen, DataSource::Hpa),
+    ];
+    let f = Folder::new(&ids);
+    let manifest = f.manifest(THRESHOLDS);
+    let o = f.predict(&manifest, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let unbroken = std::fs::read(f.path("sub.csv")).unwrap();
+    assert!(!f.path("sub.journal.csv").exists(), "a finished run leaves no journal");
+    std::fs::remove_file(f.path("sub.csv")).unwrap();
+
+    // Slide 6 is unreadable: the run stops there, keeping 4 and 8.
+    let good = std::fs::read(f.path("test_images/6.tiff")).unwrap();
+    std::fs::write(f.path("test_images/6.tiff"), b"II*\0 truncated").unwrap();
+    let o = f.predict(&manifest, &[]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("the 2 slide(s) finished are kept") && err.contains("--continue"),
+        "{err}"
+    );
+    assert!(!f.path("sub.csv").exists());
+    std::fs::write(f.path("test_images/6.tiff"), &good).unwrap();
+    // Slides 4 and 8 are not read again: unreadable now, they are still reused.
+    std::fs::write(f.path("test_images/4.tiff"), b"gone").unwrap();
+    let o = f.predict(&manifest, &["--continue"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("3 predicted (2 reused from the journal)"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(f.path("sub.csv")).unwrap(), unbroken);
+    assert!(!f.path("sub.journal.csv").exists());
+
+    // Another manifest's journal is not reused: refused with --continue, replaced without.
+    std::fs::write(f.path("test_images/4.tiff"), &good).unwrap();
+    std::fs::write(f.path("test_images/6.tiff"), b"II*\0 truncated").unwrap();
+    assert!(!f.predict(&manifest, &[]).status.success());
+    let other = f.path("other.toml");
+    std::fs::copy(&manifest, &other).unwrap();
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&manifest)
+            .unwrap()
+            .replace("default = 0.5", "default = 0.4"),
+    )
+    .unwrap();
+    let o = f.predict(&other, &["--continue"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("sub.journal.csv") && err.contains("another manifest"),
+        "{err}"
+    );
+    let o = f.predict(&other, &["--on-error", "skip"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("held 2 finished slide(s) of an earlier run; starting over"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn slides_take_a_meta_csv_and_list_the_files_that_are_not_slides() {
+    use ftu_formats::slide::write::{write_tiff_pages_with, TiffMeta};
+    use ftu_infer::slides::SlideResultRow;
+    let f = Folder::new(&[("1", Organ::Kidney, DataSource::Hpa)]);
+    let dir = f.path("scans");
+    std::fs::create_dir(&dir).unwrap();
+    let img = gradient_slide(0);
+    for (name, um) in [("a.tif", Some(0.5)), ("b.tif", None)] {
+        let spec = TiffSpec {
+            width: SIDE as u32,
+            height: SIDE as u32,
+            samples: Samples::Rgb8,
+            chunking: Chunking::Strips { rows: 16 },
+            compression: Compression::Lzw,
+            bigtiff: false,
+        };
+        let meta = TiffMeta {
+            description: None,
+            pixel_size: um,
+        };
+        write_tiff_pages_with(&dir.join(name), &[spec], &meta, |_, r, buf| {
+            let start = r.y as usize * SIDE * 3;
+            buf.extend_from_slice(&img.data[start..start + r.height as usize * SIDE * 3]);
+            Ok(())
+        })
+        .unwrap();
+    }
+    std::fs::write(dir.join("notes.txt"), "not a slide").unwrap();
+    let meta = f.path("meta.csv");
+    std::fs::write(&meta, "id,organ,pixel_size\nb,lung,0.75\n").unwrap();
+    let out = f.path("slides.csv");
+    let manifest = f.manifest("");
+    let o = ftu_infer(&[
+        "predict",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--slides",
+        dir.to_str().unwrap(),
+        "--slides-meta",
+        meta.to_str().unwrap(),
+        "--organ",
+        "spleen",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("not a slide, left out:") && stdout.contains("notes.txt"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("b: 64×64, lung, 0.75 µm/pixel (--slides-meta)"),
+        "{stdout}"
+    );
+    let rows: Vec<SlideResultRow> = csv::Reader::from_path(&out)
+        .unwrap()
+        .deserialize()
+        .map(|r| r.unwrap())
+        .collect();
+    let got: Vec<(&str, Organ)> = rows.iter().map(|r| (r.id.as_str(), r.organ)).collect();
+    assert_eq!(got, [("a", Organ::Spleen), ("b", Organ::Lung)]);
+    assert!((rows[0].pixel_size - 0.5).abs() < 1e-6 && rows[1].pixel_size == 0.75);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.path("slides.report.json")).unwrap()).unwrap();
+    assert!(
+        report["not_slides"][0].as_str().unwrap().ends_with("notes.txt"),
+        "{report}"
+    );
 }

@@ -5,6 +5,10 @@
 //! Manifests with tiled groups read each slide region by region instead ([`crate::tiled`]),
 //! keep probabilities in blocks and masks as row runs, so whole-slide images fit in memory.
 //! Masks are cleaned per organ, outlined as GeoJSON, and rows can be split into shards.
+//! Finished slides go to a journal ([`journal`]) so a killed run resumes with `--continue`.
+
+pub mod journal;
+mod results;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,19 +20,20 @@ use serde::Serialize;
 use crate::engine::{Engine, EngineError, ProbMap, SlideInfo, Timings};
 use crate::ensemble::SlideMaps;
 use crate::score;
-use crate::slides::{SlideList, SlideResultRow};
+use crate::slides::SlideList;
 use crate::tiled::{self, TileStats};
-use ftu_formats::atomic::{write_atomic, AtomicFile, WriteError};
+use ftu_formats::atomic::WriteError;
 use ftu_formats::draw::{outline_overlay, outline_overview, overlay, Layer, PRED_COLOUR, TRUTH_COLOUR};
 use ftu_formats::kaggle::Split;
-use ftu_formats::manifest::{GroupMode, PostprocessSpec};
+use ftu_formats::manifest::{GroupMode, Manifest, PostprocessSpec};
 use ftu_formats::mask::runs::{Component, RunMask, RunSums};
 use ftu_formats::mask::Mask;
 use ftu_formats::mask::{geojson, image as mask_image, rle};
 use ftu_formats::postprocess;
-use ftu_formats::schema::{self, CsvError, SubmissionRow, TestRow};
+use ftu_formats::schema::{self, CsvError, TestRow};
 use ftu_formats::slide::region::SlideSource;
 use ftu_formats::slide::{read_slide, RgbImage, SlideError, SlideLimits};
+use results::Results;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
@@ -38,8 +43,25 @@ pub enum PredictError {
     Truth(#[from] score::ScoreError),
     #[error("{data}/test.csv has no rows")]
     Empty { data: PathBuf },
-    #[error("slide {id}: {cause} (pass --on-error skip to write an empty mask for it and go on)")]
-    Slide { id: String, cause: SlideFailure },
+    #[error("slide {id}: {cause} (pass --on-error skip to write an empty mask for it and go on{kept})")]
+    Slide {
+        id: String,
+        cause: Box<SlideFailure>,
+        /// Where the slides finished before it are kept, when there are any.
+        kept: String,
+    },
+    #[error(
+        "none of the {} slides could be predicted (the first: {first}); no output is written, every reason is in {}",
+        .report.failed,
+        PredictReport::path_for(&.report.submission).display()
+    )]
+    NothingPredicted {
+        first: String,
+        /// What the run did, as written beside the output.
+        report: Box<PredictReport>,
+    },
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
     #[error(transparent)]
     Write(#[from] WriteError),
     #[error("cannot start the slide reader thread: {0}")]
@@ -96,6 +118,11 @@ pub struct PredictOptions {
     /// Slide files instead of `data`'s test.csv: the output is then a CSV of
     /// `id,organ,pixel_size,height,width,rle`.
     pub slides: Option<SlideList>,
+    /// Reuse the slides an earlier run of the same manifest and options finished (its journal
+    /// beside `out`) instead of starting over.
+    pub resume: bool,
+    /// A fingerprint of what else decides the masks (e.g. `--read-level0`), for the journal.
+    pub run_options: String,
 }
 
 impl PredictOptions {
@@ -115,6 +142,8 @@ impl PredictOptions {
             masks: None,
             shard: None,
             slides: None,
+            resume: false,
+            run_options: String::new(),
         }
     }
 }
@@ -172,7 +201,12 @@ pub struct StageTime {
 pub struct PredictReport {
     pub submission: PathBuf,
     pub slides: usize,
+    /// Slides with a mask: predicted by this run or reused from an earlier one's journal.
     pub predicted: usize,
+    /// Of those, the ones reused (`--continue`).
+    pub reused: usize,
+    /// Slides that failed and got an empty mask (`--on-error skip`), listed in `skipped`.
+    pub failed: usize,
     pub skipped: Vec<Skipped>,
     /// Seconds per stage, summed over slides. Reading runs on its own thread, beside the models.
     pub stages: Vec<StageTime>,
@@ -183,6 +217,8 @@ pub struct PredictReport {
     pub shard: Option<String>,
     /// Per slide, what tiling did (tiled manifests only).
     pub tiles: Vec<SlideTiles>,
+    /// Files of `--slides` folders that are not slides, left out.
+    pub not_slides: Vec<PathBuf>,
     #[serde(skip)]
     pub timings: Timings,
 }
@@ -198,13 +234,17 @@ pub struct SlideTiles {
 /// tiled slide's windows, the skipped slides, and where the JSON report is.
 impl std::fmt::Display for PredictReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let reused = match self.reused {
+            0 => String::new(),
+            n => format!(" ({n} reused from the journal)"),
+        };
         writeln!(
             f,
-            "wrote {} ({} rows, {} predicted, {} skipped) in {:.1} s, {:.2} slides/s",
+            "wrote {} ({} rows, {} predicted{reused}, {} failed with empty masks) in {:.1} s, {:.2} slides/s",
             self.submission.display(),
             self.slides,
             self.predicted,
-            self.skipped.len(),
+            self.failed,
             self.wall_seconds,
             self.slides_per_second
         )?;
@@ -248,7 +288,10 @@ impl std::fmt::Display for PredictReport {
             )?;
         }
         for s in &self.skipped {
-            writeln!(f, "skipped {}: {}", s.id, s.reason)?;
+            writeln!(f, "failed {}: {}", s.id, s.reason)?;
+        }
+        for p in &self.not_slides {
+            writeln!(f, "not a slide, left out: {}", p.display())?;
         }
         write!(f, "report: {}", PredictReport::path_for(&self.submission).display())
     }
@@ -309,25 +352,39 @@ type ReadSlide = (Result<RgbImage, SlideFailure>, Duration);
 /// overlaps the first slide's decoding with session creation (and CUDA's start-up).
 pub struct SlideReader {
     rows: Vec<TestRow>,
+    /// Whether it was started for a tiled manifest (no reader thread).
+    tiled: bool,
     /// `None` for tiled manifests: they read slides region by region, nothing whole ahead.
     slides: Option<Receiver<ReadSlide>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SlideReader {
-    /// The rows `opts` selects, with a reader thread started on them unless `tiled`.
-    pub fn start(opts: &PredictOptions, tiled: bool) -> Result<SlideReader, PredictError> {
+    /// The rows `opts` selects, with a reader thread started on those an earlier run's journal
+    /// does not hold (continuing) unless `manifest` is tiled.
+    pub fn start(opts: &PredictOptions, manifest: &Manifest) -> Result<SlideReader, PredictError> {
         let rows = selected_rows(opts)?;
+        let tiled = reads_tiles(manifest);
         if tiled {
             return Ok(SlideReader {
                 rows,
+                tiled,
                 slides: None,
                 thread: None,
             });
         }
+        let finished = match opts.resume {
+            true => journal::finished(&journal::path_for(&opts.out), &run_fingerprint(manifest, opts))?,
+            false => HashMap::new(),
+        };
+        let to_read: Vec<TestRow> = rows
+            .iter()
+            .filter(|r| !finished.get(&r.id).is_some_and(|k| k.matches(r)))
+            .cloned()
+            .collect();
         // One decoded slide waits in the channel: memory stays bounded whatever the run's length.
         let (tx, rx) = sync_channel::<ReadSlide>(1);
-        let (opts, to_read) = (opts.clone(), rows.clone());
+        let opts = opts.clone();
         let thread = std::thread::Builder::new()
             .name("ftu-reader".into())
             .spawn(move || {
@@ -342,6 +399,7 @@ impl SlideReader {
             .map_err(|cause| PredictError::Thread(cause.to_string()))?;
         Ok(SlideReader {
             rows,
+            tiled,
             slides: Some(rx),
             thread: Some(thread),
         })
@@ -359,8 +417,39 @@ impl Drop for SlideReader {
 }
 
 /// Whether the manifest reads slides region by region (a tiled group) rather than whole.
-pub fn reads_tiles(manifest: &ftu_formats::manifest::Manifest) -> bool {
+pub fn reads_tiles(manifest: &Manifest) -> bool {
     manifest.groups.iter().any(|g| matches!(g.mode, GroupMode::Tiles(_)))
+}
+
+/// What decides a run's masks, as the journal's fingerprint: the manifest's text, each model
+/// file's size and modification time, the output's kind, the shard and `opts.run_options`.
+pub fn run_fingerprint(manifest: &Manifest, opts: &PredictOptions) -> String {
+    let text = std::fs::read(&manifest.path).unwrap_or_default();
+    let models: Vec<String> = manifest
+        .groups
+        .iter()
+        .flat_map(|g| &g.models)
+        .map(|m| {
+            let meta = std::fs::metadata(&m.path).ok();
+            let modified = meta
+                .as_ref()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            format!("{} {} {modified}", m.path.display(), meta.map_or(0, |m| m.len()))
+        })
+        .collect();
+    let kind = format!(
+        "slides={} shard={:?} {}",
+        opts.slides.is_some(),
+        opts.shard.map(|s| s.to_string()),
+        opts.run_options
+    );
+    journal::fingerprint(
+        [text.as_slice(), kind.as_bytes()]
+            .into_iter()
+            .chain(models.iter().map(|m| m.as_bytes())),
+    )
 }
 
 /// Predicts every row of `data/test.csv` (or of one shard of it) and writes the submission
@@ -370,7 +459,7 @@ pub fn predict_dir(
     opts: &PredictOptions,
     progress: Progress,
 ) -> Result<PredictReport, PredictError> {
-    let reader = SlideReader::start(opts, reads_tiles(engine.manifest()))?;
+    let reader = SlideReader::start(opts, engine.manifest())?;
     predict_with(engine, opts, reader, progress)
 }
 
@@ -384,11 +473,22 @@ pub fn predict_with(
 ) -> Result<PredictReport, PredictError> {
     let start = Instant::now();
     let tiled = reads_tiles(engine.manifest());
-    if tiled != reader.slides.is_none() {
+    if tiled != reader.tiled {
         // Started for the other kind of manifest: start again for this one.
-        reader = SlideReader::start(opts, tiled)?;
+        reader = SlideReader::start(opts, engine.manifest())?;
     }
     let rows = std::mem::take(&mut reader.rows);
+    let (journal, replaced) =
+        journal::Journal::open(&opts.out, &run_fingerprint(engine.manifest(), opts), opts.resume)?;
+    if replaced > 0 {
+        eprintln!(
+            "note: {} held {replaced} finished slide(s) of an earlier run; starting over (--continue reuses them)",
+            journal.path().display()
+        );
+    }
+    let mut results = Results::new(opts, journal);
+    // The rows an earlier run finished are reused; the reader skipped the same ones.
+    let todo: Vec<&TestRow> = rows.iter().filter(|r| !results.reuse(r)).collect();
     let truth: HashMap<String, String> = match (&opts.overlays, opts.data.join("truth.csv")) {
         (Some(_), t) if t.is_file() && opts.slides.is_none() => {
             score::read_truth(&t, Some(&Split::Test.csv(&opts.data)))?
@@ -410,16 +510,16 @@ pub fn predict_with(
 
     let mut timings = Timings::default();
     let total = rows.len();
-    let mut results = Results::new(opts)?;
+    let done_before = total - todo.len();
     if tiled {
         // Slides are opened region by region: nothing to decode ahead.
-        for (i, row) in rows.iter().enumerate() {
+        for (i, &row) in todo.iter().enumerate() {
             let mut t = Timings::default();
             let outcome = predict_tiled_one(engine, opts, row, truth.get(&row.id), &mut t, &mut *progress);
             timings.add(&t);
             results.record(row, outcome)?;
             progress(Event::Slide {
-                done: i + 1,
+                done: done_before + i + 1,
                 total,
                 id: &row.id,
             });
@@ -456,13 +556,13 @@ pub fn predict_with(
                 timings.add(&t);
                 results.record(row, outcome)?;
                 progress(Event::Slide {
-                    done: i + 1,
+                    done: done_before + i + 1,
                     total,
                     id: &row.id,
                 });
                 Ok(())
             };
-            for (i, row) in rows.iter().enumerate() {
+            for (i, &row) in todo.iter().enumerate() {
                 let (slide, read_time) = rx.recv().expect("the reader sends one result per row");
                 let mut t = Timings {
                     read: read_time,
@@ -479,7 +579,7 @@ pub fn predict_with(
         })?;
     }
 
-    results.write(opts, timings, start.elapsed())
+    results.write(opts, &rows, timings, start.elapsed())
 }
 
 /// One slide's row and what else it produced.
@@ -487,134 +587,6 @@ struct Outcome {
     rle: String,
     fraction: f64,
     tiles: Option<TileStats>,
-}
-
-/// The run's results as slides finish: the submission's rows in test.csv order (an empty mask
-/// for a skipped slide, never a missing row), streamed into a temp file beside the output so
-/// memory does not grow with the run; what was skipped and why, tiling statistics. At the end
-/// the submission is renamed into place and the report written beside it; a run that fails
-/// leaves the old submission (the temp file is removed).
-struct Results {
-    on_error: OnError,
-    /// `id,rle`, or with `--slides` `id,organ,pixel_size,height,width,rle`.
-    rows: csv::Writer<AtomicFile>,
-    /// Whether rows carry the slide's metadata (`--slides`).
-    with_meta: bool,
-    written: usize,
-    skipped: Vec<Skipped>,
-    tiles: Vec<SlideTiles>,
-    /// Sum over predicted slides of their foreground fraction.
-    foreground: f64,
-}
-
-impl Results {
-    fn new(opts: &PredictOptions) -> Result<Results, PredictError> {
-        Ok(Results {
-            on_error: opts.on_error,
-            rows: csv::Writer::from_writer(AtomicFile::create(&opts.out)?),
-            with_meta: opts.slides.is_some(),
-            written: 0,
-            skipped: Vec::new(),
-            tiles: Vec::new(),
-            foreground: 0.0,
-        })
-    }
-
-    /// A slide's outcome: its row, or (with `--on-error skip`) an empty row and the reason.
-    fn record(&mut self, row: &TestRow, outcome: Result<Outcome, SlideFailure>) -> Result<(), PredictError> {
-        let rle = match outcome {
-            Ok(o) => {
-                self.foreground += o.fraction;
-                if let Some(stats) = o.tiles {
-                    self.tiles.push(SlideTiles {
-                        id: row.id.clone(),
-                        stats,
-                    });
-                }
-                o.rle
-            }
-            Err(cause) if self.on_error == OnError::Skip => {
-                self.skipped.push(Skipped {
-                    id: row.id.clone(),
-                    reason: cause.to_string(),
-                });
-                String::new()
-            }
-            Err(cause) => {
-                return Err(PredictError::Slide {
-                    id: row.id.clone(),
-                    cause,
-                })
-            }
-        };
-        let written = if self.with_meta {
-            self.rows.serialize(SlideResultRow {
-                id: row.id.clone(),
-                organ: row.organ,
-                pixel_size: row.pixel_size,
-                height: row.img_height,
-                width: row.img_width,
-                rle,
-            })
-        } else {
-            self.rows.serialize(SubmissionRow {
-                id: row.id.clone(),
-                rle,
-            })
-        };
-        written.map_err(|e| self.write_error(e.into()))?;
-        self.written += 1;
-        Ok(())
-    }
-
-    fn write_error(&self, cause: std::io::Error) -> PredictError {
-        PredictError::Write(WriteError {
-            path: self.rows.get_ref().path().to_path_buf(),
-            cause,
-        })
-    }
-
-    /// Writes the submission, then the report beside it, and returns the report.
-    fn write(self, opts: &PredictOptions, timings: Timings, wall: Duration) -> Result<PredictReport, PredictError> {
-        let file = self.rows.into_inner().map_err(|e| {
-            PredictError::Write(WriteError {
-                path: opts.out.clone(),
-                cause: e.into_error(),
-            })
-        })?;
-        file.commit()?;
-        let wall = wall.as_secs_f64();
-        let total = self.written;
-        let predicted = total - self.skipped.len();
-        let report = PredictReport {
-            submission: opts.out.clone(),
-            slides: total,
-            predicted,
-            skipped: self.skipped,
-            stages: timings
-                .stages()
-                .iter()
-                .map(|(n, d)| StageTime {
-                    stage: n.to_string(),
-                    seconds: d.as_secs_f64(),
-                })
-                .collect(),
-            wall_seconds: wall,
-            slides_per_second: total as f64 / wall.max(1e-9),
-            foreground_fraction: if predicted > 0 {
-                self.foreground / predicted as f64
-            } else {
-                0.0
-            },
-            shard: opts.shard.map(|s| s.to_string()),
-            tiles: self.tiles,
-            timings,
-        };
-        let json = serde_json::to_vec_pretty(&report).expect("the report serialises");
-        let path = PredictReport::path_for(&opts.out);
-        write_atomic(&path, |w| std::io::Write::write_all(w, &json))?;
-        Ok(report)
-    }
 }
 
 /// The row's slide file: given with `--slides`, or found in test_images/.
