@@ -253,7 +253,7 @@ impl BinaryInfo {
         self.newest_glibc.is_none_or(|v| v <= GLIBC_FLOOR) && !self.debug_info
     }
 
-    /// `glibc ≥ 2.34, debug info, 82.1 MB`.
+    /// `needs glibc ≥ 2.34, with debug info, 82.1 MB`.
     pub fn describe(&self) -> String {
         format!(
             "{}, {}, {:.1} MB",

@@ -237,14 +237,17 @@ fn ftu_infer_backtrace_env(args: &[&str], env: &[(&str, &str)]) -> Output {
         .unwrap()
 }
 
-/// Exit status 1; stderr is `error: …` then only `caused by: …` lines; no backtrace, no panic,
+/// Exit status 1; stderr ends with an `error: …` line and only `caused by: …` lines; no backtrace, no panic,
 /// no Rust Debug form of a type.
 fn reads_as_sentences(out: &Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{err}");
-    let mut lines = err.lines();
-    assert!(lines.next().is_some_and(|l| l.starts_with("error: ")), "{err}");
-    for line in lines {
+    // What the command said before failing (notes, progress) may come first; the report is the
+    // rest: one `error: …` line, then only causes.
+    let Some(start) = err.find("error: ").filter(|&i| i == 0 || err[..i].ends_with('\n')) else {
+        panic!("no line starts with `error: `:\n{err}");
+    };
+    for line in err[start..].lines().skip(1) {
         assert!(
             line.starts_with("caused by: "),
             "a line that is no cause: {line:?} in\n{err}"
@@ -282,7 +285,10 @@ fn failing_commands_print_error_and_causes_without_a_backtrace() {
     );
 
     // No ONNX Runtime anywhere: no ORT_DYLIB_PATH file, no Python on PATH, no virtualenv.
-    let model = write(dir.path(), "m.onnx", "not a model");
+    let model = dir.path().join("m.onnx");
+    let sample = ftu_onnx::samples::pixel_linear([1.0, 0.0, 0.0], 0.0, Default::default(), "logits").unwrap();
+    ftu_onnx::write(&sample, &model).unwrap();
+    let model = model.to_str().unwrap().to_string();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ftu-infer"));
     let out = cmd
         .args(["inspect", &model])

@@ -15,14 +15,17 @@ fn ftu_train(args: &[&str], env: &[(&str, &str)]) -> Output {
         .unwrap()
 }
 
-/// Exit status 1, stderr's first line `error: …`, every other line a `caused by: …`, and no
+/// Exit status 1, a line `error: …` followed only by `caused by: …` lines, and no
 /// backtrace's header or numbered frames.
 fn reads_as_sentences(out: &Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{err}");
-    let mut lines = err.lines();
-    assert!(lines.next().is_some_and(|l| l.starts_with("error: ")), "{err}");
-    for line in lines {
+    // What the command said before failing (notes, progress) may come first; the report is the
+    // rest: one `error: …` line, then only causes.
+    let Some(start) = err.find("error: ").filter(|&i| i == 0 || err[..i].ends_with('\n')) else {
+        panic!("no line starts with `error: `:\n{err}");
+    };
+    for line in err[start..].lines().skip(1) {
         assert!(
             line.starts_with("caused by: "),
             "a line that is no cause: {line:?} in\n{err}"
