@@ -203,19 +203,21 @@ struct PredictArgs {
     #[arg(long, default_value = "submission.csv")]
     out: PathBuf,
     /// Write each slide's probability map here as an 8-bit PNG (round(p·255)), or as a tiled
-    /// TIFF (ID.tiff) for slides predicted by a tiled manifest.
+    /// TIFF (ID.tiff) for slides predicted by a tiled manifest. Default: not written.
     #[arg(long)]
     probs: Option<PathBuf>,
     /// Write each slide with the predicted (yellow) and true (cyan) outlines here as PNG.
+    /// Default: not written.
     #[arg(long)]
     overlays: Option<PathBuf>,
     /// Longest side of an overlay or overview PNG.
     #[arg(long, default_value_t = 1024)]
     overlay_size: usize,
-    /// Write each slide's FTU outlines here as QuPath GeoJSON, with a PNG overview.
+    /// Write each slide's FTU outlines here as QuPath GeoJSON, with a PNG overview. Default: not
+    /// written.
     #[arg(long)]
     geojson: Option<PathBuf>,
-    /// Write each slide's final mask here as a tiled 0/255 TIFF.
+    /// Write each slide's final mask here as a tiled 0/255 TIFF. Default: not written.
     #[arg(long)]
     masks: Option<PathBuf>,
     #[command(flatten)]
@@ -241,6 +243,7 @@ struct PredictArgs {
 #[derive(Args)]
 struct BatchArgs {
     /// Predict only rows i, i+N, i+2N, … of test.csv (0-based), for array jobs; see `merge`.
+    /// Default: every row.
     #[arg(long, value_name = "i/N")]
     shard: Option<predict::Shard>,
     /// fail: stop at the first bad slide; skip: go on without it (predict writes it an empty
@@ -271,9 +274,11 @@ struct PseudoArgs {
 
 #[derive(Args)]
 struct InspectArgs {
-    /// An ONNX model, or a slide (TIFF/SVS/OME-TIFF, PNG, JPEG): its size, pyramid levels,
-    /// µm per pixel and where that was read, objective power.
-    model: PathBuf,
+    /// ONNX models (inputs, outputs, opset, metadata), or slides (TIFF/SVS/OME-TIFF, PNG, JPEG,
+    /// OpenSlide's formats: size, pyramid levels, µm per pixel and where that was read,
+    /// objective power); each in turn.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -330,50 +335,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 summary.bytes as f64 / 1e6
             );
         }
-        Command::Inspect(a) if ftu_infer::slides::is_slide(&a.model) => {
-            let meta = ftu_formats::slide::meta::read_meta(&a.model)?;
-            println!("{}", a.model.display());
-            println!("format: {}, {}×{} pixels", meta.format, meta.width, meta.height);
-            match meta.pixel_size {
-                Some((um, from)) => println!(
-                    "pixel size: {um} µm ({})",
-                    serde_json::to_value(from)?.as_str().unwrap_or("")
-                ),
-                None => println!("pixel size: not stated (give it with predict --pixel-size)"),
-            }
-            if let Some(mag) = meta.objective_power {
-                println!("objective power: {mag}×");
-            }
-            for l in &meta.levels {
-                let (dx, _) = l.downsample(meta.width, meta.height);
-                println!("level (page {}): {}×{}, downsample {dx:.2}", l.page, l.width, l.height);
-            }
-            if let Some(d) = &meta.description {
-                let short: String = d.chars().take(200).collect();
-                println!("description: {}", short.replace(['\r', '\n'], " "));
-            }
-            // Which OpenSlide reads the formats ftu's reader does not (loaded now if not yet).
-            match ftu_formats::slide::openslide::loaded() {
-                Ok(l) => println!("openslide: {} from {} ({})", l.version, l.path.display(), l.origin),
-                Err(e) => println!("openslide: none ({e})"),
-            }
-        }
-        Command::Inspect(a) => {
-            let runtime = RuntimeArgs {
-                device: "cpu".into(),
-                allow_cpu_fallback: false,
-                threads: Some(1),
-                spin: None,
-                thread_pool: ThreadPool::PerSession,
-                cuda_conv_search: None,
-                cuda_memory_limit_mib: None,
-                cuda_tf32: None,
-            }
-            .load()?;
-            let session = runtime.session(&a.model)?;
-            println!("{}", a.model.display());
-            print!("{}", ModelInfo::of(&session, &a.model).report());
-        }
+        Command::Inspect(a) => inspect(&a.files)?,
         Command::Rle(RleCommand::Encode { mask, max_pixels }) => {
             let m = mask_image::read_mask(&mask, SlideLimits { max_pixels })?;
             println!("{}", rle::encode(&m));
@@ -398,7 +360,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 }
             };
             let m = rle::decode(&text, height, width)
-                .with_context(|| format!("decoding RLE for a {height}×{width} mask"))?;
+                .with_context(|| format!("decoding RLE for a {width}×{height} (width×height) mask"))?;
             mask_image::write_mask_png(&out, &m)?;
             eprintln!("wrote {} ({} foreground pixels)", out.display(), m.count());
         }
@@ -450,6 +412,7 @@ impl BatchArgs {
 
 fn run_predict(a: PredictArgs) -> Result<()> {
     let started = std::time::Instant::now();
+    check_inputs(&a)?;
     let manifest = Manifest::load(&a.manifest)?;
     let slides = match &a.slides[..] {
         [] => None,
@@ -556,6 +519,136 @@ fn run_pseudo(a: PseudoArgs) -> Result<()> {
         report.labelled,
         a.out.join("labels").display()
     );
+    Ok(())
+}
+
+/// `inspect FILE…`: each file in turn; one that cannot be inspected is reported and the rest go
+/// on (the command then fails).
+fn inspect(files: &[PathBuf]) -> Result<()> {
+    if let [file] = files {
+        return inspect_one(file, &mut None);
+    }
+    let mut runtime = None;
+    let mut failed = 0;
+    for (i, file) in files.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        if let Err(e) = inspect_one(file, &mut runtime) {
+            failed += 1;
+            let causes: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", causes.join(": "));
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} files could not be inspected", files.len());
+    }
+    Ok(())
+}
+
+/// One file: a slide, an ONNX model (through `runtime`, loaded on first use), or an error
+/// saying it is neither.
+fn inspect_one(path: &Path, runtime: &mut Option<Runtime>) -> Result<()> {
+    if !path.exists() {
+        bail!("{}: no such file", path.display());
+    }
+    if path.is_dir() {
+        bail!(
+            "{} is a folder; inspect takes files (a model or a slide)",
+            path.display()
+        );
+    }
+    if ftu_infer::slides::is_slide(path) {
+        return inspect_slide(path);
+    }
+    // An ONNX model is a protobuf that imports an opset; anything else never reaches ONNX Runtime.
+    if !matches!(ftu_infer::session::default_opset(path), Ok(Some(_))) {
+        bail!(
+            "{}: not a model or a slide (neither ONNX nor TIFF, SVS, PNG, JPEG or a format OpenSlide reads)",
+            path.display()
+        );
+    }
+    if runtime.is_none() {
+        *runtime = Some(
+            RuntimeArgs {
+                device: "cpu".into(),
+                allow_cpu_fallback: false,
+                threads: Some(1),
+                spin: None,
+                thread_pool: ThreadPool::PerSession,
+                cuda_conv_search: None,
+                cuda_memory_limit_mib: None,
+                cuda_tf32: None,
+            }
+            .load()?,
+        );
+    }
+    let session = runtime.as_ref().expect("loaded above").session(path)?;
+    println!("{}", path.display());
+    print!("{}", ModelInfo::of(&session, path).report());
+    Ok(())
+}
+
+fn inspect_slide(path: &Path) -> Result<()> {
+    let meta = ftu_formats::slide::meta::read_meta(path)?;
+    println!("{}", path.display());
+    println!("format: {}, {}×{} pixels", meta.format, meta.width, meta.height);
+    match meta.pixel_size {
+        Some((um, from)) => println!(
+            "pixel size: {um} µm ({})",
+            serde_json::to_value(from)?.as_str().unwrap_or("")
+        ),
+        None => println!("pixel size: not stated (give it with predict --slides-meta or --pixel-size)"),
+    }
+    if let Some(mag) = meta.objective_power {
+        println!("objective power: {mag}×");
+    }
+    for l in &meta.levels {
+        let (dx, _) = l.downsample(meta.width, meta.height);
+        println!("level (page {}): {}×{}, downsample {dx:.2}", l.page, l.width, l.height);
+    }
+    if let Some(d) = &meta.description {
+        let short: String = d.chars().take(200).collect();
+        println!("description: {}", short.replace(['\r', '\n'], " "));
+    }
+    // Which OpenSlide reads the formats ftu's reader does not (loaded now if not yet).
+    match ftu_formats::slide::openslide::loaded() {
+        Ok(l) => println!("openslide: {} from {} ({})", l.version, l.path.display(), l.origin),
+        Err(e) => println!("openslide: none ({e})"),
+    }
+    Ok(())
+}
+
+/// Where `--data` or `--slides` was given the other's kind of folder, what to pass instead.
+fn check_inputs(a: &PredictArgs) -> Result<()> {
+    if let Some(data) = &a.data {
+        if data.is_dir() && !data.join("test.csv").is_file() {
+            let slides = std::fs::read_dir(data)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .any(|e| e.path().is_file() && ftu_infer::slides::is_slide(&e.path()))
+                })
+                .unwrap_or(false);
+            if slides {
+                bail!(
+                    "{} has no test.csv but holds slide files; predict them with --slides {} and --organ or \
+                     --slides-meta (--data takes a Kaggle-layout folder: test.csv and test_images/)",
+                    data.display(),
+                    data.display()
+                );
+            }
+        }
+    }
+    for p in &a.slides {
+        if p.is_dir() && p.join("test.csv").is_file() && p.join("test_images").is_dir() {
+            bail!(
+                "{} is a Kaggle-layout folder (test.csv, test_images/); predict it with --data {}",
+                p.display(),
+                p.display()
+            );
+        }
+    }
     Ok(())
 }
 

@@ -280,7 +280,7 @@ fn failing_commands_print_error_and_causes_without_a_backtrace() {
         &[],
     ));
     assert!(
-        err.starts_with("error: decoding RLE for a 3×2 mask\ncaused by: "),
+        err.starts_with("error: decoding RLE for a 2×3 (width×height) mask\ncaused by: "),
         "{err}"
     );
 

@@ -351,7 +351,7 @@ fn unfit_models_are_refused_naming_the_field() {
         (
             group(64, "fixed.onnx", ""),
             "group[0].model[0]",
-            "fixed at 32×32, but the group size is 64",
+            "fixed at 32×32 (width×height), but the group size is 64",
         ),
         (
             format!("[tta]\nscales = [1.0, 1.5]\n{}", group(32, "fixed.onnx", "")),

@@ -296,11 +296,107 @@ fn inspect_shows_inputs_outputs_opset_and_metadata() {
     }
     let o = ftu_infer(&["inspect", f.path("test.csv").to_str().unwrap()]);
     assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("test.csv: not a model or a slide"), "{}", text(&o));
+    assert!(!err.contains("ONNX Runtime") && !err.contains("rotobuf"), "{err}");
+    let o = ftu_infer(&["inspect", f.path("nothing.onnx").to_str().unwrap()]);
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("ONNX Runtime cannot load the model"),
+        String::from_utf8_lossy(&o.stderr).contains("nothing.onnx: no such file"),
         "{}",
         text(&o)
     );
+
+    // Many files: each in turn; a bad one is named and the others still shown.
+    let o = ftu_infer(&[
+        "inspect",
+        f.path("red.onnx").to_str().unwrap(),
+        f.path("missing.svs").to_str().unwrap(),
+        f.path("test_images/1.tiff").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("ftu.arch = pixel_linear") && out.contains("64×64 pixels"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        err.contains("missing.svs: no such file") && err.contains("1 of 3 files"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_folder_of_the_other_kind_gets_a_hint_and_stale_temp_files_go() {
+    let f = Folder::new(&[("1", Organ::Kidney, DataSource::Hpa)]);
+    let manifest = f.manifest("");
+    let images = f.path("test_images");
+    let o = ftu_infer(&[
+        "predict",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--data",
+        images.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("has no test.csv but holds slide files") && err.contains("--slides"),
+        "{err}"
+    );
+    let o = ftu_infer(&[
+        "predict",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--slides",
+        f.dir.path().to_str().unwrap(),
+        "--organ",
+        "kidney",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("is a Kaggle-layout folder") && err.contains("--data"),
+        "{err}"
+    );
+
+    // A killed run's temp files (its process gone) are removed by the next run; others stay.
+    let stale = f.path("sub.csv.4294967295.0.tmp");
+    let other = f.path("sub.csv.notes.tmp");
+    std::fs::write(&stale, "id,rle\n").unwrap();
+    std::fs::write(&other, "x").unwrap();
+    let o = f.predict(&manifest, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!stale.exists() && other.exists());
+}
+
+#[test]
+fn every_predict_option_has_a_description_and_says_its_default() {
+    let o = ftu_infer(&["predict", "--help"]);
+    assert!(o.status.success());
+    let help = String::from_utf8_lossy(&o.stdout).to_string();
+    let mut options: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        let t = line.trim_start();
+        if t.starts_with("--") && line.starts_with("      --") {
+            options.push((t.to_string(), String::new()));
+        } else if let Some((_, body)) = options.last_mut() {
+            body.push_str(t);
+            body.push(' ');
+        }
+    }
+    assert!(options.len() > 25, "{help}");
+    // Required, or one of a required pair: no default to state.
+    let required = ["--manifest <", "--data <", "--slides <"];
+    for (head, body) in &options {
+        assert!(!body.trim().is_empty(), "{head} has no description");
+        if head.contains('<') && !required.iter().any(|r| head.starts_with(r)) {
+            assert!(
+                body.to_lowercase().contains("default"),
+                "{head} does not say its default: {body}"
+            );
+        }
+    }
 }
 
 fn copy_tree(from: &Path, to: &Path) {

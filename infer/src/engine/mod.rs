@@ -773,14 +773,14 @@ fn check_fit(spec: &ModelSpec, info: &ModelInfo, size: usize, manifest: &Manifes
     if let (Some(h), Some(w)) = (input.dims[2], input.dims[3]) {
         if manifest.scaling.is_some() || manifest.tta.scales.iter().any(|&s| s != 1.0) {
             return Err(unfit(format!(
-                "input `{}` is fixed at {h}×{w}, but target_pixel_size or tta.scales change the input size; \
+                "input `{}` is fixed at {w}×{h} (width×height), but target_pixel_size or tta.scales change the input size; \
                  export the model with dynamic height and width",
                 input.name
             )));
         }
         if (h as usize, w as usize) != (size, size) {
             return Err(unfit(format!(
-                "input `{}` is fixed at {h}×{w}, but the group size is {size}",
+                "input `{}` is fixed at {w}×{h} (width×height), but the group size is {size}",
                 input.name
             )));
         }

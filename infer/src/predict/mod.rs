@@ -478,6 +478,9 @@ pub fn predict_with(
         reader = SlideReader::start(opts, engine.manifest())?;
     }
     let rows = std::mem::take(&mut reader.rows);
+    for path in [opts.out.clone(), PredictReport::path_for(&opts.out)] {
+        remove_stale_tmps(&path);
+    }
     let (journal, replaced) =
         journal::Journal::open(&opts.out, &run_fingerprint(engine.manifest(), opts), opts.resume)?;
     if replaced > 0 {
@@ -580,6 +583,46 @@ pub fn predict_with(
     }
 
     results.write(opts, &rows, timings, start.elapsed())
+}
+
+/// Removes the temp files of `path` (`name.PID.N.tmp`) that a killed run left: those whose
+/// process is gone. A running writer's are kept. Only where `/proc` tells which processes run.
+fn remove_stale_tmps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(middle) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(name))
+            .and_then(|f| f.strip_prefix('.'))
+            .and_then(|f| f.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        let Some(pid) = middle.split_once('.').and_then(|(pid, n)| {
+            (n.parse::<u64>().is_ok())
+                .then_some(pid)
+                .and_then(|p| p.parse::<u32>().ok())
+        }) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// One slide's row and what else it produced.
