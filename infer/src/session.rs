@@ -18,7 +18,7 @@ pub enum RuntimeError {
     #[error(
         "ONNX Runtime library not found (looked at {looked}). Install it with \
          `pip install onnxruntime=={ORT_VERSION}` (CPU) or `pip install onnxruntime-gpu=={ORT_VERSION}` (CUDA 13), \
-         or set ORT_DYLIB_PATH to libonnxruntime.so"
+         or set ORT_DYLIB_PATH to the library file or the folder that holds it (e.g. onnxruntime/capi)"
     )]
     NotFound { looked: String },
     #[error("cannot load ONNX Runtime from {path}: {cause}")]
@@ -318,7 +318,17 @@ pub fn find_library() -> Result<PathBuf, RuntimeError> {
         if path.is_file() {
             return Ok(path);
         }
-        looked.push(format!("ORT_DYLIB_PATH={}", path.display()));
+        // A folder (onnxruntime's capi/, which holds only libonnxruntime.so.1.x.y): the library in it.
+        if let Some(found) = path.is_dir().then(|| library_in(&path)).flatten() {
+            return Ok(found);
+        }
+        looked.push(match path.is_dir() {
+            true => format!(
+                "ORT_DYLIB_PATH={} (a folder without libonnxruntime.so or libonnxruntime.so.1.*)",
+                path.display()
+            ),
+            false => format!("ORT_DYLIB_PATH={}", path.display()),
+        });
     }
     dylib::search(
         &dylib::binary_folders(),

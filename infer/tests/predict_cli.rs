@@ -1034,3 +1034,39 @@ fn slides_take_a_meta_csv_and_list_the_files_that_are_not_slides() {
         "{report}"
     );
 }
+
+#[test]
+fn ort_dylib_path_may_name_the_folder_that_holds_the_library() {
+    let f = Folder::new(&[("1", Organ::Kidney, DataSource::Hpa)]);
+    let model = f.path("red.onnx");
+    if let Some(file) = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+    {
+        // The pip wheel's capi/ holds only libonnxruntime.so.1.x.y.
+        let folder = file.parent().unwrap();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_ftu-infer"))
+            .args(["inspect", model.to_str().unwrap()])
+            .env_clear()
+            .env("PATH", f.path("empty"))
+            .env("ORT_DYLIB_PATH", folder)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let empty = f.path("empty-folder");
+    std::fs::create_dir(&empty).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ftu-infer"))
+        .args(["inspect", model.to_str().unwrap()])
+        .env_clear()
+        .env("PATH", f.path("empty"))
+        .env("ORT_DYLIB_PATH", &empty)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("empty-folder (a folder without libonnxruntime.so or libonnxruntime.so.1.*)"),
+        "{err}"
+    );
+}
