@@ -45,6 +45,7 @@ mkdir -p "$work/logs"
 logs=$work/logs
 summary=$work/summary.txt
 : >"$summary"
+: >"$work/failed"
 have_smi=0
 command -v nvidia-smi >/dev/null && have_smi=1
 
@@ -81,7 +82,11 @@ run() {
       END {if (n) printf "%.0f %d\n", s / n, m; else print "- -"}' "$log.dmon")
     [ -n "$PEAK" ] || PEAK=-
   fi
-  [ "$RC" = 0 ] || { echo "-- $name: exit $RC (limit $limit s); its log ends:"; tail -n 5 "$log.log"; }
+  [ "$RC" = 0 ] || {
+    echo "$name (exit $RC)" >>"$work/failed"
+    echo "-- $name: exit $RC (limit $limit s); its log ends:"
+    tail -n 5 "$log.log"
+  }
 }
 gpu() { echo "GPU busy ${BUSY} % mean, ${BUSYMAX} % max; peak GPU memory ${PEAK} MiB"; }
 # Values from ftu-infer's output: `wrote … in X s` (after loading), --bench-limit's lines.
@@ -247,8 +252,11 @@ rm -rf "$work/bundle" "$work/bundle-copy"
 echo
 echo "== summary ($SLIDES slides of 3000², group size $SIZE, flips TTA, device $device)"
 cat "$summary"
+[ -s "$work/failed" ] && row "failed runs (logs in $logs)" "$(paste -sd, "$work/failed")"
 if [ -n "${FTU_GPU_OUT:-}" ]; then
   mkdir -p "$FTU_GPU_OUT"
   cp "$summary" "$FTU_GPU_OUT/"
   tar -C "$work" -czf "$FTU_GPU_OUT/logs.tar.gz" logs
 fi
+# A bound missed or a run that failed (or ran past its limit) fails the check.
+! grep -q FAIL "$summary" && [ ! -s "$work/failed" ]
