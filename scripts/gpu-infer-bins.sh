@@ -11,7 +11,7 @@
 #                                   slides, unet-resnet18 and segformer-mit_b0 exported in float32
 #                                   and --fp16 from random weights, manifests f32, f16 and mixed
 #
-# The inputs are not shipped (about 320 MB): the check makes them again on the GPU machine with
+# The inputs are not shipped (about 310 MB): the check makes them again on the GPU machine with
 # the shipped ftu-train and the same seeds, and compares them with SHA256SUMS.
 #
 # Reused when present: the portable binaries (FTU_REBUILD=1 rebuilds them: about 7 minutes on 2

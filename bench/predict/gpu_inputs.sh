@@ -1,6 +1,6 @@
 # Sourced by scripts/gpu-infer-bins.sh and scripts/gpu-infer-check.sh: the inputs of the inference
 # GPU check, made by ftu-train from seeds alone, so the GPU machine makes the same files from the
-# shipped binary instead of receiving about 110 MB of ONNX and 210 MB of slides.
+# shipped binary instead of receiving about 110 MB of ONNX and 200 MB of slides.
 #
 #   make_gpu_inputs FTU_TRAIN DIR SLIDES SIZE
 #
