@@ -110,6 +110,10 @@ impl Journal {
             path: path.clone(),
             cause,
         };
+        // The output's folder may not exist yet (pseudo-labels go into a folder of their own).
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io_err)?;
+        }
         let previous = read_complete(&path)?;
         let (entries, end, replaced) = match previous {
             Some((text, _)) if resume => {
