@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -17,29 +19,10 @@ fn ftu_train(args: &[&str]) -> Command {
     c
 }
 
+/// The tiny run of the CLI tests, 3 epochs, with an EMA of the weights.
 fn train(data: &Path, out: &Path, resume: bool) -> Command {
-    let mut c = ftu_train(&[
-        "train",
-        "--arch",
-        "unet-resnet18",
-        "--decoder-channels",
-        "16,16,8,8,8",
-        "--size",
-        "64",
-        "--folds",
-        "2",
-        "--epochs",
-        "3",
-        "--batch",
-        "2",
-        "--samples-per-epoch",
-        "4",
-        "--ema",
-        "0.5",
-        "--seed",
-        "4",
-    ]);
-    c.arg("--data").arg(data).arg("--out").arg(out);
+    let mut c = ftu_train(&common::strs(&common::tiny(data, out, 3)));
+    c.args(["--ema", "0.5"]);
     if resume {
         c.arg("--resume");
     }
@@ -97,22 +80,7 @@ fn outcome(run: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 fn a_run_killed_anywhere_resumes_to_the_unbroken_result() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let o = ftu_train(&[
-        "synth",
-        "--out",
-        data.to_str().unwrap(),
-        "--train",
-        "6",
-        "--test",
-        "0",
-        "--size",
-        "96",
-        "--seed",
-        "3",
-    ])
-    .output()
-    .unwrap();
-    assert!(o.status.success());
+    common::synth(&data, 6, 3);
     let unbroken = dir.path().join("unbroken");
     let full = finish(train(&data, &unbroken, false));
     let want = outcome(&unbroken);
