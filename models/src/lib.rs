@@ -8,6 +8,7 @@ pub mod export;
 pub mod heads;
 pub mod layers;
 pub mod model;
+pub mod ops;
 pub mod profile;
 pub mod registry;
 pub mod store;

@@ -1,7 +1,6 @@
 //! ftu training: synthetic Kaggle-layout data, k-fold Candle training, ONNX export of folds, the
 //! ensemble manifest for ftu-infer.
 
-pub mod adamw_op;
 pub mod augment;
 pub mod cli;
 pub mod config;

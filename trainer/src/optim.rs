@@ -8,8 +8,8 @@ use std::path::Path;
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
-use crate::adamw_op;
 use crate::config::OptimConfig;
+use ftu_models::ops::adamw;
 
 /// The learning rate at optimiser step `step` of `total`: linear warmup from 0, then cosine
 /// decay from `lr` to `min_lr`. `total` is the steps of the epochs the run has now: a run
@@ -83,8 +83,8 @@ impl AdamW {
             if frozen(name) {
                 continue;
             }
-            if in_place && adamw_op::applies(p) && adamw_op::applies(&self.m[i]) && adamw_op::applies(&self.v[i]) {
-                let update = adamw_op::Update {
+            if in_place && adamw::applies(p) && adamw::applies(&self.m[i]) && adamw::applies(&self.v[i]) {
+                let update = adamw::Update {
                     beta1: b1 as f32,
                     beta2: b2 as f32,
                     correction1: c1 as f32,
@@ -94,7 +94,7 @@ impl AdamW {
                     weight_decay: self.cfg.weight_decay as f32,
                     scale: scale as f32,
                 };
-                adamw_op::step(p.as_tensor(), g, &self.m[i], &self.v[i], update)?;
+                adamw::step(p.as_tensor(), g, &self.m[i], &self.v[i], update)?;
                 continue;
             }
             let g = (g * scale)?;
