@@ -153,7 +153,7 @@ fn crops_mode_validates_as_ftu_infer_serves_it() {
 fn pixel_size_augmentation_is_off_only_for_crops_at_a_target_pixel_size() {
     use ftu_formats::organ::DataSource;
     use ftu_trainer::config::SamplingConfig;
-    use ftu_trainer::crops::CropSpec;
+    use ftu_trainer::data::crops::CropSpec;
     use ftu_trainer::data::SlideCache;
 
     let dir = tempfile::tempdir().unwrap();

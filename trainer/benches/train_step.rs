@@ -23,7 +23,7 @@ use candle_core::{DType, Device, Tensor};
 use ftu_models::store::is_buffer;
 use ftu_models::{profile, Arch, ArchConfig, Ctx, Precision, Segmenter};
 use ftu_trainer::config::OptimConfig;
-use ftu_trainer::loss_scale::LossScale;
+use ftu_trainer::optim::loss_scale::LossScale;
 use ftu_trainer::optim::AdamW;
 
 fn arg(name: &str, default: &str) -> String {

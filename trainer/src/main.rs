@@ -169,7 +169,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             );
         }
         Command::SynthWsi(a) => {
-            let cfg = ftu_trainer::wsi::WsiConfig {
+            let cfg = ftu_trainer::synth::wsi::WsiConfig {
                 width: a.width,
                 height: a.height,
                 islands: a.islands,
@@ -184,7 +184,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                     "{prefix} {bar:30} {pos}/{len} tiles {elapsed}",
                 )?)
                 .with_prefix("synth-wsi");
-            let plan = ftu_trainer::wsi::generate(&a.out, &cfg, |done, total| {
+            let plan = ftu_trainer::synth::wsi::generate(&a.out, &cfg, |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
             })

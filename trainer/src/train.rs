@@ -20,14 +20,15 @@ use ftu_models::Arch;
 use rayon::prelude::*;
 
 use crate::config::{SamplingMode, TrainConfig};
-use crate::crops::CropSpec;
+use crate::data::crops::CropSpec;
+use crate::data::split;
 use crate::data::{self, SlideCache};
 use crate::error::At;
 pub use crate::error::{Result, TrainError};
+use crate::eval::{full_res, thresholds};
 pub use crate::fold::{arch_config, FoldResult, Metrics, Progress};
 use crate::fold::{train_fold, write_json, FoldState};
 use crate::run_dir::{self, fold_dir, RunMode};
-use crate::{folds, full_res, thresholds};
 
 pub struct RunSummary {
     pub folds: Vec<FoldResult>,
@@ -73,7 +74,7 @@ pub fn slides_and_folds(cfg: &TrainConfig) -> Result<(Vec<TrainRow>, Vec<usize>)
             cfg.folds
         )));
     }
-    let fold_of = folds::stratified(&rows, cfg.folds, cfg.seed);
+    let fold_of = split::stratified(&rows, cfg.folds, cfg.seed);
     if cfg.organs.is_empty() {
         return Ok((rows, fold_of));
     }

@@ -26,8 +26,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{At, Result, TrainError};
+use crate::eval::thresholds;
 use crate::fold::write_json;
-use crate::thresholds;
 use crate::train::Progress;
 use postprocess::{MaskedSlide, OrganChoice};
 use runs::Run;

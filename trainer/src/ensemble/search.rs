@@ -9,7 +9,7 @@ use ftu_formats::dice::ThresholdCounts;
 use ftu_formats::{DataSource, Organ};
 use serde::Serialize;
 
-use crate::thresholds::{self, Choice, OofSlide};
+use crate::eval::thresholds::{self, Choice, OofSlide};
 
 /// Weightings of `n` runs: every point of the simplex whose weights are multiples of
 /// `1 / steps` (each run alone among them), and equal weights; in a fixed order, equal weights

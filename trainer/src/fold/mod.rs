@@ -23,12 +23,14 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
+use crate::data::sampling;
 use crate::data::{self, Batch, SlideCache};
 use crate::error::{At, Result, TrainError};
-use crate::loss_scale::{LossScale, SavedLossScale};
+use crate::eval::full_res;
+use crate::optim::loss_scale::{LossScale, SavedLossScale};
 use crate::optim::{self, AdamW, Ema};
 use crate::run_dir::fold_dir;
-use crate::{full_res, losses, plots, sampling};
+use crate::{losses, plots};
 
 /// The longest side of a validation overlay (smaller slides keep their own size).
 pub const OVERLAY_SIDE: usize = 512;

@@ -4,6 +4,8 @@
 //! sample_submission.csv. Deterministic for a seed: every random draw comes from a seeded
 //! generator or from a hash of (seed, x, y), so slides render in parallel and still repeat.
 
+pub mod wsi;
+
 use ftu_formats::atomic::WriteError;
 use ftu_formats::kaggle::Split;
 use ftu_formats::mask::rle;

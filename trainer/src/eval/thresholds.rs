@@ -1,6 +1,6 @@
 //! Per-organ threshold search on out-of-fold probabilities: for each organ the threshold from a
 //! grid that maximises the mean Dice of that organ's slides, and one default over all slides.
-//! Slides come as Dice counts at each grid threshold (see [`crate::full_res`]), so the maps
+//! Slides come as Dice counts at each grid threshold (see [`crate::eval::full_res`]), so the maps
 //! behind them can be at full resolution without being kept.
 
 use std::collections::BTreeMap;

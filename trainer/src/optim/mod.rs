@@ -2,6 +2,8 @@
 //! state saved beside the checkpoint so `--resume` continues exactly. (candle-nn's AdamW keeps
 //! its moments private, so it cannot be saved; this one is the same update.)
 
+pub mod loss_scale;
+
 use std::collections::HashMap;
 use std::path::Path;
 

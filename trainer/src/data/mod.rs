@@ -1,8 +1,12 @@
 //! Training data: in resize mode, slides decoded once, resized to the training size and kept
 //! (within a memory bound) as 0–1 RGB with their masks; in crops mode, slides at full resolution
-//! that crops are cut from ([`crate::crops`]). Batches drawn, augmented and normalised in
+//! that crops are cut from ([`crate::data::crops`]). Batches drawn, augmented and normalised in
 //! parallel. Pseudo-labelled slides (soft labels from `ftu-infer pseudo`) come after the labelled
 //! ones.
+
+pub mod crops;
+pub mod sampling;
+pub mod split;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +23,7 @@ use rayon::prelude::*;
 
 use crate::augment::{self, stain::StainBasis, Sample, SlideInfo};
 use crate::config::AugmentConfig;
-use crate::crops::{CropSpec, FullSlide};
+use crate::data::crops::{CropSpec, FullSlide};
 pub use crate::error::DataError;
 
 /// A slide at training scale.
