@@ -11,6 +11,7 @@ pub fn pretrained_source(encoder: EncoderKind) -> String {
         EncoderKind::ResNet(depth) => format!("timm/resnet{depth}.a1_in1k (timm names)"),
         EncoderKind::EfficientNet(b) => format!("timm/efficientnet_b{b}.* (timm's efficientnet_b{b} layout)"),
         EncoderKind::Mit(b) => format!("nvidia/mit-b{b} (Hugging Face SegFormer names)"),
+        EncoderKind::ConvNext(_) => format!("timm/{}.fb_in22k_ft_in1k (timm names)", encoder.name()),
     }
 }
 
