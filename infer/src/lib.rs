@@ -3,6 +3,7 @@
 //! loop and its CLI. The formats it reads and writes live in `ftu-formats`; no Candle here.
 
 pub mod bundle;
+pub mod cli;
 pub mod engine;
 pub mod ensemble;
 pub mod merge;
