@@ -9,7 +9,7 @@ use ftu_formats::manifest::GroupMode;
 use ftu_formats::slide::region::SlideSource;
 use ftu_formats::slide::RgbImage;
 
-use crate::engine::{timed, Engine, EngineError, ProbMap, SlideInfo, Timings};
+use crate::engine::{timed, Engine, EngineError, ProbMap, SlideContext, Timings};
 use crate::tiled::group_sum;
 
 pub use ftu_formats::blend::GroupMap;
@@ -26,7 +26,7 @@ pub struct SlideMaps {
 impl Engine {
     /// The ensemble's probability map for one slide, at the slide's size, every group resized
     /// (a tiled group runs over the in-memory slide: see [`crate::tiled`] for slides read in tiles).
-    pub fn predict(&mut self, slide: &RgbImage, info: &SlideInfo, t: &mut Timings) -> Result<ProbMap, EngineError> {
+    pub fn predict(&mut self, slide: &RgbImage, info: &SlideContext, t: &mut Timings) -> Result<ProbMap, EngineError> {
         Ok(self.slide_maps(slide, info, t)?.combine(t))
     }
 
@@ -35,7 +35,7 @@ impl Engine {
     pub fn slide_maps(
         &mut self,
         slide: &RgbImage,
-        info: &SlideInfo,
+        info: &SlideContext,
         t: &mut Timings,
     ) -> Result<SlideMaps, EngineError> {
         let (height, width) = (slide.height, slide.width);

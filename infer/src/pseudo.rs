@@ -12,7 +12,7 @@ use ftu_formats::kaggle::Split;
 use ftu_formats::schema::{self, PseudoRow};
 
 use crate::engine::Engine;
-use crate::predict::{predict_dir, PredictError, PredictOptions, PredictReport, Progress};
+use crate::predict::{predict_dir, PredictError, PredictOptions, PredictReport, SlideProgress};
 
 pub struct PseudoReport {
     pub predict: PredictReport,
@@ -29,7 +29,7 @@ pub fn pseudo_labels(
     engine: &mut Engine,
     opts: &PredictOptions,
     out: &Path,
-    progress: Progress,
+    progress: SlideProgress,
 ) -> Result<PseudoReport, PredictError> {
     let opts = PredictOptions {
         out: out.join("predictions.csv"),

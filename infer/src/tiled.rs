@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::engine::{Engine, EngineError, SlideInfo, Timings};
+use crate::engine::{Engine, EngineError, SlideContext, Timings};
 use ftu_formats::blocks::BlockMap;
 use ftu_formats::manifest::{GroupMode, TileSpec};
 use ftu_formats::mask::runs::{threshold_row, RunMask, RunSums};
@@ -96,7 +96,7 @@ impl Finisher {
 pub fn predict_slide(
     engine: &mut Engine,
     source: &mut SlideSource,
-    info: &SlideInfo,
+    info: &SlideContext,
     threshold: f32,
     keep_map: bool,
     limits: SlideLimits,
@@ -193,7 +193,7 @@ pub fn group_sum(
     engine: &mut Engine,
     gi: usize,
     source: &mut SlideSource,
-    info: &SlideInfo,
+    info: &SlideContext,
     tissue: Option<&TissueMap>,
     t: &mut Timings,
 ) -> Result<BlockMap, EngineError> {
@@ -229,7 +229,7 @@ impl GroupPlan {
         gi: usize,
         spec: TileSpec,
         source: &SlideSource,
-        info: &SlideInfo,
+        info: &SlideContext,
         tissue: Option<&TissueMap>,
         k: f32,
     ) -> Result<GroupPlan, EngineError> {
@@ -283,7 +283,7 @@ impl GroupPlan {
         &mut self,
         engine: &mut Engine,
         source: &mut SlideSource,
-        info: &SlideInfo,
+        info: &SlideContext,
         map: &mut BlockMap,
         t: &mut Timings,
     ) -> Result<usize, EngineError> {

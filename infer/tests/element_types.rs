@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use ftu_formats::manifest::Manifest;
 use ftu_formats::organ::{DataSource, Organ};
 use ftu_formats::slide::RgbImage;
-use ftu_infer::engine::{Engine, SlideInfo, Timings};
+use ftu_infer::engine::{Engine, SlideContext, Timings};
 use ftu_infer::session::{Element, Runtime, RuntimeOptions};
 use ftu_onnx::proto::tensor_proto::DataType;
 use ftu_onnx::proto::{attribute_proto::AttributeType, type_proto, AttributeProto, ModelProto, NodeProto};
 use ftu_onnx::samples::{self, InputShape};
 
-const KIDNEY: SlideInfo = SlideInfo {
+const KIDNEY: SlideContext = SlideContext {
     organ: Organ::Kidney,
     source: DataSource::Hpa,
     pixel_size: 0.4,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use ftu_formats::manifest::Manifest;
 use ftu_formats::organ::{DataSource, Organ};
 use ftu_formats::slide::RgbImage;
-use ftu_infer::engine::{Engine, ProbMap, SlideInfo, Timings};
+use ftu_infer::engine::{Engine, ProbMap, SlideContext, Timings};
 use ftu_infer::session::{Runtime, RuntimeOptions};
 use ftu_onnx::samples::{self, InputShape};
 use rand::{Rng, SeedableRng};
@@ -59,13 +59,13 @@ fn random_slide(width: usize, height: usize, seed: u64) -> RgbImage {
     img
 }
 
-const KIDNEY: SlideInfo = SlideInfo {
+const KIDNEY: SlideContext = SlideContext {
     organ: Organ::Kidney,
     source: DataSource::Hpa,
     pixel_size: 0.4,
 };
 
-fn predict(engine: &mut Engine, slide: &RgbImage, info: &SlideInfo) -> ProbMap {
+fn predict(engine: &mut Engine, slide: &RgbImage, info: &SlideContext) -> ProbMap {
     engine.predict(slide, info, &mut Timings::default()).unwrap()
 }
 
@@ -181,7 +181,7 @@ fn non_square_inputs_with_rotations_run_in_two_batches() {
         .chunks_exact_mut(3)
         .enumerate()
         .for_each(|(i, p)| p.fill((i % 64) as u8 * 3));
-    let info = SlideInfo {
+    let info = SlideContext {
         pixel_size: 0.4 * 3000.0 / 64.0,
         ..KIDNEY
     };
@@ -272,7 +272,7 @@ fn organ_restricted_models_serve_only_their_organs() {
     );
     let mut e = f.manifest(&text).unwrap();
     let slide = random_slide(32, 32, 7);
-    let lung = SlideInfo {
+    let lung = SlideContext {
         organ: Organ::Lung,
         ..KIDNEY
     };
@@ -287,7 +287,7 @@ fn organ_restricted_models_serve_only_their_organs() {
     let err = e
         .predict(
             &slide,
-            &SlideInfo {
+            &SlideContext {
                 organ: Organ::Spleen,
                 ..KIDNEY
             },

@@ -5,7 +5,7 @@
 use ftu_formats::manifest::Manifest;
 use ftu_formats::organ::{DataSource, Organ};
 use ftu_formats::slide::RgbImage;
-use ftu_infer::engine::{Engine, SlideInfo, Timings};
+use ftu_infer::engine::{Engine, SlideContext, Timings};
 use ftu_infer::session::{Runtime, RuntimeError, RuntimeOptions, ThreadPool};
 use ftu_onnx::samples::{self, InputShape};
 
@@ -35,7 +35,7 @@ fn an_ensemble_on_the_shared_pool_gives_its_known_output_and_the_process_keeps_t
     for (i, v) in slide.data.iter_mut().enumerate() {
         *v = (i * 37 % 251) as u8;
     }
-    let info = SlideInfo {
+    let info = SlideContext {
         organ: Organ::Kidney,
         source: DataSource::Hpa,
         pixel_size: 0.4,

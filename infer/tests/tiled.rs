@@ -14,7 +14,7 @@ use ftu_formats::schema::{self, SubmissionRow, TestRow};
 use ftu_formats::slide::region::SlideSource;
 use ftu_formats::slide::write::{write_tiff_pages, Chunking, Compression, Samples, TiffSpec};
 use ftu_formats::slide::{RgbImage, SlideLimits};
-use ftu_infer::engine::{Engine, SlideInfo, Timings};
+use ftu_infer::engine::{Engine, SlideContext, Timings};
 use ftu_infer::predict::{self, OnError, PredictOptions};
 use ftu_infer::session::{Runtime, RuntimeOptions};
 use ftu_infer::tiled;
@@ -35,7 +35,7 @@ fn engine(dir: &Path, text: &str) -> Engine {
     Engine::load(Manifest::load(&path).unwrap(), &runtime()).unwrap()
 }
 
-const KIDNEY: SlideInfo = SlideInfo {
+const KIDNEY: SlideContext = SlideContext {
     organ: Organ::Kidney,
     source: DataSource::Hpa,
     pixel_size: 0.4,

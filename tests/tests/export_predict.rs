@@ -129,7 +129,7 @@ fn ftu_infer_probabilities_are_candles() {
 }
 
 /// A random 3-channel slide and the facts predict needs about it.
-fn noise_slide(size: usize, seed: u64) -> (ftu_formats::slide::RgbImage, ftu_infer::engine::SlideInfo) {
+fn noise_slide(size: usize, seed: u64) -> (ftu_formats::slide::RgbImage, ftu_infer::engine::SlideContext) {
     use ftu_formats::organ::{DataSource, Organ};
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -138,7 +138,7 @@ fn noise_slide(size: usize, seed: u64) -> (ftu_formats::slide::RgbImage, ftu_inf
         height: size,
         data: (0..size * size * 3).map(|_| rng.random::<u8>()).collect(),
     };
-    let info = ftu_infer::engine::SlideInfo {
+    let info = ftu_infer::engine::SlideContext {
         organ: Organ::Kidney,
         source: DataSource::Hpa,
         pixel_size: 0.4,

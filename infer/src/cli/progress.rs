@@ -5,7 +5,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::predict;
 
 /// Runs `f` with progress bars: slides, and the current slide's tissue windows.
-pub fn with_progress<T>(f: impl FnOnce(predict::Progress) -> T) -> T {
+pub fn with_progress<T>(f: impl FnOnce(predict::SlideProgress) -> T) -> T {
     let bars = indicatif::MultiProgress::new();
     let bar = bars.add(ProgressBar::new(0));
     bar.set_style(

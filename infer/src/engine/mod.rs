@@ -65,7 +65,7 @@ pub enum EngineError {
 
 /// What the engine needs to know about a slide besides its pixels.
 #[derive(Debug, Clone, Copy)]
-pub struct SlideInfo {
+pub struct SlideContext {
     pub organ: Organ,
     pub source: DataSource,
     pub pixel_size: f64,
@@ -315,7 +315,7 @@ impl Engine {
     }
 
     /// The threshold for a slide.
-    pub fn threshold(&self, info: &SlideInfo) -> f32 {
+    pub fn threshold(&self, info: &SlideContext) -> f32 {
         self.manifest.thresholds.get(info.organ, info.source)
     }
 
@@ -329,7 +329,7 @@ impl Engine {
         &mut self,
         gi: usize,
         slide: &RgbImage,
-        info: &SlideInfo,
+        info: &SlideContext,
         t: &mut Timings,
     ) -> Result<Vec<f32>, EngineError> {
         let (map, w_in, h_in) = self.small_group(gi, slide, info, t)?;
@@ -344,7 +344,7 @@ impl Engine {
         &mut self,
         gi: usize,
         slide: &RgbImage,
-        info: &SlideInfo,
+        info: &SlideContext,
         t: &mut Timings,
     ) -> Result<(Vec<f32>, usize, usize), EngineError> {
         let size = self.manifest.groups[gi].size;

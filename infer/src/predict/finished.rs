@@ -1,4 +1,4 @@
-//! A run's results as slides finish: each predicted slide's row goes to the journal (synced, so
+//! The finished slides of a run: each predicted slide's row goes to the journal (synced, so
 //! a killed run resumes from it), a failed one is listed with its reason; at the end the output
 //! is written in the rows' order from the journal (an empty mask for a failed slide, never a
 //! missing row), the report beside it, and the journal removed. A run that predicts nothing
@@ -8,15 +8,25 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::journal::Journal;
-use super::{
-    OnError, Outcome, PredictError, PredictOptions, PredictReport, Skipped, SlideFailure, SlideTiles, StageTime,
-};
+use super::options::{OnError, PredictOptions};
+use super::report::{PredictReport, Skipped, SlideTiles, StageTime};
+use super::{PredictError, SlideFailure};
 use crate::engine::Timings;
 use crate::slides::SlideResultRow;
+use crate::tiled::TileStats;
 use ftu_formats::atomic::{write_atomic, WriteError};
 use ftu_formats::schema::{SubmissionRow, TestRow};
 
-pub(super) struct Results {
+/// A slide through every stage: its row's RLE, its foreground fraction, and what tiling did
+/// (tiled manifests only).
+pub(super) struct FinishedSlide {
+    pub(super) rle: String,
+    pub(super) fraction: f64,
+    pub(super) tiles: Option<TileStats>,
+}
+
+/// The run's finished slides so far: journalled, counted, and at the end written as the output.
+pub(super) struct FinishedSlides {
     on_error: OnError,
     journal: Journal,
     /// Whether rows carry the slide's metadata (`--slides`): `id,organ,pixel_size,height,width,rle`.
@@ -31,9 +41,9 @@ pub(super) struct Results {
     foreground: f64,
 }
 
-impl Results {
-    pub(super) fn new(opts: &PredictOptions, journal: Journal) -> Results {
-        Results {
+impl FinishedSlides {
+    pub(super) fn new(opts: &PredictOptions, journal: Journal) -> FinishedSlides {
+        FinishedSlides {
             on_error: opts.on_error,
             journal,
             with_meta: opts.slides.is_some(),
@@ -60,7 +70,11 @@ impl Results {
 
     /// A slide's outcome: its row in the journal, or (with `--on-error skip`) the reason it gets
     /// an empty one.
-    pub(super) fn record(&mut self, row: &TestRow, outcome: Result<Outcome, SlideFailure>) -> Result<(), PredictError> {
+    pub(super) fn record(
+        &mut self,
+        row: &TestRow,
+        outcome: Result<FinishedSlide, SlideFailure>,
+    ) -> Result<(), PredictError> {
         match outcome {
             Ok(o) => {
                 self.foreground += o.fraction;
