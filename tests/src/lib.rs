@@ -13,7 +13,7 @@ use ftu_infer::engine::Engine;
 use ftu_infer::predict::{self, PredictOptions, PredictReport};
 use ftu_infer::session::{Runtime, RuntimeOptions};
 use ftu_trainer::synth::{self, SynthConfig};
-use ftu_trainer::train::Progress;
+use ftu_trainer::train::FoldProgress;
 
 /// A synthetic Kaggle folder `dir/data`: `train` labelled and `test` unlabelled slides of
 /// `size`², all plain TIFF, from `seed`.
@@ -70,7 +70,7 @@ pub fn predict(engine: &mut Engine, opts: &PredictOptions) -> Predicted {
 /// A trainer progress that prints nothing.
 pub struct Quiet;
 
-impl Progress for Quiet {
+impl FoldProgress for Quiet {
     fn start(&mut self, _: &str, _: usize) {}
     fn tick(&mut self, _: &str) {}
     fn finish(&mut self, _: &str) {}

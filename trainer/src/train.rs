@@ -26,7 +26,7 @@ use crate::data::{self, SlideCache};
 use crate::error::At;
 pub use crate::error::{Result, TrainError};
 use crate::eval::{full_res, thresholds};
-pub use crate::fold::{arch_config, FoldResult, Metrics, Progress};
+pub use crate::fold::{arch_config, FoldProgress, FoldResult, Metrics};
 use crate::fold::{train_fold, write_json, FoldState};
 use crate::run_dir::{self, fold_dir, RunMode};
 
@@ -50,7 +50,7 @@ struct Group {
 
 /// Runs the configured folds (at each size) and writes the manifest. `resume` continues fold
 /// checkpoints; see [`run_with`] for the other ways into an existing run folder.
-pub fn run(cfg: &TrainConfig, resume: bool, progress: &mut dyn Progress) -> Result<RunSummary> {
+pub fn run(cfg: &TrainConfig, resume: bool, progress: &mut dyn FoldProgress) -> Result<RunSummary> {
     run_with(
         cfg,
         RunMode {
@@ -103,7 +103,7 @@ pub fn slides_and_folds(cfg: &TrainConfig) -> Result<(Vec<TrainRow>, Vec<usize>)
 /// the pretrained file, pseudo-labels) are checked before anything is written. The run's
 /// manifest is written once every fold (at every size) has finished, by whichever job finishes
 /// last, so no manifest ever lacks a finished fold.
-pub fn run_with(cfg: &TrainConfig, mode: RunMode, progress: &mut dyn Progress) -> Result<RunSummary> {
+pub fn run_with(cfg: &TrainConfig, mode: RunMode, progress: &mut dyn FoldProgress) -> Result<RunSummary> {
     cfg.validate()?;
     let (rows, fold_of) = slides_and_folds(cfg)?;
     if let Some(path) = &cfg.pretrained {
@@ -170,7 +170,7 @@ pub fn run_with(cfg: &TrainConfig, mode: RunMode, progress: &mut dyn Progress) -
 }
 
 /// Says which folds are still to finish before the manifest is written.
-fn waiting(cfg: &TrainConfig, progress: &mut dyn Progress) {
+fn waiting(cfg: &TrainConfig, progress: &mut dyn FoldProgress) {
     let open: Vec<String> = (0..cfg.folds)
         .filter(|&k| !run_dir::fold_finished(cfg, k))
         .map(|k| k.to_string())
@@ -201,7 +201,7 @@ fn train_size(
     pseudo: &[PseudoRow],
     fold_of: &[usize],
     resume: bool,
-    progress: &mut dyn Progress,
+    progress: &mut dyn FoldProgress,
 ) -> Result<(Vec<FoldResult>, Option<Group>)> {
     let device = crate::device::parse(&cfg.device).map_err(|e| TrainError::Run(e.to_string()))?;
     let arch: Arch = cfg.arch.parse().map_err(|e| TrainError::Run(format!("arch: {e}")))?;

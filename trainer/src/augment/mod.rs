@@ -2,6 +2,10 @@
 //! transform moves the mask with the image exactly: both are sampled through the same inverse
 //! map, the image bilinearly and the mask at the nearest pixel. Colour transforms leave the mask.
 
+mod colour;
+mod geometry;
+pub mod stain;
+
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -21,373 +25,11 @@ impl Sample {
         assert_eq!(mask.len(), size * size, "mask must be size²");
         Sample { size, image, mask }
     }
-
-    /// Applies `f(x, y) -> (src_x, src_y)` (integer pixel permutation) to image and mask.
-    fn permute(&mut self, f: impl Fn(usize, usize) -> (usize, usize)) {
-        let n = self.size;
-        let mut image = vec![0f32; self.image.len()];
-        let mut mask = vec![0u8; self.mask.len()];
-        for y in 0..n {
-            for x in 0..n {
-                let (sx, sy) = f(x, y);
-                let (d, s) = (y * n + x, sy * n + sx);
-                image[d * 3..d * 3 + 3].copy_from_slice(&self.image[s * 3..s * 3 + 3]);
-                mask[d] = self.mask[s];
-            }
-        }
-        self.image = image;
-        self.mask = mask;
-    }
-
-    pub fn hflip(&mut self) {
-        let n = self.size;
-        self.permute(|x, y| (n - 1 - x, y));
-    }
-
-    pub fn vflip(&mut self) {
-        let n = self.size;
-        self.permute(|x, y| (x, n - 1 - y));
-    }
-
-    /// `k` quarter turns counter-clockwise (as NumPy's rot90).
-    pub fn rot90(&mut self, k: usize) {
-        let n = self.size;
-        match k % 4 {
-            0 => {}
-            1 => self.permute(|x, y| (n - 1 - y, x)),
-            2 => self.permute(|x, y| (n - 1 - x, n - 1 - y)),
-            _ => self.permute(|x, y| (y, n - 1 - x)),
-        }
-    }
-
-    /// Scale (> 1 zooms in), rotation (degrees, counter-clockwise) and shift (fraction of the
-    /// side) about the centre; the outside is mirrored in (reflect-101) so no blank corners.
-    pub fn affine(&mut self, scale: f64, degrees: f64, shift_x: f64, shift_y: f64) {
-        let n = self.size;
-        let c = (n as f64 - 1.0) / 2.0;
-        let (sin, cos) = degrees.to_radians().sin_cos();
-        let (tx, ty) = (shift_x * n as f64, shift_y * n as f64);
-        let mut image = vec![0f32; self.image.len()];
-        let mut mask = vec![0u8; self.mask.len()];
-        for y in 0..n {
-            for x in 0..n {
-                // Inverse map: output → source.
-                let (dx, dy) = (x as f64 - c - tx, y as f64 - c - ty);
-                let sx = (cos * dx - sin * dy) / scale + c;
-                let sy = (sin * dx + cos * dy) / scale + c;
-                let d = y * n + x;
-                let (mx, my) = (reflect(sx.round() as i64, n), reflect(sy.round() as i64, n));
-                mask[d] = self.mask[my * n + mx];
-                let (x0, y0) = (sx.floor(), sy.floor());
-                let (fx, fy) = ((sx - x0) as f32, (sy - y0) as f32);
-                let (x0, y0) = (x0 as i64, y0 as i64);
-                let (xa, xb, ya, yb) = (reflect(x0, n), reflect(x0 + 1, n), reflect(y0, n), reflect(y0 + 1, n));
-                for ch in 0..3 {
-                    let p = |xx: usize, yy: usize| self.image[(yy * n + xx) * 3 + ch];
-                    let top = p(xa, ya) * (1.0 - fx) + p(xb, ya) * fx;
-                    let bottom = p(xa, yb) * (1.0 - fx) + p(xb, yb) * fx;
-                    image[d * 3 + ch] = top * (1.0 - fy) + bottom * fy;
-                }
-            }
-        }
-        self.image = image;
-        self.mask = mask;
-    }
-
-    fn map_pixels(&mut self, f: impl Fn([f32; 3]) -> [f32; 3]) {
-        for px in self.image.chunks_exact_mut(3) {
-            let out = f([px[0], px[1], px[2]]);
-            for (p, o) in px.iter_mut().zip(out) {
-                *p = o.clamp(0.0, 1.0);
-            }
-        }
-    }
-
-    /// Hue shift in degrees, saturation and value factors.
-    pub fn hsv(&mut self, hue: f32, sat: f32, val: f32) {
-        self.map_pixels(|rgb| {
-            let [h, s, v] = rgb_to_hsv(rgb);
-            hsv_to_rgb([
-                (h + hue).rem_euclid(360.0),
-                (s * sat).clamp(0.0, 1.0),
-                (v * val).clamp(0.0, 1.0),
-            ])
-        });
-    }
-
-    pub fn brightness_contrast(&mut self, brightness: f32, contrast: f32) {
-        self.map_pixels(|p| p.map(|v| (v - 0.5) * contrast + 0.5 + brightness));
-    }
-
-    pub fn gamma(&mut self, gamma: f32) {
-        self.map_pixels(|p| p.map(|v| v.max(0.0).powf(gamma)));
-    }
-
-    pub fn noise(&mut self, sigma: f32, rng: &mut ChaCha8Rng) {
-        for v in self.image.iter_mut() {
-            // Box–Muller.
-            let (u1, u2): (f32, f32) = (rng.random::<f32>().max(1e-7), rng.random());
-            let z = (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos();
-            *v = (*v + sigma * z).clamp(0.0, 1.0);
-        }
-    }
-
-    /// Separable Gaussian blur, mirrored borders.
-    pub fn blur(&mut self, sigma: f32) {
-        let radius = (3.0 * sigma).ceil().max(1.0) as i64;
-        let kernel: Vec<f32> = (-radius..=radius)
-            .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
-            .collect();
-        let total: f32 = kernel.iter().sum();
-        let kernel: Vec<f32> = kernel.iter().map(|k| k / total).collect();
-        let n = self.size;
-        for horizontal in [true, false] {
-            let src = self.image.clone();
-            for y in 0..n {
-                for x in 0..n {
-                    let mut acc = [0f32; 3];
-                    for (k, w) in kernel.iter().enumerate() {
-                        let o = k as i64 - radius;
-                        let (sx, sy) = if horizontal {
-                            (reflect(x as i64 + o, n), y)
-                        } else {
-                            (x, reflect(y as i64 + o, n))
-                        };
-                        for (ch, a) in acc.iter_mut().enumerate() {
-                            *a += w * src[(sy * n + sx) * 3 + ch];
-                        }
-                    }
-                    self.image[(y * n + x) * 3..(y * n + x) * 3 + 3].copy_from_slice(&acc);
-                }
-            }
-        }
-    }
-
-    /// HED colour-deconvolution jitter: per stain, optical density c → c·α + β.
-    pub fn hed_jitter(&mut self, alpha: [f32; 3], beta: [f32; 3]) {
-        self.map_pixels(|rgb| {
-            let hed = stain::to_hed(rgb);
-            stain::from_hed([0, 1, 2].map(|i| hed[i] * alpha[i] + beta[i]))
-        });
-    }
 }
 
-/// Mirror an index into 0..n without repeating the edge (OpenCV's BORDER_REFLECT_101).
-fn reflect(i: i64, n: usize) -> usize {
-    let n = n as i64;
-    if n == 1 {
-        return 0;
-    }
-    let period = 2 * (n - 1);
-    let m = i.rem_euclid(period);
-    (if m < n { m } else { period - m }) as usize
-}
-
-fn rgb_to_hsv([r, g, b]: [f32; 3]) -> [f32; 3] {
-    let max = r.max(g).max(b);
-    let min = r.min(g).min(b);
-    let d = max - min;
-    let h = if d == 0.0 {
-        0.0
-    } else if max == r {
-        60.0 * ((g - b) / d).rem_euclid(6.0)
-    } else if max == g {
-        60.0 * ((b - r) / d + 2.0)
-    } else {
-        60.0 * ((r - g) / d + 4.0)
-    };
-    let s = if max == 0.0 { 0.0 } else { d / max };
-    [h, s, max]
-}
-
-fn hsv_to_rgb([h, s, v]: [f32; 3]) -> [f32; 3] {
-    let c = v * s;
-    let hp = h / 60.0;
-    let x = c * (1.0 - (hp.rem_euclid(2.0) - 1.0).abs());
-    let (r, g, b) = match hp as u32 {
-        0 => (c, x, 0.0),
-        1 => (x, c, 0.0),
-        2 => (0.0, c, x),
-        3 => (0.0, x, c),
-        4 => (x, 0.0, c),
-        _ => (c, 0.0, x),
-    };
-    let m = v - c;
-    [r + m, g + m, b + m]
-}
-
-/// Colour deconvolution (Ruifrok & Johnston's H&E-DAB matrix) and Macenko normalisation.
-pub mod stain {
-    /// Rows: haematoxylin, eosin, DAB optical-density directions (as scikit-image's rgb_from_hed).
-    const RGB_FROM_HED: [[f32; 3]; 3] = [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]];
-
-    fn normalise(v: [f32; 3]) -> [f32; 3] {
-        let n = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
-        v.map(|x| x / n)
-    }
-
-    fn inverse(m: [[f32; 3]; 3]) -> [[f32; 3]; 3] {
-        let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
-        let c = |r0: usize, c0: usize, r1: usize, c1: usize| m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0];
-        [
-            [c(1, 1, 2, 2) / det, -c(0, 1, 2, 2) / det, c(0, 1, 1, 2) / det],
-            [-c(1, 0, 2, 2) / det, c(0, 0, 2, 2) / det, -c(0, 0, 1, 2) / det],
-            [c(1, 0, 2, 1) / det, -c(0, 0, 2, 1) / det, c(0, 0, 1, 1) / det],
-        ]
-    }
-
-    fn stains() -> [[f32; 3]; 3] {
-        RGB_FROM_HED.map(normalise)
-    }
-
-    /// Optical density of 0–1 RGB (I₀ = 1).
-    pub fn od(rgb: [f32; 3]) -> [f32; 3] {
-        rgb.map(|v| -(v.max(1.0 / 255.0)).ln())
-    }
-
-    pub fn from_od(od: [f32; 3]) -> [f32; 3] {
-        od.map(|v| (-v).exp().clamp(0.0, 1.0))
-    }
-
-    pub fn to_hed(rgb: [f32; 3]) -> [f32; 3] {
-        let od = od(rgb);
-        let inv = inverse(stains());
-        // od = hed · stains  ⇒  hed = od · stains⁻¹
-        [0, 1, 2].map(|j| (0..3).map(|i| od[i] * inv[i][j]).sum())
-    }
-
-    pub fn from_hed(hed: [f32; 3]) -> [f32; 3] {
-        let s = stains();
-        from_od([0, 1, 2].map(|j| (0..3).map(|i| hed[i] * s[i][j]).sum()))
-    }
-
-    /// A slide's two stain vectors (OD space, unit length; haematoxylin first) and its 99th
-    /// percentile concentrations, estimated as Macenko et al. (2009).
-    #[derive(Debug, Clone, Copy, PartialEq)]
-    pub struct StainBasis {
-        pub stains: [[f32; 3]; 2],
-        pub max_conc: [f32; 2],
-    }
-
-    /// Optical densities above `beta` in every channel are tissue; brighter is background.
-    const BETA: f32 = 0.15;
-    const ALPHA_PERCENTILE: f32 = 1.0;
-
-    fn percentile(values: &mut [f32], p: f32) -> f32 {
-        values.sort_by(|a, b| a.total_cmp(b));
-        let i = ((p / 100.0) * (values.len() - 1) as f32).round() as usize;
-        values[i]
-    }
-
-    /// Eigenvectors of a symmetric 3×3 matrix by Jacobi rotations, by decreasing eigenvalue.
-    fn eigenvectors(mut a: [[f64; 3]; 3]) -> [[f64; 3]; 3] {
-        let mut v = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
-        for _ in 0..50 {
-            let (mut p, mut q, mut max) = (0, 1, 0.0);
-            for i in 0..3 {
-                for j in i + 1..3 {
-                    if a[i][j].abs() > max {
-                        (p, q, max) = (i, j, a[i][j].abs());
-                    }
-                }
-            }
-            if max < 1e-12 {
-                break;
-            }
-            let theta = 0.5 * (2.0 * a[p][q]).atan2(a[q][q] - a[p][p]);
-            let (s, c) = theta.sin_cos();
-            for k in 0..3 {
-                let (akp, akq) = (a[k][p], a[k][q]);
-                a[k][p] = c * akp - s * akq;
-                a[k][q] = s * akp + c * akq;
-            }
-            for k in 0..3 {
-                let (apk, aqk) = (a[p][k], a[q][k]);
-                a[p][k] = c * apk - s * aqk;
-                a[q][k] = s * apk + c * aqk;
-            }
-            for row in v.iter_mut() {
-                let (vp, vq) = (row[p], row[q]);
-                row[p] = c * vp - s * vq;
-                row[q] = s * vp + c * vq;
-            }
-        }
-        let mut order = [0, 1, 2];
-        order.sort_by(|&i, &j| a[j][j].total_cmp(&a[i][i]));
-        order.map(|k| [v[0][k], v[1][k], v[2][k]])
-    }
-
-    impl StainBasis {
-        /// `None` when the image has too little tissue to estimate stains.
-        pub fn fit(rgb: &[f32]) -> Option<StainBasis> {
-            let tissue: Vec<[f32; 3]> = rgb
-                .chunks_exact(3)
-                .map(|p| od([p[0], p[1], p[2]]))
-                .filter(|o| o.iter().all(|&v| v > BETA))
-                .collect();
-            if tissue.len() < 16 {
-                return None;
-            }
-            let n = tissue.len() as f64;
-            let mean = [0, 1, 2].map(|i| tissue.iter().map(|o| o[i] as f64).sum::<f64>() / n);
-            let mut cov = [[0f64; 3]; 3];
-            for o in &tissue {
-                for i in 0..3 {
-                    for j in 0..3 {
-                        cov[i][j] += (o[i] as f64 - mean[i]) * (o[j] as f64 - mean[j]) / n;
-                    }
-                }
-            }
-            let e = eigenvectors(cov);
-            let (e1, e2) = (e[0].map(|x| x as f32), e[1].map(|x| x as f32));
-            let dot = |a: [f32; 3], b: [f32; 3]| a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
-            let mut angles: Vec<f32> = tissue.iter().map(|&o| dot(o, e2).atan2(dot(o, e1))).collect();
-            let lo = percentile(&mut angles, ALPHA_PERCENTILE);
-            let hi = percentile(&mut angles, 100.0 - ALPHA_PERCENTILE);
-            let dir = |phi: f32| {
-                let v = [0, 1, 2].map(|i| e1[i] * phi.cos() + e2[i] * phi.sin());
-                // Optical densities are positive: point the vector into the positive octant.
-                let v = if v.iter().sum::<f32>() < 0.0 { v.map(|x| -x) } else { v };
-                normalise(v)
-            };
-            let (a, b) = (dir(lo), dir(hi));
-            // Haematoxylin is the bluer stain: larger red-channel optical density.
-            let stains = if a[0] > b[0] { [a, b] } else { [b, a] };
-            let conc: Vec<[f32; 2]> = tissue.iter().map(|&o| concentrations(o, stains)).collect();
-            let mut c0: Vec<f32> = conc.iter().map(|c| c[0]).collect();
-            let mut c1: Vec<f32> = conc.iter().map(|c| c[1]).collect();
-            let max_conc = [percentile(&mut c0, 99.0), percentile(&mut c1, 99.0)];
-            (max_conc[0] > 0.0 && max_conc[1] > 0.0).then_some(StainBasis { stains, max_conc })
-        }
-
-        /// Re-renders `rgb` (from a slide with basis `self`) in the stains of `target`.
-        pub fn normalise_to(&self, rgb: &mut [f32], target: &StainBasis) {
-            for p in rgb.chunks_exact_mut(3) {
-                let c = concentrations(od([p[0], p[1], p[2]]), self.stains);
-                let c = [0, 1].map(|k| c[k] * target.max_conc[k] / self.max_conc[k]);
-                let out = from_od([0, 1, 2].map(|i| c[0] * target.stains[0][i] + c[1] * target.stains[1][i]));
-                p.copy_from_slice(&out);
-            }
-        }
-    }
-
-    /// Least-squares concentrations of two stains for one optical density.
-    fn concentrations(od: [f32; 3], s: [[f32; 3]; 2]) -> [f32; 2] {
-        let dot = |a: [f32; 3], b: [f32; 3]| a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
-        let (a11, a12, a22) = (dot(s[0], s[0]), dot(s[0], s[1]), dot(s[1], s[1]));
-        let (b1, b2) = (dot(s[0], od), dot(s[1], od));
-        let det = a11 * a22 - a12 * a12;
-        if det.abs() < 1e-9 {
-            return [0.0, 0.0];
-        }
-        [(a22 * b1 - a12 * b2) / det, (a11 * b2 - a12 * b1) / det]
-    }
-}
-
-/// Per-slide facts the pixel-size augmentation needs.
+/// How much the pixel-size augmentation rescales one slide.
 #[derive(Debug, Clone, Copy)]
-pub struct SlideInfo {
+pub struct SlideScale {
     /// 0.4 / hubmap_pixel_size[organ] for HPA slides (how much smaller the same tissue looks in
     /// HuBMAP's scans); `None` for HuBMAP slides, and for every slide when crops are read at a
     /// target pixel size.
@@ -397,10 +39,10 @@ pub struct SlideInfo {
 /// The configured random pipeline, drawing from `rng` in a fixed order (so a seed repeats):
 /// pixel-size rescale, flips, rot90, scale-rotate-shift, HSV, brightness/contrast, gamma, HED
 /// stain, blur, noise. Macenko normalisation happens when the slide is cached, not here.
-pub fn augment(sample: &mut Sample, info: SlideInfo, cfg: &AugmentConfig, rng: &mut ChaCha8Rng) {
+pub fn augment(sample: &mut Sample, scale: SlideScale, cfg: &AugmentConfig, rng: &mut ChaCha8Rng) {
     let chance = |p: f64, rng: &mut ChaCha8Rng| p > 0.0 && rng.random::<f64>() < p;
     let sym = |r: f64, rng: &mut ChaCha8Rng| (rng.random::<f64>() * 2.0 - 1.0) * r;
-    if let Some(factor) = info.hpa_to_hubmap {
+    if let Some(factor) = scale.hpa_to_hubmap {
         if chance(cfg.p_pixel_size, rng) {
             let [lo, hi] = cfg.pixel_size_range;
             sample.affine(factor.clamp(lo, hi), 0.0, 0.0, 0.0);
@@ -451,6 +93,7 @@ pub fn augment(sample: &mut Sample, info: SlideInfo, cfg: &AugmentConfig, rng: &
 
 #[cfg(test)]
 mod tests {
+    use super::colour::{hsv_to_rgb, rgb_to_hsv};
     use super::*;
     use rand::SeedableRng;
 
@@ -570,7 +213,7 @@ mod tests {
             p_pixel_size: 1.0,
             ..AugmentConfig::none()
         };
-        let info = |f| SlideInfo { hpa_to_hubmap: Some(f) };
+        let info = |f| SlideScale { hpa_to_hubmap: Some(f) };
         let run = |info, cfg: &AugmentConfig| {
             let mut s = marked_block(26, 16);
             augment(&mut s, info, cfg, &mut ChaCha8Rng::seed_from_u64(3));
@@ -593,7 +236,7 @@ mod tests {
         };
         assert_eq!(run(info(0.8), &never), marked_block(26, 16));
         assert_eq!(
-            run(SlideInfo { hpa_to_hubmap: None }, &wide),
+            run(SlideScale { hpa_to_hubmap: None }, &wide),
             marked_block(26, 16),
             "HuBMAP slides are not rescaled"
         );
@@ -693,7 +336,7 @@ mod tests {
             p_pixel_size: 1.0,
             ..AugmentConfig::default()
         };
-        let info = SlideInfo {
+        let info = SlideScale {
             hpa_to_hubmap: Some(0.8),
         };
         let run = |seed| {

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{SamplingMode, TrainConfig};
 use crate::run_dir::RunMode;
-use crate::train::{self, Progress};
+use crate::train::{self, FoldProgress};
 use ftu_formats::Organ;
 
 /// Every option can also come from `--config FILE` (TOML, the keys of RUN/config.toml); flags
@@ -353,7 +353,7 @@ pub struct Bars {
     pub bar: Option<ProgressBar>,
 }
 
-impl Progress for Bars {
+impl FoldProgress for Bars {
     fn ticker(&mut self, what: &str, total: usize) -> Box<dyn Fn() + Send + Sync> {
         self.start(what, total);
         let bar = self.bar.clone().expect("start made a bar");

@@ -21,7 +21,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::augment::{self, stain::StainBasis, Sample, SlideInfo};
+use crate::augment::{self, stain::StainBasis, Sample, SlideScale};
 use crate::config::AugmentConfig;
 use crate::data::crops::{CropSpec, FullSlide};
 pub use crate::error::DataError;
@@ -294,7 +294,7 @@ impl SlideCache {
             }
         };
         if let Some(cfg) = augment {
-            augment::augment(&mut sample, self.info(i), cfg, &mut rng);
+            augment::augment(&mut sample, self.scale(i), cfg, &mut rng);
         }
         Ok((sample, soft))
     }
@@ -330,10 +330,11 @@ impl SlideCache {
         }
     }
 
-    pub fn info(&self, i: usize) -> SlideInfo {
+    /// Slide `i`'s pixel-size factor for the rescale augmentation.
+    pub fn scale(&self, i: usize) -> SlideScale {
         let row = &self.rows[i];
         let physical = matches!(&self.crops, Some((spec, _)) if spec.pixel_size.is_some());
-        SlideInfo {
+        SlideScale {
             hpa_to_hubmap: (row.data_source == DataSource::Hpa && !physical)
                 .then(|| 0.4 / row.organ.hubmap_pixel_size()),
         }

@@ -28,7 +28,7 @@ use serde::Serialize;
 use crate::error::{At, Result, TrainError};
 use crate::eval::thresholds;
 use crate::fold::write_json;
-use crate::train::Progress;
+use crate::train::FoldProgress;
 use postprocess::{MaskedSlide, OrganChoice};
 use runs::Run;
 use search::{Scored, SlideCounts};
@@ -90,7 +90,7 @@ fn threshold_grid(run: &Run) -> Vec<f64> {
 
 /// Checks the runs, scores every candidate on their OOF maps, chooses, and writes `req.out`;
 /// `progress` counts the slides of each of the two passes.
-pub fn run(req: &EnsembleRequest, progress: &mut dyn Progress) -> Result<Summary> {
+pub fn run(req: &EnsembleRequest, progress: &mut dyn FoldProgress) -> Result<Summary> {
     if req.runs.is_empty() {
         return Err(TrainError::Run("--runs: at least one finished run".into()));
     }
