@@ -40,7 +40,7 @@ part() { # NAME LIMIT COMMAND...: runs it, keeps its last median line
   rm -f "$samples"
   table+=("$(printf '%-46s exit %-3s %10s ms   peak GPU memory %6s MiB' "$name" "$rc" "${ms:--}" "${peak:--}")")
 }
-part "gpu tests" 90 env FTU_GPU_TESTS=1 "$bin/gpu-test" --nocapture
+part "gpu tests" 90 "$bin/gpu-test" --ignored --nocapture
 part "candle unet-resnet34 256² b4 cuda" 45 "$bin/train-step" --bench --arch unet-resnet34 --device cuda --steps 5
 part "candle unet-resnet34 256² b4 cpu" 45 "$bin/train-step" --bench --arch unet-resnet34 --device cpu --steps 3
 part "torch unet-resnet34 256² b4 cuda f32" 45 python3 bench/train_step/torch_step.py --arch unet-resnet34 --steps 5 --device cuda

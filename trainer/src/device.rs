@@ -46,14 +46,22 @@ mod tests {
     }
 
     /// In a build without CUDA (CI's), asking for it is an error that says how to get it.
+    #[cfg(not(feature = "cuda"))]
     #[test]
     fn cuda_without_the_feature_says_how_to_build_it() {
-        if cfg!(feature = "cuda") {
-            return; // the GPU tests (FTU_GPU_TESTS=1) cover CUDA builds
-        }
         for name in ["cuda", "cuda:1"] {
             let e = parse(name).unwrap_err().to_string();
             assert!(e.contains(name) && e.contains("--features cuda"), "{e}");
+        }
+    }
+
+    /// Where a CUDA device is, `cuda` and `cuda:0` open it.
+    #[test]
+    #[ignore = "needs a CUDA device: cargo test -p ftu-trainer --features cuda -- --ignored"]
+    fn cuda_opens_the_device() {
+        for name in ["cuda", "cuda:0"] {
+            let device = parse(name).unwrap_or_else(|e| panic!("{e}"));
+            assert!(device.is_cuda(), "{name}");
         }
     }
 }

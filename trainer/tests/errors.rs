@@ -2,11 +2,12 @@
 //! stack backtrace even with RUST_BACKTRACE=1 in the environment, one with FTU_BACKTRACE=1.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
 
 fn ftu_train(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ftu-train"))
-        .args(args)
+    common::command(args)
         .env_remove("FTU_BACKTRACE")
         .env_remove("RUST_LIB_BACKTRACE")
         .env("RUST_BACKTRACE", "1")

@@ -3,14 +3,10 @@
 //! refused by name.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn ftu_train(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ftu-train"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+mod common;
+
+use common::ftu_train;
 
 fn outputs_and_meta(path: &Path) -> (Vec<String>, Vec<(String, String)>) {
     let model = ftu_onnx::read(path).unwrap();

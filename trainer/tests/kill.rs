@@ -13,16 +13,10 @@ mod common;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn ftu_train(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ftu-train"));
-    c.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
-    c
-}
-
 /// The tiny run of the CLI tests, 3 epochs, with an EMA of the weights.
 fn train(data: &Path, out: &Path, resume: bool) -> Command {
-    let mut c = ftu_train(&common::strs(&common::tiny(data, out, 3)));
-    c.args(["--ema", "0.5"]);
+    let mut c = common::command(&common::strs(&common::tiny(data, out, 3)));
+    c.args(["--ema", "0.5"]).stdout(Stdio::null()).stderr(Stdio::piped());
     if resume {
         c.arg("--resume");
     }

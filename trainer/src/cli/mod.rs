@@ -3,4 +3,7 @@
 
 pub mod archs;
 pub mod ensemble;
+pub mod export;
+pub mod synth;
+pub mod synth_wsi;
 pub mod train;

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::{Fold, FoldProgress, Validated};
 use crate::config::TrainConfig;
 use crate::error::{At, Result};
-use crate::optim::loss_scale::SavedLossScale;
 use crate::optim;
+use crate::optim::loss_scale::SavedLossScale;
 use crate::run_dir::fold_dir;
 
 /// RUN/foldK/state.json: where a fold stands, for `--resume`.

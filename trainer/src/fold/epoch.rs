@@ -13,8 +13,8 @@ use crate::data::sampling;
 use crate::data::{self, Batch};
 use crate::error::{Result, TrainError};
 use crate::losses;
-use crate::optim::loss_scale::LossScale;
 use crate::optim;
+use crate::optim::loss_scale::LossScale;
 
 impl Fold<'_> {
     /// One pass over `samples` training slides in batches (the next batch drawn and augmented

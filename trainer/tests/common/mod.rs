@@ -5,11 +5,16 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// The `ftu-train` binary of this build with `args`, not started.
+pub fn command(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ftu-train"));
+    c.args(args);
+    c
+}
+
+/// `ftu-train args`, run to its end.
 pub fn ftu_train(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ftu-train"))
-        .args(args)
-        .output()
-        .unwrap()
+    command(args).output().unwrap()
 }
 
 /// `ftu_train` that must succeed; its stderr.
