@@ -1,36 +1,20 @@
 //! The ftu-infer binary on good and bad input: right output, clear errors, never a panic.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn ftu_infer(args: &[&str], stdin: Option<&str>) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ftu-infer"))
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.unwrap_or("").as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
+use common::{failure, ftu_infer, ftu_infer_command, ftu_infer_stdin};
 
 fn ok(out: &Output) -> String {
     assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
-/// Fails cleanly: non-zero exit, the expected words on stderr, and no panic.
+/// Fails cleanly (see [`failure`]), with the expected words on stderr.
 fn fails_with(out: &Output, words: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "should have failed");
-    assert!(!err.contains("panicked"), "panicked: {err}");
+    let err = failure(out);
     for w in words {
         assert!(err.contains(w), "stderr lacks {w:?}: {err}");
     }
@@ -47,22 +31,16 @@ fn rle_decode_then_encode_round_trips_through_png() {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("m.png");
     let png = png.to_str().unwrap();
-    ok(&ftu_infer(
-        &[
-            "rle", "decode", "--height", "3", "--width", "2", "--out", png, "2 1 4 2",
-        ],
-        None,
-    ));
-    assert_eq!(ok(&ftu_infer(&["rle", "encode", png], None)).trim(), "2 1 4 2");
+    ok(&ftu_infer(&[
+        "rle", "decode", "--height", "3", "--width", "2", "--out", png, "2 1 4 2",
+    ]));
+    assert_eq!(ok(&ftu_infer(&["rle", "encode", png])).trim(), "2 1 4 2");
     // From stdin, larger.
-    ok(&ftu_infer(
+    ok(&ftu_infer_stdin(
         &["rle", "decode", "--height", "50", "--width", "40", "--out", png],
-        Some("5 10 100 300 1999 2\n"),
+        "5 10 100 300 1999 2\n",
     ));
-    assert_eq!(
-        ok(&ftu_infer(&["rle", "encode", png], None)).trim(),
-        "5 10 100 300 1999 2"
-    );
+    assert_eq!(ok(&ftu_infer(&["rle", "encode", png])).trim(), "5 10 100 300 1999 2");
 }
 
 #[test]
@@ -70,12 +48,7 @@ fn rle_bad_input_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("m.png");
     let png = png.to_str().unwrap();
-    let decode = |rle: &str| {
-        ftu_infer(
-            &["rle", "decode", "--height", "3", "--width", "2", "--out", png, rle],
-            None,
-        )
-    };
+    let decode = |rle: &str| ftu_infer(&["rle", "decode", "--height", "3", "--width", "2", "--out", png, rle]);
     fails_with(&decode("1 2 3"), &["even number", "3 tokens"]);
     fails_with(&decode("1 x"), &["token 2", "`x`"]);
     fails_with(&decode("1 0"), &["length 0"]);
@@ -84,16 +57,13 @@ fn rle_bad_input_is_a_clear_error() {
     fails_with(&decode("4 1 1 1"), &["sorted"]);
     assert!(!png_exists(png), "no output is written for bad input");
     fails_with(
-        &ftu_infer(
-            &["rle", "decode", "--height", "0", "--width", "2", "--out", png, "1 1"],
-            None,
-        ),
+        &ftu_infer(&["rle", "decode", "--height", "0", "--width", "2", "--out", png, "1 1"]),
         &["positive"],
     );
     let junk = write(dir.path(), "junk.png", "not a png");
-    fails_with(&ftu_infer(&["rle", "encode", &junk], None), &["junk.png"]);
+    fails_with(&ftu_infer(&["rle", "encode", &junk]), &["junk.png"]);
     fails_with(
-        &ftu_infer(&["rle", "encode", "/nonexistent/m.png"], None),
+        &ftu_infer(&["rle", "encode", "/nonexistent/m.png"]),
         &["/nonexistent/m.png"],
     );
 }
@@ -111,16 +81,14 @@ fn score_prints_mean_and_per_organ_table() {
     let d = dir.path();
     let meta = write(d, "test.csv", META);
     let truth = write(d, "truth.csv", "id,rle\n1,1 20\n2,50 10\n3,1 100\n");
-    let out = ok(&ftu_infer(
-        &["score", "--truth", &truth, "--pred", &truth, "--meta", &meta],
-        None,
-    ));
+    let out = ok(&ftu_infer(&[
+        "score", "--truth", &truth, "--pred", &truth, "--meta", &meta,
+    ]));
     assert!(out.starts_with("mean dice 1.0000 over 3 images"), "{out}");
     let empty = write(d, "empty.csv", "id,rle\n3,\n2,\n1,\n");
-    let out = ok(&ftu_infer(
-        &["score", "--truth", &truth, "--pred", &empty, "--meta", &meta],
-        None,
-    ));
+    let out = ok(&ftu_infer(&[
+        "score", "--truth", &truth, "--pred", &empty, "--meta", &meta,
+    ]));
     assert!(out.starts_with("mean dice 0.0000"), "{out}");
     assert!(
         out.contains("kidney") && out.contains("lung") && out.contains("     2   0.0000"),
@@ -128,10 +96,9 @@ fn score_prints_mean_and_per_organ_table() {
     );
     // Half of image 1 right: dice 2·10/(20+10) for kidney; lung perfect.
     let half = write(d, "half.csv", "id,rle\n1,1 10\n2,50 10\n3,1 100\n");
-    let out = ok(&ftu_infer(
-        &["score", "--truth", &truth, "--pred", &half, "--meta", &meta],
-        None,
-    ));
+    let out = ok(&ftu_infer(&[
+        "score", "--truth", &truth, "--pred", &half, "--meta", &meta,
+    ]));
     assert!(out.contains("kidney               1   0.6667"), "{out}");
 }
 
@@ -143,25 +110,22 @@ fn score_bad_input_is_a_clear_error() {
     let truth = write(d, "truth.csv", "id,rle\n1,1 20\n2,\n3,\n");
     let short = write(d, "short.csv", "id,rle\n1,\n2,\n");
     fails_with(
-        &ftu_infer(&["score", "--truth", &truth, "--pred", &short, "--meta", &meta], None),
+        &ftu_infer(&["score", "--truth", &truth, "--pred", &short, "--meta", &meta]),
         &["only in", "3"],
     );
     let bad = write(d, "bad.csv", "id,rle\n1,1 2 3\n2,\n3,\n");
     fails_with(
-        &ftu_infer(&["score", "--truth", &truth, "--pred", &bad, "--meta", &meta], None),
+        &ftu_infer(&["score", "--truth", &truth, "--pred", &bad, "--meta", &meta]),
         &["bad.csv", "`1`", "even number"],
     );
-    fails_with(
-        &ftu_infer(&["score", "--truth", &truth, "--pred", &truth], None),
-        &["--meta"],
-    );
+    fails_with(&ftu_infer(&["score", "--truth", &truth, "--pred", &truth]), &["--meta"]);
     let organ = write(
         d,
         "organ.csv",
         "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness\n1,liver,HPA,10,10,0.4,4\n",
     );
     fails_with(
-        &ftu_infer(&["score", "--truth", &truth, "--pred", &truth, "--meta", &organ], None),
+        &ftu_infer(&["score", "--truth", &truth, "--pred", &truth, "--meta", &organ]),
         &["organ.csv line 2", "`liver`"],
     );
 }
@@ -227,8 +191,7 @@ fn a_chunk_claiming_more_bytes_than_the_file_fails_cleanly_under_a_memory_limit(
 
 /// `ftu-infer ARGS` with RUST_BACKTRACE=1 in its environment, as a user's shell may have it.
 fn ftu_infer_backtrace_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ftu-infer"))
-        .args(args)
+    ftu_infer_command(args)
         .env_remove("FTU_BACKTRACE")
         .env_remove("RUST_LIB_BACKTRACE")
         .env("RUST_BACKTRACE", "1")
@@ -289,9 +252,7 @@ fn failing_commands_print_error_and_causes_without_a_backtrace() {
     let sample = ftu_onnx::samples::pixel_linear([1.0, 0.0, 0.0], 0.0, Default::default(), "logits").unwrap();
     ftu_onnx::write(&sample, &model).unwrap();
     let model = model.to_str().unwrap().to_string();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ftu-infer"));
-    let out = cmd
-        .args(["inspect", &model])
+    let out = ftu_infer_command(&["inspect", &model])
         .env_clear()
         .env("RUST_BACKTRACE", "1")
         .env("PATH", dir.path().join("empty"))

@@ -4,8 +4,10 @@
 //! the previous complete one (or absent) or the new complete one — never a torn file — and a
 //! rerun finishes. Needs libonnxruntime (scripts/test.sh installs it).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ftu_formats::organ::{DataSource, Organ};
@@ -14,6 +16,8 @@ use ftu_formats::slide::write::{write_tiff_image, Chunking, Compression, Samples
 use ftu_onnx::samples::{self, InputShape};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use common::{ftu_infer_command, ftu_infer_quiet, predict_args};
 
 const SIDE: usize = 192;
 
@@ -58,12 +62,6 @@ fn fixture(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
     )
     .unwrap();
     (data, manifest)
-}
-
-fn ftu_infer(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ftu-infer"));
-    c.args(args).stdout(Stdio::null()).stderr(Stdio::null());
-    c
 }
 
 /// Runs `cmd` to completion and returns how long it took.
@@ -122,19 +120,8 @@ fn killed_commands_leave_the_old_output_or_the_new_one() {
     let report = d.join("sub.report.json");
     let probs = d.join("probs");
     let predict = |out: &Path| {
-        let mut c = ftu_infer(&[
-            "predict",
-            "--manifest",
-            manifest.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--probs",
-            probs.to_str().unwrap(),
-            "--threads",
-            "1",
-            "--out",
-        ]);
-        c.arg(out);
+        let mut c = ftu_infer_quiet(&predict_args(&manifest, &data, out));
+        c.args(["--threads", "1", "--probs"]).arg(&probs);
         c
     };
     let full = reference(|| predict(&out), || ());
@@ -178,7 +165,7 @@ fn killed_commands_leave_the_old_output_or_the_new_one() {
         .collect();
     let merged = d.join("merged.csv");
     let merge = || {
-        let mut c = ftu_infer(&["merge", "--test", data.join("test.csv").to_str().unwrap(), "--out"]);
+        let mut c = ftu_infer_quiet(&["merge", "--test", data.join("test.csv").to_str().unwrap(), "--out"]);
         c.arg(&merged).args(&shards);
         c
     };
@@ -196,7 +183,7 @@ fn killed_commands_leave_the_old_output_or_the_new_one() {
     // bundle: the folder is absent or complete (built beside and renamed).
     let bundle_out = d.join("bundle");
     let bundle = || {
-        let mut c = ftu_infer(&["bundle", "--manifest", manifest.to_str().unwrap(), "--out"]);
+        let mut c = ftu_infer_quiet(&["bundle", "--manifest", manifest.to_str().unwrap(), "--out"]);
         c.arg(&bundle_out);
         c
     };
@@ -278,18 +265,8 @@ fn a_killed_predict_resumed_with_continue_gives_the_unbroken_submission() {
     let (data, manifest) = fixture(d, n);
     let out = d.join("sub.csv");
     let predict = || {
-        let mut c = ftu_infer(&[
-            "predict",
-            "--manifest",
-            manifest.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--threads",
-            "1",
-            "--continue",
-            "--out",
-        ]);
-        c.arg(&out);
+        let mut c = ftu_infer_quiet(&predict_args(&manifest, &data, &out));
+        c.args(["--threads", "1", "--continue"]);
         c
     };
     let full = timed(predict());
@@ -313,16 +290,8 @@ fn a_killed_predict_resumed_with_continue_gives_the_unbroken_submission() {
                 "round {round}: a run killed before its last slide wrote a submission"
             );
         }
-        let resumed = Command::new(env!("CARGO_BIN_EXE_ftu-infer"))
-            .args([
-                "predict",
-                "--manifest",
-                manifest.to_str().unwrap(),
-                "--data",
-                data.to_str().unwrap(),
-            ])
-            .args(["--threads", "1", "--continue", "--out"])
-            .arg(&out)
+        let resumed = ftu_infer_command(&predict_args(&manifest, &data, &out))
+            .args(["--threads", "1", "--continue"])
             .output()
             .unwrap();
         assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));

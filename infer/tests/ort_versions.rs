@@ -8,13 +8,13 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use ftu_formats::slide::write::{write_tiff_image, Chunking, Compression, Samples, TiffSpec};
 use ftu_onnx::samples;
 
-use common::text;
+use common::{ftu_infer_with, text};
 
 fn oldest() -> PathBuf {
     let path = std::env::var_os("FTU_ORT_OLDEST")
@@ -24,12 +24,9 @@ fn oldest() -> PathBuf {
     path
 }
 
-/// `ftu-infer ARGS` on the library at `library`, or on the default one when `None`.
-fn ftu_infer(args: &[&str], library: Option<&Path>) -> Output {
-    match library {
-        Some(lib) => common::ftu_infer_with(args, &[("ORT_DYLIB_PATH", lib.as_os_str())]),
-        None => common::ftu_infer_with(args, &[]),
-    }
+/// ORT_DYLIB_PATH naming `library`, or nothing (the default library) when `None`.
+fn library_env(library: Option<&Path>) -> Option<(&'static str, &OsStr)> {
+    library.map(|lib| ("ORT_DYLIB_PATH", lib.as_os_str()))
 }
 
 #[test]
@@ -68,7 +65,7 @@ fn the_oldest_supported_onnx_runtime_predicts_the_same_submission() {
     std::fs::write(d.join("test.csv"), csv).unwrap();
 
     let run = |library: Option<&Path>, out: &str| {
-        let o = ftu_infer(
+        let o = ftu_infer_with(
             &[
                 "predict",
                 "--manifest",
@@ -80,7 +77,7 @@ fn the_oldest_supported_onnx_runtime_predicts_the_same_submission() {
                 "--threads",
                 "1",
             ],
-            library,
+            library_env(library).as_slice(),
         );
         assert!(o.status.success(), "{}", text(&o));
         (text(&o), std::fs::read(d.join(out)).unwrap())
@@ -106,7 +103,10 @@ fn the_oldest_supported_onnx_runtime_predicts_the_same_submission() {
 
     // `inspect` reads the opset from the file, the same on both.
     for library in [None, Some(old.as_path())] {
-        let o = ftu_infer(&["inspect", d.join("a.onnx").to_str().unwrap()], library);
+        let o = ftu_infer_with(
+            &["inspect", d.join("a.onnx").to_str().unwrap()],
+            library_env(library).as_slice(),
+        );
         assert!(o.status.success(), "{}", text(&o));
         assert!(String::from_utf8_lossy(&o.stdout).contains("opset: 17"), "{}", text(&o));
     }

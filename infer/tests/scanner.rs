@@ -10,8 +10,9 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use ftu_formats::mask::rle;
 use ftu_formats::schema;
@@ -22,7 +23,7 @@ use ftu_formats::slide::{RgbImage, SlideLimits};
 use ftu_infer::slides::SlideResultRow;
 use ftu_onnx::samples::{self, InputShape};
 
-use common::text;
+use common::{ftu_infer, ftu_infer_with, text};
 
 const W: usize = 1536;
 const H: usize = 1024;
@@ -72,13 +73,6 @@ fn read_npy(path: &Path) -> RgbImage {
         width: W,
         height: H,
         data,
-    }
-}
-
-fn ftu_infer(args: &[&str], openslide: Option<&str>) -> Output {
-    match openslide {
-        Some(lib) => common::ftu_infer_with(args, &[("FTU_OPENSLIDE", lib.as_ref())]),
-        None => common::ftu_infer_with(args, &[]),
     }
 }
 
@@ -175,7 +169,7 @@ fn scanner_files_read_alike_and_predict_without_test_csv() {
         .to_vec()
     };
     let a = args(&out);
-    let o = ftu_infer(&a.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    let o = ftu_infer(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", text(&o));
     let rows: Vec<SlideResultRow> = csv::Reader::from_path(&out)
         .unwrap()
@@ -214,9 +208,9 @@ fn scanner_files_read_alike_and_predict_without_test_csv() {
 
     // Without OpenSlide: the SVS is an error naming the library and how to install it; the
     // others still predict, and inspect reads every file's header.
-    let o = ftu_infer(
+    let o = ftu_infer_with(
         &a.iter().map(String::as_str).collect::<Vec<_>>(),
-        Some("/nonexistent/libopenslide.so"),
+        &[("FTU_OPENSLIDE", OsStr::new("/nonexistent/libopenslide.so"))],
     );
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
@@ -226,9 +220,9 @@ fn scanner_files_read_alike_and_predict_without_test_csv() {
         text(&o)
     );
     std::fs::remove_file(&svs).unwrap();
-    let o = ftu_infer(
+    let o = ftu_infer_with(
         &a.iter().map(String::as_str).collect::<Vec<_>>(),
-        Some("/nonexistent/libopenslide.so"),
+        &[("FTU_OPENSLIDE", OsStr::new("/nonexistent/libopenslide.so"))],
     );
     assert!(o.status.success(), "{}", text(&o));
 }

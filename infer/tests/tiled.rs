@@ -3,8 +3,9 @@
 //! detection, postprocessing, GeoJSON round trip, mask TIFF), and shards merged.
 //! Needs libonnxruntime: ORT_DYLIB_PATH, or `pip install onnxruntime==1.31.1` (scripts/test.sh does).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use ftu_formats::manifest::Manifest;
 use ftu_formats::mask::runs::RunMask;
@@ -20,6 +21,8 @@ use ftu_infer::session::{Runtime, RuntimeOptions};
 use ftu_infer::tiled;
 use ftu_onnx::samples::{self, InputShape};
 use rand::{Rng, SeedableRng};
+
+use common::ftu_infer_command;
 
 fn runtime() -> Runtime {
     Runtime::load(RuntimeOptions {
@@ -465,9 +468,8 @@ fn shards_merged_equal_one_run_row_for_row() {
         "[[group]]\nsize = 256\nmode = \"tiles\"\n[[group.model]]\npath = \"green.onnx\"\nnorm = \"unit\"\n",
     )
     .unwrap();
-    let bin = env!("CARGO_BIN_EXE_ftu-infer");
     let run = |args: &[&str]| {
-        let o = Command::new(bin).args(args).output().unwrap();
+        let o = ftu_infer_command(args).output().unwrap();
         assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
     };
     let out = dir.path();
@@ -525,17 +527,16 @@ fn shards_merged_equal_one_run_row_for_row() {
     );
     assert!(rows.iter().all(|r| !r.rle.is_empty()));
     // A missing shard is an error, not a short submission.
-    let o = Command::new(bin)
-        .args([
-            "merge",
-            "--test",
-            data.join("test.csv").to_str().unwrap(),
-            "--out",
-            out.join("x.csv").to_str().unwrap(),
-        ])
-        .args(&shards[..2])
-        .output()
-        .unwrap();
+    let o = ftu_infer_command(&[
+        "merge",
+        "--test",
+        data.join("test.csv").to_str().unwrap(),
+        "--out",
+        out.join("x.csv").to_str().unwrap(),
+    ])
+    .args(&shards[..2])
+    .output()
+    .unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("in no shard"));
     assert!(!out.join("x.csv").exists());
 }
