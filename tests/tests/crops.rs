@@ -20,7 +20,7 @@ fn crops_config(data: &Path, out: &Path) -> TrainConfig {
     let mut cfg = TrainConfig {
         data: data.to_path_buf(),
         out: out.to_path_buf(),
-        arch: "unet-resnet18".into(),
+        arch: "unet-resnet18".parse().unwrap(),
         decoder_channels: Some(vec![16, 16, 8, 8, 8]),
         size: 64,
         folds: 2,

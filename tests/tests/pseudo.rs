@@ -125,7 +125,7 @@ fn a_run_with_pseudo_labels_trains_on_them_and_never_validates_on_them() {
     let cfg = |run: &str, pseudo: Option<PathBuf>| TrainConfig {
         data: data.clone(),
         out: dir.path().join(run),
-        arch: "unet-resnet18".into(),
+        arch: "unet-resnet18".parse().unwrap(),
         decoder_channels: Some(vec![16, 16, 8, 8, 8]),
         size: 64,
         folds: 2,

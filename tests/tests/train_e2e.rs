@@ -20,7 +20,7 @@ fn small(data: &Path, out: &Path, epochs: usize) -> TrainConfig {
     TrainConfig {
         data: data.to_path_buf(),
         out: out.to_path_buf(),
-        arch: "unet-resnet18".into(),
+        arch: "unet-resnet18".parse().unwrap(),
         decoder_channels: Some(vec![16, 16, 8, 8, 8]),
         size: 64,
         folds: 2,
@@ -266,7 +266,7 @@ fn mixed_precision_trains_like_float32_and_exports_float32() {
         let out = dir.path().join(precision);
         let mut cfg = small(&data, &out, 2);
         cfg.fold = Some(0);
-        cfg.precision = precision.into();
+        cfg.precision = precision.parse().unwrap();
         train::run(&cfg, false, &mut Quiet).unwrap();
         let rows = metrics(&out.join("metrics.csv"));
         assert_eq!(rows.len(), 2, "{precision}");

@@ -15,21 +15,58 @@ pub enum DeviceError {
     Cuda { name: String, cause: String },
 }
 
-/// The device `name` stands for: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`. CUDA devices are
-/// opened here, so a build without CUDA, or a machine without the device, fails before any work.
+/// A device by name, not opened: `cpu`, `cuda` (the first CUDA device) or `cuda:N`. It shows
+/// as the name it was given, so a saved config says what the user wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    /// `cuda` (`None`: device 0) or `cuda:N`.
+    Cuda(Option<usize>),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = DeviceError;
+    fn from_str(name: &str) -> Result<DeviceSpec, DeviceError> {
+        match name {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(None)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .map(|n| DeviceSpec::Cuda(Some(n)))
+                .ok_or_else(|| DeviceError::Unknown(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(None) => f.write_str("cuda"),
+            DeviceSpec::Cuda(Some(n)) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Opens the device: a build without CUDA, or a machine without the device, fails here,
+    /// before any work.
+    pub fn open(self) -> Result<Device, DeviceError> {
+        let ordinal = match self {
+            DeviceSpec::Cpu => return Ok(Device::Cpu),
+            DeviceSpec::Cuda(n) => n.unwrap_or(0),
+        };
+        Device::new_cuda(ordinal).map_err(|e| DeviceError::Cuda {
+            name: self.to_string(),
+            cause: e.to_string(),
+        })
+    }
+}
+
+/// The device `name` stands for, opened (see [`DeviceSpec`]).
 pub fn parse(name: &str) -> Result<Device, DeviceError> {
-    let ordinal = match name {
-        "cpu" => return Ok(Device::Cpu),
-        "cuda" => 0,
-        other => other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| DeviceError::Unknown(other.to_string()))?,
-    };
-    Device::new_cuda(ordinal).map_err(|e| DeviceError::Cuda {
-        name: name.to_string(),
-        cause: e.to_string(),
-    })
+    name.parse::<DeviceSpec>()?.open()
 }
 
 #[cfg(test)]

@@ -16,13 +16,12 @@ use candle_core::DType;
 use ftu_formats::manifest::file::{GroupFile, ModelFile, PostprocessFile, TtaFile};
 use ftu_formats::manifest::{ManifestFile, OutputRef};
 use ftu_formats::schema::{self, PseudoRow, SubmissionRow, TrainRow};
-use ftu_models::Arch;
 use rayon::prelude::*;
 
 use crate::config::{SamplingMode, TrainConfig};
 use crate::data::crops::CropSpec;
 use crate::data::split;
-use crate::data::{self, SlideCache};
+use crate::data::SlideCache;
 use crate::error::At;
 pub use crate::error::{Result, TrainError};
 use crate::eval::{full_res, thresholds};
@@ -203,8 +202,8 @@ fn train_size(
     resume: bool,
     progress: &mut dyn FoldProgress,
 ) -> Result<(Vec<FoldResult>, Option<Group>)> {
-    let device = crate::device::parse(&cfg.device).map_err(|e| TrainError::Run(e.to_string()))?;
-    let arch: Arch = cfg.arch.parse().map_err(|e| TrainError::Run(format!("arch: {e}")))?;
+    let device = cfg.device.open().map_err(|e| TrainError::Run(e.to_string()))?;
+    let arch = cfg.arch;
     let tick = progress.ticker("decode", rows.len() + pseudo.len());
     let stain_target = cfg.augment.stain_normalize_to.as_deref();
     let (cache, scale) = match cfg.sampling.mode {
@@ -248,7 +247,7 @@ fn train_size(
         },
         cache.cached()
     ));
-    let norm = data::normaliser(&cfg.norm)?;
+    let norm = cfg.norm.preset();
     let folds_to_run: Vec<usize> = match cfg.fold {
         Some(k) => vec![k],
         None => (0..cfg.folds).collect(),
@@ -357,7 +356,7 @@ fn write_manifest(
             .map(|(k, d)| ModelFile {
                 path: format!("{}fold{k}/model.onnx", g.prefix).into(),
                 weight: Some(if e.weight_by_dice { d.max(1e-3) } else { 1.0 }),
-                norm: Some(g.cfg.norm.clone()),
+                norm: Some(g.cfg.norm.name().to_string()),
                 output: Some(OutputRef::Name("logits".into())),
                 activation: Some("sigmoid".into()),
                 organs: (!g.cfg.organs.is_empty()).then(|| {
@@ -375,7 +374,7 @@ fn write_manifest(
         target_pixel_size: pixel_size,
         reference_size: pixel_size.map(|_| cfg.size as f64),
         tta: Some(TtaFile {
-            mode: Some(e.tta.clone()),
+            mode: Some(e.tta.as_str().to_string()),
             scales: None,
         }),
         thresholds: Some(table),

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::config::{SamplingMode, TrainConfig};
+use crate::config::{fields, SamplingMode, TrainConfig};
 use crate::run_dir::RunMode;
 use crate::train::{self, FoldProgress};
 use ftu_formats::Organ;
@@ -201,7 +201,6 @@ impl TrainArgs {
         set!(
             data,
             out,
-            arch,
             size,
             folds,
             epochs,
@@ -210,11 +209,20 @@ impl TrainArgs {
             seed,
             cache_mb,
             workers,
-            norm,
-            freeze_encoder_epochs,
-            device,
-            precision
+            freeze_encoder_epochs
         );
+        if let Some(v) = &self.arch {
+            c.arch = fields::arch::parse(v)?;
+        }
+        if let Some(v) = &self.norm {
+            c.norm = fields::norm::parse(v)?;
+        }
+        if let Some(v) = &self.device {
+            c.device = fields::device::parse(v)?;
+        }
+        if let Some(v) = &self.precision {
+            c.precision = fields::precision::parse(v)?;
+        }
         if let Some(sizes) = &self.sizes {
             c.sizes = sizes.clone();
         }

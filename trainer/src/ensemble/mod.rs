@@ -208,7 +208,7 @@ pub fn run(req: &EnsembleRequest, progress: &mut dyn FoldProgress) -> Result<Sum
             .map(|r| RunInfo {
                 name: r.name.clone(),
                 path: r.dir.clone(),
-                arch: r.cfg.arch.clone(),
+                arch: r.cfg.arch.to_string(),
                 sizes: r.sizes.iter().map(|s| s.cfg.size).collect(),
                 organs: r.cfg.organs.clone(),
             })

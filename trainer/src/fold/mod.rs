@@ -21,7 +21,7 @@ use ftu_models::{Arch, ArchConfig, ExportMeta, Precision, Segmenter};
 
 use crate::config::TrainConfig;
 use crate::data::SlideCache;
-use crate::error::{At, Result, TrainError};
+use crate::error::{At, Result};
 use crate::optim::loss_scale::LossScale;
 use crate::optim::{AdamW, Ema};
 use crate::run_dir::fold_dir;
@@ -143,10 +143,7 @@ impl<'a> Fold<'a> {
         resume: bool,
         progress: &mut dyn FoldProgress,
     ) -> Result<Fold<'a>> {
-        let precision: Precision = cfg
-            .precision
-            .parse()
-            .map_err(|m| TrainError::Run(format!("precision: {m}")))?;
+        let precision = cfg.precision;
         let dir = fold_dir(cfg, k);
         std::fs::create_dir_all(dir.join("overlays")).at("creating", &dir.join("overlays"))?;
         // Pseudo-labelled slides (after the labelled ones) train in every fold, never validate.
@@ -275,7 +272,7 @@ impl<'a> Fold<'a> {
         let best_model = Segmenter::new(self.arch, arch_config(cfg), 0)?;
         weights::load(&best_model, &best, Scope::Full).at("loading", &best)?;
         let meta = ExportMeta {
-            norm: cfg.norm.clone(),
+            norm: cfg.norm.name().to_string(),
             train_size: Some(cfg.size),
             fold: Some(k),
             val_dice: (self.state.best_dice >= 0.0).then_some(self.state.best_dice),
