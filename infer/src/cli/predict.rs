@@ -27,6 +27,8 @@ pub struct PredictArgs {
     pub slides: Vec<PathBuf>,
     /// With --slides: a CSV of id,organ[,pixel_size][,data_source] (other columns ignored, so a
     /// test.csv serves); a row's pixel_size wins over the file's. Default: none.
+    // The brackets are the help's notation for optional columns, not links.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long, value_name = "CSV", requires = "slides")]
     pub slides_meta: Option<PathBuf>,
     /// With --slides: the organ of every slide without a --slides-meta row. Default: none (each
