@@ -103,7 +103,7 @@ mod tests {
         for arch in Arch::all() {
             assert_eq!(arch.name().parse::<Arch>().unwrap(), arch);
         }
-        assert_eq!(Arch::all().len(), 3 * 17);
+        assert_eq!(Arch::all().len(), 3 * 21);
         let a: Arch = "segformer-mit_b2".parse().unwrap();
         assert_eq!((a.decoder, a.encoder), (DecoderKind::Segformer, EncoderKind::Mit(2)));
     }

@@ -66,7 +66,7 @@ fn config(arch: Arch) -> ArchConfig {
 fn one_step_lowers_the_loss_for_every_architecture() {
     let (image, mask, organ, pixel) = batch();
     let mut failures = Vec::new();
-    for arch in selected() {
+    for arch in under_test() {
         let model = Segmenter::new(arch, config(arch), 5).unwrap();
         let before = loss(&model, &image, &mask, &organ, &pixel);
         let again = loss(&model, &image, &mask, &organ, &pixel);
@@ -103,17 +103,6 @@ fn one_step_lowers_the_loss_for_every_architecture() {
         "loss did not fall as its gradient says:\n{}",
         failures.join("\n")
     );
-}
-
-/// The architectures `FTU_ARCH` selects (all without it); none is an error, not a vacuous pass.
-fn selected() -> Vec<Arch> {
-    let filter = std::env::var("FTU_ARCH").ok();
-    let archs: Vec<Arch> = Arch::all()
-        .into_iter()
-        .filter(|arch| filter.as_deref().is_none_or(|f| arch.name().contains(f)))
-        .collect();
-    assert!(!archs.is_empty(), "FTU_ARCH={filter:?} matches no architecture");
-    archs
 }
 
 /// Loss and per-parameter gradients (by name, in f64) of one batch.
@@ -156,7 +145,7 @@ fn norm(t: &Tensor) -> f64 {
 #[test]
 fn cpu_ops_are_as_accurate_as_the_generic_path_for_every_architecture() {
     let mut failures = Vec::new();
-    for arch in selected() {
+    for arch in under_test() {
         let f32_model = Segmenter::new(arch, config(arch), 5).unwrap();
         let f64_model = Segmenter::with_dtype(arch, config(arch), 5, DType::F64).unwrap();
         let (l_truth, truth) = loss_and_gradients(&f64_model, &Ctx::train(1), DType::F64);

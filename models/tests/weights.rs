@@ -136,7 +136,7 @@ fn a_hugging_face_mit_file_fills_the_encoder() {
 /// Names and shapes as they are in timm's and Hugging Face's files.
 #[test]
 fn parameter_names_and_shapes_are_the_pretrained_files() {
-    let expect: [(&str, &[(&str, &[usize])]); 4] = [
+    let expect: [(&str, &[(&str, &[usize])]); 5] = [
         (
             "unet-resnet34",
             &[
@@ -177,6 +177,19 @@ fn parameter_names_and_shapes_are_the_pretrained_files() {
                 ("decode_head.linear_fuse.weight", &[256, 1024, 1, 1]),
             ],
         ),
+        (
+            "unet-convnext_tiny",
+            &[
+                ("stem.0.weight", &[96, 3, 4, 4]),
+                ("stem.1.weight", &[96]),
+                ("stages.0.blocks.0.conv_dw.weight", &[96, 1, 7, 7]),
+                ("stages.0.blocks.2.mlp.fc1.weight", &[384, 96]),
+                ("stages.1.downsample.0.bias", &[96]),
+                ("stages.1.downsample.1.weight", &[192, 96, 2, 2]),
+                ("stages.2.blocks.8.gamma", &[384]),
+                ("stages.3.blocks.2.mlp.fc2.weight", &[768, 3072]),
+            ],
+        ),
     ];
     for (arch, keys) in expect {
         let model = Segmenter::new(arch.parse().unwrap(), ArchConfig::default(), 0).unwrap();
@@ -199,6 +212,8 @@ fn encoder_sizes_match_timm() {
         ("resnet34", 21_797_672, classifier(512)),
         ("resnet50", 25_557_032, classifier(2048)),
         ("efficientnet_b0", 5_288_548, effnet_head),
+        // convnext: head.norm (LayerNorm2d over 768) and head.fc.
+        ("convnext_tiny", 28_589_128, 2 * 768 + classifier(768)),
     ] {
         let model = Segmenter::new(format!("unet-{encoder}").parse().unwrap(), ArchConfig::default(), 0).unwrap();
         let vars: HashMap<String, candle_core::Var> = model.store().named_vars().into_iter().collect();

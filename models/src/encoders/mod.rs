@@ -1,10 +1,12 @@
 //! Encoders: each returns its feature levels shallow to deep (the levels timm's `features_only`
 //! returns) with their channel counts and strides. Parameter names are the pretrained files' own.
 
+mod convnext;
 mod efficientnet;
 mod mit;
 mod resnet;
 
+pub use convnext::ConvNext;
 pub use efficientnet::EfficientNet;
 pub use mit::Mit;
 pub use resnet::ResNet;
@@ -29,6 +31,8 @@ pub enum EncoderKind {
     ResNet(usize),
     EfficientNet(usize),
     Mit(usize),
+    /// An index into `convnext::SIZES`: tiny, small, base, large.
+    ConvNext(usize),
 }
 
 impl EncoderKind {
@@ -36,6 +40,7 @@ impl EncoderKind {
         let mut all: Vec<EncoderKind> = [18, 34, 50].into_iter().map(EncoderKind::ResNet).collect();
         all.extend((0..=7).map(EncoderKind::EfficientNet));
         all.extend((0..=5).map(EncoderKind::Mit));
+        all.extend((0..convnext::SIZES.len()).map(EncoderKind::ConvNext));
         all
     }
 
@@ -44,6 +49,7 @@ impl EncoderKind {
             EncoderKind::ResNet(depth) => format!("resnet{depth}"),
             EncoderKind::EfficientNet(b) => format!("efficientnet_b{b}"),
             EncoderKind::Mit(b) => format!("mit_b{b}"),
+            EncoderKind::ConvNext(i) => format!("convnext_{}", convnext::SIZES[i].0),
         }
     }
 
@@ -66,6 +72,7 @@ impl EncoderKind {
             EncoderKind::ResNet(_) => &["fc."],
             EncoderKind::EfficientNet(_) => &["conv_head.", "bn2.", "classifier."],
             EncoderKind::Mit(_) => &["classifier.", "decode_head."],
+            EncoderKind::ConvNext(_) => &["head."],
         }
     }
 
@@ -74,7 +81,7 @@ impl EncoderKind {
         match self {
             EncoderKind::ResNet(_) => 0.0,
             EncoderKind::EfficientNet(_) => 0.2,
-            EncoderKind::Mit(_) => 0.1,
+            EncoderKind::Mit(_) | EncoderKind::ConvNext(_) => 0.1,
         }
     }
 
@@ -84,6 +91,7 @@ impl EncoderKind {
             EncoderKind::ResNet(depth) => Box::new(ResNet::new(vb, depth, drop_path)?),
             EncoderKind::EfficientNet(b) => Box::new(EfficientNet::new(vb, b, drop_path)?),
             EncoderKind::Mit(b) => Box::new(Mit::new(vb, b, drop_path)?),
+            EncoderKind::ConvNext(i) => Box::new(ConvNext::new(vb, convnext::SIZES[i].0, drop_path)?),
         })
     }
 }

@@ -16,6 +16,30 @@ pub fn runtime() -> Runtime {
         .expect("ONNX Runtime must be installed for these tests (see scripts/test.sh)")
 }
 
+/// The architectures the per-architecture tests check: those whose name contains `FTU_ARCH` when
+/// it is set, else every registered one except ConvNeXt-base and -large
+/// with the FPN and SegFormer decoders. Those two sizes run the tiny and small ConvNeXt's code
+/// with wider and deeper stages (88 M and 198 M parameters), and with every decoder they would
+/// add about ten minutes to the tests on two cores; with U-Net they are checked like the rest.
+/// No match is an error, not a vacuous pass.
+pub fn under_test() -> Vec<Arch> {
+    use ftu_models::decoders::DecoderKind;
+    use ftu_models::encoders::EncoderKind;
+    let filter = std::env::var("FTU_ARCH").ok();
+    let archs: Vec<Arch> = Arch::all()
+        .into_iter()
+        .filter(|arch| match filter.as_deref() {
+            Some(f) => arch.name().contains(f),
+            None => !matches!(
+                (arch.decoder, arch.encoder),
+                (DecoderKind::Fpn | DecoderKind::Segformer, EncoderKind::ConvNext(2 | 3))
+            ),
+        })
+        .collect();
+    assert!(!archs.is_empty(), "FTU_ARCH={filter:?} matches no architecture");
+    archs
+}
+
 /// Small decoder widths keep the tests fast; the encoders are the real ones.
 pub fn small_config(arch: Arch) -> ArchConfig {
     use ftu_models::decoders::DecoderKind;
