@@ -129,7 +129,7 @@ fn mask() -> Mask {
 fn masks(dir: &Path) {
     let mask = mask();
     write_mask_png(&dir.join("mask.png"), &mask).expect("png");
-    write_mask_tiff(&dir.join("mask.tif"), &RunMask::from_mask(&mask)).expect("tiff");
+    write_mask_tiff(&dir.join("mask.tif"), &RunMask::from_mask(&mask), None).expect("tiff");
     let mut jpeg = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
         .write_image(&mask.to_grey(), W as u32, H as u32, image::ExtendedColorType::L8)

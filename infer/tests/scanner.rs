@@ -193,7 +193,30 @@ fn scanner_files_read_alike_and_predict_without_test_csv() {
         let dice = ftu_formats::dice::dice_masks(&mask, &truth);
         assert!(dice > 0.95, "{}: Dice {dice}", r.id);
         assert!(geojson.join(format!("{}.geojson", r.id)).is_file(), "{} GeoJSON", r.id);
-        assert!(masks.join(format!("{}.tiff", r.id)).is_file(), "{} mask", r.id);
+        // The mask TIFF is a pyramid OpenSlide opens at scale: the slide's pixel size, and
+        // level 1 (half size) samples the mask at each 2×2 block's centre.
+        let tiff = OpenSlide::open(&masks.join(format!("{}.tiff", r.id))).unwrap();
+        let sizes: Vec<(usize, usize)> = tiff.levels.iter().map(|l| (l.width, l.height)).collect();
+        assert_eq!(sizes, [(W, H), (W / 2, H / 2), (W / 4, H / 4)], "{} mask levels", r.id);
+        let mpp: f64 = tiff
+            .property("openslide.mpp-x")
+            .expect("openslide.mpp-x")
+            .parse()
+            .unwrap();
+        assert!(
+            (mpp - r.pixel_size).abs() < 1e-3,
+            "{}: mask at {mpp} µm per pixel",
+            r.id
+        );
+        let half = tiff.read_level(1, 0, 0, W / 2, H / 2).unwrap();
+        let mut differ = 0;
+        for y in 0..H / 2 {
+            for x in 0..W / 2 {
+                let on = mask.get(2 * y + 1, 2 * x + 1);
+                differ += usize::from(half.pixel(x, y) != if on { [255; 3] } else { [0; 3] });
+            }
+        }
+        assert_eq!(differ, 0, "{}: level 1 of the mask TIFF", r.id);
     }
     // The pyramidal files' windows came from their 4× level; the OME-TIFF's SubIFDs are not used.
     let report: serde_json::Value =

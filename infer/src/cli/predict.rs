@@ -50,8 +50,9 @@ pub struct PredictArgs {
     /// The submission to write (id,rle); a .report.json lands beside it.
     #[arg(long, default_value = "submission.csv")]
     pub out: PathBuf,
-    /// Write each slide's probability map here as an 8-bit PNG (round(p·255)), or as a tiled
-    /// TIFF (ID.tiff) for slides predicted by a tiled manifest. Default: not written.
+    /// Write each slide's probability map here as an 8-bit PNG (round(p·255)), or as a pyramidal
+    /// tiled TIFF with the slide's pixel size (ID.tiff) for slides predicted by a tiled manifest.
+    /// Default: not written.
     #[arg(long)]
     pub probs: Option<PathBuf>,
     /// Write each slide with the predicted (yellow) and true (cyan) outlines here as PNG.
@@ -65,7 +66,8 @@ pub struct PredictArgs {
     /// written.
     #[arg(long)]
     pub geojson: Option<PathBuf>,
-    /// Write each slide's final mask here as a tiled 0/255 TIFF. Default: not written.
+    /// Write each slide's final mask here as a pyramidal tiled 0/255 TIFF with the slide's pixel
+    /// size, which QuPath and OpenSlide open at scale. Default: not written.
     #[arg(long)]
     pub masks: Option<PathBuf>,
     #[command(flatten)]

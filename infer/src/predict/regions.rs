@@ -10,7 +10,7 @@ use ftu_formats::schema::TestRow;
 use ftu_formats::slide::region::SlideSource;
 use ftu_formats::slide::RgbImage;
 
-use super::extras::write_extras;
+use super::extras::{stated_pixel_size, write_extras};
 use super::finished::FinishedSlide;
 use super::options::PredictOptions;
 use super::reader::{check_size, image_path};
@@ -56,7 +56,7 @@ pub(super) fn predict_tiled_one(
     let encoded = runs.rle();
     t.rle += start.elapsed();
     if let (Some(dir), Some(map)) = (&opts.probs, &pred.map) {
-        mask_image::write_prob_tiff(&dir.join(format!("{}.tiff", row.id)), map)?;
+        mask_image::write_prob_tiff(&dir.join(format!("{}.tiff", row.id)), map, stated_pixel_size(row))?;
     }
     // Overlays and overviews start from the thumbnail the tissue detector used, or a new one.
     let base = match pred.thumbnail {
