@@ -6,8 +6,8 @@ use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{Init, VarBuilder};
 use ftu_onnx::Attr;
 
-use super::conv_op::Spacing;
 use super::{Activation, BatchNorm2d, Layer};
+use crate::ops::conv::Spacing;
 use crate::{Ctx, Exporter, Result};
 
 #[derive(Debug, Clone, Copy)]
@@ -113,7 +113,7 @@ impl Conv2d {
         let c = self.cfg;
         let c_in = x.dim(1)?;
         // On the CPU, ftu's own ops (forward and gradients): im2col + gemm for ordinary
-        // convolutions, direct loops for depthwise ones. Elsewhere (`conv_op/generic.rs`)
+        // convolutions, direct loops for depthwise ones. Elsewhere (`ops/conv/generic.rs`)
         // candle's forward with gradients made of forward convolutions for ordinary ones,
         // shifted views times per-channel weights for depthwise ones, and candle's grouped
         // conv2d for the rest.
@@ -124,15 +124,15 @@ impl Conv2d {
             dilation: c.dilation,
         };
         Ok(if on_cpu && c.groups == 1 {
-            super::conv_op::conv2d(x, weight, spacing)?
+            crate::ops::conv::conv2d(x, weight, spacing)?
         } else if on_cpu && c.groups == c_in && weight.dim(1)? == 1 {
-            super::conv_op::depthwise_conv2d(x, weight, spacing)?
+            crate::ops::conv::depthwise_conv2d(x, weight, spacing)?
         } else if c.groups == 1 {
-            super::conv_op::generic::conv2d(x, weight, spacing)?
+            crate::ops::conv::generic::conv2d(x, weight, spacing)?
         } else if c.groups == c_in && weight.dim(1)? == 1 {
-            super::conv_op::generic::depthwise_conv2d(x, weight, spacing)?
+            crate::ops::conv::generic::depthwise_conv2d(x, weight, spacing)?
         } else {
-            super::conv_op::generic::candle_conv2d(x, weight, spacing, c.groups)?
+            crate::ops::conv::generic::candle_conv2d(x, weight, spacing, c.groups)?
         })
     }
 }

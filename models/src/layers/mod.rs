@@ -3,21 +3,14 @@
 
 mod activation;
 mod attention;
-mod batch_norm_generic;
-mod batch_norm_op;
 mod conv;
-mod conv_op;
-mod cpu_values;
 mod drop;
 mod linear;
 mod mix_ffn;
 mod norm;
 mod pool;
-mod pool_op;
-mod precomputed;
 mod resample;
 mod se;
-mod upsample_op;
 
 pub use activation::Activation;
 pub use attention::EfficientSelfAttention;

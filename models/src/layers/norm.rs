@@ -5,8 +5,8 @@ use candle_core::{Tensor, Var, D};
 use candle_nn::{Init, VarBuilder};
 use ftu_onnx::Attr;
 
-use super::batch_norm_op::Act;
 use super::{Activation, Layer};
+use crate::ops::batch_norm::Act;
 use crate::{Ctx, Exporter, Result};
 
 pub struct BatchNorm2d {
@@ -68,7 +68,7 @@ impl BatchNorm2d {
         };
         let (y, mean, var) = if ctx.cpu_ops(x) {
             // One fused op (two passes each way) instead of a dozen composed ones.
-            let (y, stats) = super::batch_norm_op::batch_norm(
+            let (y, stats) = crate::ops::batch_norm::batch_norm(
                 x,
                 &self.weight,
                 &self.bias,
@@ -88,8 +88,8 @@ impl BatchNorm2d {
                 Tensor::from_vec(stats.var, c, dev)?,
             )
         } else {
-            // One op whose backward keeps the input only (`batch_norm_generic.rs`).
-            let (y, mean, var) = super::batch_norm_generic::batch_norm(x, &self.weight, &self.bias, self.eps)?;
+            // One op whose backward keeps the input only (`ops/batch_norm/generic.rs`).
+            let (y, mean, var) = crate::ops::batch_norm::generic::batch_norm(x, &self.weight, &self.bias, self.eps)?;
             (finish(y, residual, act, ctx)?, mean, var)
         };
         // Running variance is unbiased, as in PyTorch.

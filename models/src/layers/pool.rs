@@ -43,7 +43,7 @@ impl Layer for MaxPool2d {
     /// differ (ResNet's 3×3, stride 2 stem).
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         if ctx.cpu_ops(x) {
-            return super::pool_op::max_pool2d(x, self.kernel, self.stride, self.padding);
+            return crate::ops::pool::max_pool2d(x, self.kernel, self.stride, self.padding);
         }
         self.max_pool(x)
     }

@@ -40,7 +40,7 @@ impl Upsample {
     /// levels; on the CPU one op for nearest upsampling (no upsampled copy is materialised).
     pub fn forward_cat(&self, x: &Tensor, skip: Option<&Tensor>, ctx: &Ctx) -> Result<Tensor> {
         if self.mode == Interpolation::Nearest && ctx.cpu_ops(x) {
-            return super::upsample_op::upsample_nearest(x, self.scale, skip);
+            return crate::ops::upsample::upsample_nearest(x, self.scale, skip);
         }
         let up = self.composed(x, ctx)?;
         Ok(match skip {

@@ -2,3 +2,9 @@
 //! trainer's optimiser call, apart from the layers themselves.
 
 pub mod adamw;
+pub(crate) mod batch_norm;
+pub(crate) mod conv;
+mod cpu_values;
+pub(crate) mod pool;
+mod precomputed;
+pub(crate) mod upsample;

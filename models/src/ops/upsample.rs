@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_values::{f32s, storage_f32s};
+use crate::ops::cpu_values::{f32s, storage_f32s};
 use crate::{profile, Result};
 
 /// The name errors give.
@@ -18,7 +18,7 @@ const OP: &str = "ftu-upsample";
 /// `x` (N, C, H, W) upsampled by `scale` (nearest: each value repeated in a scale² block), then
 /// `skip` (N, C_skip, H·scale, W·scale) appended after its channels when given.
 pub(crate) fn upsample_nearest(x: &Tensor, scale: usize, skip: Option<&Tensor>) -> Result<Tensor> {
-    let op = Upsample { scale };
+    let op = NearestUpsampleCat { scale };
     let x = x.contiguous()?;
     Ok(match skip {
         Some(skip) => {
@@ -41,11 +41,11 @@ pub(crate) fn upsample_nearest(x: &Tensor, scale: usize, skip: Option<&Tensor>) 
     })
 }
 
-struct Upsample {
+struct NearestUpsampleCat {
     scale: usize,
 }
 
-impl Upsample {
+impl NearestUpsampleCat {
     /// Output planes of `c_x` upsampled channels then `c_skip` copied ones, per image.
     fn forward(
         &self,
@@ -143,7 +143,7 @@ impl Upsample {
     }
 }
 
-impl CustomOp1 for Upsample {
+impl CustomOp1 for NearestUpsampleCat {
     fn name(&self) -> &'static str {
         "ftu-upsample-nearest"
     }
@@ -157,7 +157,7 @@ impl CustomOp1 for Upsample {
     }
 }
 
-impl CustomOp2 for Upsample {
+impl CustomOp2 for NearestUpsampleCat {
     fn name(&self) -> &'static str {
         "ftu-upsample-nearest-concat"
     }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_values::{f32s, storage_f32s};
+use crate::ops::cpu_values::{f32s, storage_f32s};
 use crate::{profile, Result};
 
 /// Max pooling of `x` (N, C, H, W), `kernel`² windows every `stride`, padded by `padding` on each

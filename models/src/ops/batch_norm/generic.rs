@@ -9,11 +9,11 @@
 //! - backward: `dβ = Σ dy`, `dγ = Σ dy·x̂`, `dx = (γ/σ)/M · (M·dy − dβ − x̂·dγ)`, with M = N·H·W.
 //!
 //! The custom op only carries the gradient: its forward returns `y`, computed beforehand
-//! (`precomputed.rs`).
+//! (`ops/precomputed.rs`).
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::precomputed::Precomputed;
+use crate::ops::precomputed::Precomputed;
 
 /// `(y, mean, var)` of a training BatchNorm of `x` (N, C, H, W) with scale `gamma` and shift
 /// `beta` (C); `mean` and `var` (the biased batch variance) per channel, detached.

@@ -1,5 +1,5 @@
 //! A custom op's result computed beforehand by candle's own kernels, on any device: ops that
-//! only carry a gradient of their own (`conv_op/generic.rs`, `batch_norm_generic.rs`) hand it to
+//! only carry a gradient of their own (`conv/generic.rs`, `batch_norm/generic.rs`) hand it to
 //! their forward, which returns a copy and lets go of it, so the graph keeps the op's inputs (as
 //! candle's own ops do) and not a second copy of the output.
 

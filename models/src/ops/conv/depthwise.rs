@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::geometry::Geometry;
 use super::Spacing;
-use crate::layers::cpu_values::{f32s, storage_f32s};
+use crate::ops::cpu_values::{f32s, storage_f32s};
 use crate::{profile, Result};
 
 /// `x` (N, C, H, W) convolved per channel with `weight` (C, 1, k_h, k_w): a depthwise

@@ -31,7 +31,7 @@ use compute::{forward, input_gradient, kernel_gradient};
 pub(crate) use depthwise::depthwise_conv2d;
 use geometry::Geometry;
 
-use super::cpu_values::f32s;
+use crate::ops::cpu_values::f32s;
 use crate::{profile, Result};
 
 /// Stride, zero padding and dilation, the same along both axes.

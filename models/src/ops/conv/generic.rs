@@ -17,8 +17,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
-use super::super::precomputed::Precomputed;
 use super::Spacing;
+use crate::ops::precomputed::Precomputed;
 use crate::Result;
 
 /// `x` (N, C, H, W) convolved with `weight` (K, C, k_h, k_w), one group, any device and dtype,

@@ -9,12 +9,14 @@
 //! (image, channel) planes; per-plane partial sums are added in a fixed order, so results do not
 //! depend on the thread count.
 
+pub(crate) mod generic;
+
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_values::{f32s, storage_f32s};
+use crate::ops::cpu_values::{f32s, storage_f32s};
 use crate::profile;
 use crate::Result;
 
@@ -467,7 +469,7 @@ mod tests {
         }
     }
 
-    /// The device-generic op (`batch_norm_generic.rs`: composed kernels, analytic backward)
+    /// The device-generic op (`generic.rs`: composed kernels, analytic backward)
     /// equals the composed ops in values, statistics and every gradient, in f32 and f64, and
     /// gives no gradient to an input that needs none.
     #[test]
@@ -478,7 +480,7 @@ mod tests {
             let x = var_of((Tensor::randn(0f32, 2.0, (3, 5, 6, 7), &dev).unwrap() + 0.7).unwrap());
             let gamma = var_of(Tensor::randn(1f32, 0.3, 5, &dev).unwrap());
             let beta = var_of(Tensor::randn(0f32, 0.3, 5, &dev).unwrap());
-            let (y, mean, var) = super::super::batch_norm_generic::batch_norm(&x, &gamma, &beta, 1e-5).unwrap();
+            let (y, mean, var) = super::generic::batch_norm(&x, &gamma, &beta, 1e-5).unwrap();
             let (reference, r_mean, r_var) = composed(&x, &gamma, &beta, 1e-5, None, Act::Identity);
             let f32s = |t: &Tensor| t.to_dtype(candle_core::DType::F32).unwrap();
             assert!(max_abs(&f32s(&(&y - &reference).unwrap())) < 1e-5, "{dtype:?}: values");
@@ -500,7 +502,7 @@ mod tests {
         let plain = Tensor::randn(0f32, 1.0, (2, 3, 4, 4), &dev).unwrap();
         let gamma = Var::from_tensor(&Tensor::ones(3, candle_core::DType::F32, &dev).unwrap()).unwrap();
         let beta = Var::from_tensor(&Tensor::zeros(3, candle_core::DType::F32, &dev).unwrap()).unwrap();
-        let (y, _, _) = super::super::batch_norm_generic::batch_norm(&plain, &gamma, &beta, 1e-5).unwrap();
+        let (y, _, _) = super::generic::batch_norm(&plain, &gamma, &beta, 1e-5).unwrap();
         let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         assert!(grads.get(&plain).is_none());
         assert!(grads.get(&gamma).is_some() && grads.get(&beta).is_some());
