@@ -9,31 +9,80 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// What ftu knows about a slide before predicting: the columns of test.csv.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TestRow {
-    pub id: String,
-    pub organ: Organ,
-    pub data_source: DataSource,
-    pub img_height: u32,
-    pub img_width: u32,
-    pub pixel_size: f64,
-    pub tissue_thickness: f64,
+/// Declares a row type of a slide CSV: `id` and the slide's metadata columns (test.csv's: organ,
+/// data source, size, pixel size, thickness), written here once, then the type's own columns.
+/// The fields are plain, so rows are built and read field by field, and serde sees them in the
+/// order the file's columns take (no `flatten`, which would send csv through a map and lose the
+/// numeric parsing and the column in errors).
+macro_rules! slide_row {
+    ($(#[$attr:meta])* pub struct $name:ident { $(pub $field:ident: $ty:ty,)* }) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        pub struct $name {
+            pub id: String,
+            pub organ: Organ,
+            pub data_source: DataSource,
+            pub img_height: u32,
+            pub img_width: u32,
+            pub pixel_size: f64,
+            pub tissue_thickness: f64,
+            $(pub $field: $ty,)*
+        }
+
+        impl $name {
+            /// The metadata columns' checks, which serde cannot express.
+            fn check_meta(&self) -> Result<(), String> {
+                check_meta(self.img_height, self.img_width, self.pixel_size, self.tissue_thickness)
+            }
+        }
+    };
 }
 
-/// A row of train.csv: the slide's metadata, its ground-truth RLE and the donor's age and sex.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainRow {
-    pub id: String,
-    pub organ: Organ,
-    pub data_source: DataSource,
-    pub img_height: u32,
-    pub img_width: u32,
-    pub pixel_size: f64,
-    pub tissue_thickness: f64,
-    pub rle: String,
-    pub age: Option<f64>,
-    pub sex: Option<String>,
+/// A `$row` with `$meta`'s id and metadata columns, and the given values for its own.
+macro_rules! with_meta {
+    ($row:ident, $meta:expr, { $($field:ident: $value:expr),* $(,)? }) => {{
+        let meta = $meta;
+        $row {
+            id: meta.id.clone(),
+            organ: meta.organ,
+            data_source: meta.data_source,
+            img_height: meta.img_height,
+            img_width: meta.img_width,
+            pixel_size: meta.pixel_size,
+            tissue_thickness: meta.tissue_thickness,
+            $($field: $value,)*
+        }
+    }};
+}
+
+/// The required columns of a slide CSV: `id`, the metadata columns, then `$extra`.
+macro_rules! slide_columns {
+    ($($extra:literal),*) => {
+        &[
+            "id",
+            "organ",
+            "data_source",
+            "img_height",
+            "img_width",
+            "pixel_size",
+            "tissue_thickness",
+            $($extra,)*
+        ]
+    };
+}
+
+slide_row! {
+    /// What ftu knows about a slide before predicting: the columns of test.csv.
+    pub struct TestRow {}
+}
+
+slide_row! {
+    /// A row of train.csv: the slide's metadata, its ground-truth RLE and the donor's age and sex.
+    pub struct TrainRow {
+        pub rle: String,
+        pub age: Option<f64>,
+        pub sex: Option<String>,
+    }
 }
 
 /// A row of a submission (or of a truth file in the same shape): id and RLE, empty for no mask.
@@ -43,65 +92,30 @@ pub struct SubmissionRow {
     pub rle: String,
 }
 
-/// A row of pseudo.csv (written by `ftu-infer pseudo`): an unlabelled slide's metadata, its
-/// image, and its soft label, an 8-bit probability image (round(p·255)) at the slide's size.
-/// Relative paths are relative to the CSV's folder.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PseudoRow {
-    pub id: String,
-    pub organ: Organ,
-    pub data_source: DataSource,
-    pub img_height: u32,
-    pub img_width: u32,
-    pub pixel_size: f64,
-    pub tissue_thickness: f64,
-    pub image: PathBuf,
-    pub label: PathBuf,
+slide_row! {
+    /// A row of pseudo.csv (written by `ftu-infer pseudo`): an unlabelled slide's metadata, its
+    /// image, and its soft label, an 8-bit probability image (round(p·255)) at the slide's size.
+    /// Relative paths are relative to the CSV's folder.
+    pub struct PseudoRow {
+        pub image: PathBuf,
+        pub label: PathBuf,
+    }
 }
 
 impl PseudoRow {
     pub fn new(meta: &TestRow, image: PathBuf, label: PathBuf) -> PseudoRow {
-        PseudoRow {
-            id: meta.id.clone(),
-            organ: meta.organ,
-            data_source: meta.data_source,
-            img_height: meta.img_height,
-            img_width: meta.img_width,
-            pixel_size: meta.pixel_size,
-            tissue_thickness: meta.tissue_thickness,
-            image,
-            label,
-        }
+        with_meta!(PseudoRow, meta, { image: image, label: label })
     }
 
     /// The slide as a train.csv row without a mask (its label is the soft one).
     pub fn as_train_row(&self) -> TrainRow {
-        TrainRow {
-            id: self.id.clone(),
-            organ: self.organ,
-            data_source: self.data_source,
-            img_height: self.img_height,
-            img_width: self.img_width,
-            pixel_size: self.pixel_size,
-            tissue_thickness: self.tissue_thickness,
-            rle: String::new(),
-            age: None,
-            sex: None,
-        }
+        with_meta!(TrainRow, self, { rle: String::new(), age: None, sex: None })
     }
 }
 
 impl TrainRow {
     pub fn meta(&self) -> TestRow {
-        TestRow {
-            id: self.id.clone(),
-            organ: self.organ,
-            data_source: self.data_source,
-            img_height: self.img_height,
-            img_width: self.img_width,
-            pixel_size: self.pixel_size,
-            tissue_thickness: self.tissue_thickness,
-        }
+        with_meta!(TestRow, self, {})
     }
 }
 
@@ -155,39 +169,22 @@ fn check_meta(height: u32, width: u32, pixel_size: f64, thickness: f64) -> Resul
 }
 
 impl Record for TestRow {
-    const COLUMNS: &'static [&'static str] = &[
-        "id",
-        "organ",
-        "data_source",
-        "img_height",
-        "img_width",
-        "pixel_size",
-        "tissue_thickness",
-    ];
+    const COLUMNS: &'static [&'static str] = slide_columns!();
     fn id(&self) -> &str {
         &self.id
     }
     fn check(&self) -> Result<(), String> {
-        check_meta(self.img_height, self.img_width, self.pixel_size, self.tissue_thickness)
+        self.check_meta()
     }
 }
 
 impl Record for TrainRow {
-    const COLUMNS: &'static [&'static str] = &[
-        "id",
-        "organ",
-        "data_source",
-        "img_height",
-        "img_width",
-        "pixel_size",
-        "tissue_thickness",
-        "rle",
-    ];
+    const COLUMNS: &'static [&'static str] = slide_columns!("rle");
     fn id(&self) -> &str {
         &self.id
     }
     fn check(&self) -> Result<(), String> {
-        check_meta(self.img_height, self.img_width, self.pixel_size, self.tissue_thickness)?;
+        self.check_meta()?;
         let total = self.img_height as usize * self.img_width as usize;
         crate::mask::rle::parse(&self.rle, total)
             .map(drop)
@@ -196,22 +193,12 @@ impl Record for TrainRow {
 }
 
 impl Record for PseudoRow {
-    const COLUMNS: &'static [&'static str] = &[
-        "id",
-        "organ",
-        "data_source",
-        "img_height",
-        "img_width",
-        "pixel_size",
-        "tissue_thickness",
-        "image",
-        "label",
-    ];
+    const COLUMNS: &'static [&'static str] = slide_columns!("image", "label");
     fn id(&self) -> &str {
         &self.id
     }
     fn check(&self) -> Result<(), String> {
-        check_meta(self.img_height, self.img_width, self.pixel_size, self.tissue_thickness)
+        self.check_meta()
     }
 }
 
@@ -353,6 +340,16 @@ mod tests {
 
     const TRAIN_HEAD: &str = "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness,rle,age,sex\n";
 
+    /// The rows of `slide_rows_write_their_columns_…` as written: the column order and value
+    /// formats of the competition's files.
+    const TEST_CSV: &str = "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness\n\
+        10044,prostate,Hubmap,3000,2999,0.4,4.0\n";
+    const TRAIN_CSV: &str = "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness,rle,age,sex\n\
+        7,lung,HPA,10,12,0.7562,5.0,1 2 10 3,76.5,Male\n\
+        10044,prostate,Hubmap,3000,2999,0.4,4.0,,,\n";
+    const PSEUDO_CSV: &str = "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness,image,label\n\
+        10044,prostate,Hubmap,3000,2999,0.4,4.0,img/10044.tiff,lab/10044.png\n";
+
     fn file(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
@@ -444,5 +441,45 @@ mod tests {
         write_rows(&p, &rows).unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "id,rle\n1,1 5 9 2\n2,\n");
         assert_eq!(read_submission(&p).unwrap(), rows);
+    }
+
+    #[test]
+    fn slide_rows_write_their_columns_in_file_order_and_read_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let test = TestRow {
+            id: "10044".into(),
+            organ: Organ::Prostate,
+            data_source: DataSource::Hubmap,
+            img_height: 3000,
+            img_width: 2999,
+            pixel_size: 0.4,
+            tissue_thickness: 4.0,
+        };
+        let train = TrainRow {
+            id: "7".into(),
+            organ: Organ::Lung,
+            data_source: DataSource::Hpa,
+            img_height: 10,
+            img_width: 12,
+            pixel_size: 0.7562,
+            tissue_thickness: 5.0,
+            rle: "1 2 10 3".into(),
+            age: Some(76.5),
+            sex: Some("Male".into()),
+        };
+        let pseudo = PseudoRow::new(&test, "img/10044.tiff".into(), "lab/10044.png".into());
+        let p = dir.path().join("test.csv");
+        write_rows(&p, std::slice::from_ref(&test)).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), TEST_CSV);
+        assert_eq!(read_test(&p).unwrap(), [test.clone()]);
+        let p = dir.path().join("train.csv");
+        write_rows(&p, &[train.clone(), pseudo.as_train_row()]).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), TRAIN_CSV);
+        assert_eq!(read_train(&p).unwrap(), [train.clone(), pseudo.as_train_row()]);
+        assert_eq!(train.meta().img_width, 12);
+        let p = dir.path().join("pseudo.csv");
+        write_rows(&p, std::slice::from_ref(&pseudo)).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), PSEUDO_CSV);
+        assert_eq!(read_rows::<PseudoRow>(&p).unwrap(), [pseudo]);
     }
 }
