@@ -12,8 +12,8 @@ use std::time::Instant;
 use ftu_formats::kaggle::Split;
 use ftu_formats::schema::{self, TestRow};
 use ftu_infer::predict::{self, Event, PredictOptions};
-use ftu_trainer::synth::{self, SynthConfig};
 use ftu_trainer::synth::wsi::{self, WsiConfig};
+use ftu_trainer::synth::{self, SynthConfig};
 
 /// Resident memory of this process, in KiB.
 fn rss_kib() -> u64 {

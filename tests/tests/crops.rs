@@ -161,7 +161,11 @@ fn pixel_size_augmentation_is_off_only_for_crops_at_a_target_pixel_size() {
     let rows = schema::read_train(&data.join("train.csv")).unwrap();
     assert!(rows.iter().all(|r| r.data_source == DataSource::Hpa));
     let expected: Vec<Option<f64>> = rows.iter().map(|r| Some(0.4 / r.organ.hubmap_pixel_size())).collect();
-    let factors = |cache: &SlideCache| (0..rows.len()).map(|i| cache.scale(i).hpa_to_hubmap).collect::<Vec<_>>();
+    let factors = |cache: &SlideCache| {
+        (0..rows.len())
+            .map(|i| cache.scale(i).hpa_to_hubmap)
+            .collect::<Vec<_>>()
+    };
 
     let resized = SlideCache::build(&data, rows.clone(), vec![], 64, usize::MAX, None, || {}).unwrap();
     assert_eq!(factors(&resized), expected, "resize mode");

@@ -111,7 +111,11 @@ fn every_declared_dependency_is_used() {
                     continue;
                 }
                 let name = dep.replace('-', "_");
-                let used = if table == "dependencies" { names(&normal, &name) } else { names(&all, &name) };
+                let used = if table == "dependencies" {
+                    names(&normal, &name)
+                } else {
+                    names(&all, &name)
+                };
                 if used {
                     continue;
                 }
@@ -124,7 +128,10 @@ fn every_declared_dependency_is_used() {
             }
         }
     }
-    assert!(checked > 40, "only {checked} dependencies found: the manifests were not read");
+    assert!(
+        checked > 40,
+        "only {checked} dependencies found: the manifests were not read"
+    );
     assert!(
         unused.is_empty(),
         "dependencies that no source of their crate uses (remove them, or list them in KEPT in \
