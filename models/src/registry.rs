@@ -1,5 +1,6 @@
 //! Architectures by name: `DECODER-ENCODER`, e.g. `unet-resnet34`, `fpn-efficientnet_b3`,
-//! `segformer-mit_b2`. Every decoder goes with every encoder; `Arch::all()` lists them.
+//! `segformer-mit_b2`, `unetpp-resnet34`. Every decoder goes with every encoder; `Arch::all()`
+//! lists them.
 
 use std::fmt;
 use std::str::FromStr;
@@ -64,11 +65,12 @@ impl FromStr for Arch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ArchConfig {
-    /// U-Net: 5 block widths; FPN: pyramid and segmentation widths; SegFormer: the MLP width.
+    /// U-Net and U-Net++: 5 block widths (U-Net++'s top row); FPN: pyramid and segmentation widths; SegFormer: the MLP width.
     pub decoder_channels: Option<Vec<usize>>,
     /// FPN only: ASPP on the deepest level.
     pub aspp: bool,
-    /// U-Net only: a logits head on every decoder block but the last, for auxiliary losses.
+    /// U-Net and U-Net++: a logits head on every decoder block (U-Net++: every top-row node)
+    /// but the last, for auxiliary losses.
     pub deep_supervision: bool,
     /// An `organ` output (N×5 logits) from the deepest level.
     pub organ_head: bool,
@@ -103,7 +105,7 @@ mod tests {
         for arch in Arch::all() {
             assert_eq!(arch.name().parse::<Arch>().unwrap(), arch);
         }
-        assert_eq!(Arch::all().len(), 3 * 21);
+        assert_eq!(Arch::all().len(), 4 * 21);
         let a: Arch = "segformer-mit_b2".parse().unwrap();
         assert_eq!((a.decoder, a.encoder), (DecoderKind::Segformer, EncoderKind::Mit(2)));
     }

@@ -54,7 +54,10 @@ fn config(arch: Arch) -> ArchConfig {
     ArchConfig {
         dropout: 0.0,
         drop_path: Some(0.0),
-        deep_supervision: arch.decoder == ftu_models::decoders::DecoderKind::Unet,
+        deep_supervision: matches!(
+            arch.decoder,
+            ftu_models::decoders::DecoderKind::Unet | ftu_models::decoders::DecoderKind::UnetPlusPlus
+        ),
         ..small_config(arch)
     }
 }

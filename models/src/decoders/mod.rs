@@ -4,10 +4,12 @@
 mod fpn;
 mod segformer;
 mod unet;
+mod unetpp;
 
 pub use fpn::Fpn;
 pub use segformer::SegformerHead;
 pub use unet::Unet;
+pub use unetpp::UnetPlusPlus;
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -30,11 +32,17 @@ pub enum DecoderKind {
     Unet,
     Fpn,
     Segformer,
+    UnetPlusPlus,
 }
 
 impl DecoderKind {
-    pub fn all() -> [DecoderKind; 3] {
-        [DecoderKind::Unet, DecoderKind::Fpn, DecoderKind::Segformer]
+    pub fn all() -> [DecoderKind; 4] {
+        [
+            DecoderKind::Unet,
+            DecoderKind::Fpn,
+            DecoderKind::Segformer,
+            DecoderKind::UnetPlusPlus,
+        ]
     }
 
     pub fn name(self) -> &'static str {
@@ -42,6 +50,7 @@ impl DecoderKind {
             DecoderKind::Unet => "unet",
             DecoderKind::Fpn => "fpn",
             DecoderKind::Segformer => "segformer",
+            DecoderKind::UnetPlusPlus => "unetpp",
         }
     }
 
@@ -49,10 +58,11 @@ impl DecoderKind {
         DecoderKind::all().into_iter().find(|k| k.name() == name)
     }
 
-    /// smp's defaults: U-Net 256-128-64-32-16; FPN pyramid 256 and segmentation 128; SegFormer 256.
+    /// smp's defaults: U-Net and U-Net++ 256-128-64-32-16; FPN pyramid 256 and segmentation 128;
+    /// SegFormer 256.
     pub fn default_channels(self) -> Vec<usize> {
         match self {
-            DecoderKind::Unet => vec![256, 128, 64, 32, 16],
+            DecoderKind::Unet | DecoderKind::UnetPlusPlus => vec![256, 128, 64, 32, 16],
             DecoderKind::Fpn => vec![256, 128],
             DecoderKind::Segformer => vec![256],
         }
@@ -88,6 +98,7 @@ impl DecoderKind {
         let deepest4 = |v: &[usize]| v[v.len().saturating_sub(4)..].to_vec();
         Ok(match self {
             DecoderKind::Unet => Box::new(Unet::new(vb, channels, strides, &widths, config)?),
+            DecoderKind::UnetPlusPlus => Box::new(UnetPlusPlus::new(vb, channels, strides, &widths, config)?),
             DecoderKind::Fpn => Box::new(Fpn::new(vb, &deepest4(channels), &deepest4(strides), &widths, config)?),
             DecoderKind::Segformer => Box::new(SegformerHead::new(
                 vb,

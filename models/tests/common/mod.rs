@@ -17,11 +17,13 @@ pub fn runtime() -> Runtime {
 }
 
 /// The architectures the per-architecture tests check: those whose name contains `FTU_ARCH` when
-/// it is set, else every registered one except ConvNeXt-base and -large
-/// with the FPN and SegFormer decoders. Those two sizes run the tiny and small ConvNeXt's code
-/// with wider and deeper stages (88 M and 198 M parameters), and with every decoder they would
-/// add about ten minutes to the tests on two cores; with U-Net they are checked like the rest.
-/// No match is an error, not a vacuous pass.
+/// it is set (`FTU_ARCH=-` matches every one), else a default set. It has every encoder with
+/// U-Net, FPN and SegFormer, except ConvNeXt-base and -large with FPN and SegFormer, and U-Net++
+/// with one encoder of each kind of first level: ResNet-18 and EfficientNet-B0 (stride 2, smp's
+/// layout) and MiT-b0 (stride 4). ConvNeXt-base and -large run the tiny and small ConvNeXt's code
+/// with wider and deeper stages (88 M and 198 M parameters), and U-Net++ runs the same nodes with
+/// every encoder; with every decoder they would add about ten minutes each to the tests on two
+/// cores. No match is an error, not a vacuous pass.
 pub fn under_test() -> Vec<Arch> {
     use ftu_models::decoders::DecoderKind;
     use ftu_models::encoders::EncoderKind;
@@ -30,10 +32,16 @@ pub fn under_test() -> Vec<Arch> {
         .into_iter()
         .filter(|arch| match filter.as_deref() {
             Some(f) => arch.name().contains(f),
-            None => !matches!(
-                (arch.decoder, arch.encoder),
-                (DecoderKind::Fpn | DecoderKind::Segformer, EncoderKind::ConvNext(2 | 3))
-            ),
+            None => match (arch.decoder, arch.encoder) {
+                (DecoderKind::Fpn | DecoderKind::Segformer, EncoderKind::ConvNext(2 | 3)) => false,
+                (DecoderKind::UnetPlusPlus, e) => {
+                    matches!(
+                        e,
+                        EncoderKind::ResNet(18) | EncoderKind::EfficientNet(0) | EncoderKind::Mit(0)
+                    )
+                }
+                _ => true,
+            },
         })
         .collect();
     assert!(!archs.is_empty(), "FTU_ARCH={filter:?} matches no architecture");
@@ -44,7 +52,7 @@ pub fn under_test() -> Vec<Arch> {
 pub fn small_config(arch: Arch) -> ArchConfig {
     use ftu_models::decoders::DecoderKind;
     let channels = match arch.decoder {
-        DecoderKind::Unet => vec![32, 16, 16, 8, 8],
+        DecoderKind::Unet | DecoderKind::UnetPlusPlus => vec![32, 16, 16, 8, 8],
         DecoderKind::Fpn => vec![32, 16],
         DecoderKind::Segformer => vec![32],
     };
