@@ -28,7 +28,7 @@ pub struct Outputs {
     pub organ: Option<Tensor>,
     /// N×1, when the model has a pixel-size head.
     pub pixel_size: Option<Tensor>,
-    /// Deep-supervision logits at the input resolution (U-Net with `deep_supervision`).
+    /// Deep-supervision logits at the input resolution (U-Net and U-Net++ with `deep_supervision`).
     pub aux: Vec<Tensor>,
 }
 

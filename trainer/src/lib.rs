@@ -11,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod fold;
+pub mod hub;
 pub mod losses;
 pub mod optim;
 pub mod plots;

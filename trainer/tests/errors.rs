@@ -76,6 +76,27 @@ fn a_failing_command_prints_its_error_and_causes_without_a_backtrace() {
         &[],
     ));
     assert!(err.contains("no-such-folder"), "the folder is not named: {err}");
+
+    // A Hub name that is not in the local cache: the command that downloads it, before any
+    // data is read.
+    let cache = dir.path().join("hf");
+    let err = reads_as_sentences(&ftu_train(
+        &[
+            "train",
+            "--data",
+            missing.to_str().unwrap(),
+            "--pretrained",
+            "timm/resnet34.a1_in1k",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+        &[("HF_HUB_CACHE", cache.to_str().unwrap())],
+    ));
+    assert!(
+        err.contains("pretrained") && err.contains("huggingface-cli download timm/resnet34.a1_in1k model.safetensors"),
+        "{err}"
+    );
+    assert!(!run.exists(), "nothing is written for a run that cannot start");
 }
 
 #[test]

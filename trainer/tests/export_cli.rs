@@ -85,3 +85,60 @@ fn bad_names_and_weights_are_refused() {
     );
     assert!(!out.exists(), "no model is written when the weights do not fit");
 }
+
+#[test]
+fn weights_by_hub_name_come_from_the_local_hugging_face_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    // A cache laid out as `huggingface-cli download timm/resnet18.a1_in1k` leaves it.
+    let model = dir.path().join("hf/hub/models--timm--resnet18.a1_in1k");
+    let snapshot = model.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(model.join("refs")).unwrap();
+    std::fs::write(model.join("refs/main"), "0123abcd").unwrap();
+    let file = snapshot.join("model.safetensors");
+    let source = ftu_models::Segmenter::new("unet-resnet18".parse().unwrap(), Default::default(), 11).unwrap();
+    let vars: std::collections::HashMap<_, _> = source.store().named_vars().into_iter().collect();
+    let encoder: std::collections::HashMap<String, candle_core::Tensor> = source
+        .encoder_keys()
+        .iter()
+        .map(|k| (k.clone(), vars[k].as_tensor().clone()))
+        .collect();
+    candle_core::safetensors::save(&encoder, &file).unwrap();
+
+    let export = |weights: Option<&str>, out: &str| {
+        let out = dir.path().join(out);
+        let mut args = vec!["export", "--arch", "unet-resnet18", "--encoder-only", "--seed", "3"];
+        if let Some(w) = weights {
+            args.extend(["--weights", w]);
+        }
+        args.extend(["--out", out.to_str().unwrap()]);
+        let o = common::command(&args)
+            .env("HF_HOME", dir.path().join("hf"))
+            .env_remove("HF_HUB_CACHE")
+            .output()
+            .unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned(), out)
+    };
+    let (ok, err, by_name) = export(Some("timm/resnet18.a1_in1k"), "name.onnx");
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("snapshots/0123abcd/model.safetensors"),
+        "says which file it loaded: {err}"
+    );
+    let (ok, err, by_path) = export(Some(file.to_str().unwrap()), "path.onnx");
+    assert!(ok, "{err}");
+    let (ok, err, random) = export(None, "random.onnx");
+    assert!(ok, "{err}");
+    let bytes = |p: &Path| std::fs::read(p).unwrap();
+    assert!(bytes(&by_name) == bytes(&by_path), "the name loads the cached file");
+    assert!(
+        bytes(&by_name) != bytes(&random),
+        "the cached weights replace the random ones"
+    );
+
+    let (ok, err, _) = export(Some("nvidia/mit-b2"), "missing.onnx");
+    assert!(
+        !ok && err.contains("huggingface-cli download nvidia/mit-b2 model.safetensors"),
+        "{err}"
+    );
+}

@@ -94,6 +94,12 @@ impl DecoderKind {
                 self.name()
             )));
         }
+        if config.deep_supervision && !matches!(self, DecoderKind::Unet | DecoderKind::UnetPlusPlus) {
+            return Err(ModelError::Config(format!(
+                "deep_supervision is a U-Net and U-Net++ option; {} has no heads on its levels",
+                self.name()
+            )));
+        }
         // FPN and SegFormer read the four levels at strides 4 to 32.
         let deepest4 = |v: &[usize]| v[v.len().saturating_sub(4)..].to_vec();
         Ok(match self {
@@ -114,4 +120,42 @@ impl DecoderKind {
 /// The last `n` entries.
 pub(crate) fn last<T>(v: &[T], n: usize) -> &[T] {
     &v[v.len().saturating_sub(n)..]
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Arch, ArchConfig, Segmenter};
+
+    fn build(arch: &str, config: ArchConfig) -> Result<Segmenter, String> {
+        Segmenter::new(arch.parse().map_err(|e: crate::ModelError| e.to_string())?, config, 0)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn options_a_decoder_lacks_are_refused_by_name() {
+        let deep = ArchConfig {
+            deep_supervision: true,
+            ..ArchConfig::default()
+        };
+        for arch in ["fpn-resnet18", "segformer-mit_b0"] {
+            let err = build(arch, deep.clone()).err().unwrap_or_default();
+            assert!(
+                err.contains("deep_supervision") && err.contains(arch.split('-').next().unwrap()),
+                "{arch}: {err}"
+            );
+        }
+        let aspp = ArchConfig {
+            aspp: true,
+            ..ArchConfig::default()
+        };
+        let err = build("unetpp-resnet18", aspp).err().unwrap_or_default();
+        assert!(err.contains("aspp") && err.contains("unetpp"), "{err}");
+        let wide = ArchConfig {
+            decoder_channels: Some(vec![8, 8]),
+            deep_supervision: true,
+            ..ArchConfig::default()
+        };
+        let err = build("unetpp-resnet18", wide).err().unwrap_or_default();
+        assert!(err.contains("2 values given, 5 expected"), "{err}");
+    }
 }

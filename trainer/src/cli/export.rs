@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use ftu_models::{Arch, ArchConfig, ExportMeta};
 
@@ -14,8 +14,9 @@ pub struct ExportArgs {
     /// DECODER-ENCODER, e.g. unet-resnet34, fpn-efficientnet_b3, segformer-mit_b2.
     #[arg(long)]
     pub arch: Arch,
-    /// A pretrained encoder: timm `model.safetensors` (ResNet, EfficientNet) or Hugging Face
-    /// SegFormer/MiT `model.safetensors`.
+    /// A pretrained encoder: timm `model.safetensors` (ResNet, EfficientNet, ConvNeXt) or Hugging
+    /// Face SegFormer/MiT `model.safetensors`, as a path or as a Hub name in the local Hugging
+    /// Face cache (`timm/resnet34.a1_in1k`, `nvidia/mit-b2@REVISION`).
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Skip the classifier keys of --weights instead of refusing them.
@@ -64,7 +65,10 @@ impl ExportArgs {
                 pixel_size_head: self.pixel_size_head,
                 ..ArchConfig::default()
             },
-            weights: self.weights,
+            weights: match self.weights {
+                Some(w) => Some(crate::hub::resolve(&w).context("--weights")?),
+                None => None,
+            },
             ignore_classifier: self.ignore_classifier,
             checkpoint: self.checkpoint,
             encoder_only: self.encoder_only,

@@ -97,8 +97,9 @@ pub struct TrainArgs {
     /// Input normalisation the models train with and their manifest names: imagenet, unit, pm1.
     #[arg(long)]
     pub norm: Option<String>,
-    /// A timm / Hugging Face model.safetensors for the encoder [default: none; the encoder
-    /// starts from random weights].
+    /// A timm / Hugging Face model.safetensors for the encoder, as a path or as a Hub name in
+    /// the local Hugging Face cache (`timm/resnet34.a1_in1k`, `nvidia/mit-b2@REVISION`)
+    /// [default: none; the encoder starts from random weights].
     #[arg(long)]
     pub pretrained: Option<PathBuf>,
     /// A pseudo.csv from `ftu-infer pseudo`: soft-labelled slides that join every fold's

@@ -65,7 +65,8 @@ pub struct TrainConfig {
     /// Input normalisation the model is trained with and that its manifest names.
     #[serde(with = "fields::norm")]
     pub norm: Norm,
-    /// A timm / Hugging Face safetensors file for the encoder.
+    /// A timm / Hugging Face safetensors file for the encoder, or a Hub name in the local Hugging
+    /// Face cache (`timm/resnet34.a1_in1k`), resolved to its file when the run starts.
     pub pretrained: Option<PathBuf>,
     /// The encoder's parameters do not change for this many epochs.
     pub freeze_encoder_epochs: usize,
@@ -178,7 +179,8 @@ impl TrainConfig {
     }
 
     /// `data`, `out`, `pretrained`, `pseudo` and `thresholds_from` made absolute (against the working directory), so
-    /// a saved config means the same files from anywhere.
+    /// a saved config means the same files from anywhere; a `pretrained` Hugging Face name
+    /// (`timm/resnet34.a1_in1k`) becomes the cached file it names ([`crate::hub`]).
     pub fn with_absolute_paths(mut self) -> Result<TrainConfig, ConfigError> {
         let absolute = |field: &str, p: &Path| {
             std::path::absolute(p).map_err(|e| invalid(field, format!("cannot make {} absolute: {e}", p.display())))
@@ -186,7 +188,8 @@ impl TrainConfig {
         self.data = absolute("data", &self.data)?;
         self.out = absolute("out", &self.out)?;
         if let Some(p) = &self.pretrained {
-            self.pretrained = Some(absolute("pretrained", p)?);
+            let file = crate::hub::resolve(p).map_err(|e| invalid("pretrained", e.to_string()))?;
+            self.pretrained = Some(absolute("pretrained", &file)?);
         }
         if let Some(p) = &self.pseudo {
             self.pseudo = Some(absolute("pseudo", p)?);
