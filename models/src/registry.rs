@@ -105,7 +105,7 @@ mod tests {
         for arch in Arch::all() {
             assert_eq!(arch.name().parse::<Arch>().unwrap(), arch);
         }
-        assert_eq!(Arch::all().len(), 4 * 21);
+        assert_eq!(Arch::all().len(), 4 * 24);
         let a: Arch = "segformer-mit_b2".parse().unwrap();
         assert_eq!((a.decoder, a.encoder), (DecoderKind::Segformer, EncoderKind::Mit(2)));
     }

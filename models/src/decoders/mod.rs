@@ -124,7 +124,7 @@ pub(crate) fn last<T>(v: &[T], n: usize) -> &[T] {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Arch, ArchConfig, Segmenter};
+    use crate::{ArchConfig, Segmenter};
 
     fn build(arch: &str, config: ArchConfig) -> Result<Segmenter, String> {
         Segmenter::new(arch.parse().map_err(|e: crate::ModelError| e.to_string())?, config, 0)

@@ -3,11 +3,13 @@
 
 mod convnext;
 mod efficientnet;
+mod efficientnetv2;
 mod mit;
 mod resnet;
 
 pub use convnext::ConvNext;
 pub use efficientnet::EfficientNet;
+pub use efficientnetv2::EfficientNetV2;
 pub use mit::Mit;
 pub use resnet::ResNet;
 
@@ -33,6 +35,8 @@ pub enum EncoderKind {
     Mit(usize),
     /// An index into `convnext::SIZES`: tiny, small, base, large.
     ConvNext(usize),
+    /// An index into `efficientnetv2::SIZES`: s, m, l (timm's `tf_efficientnetv2_*`).
+    EfficientNetV2(usize),
 }
 
 impl EncoderKind {
@@ -41,6 +45,7 @@ impl EncoderKind {
         all.extend((0..=7).map(EncoderKind::EfficientNet));
         all.extend((0..=5).map(EncoderKind::Mit));
         all.extend((0..convnext::SIZES.len()).map(EncoderKind::ConvNext));
+        all.extend((0..efficientnetv2::SIZES.len()).map(EncoderKind::EfficientNetV2));
         all
     }
 
@@ -50,6 +55,7 @@ impl EncoderKind {
             EncoderKind::EfficientNet(b) => format!("efficientnet_b{b}"),
             EncoderKind::Mit(b) => format!("mit_b{b}"),
             EncoderKind::ConvNext(i) => format!("convnext_{}", convnext::SIZES[i].0),
+            EncoderKind::EfficientNetV2(i) => format!("efficientnetv2_{}", efficientnetv2::SIZES[i]),
         }
     }
 
@@ -70,7 +76,7 @@ impl EncoderKind {
     pub fn classifier_prefixes(self) -> &'static [&'static str] {
         match self {
             EncoderKind::ResNet(_) => &["fc."],
-            EncoderKind::EfficientNet(_) => &["conv_head.", "bn2.", "classifier."],
+            EncoderKind::EfficientNet(_) | EncoderKind::EfficientNetV2(_) => &["conv_head.", "bn2.", "classifier."],
             EncoderKind::Mit(_) => &["classifier.", "decode_head."],
             EncoderKind::ConvNext(_) => &["head."],
         }
@@ -80,7 +86,7 @@ impl EncoderKind {
     pub fn default_drop_path(self) -> f64 {
         match self {
             EncoderKind::ResNet(_) => 0.0,
-            EncoderKind::EfficientNet(_) => 0.2,
+            EncoderKind::EfficientNet(_) | EncoderKind::EfficientNetV2(_) => 0.2,
             EncoderKind::Mit(_) | EncoderKind::ConvNext(_) => 0.1,
         }
     }
@@ -92,6 +98,7 @@ impl EncoderKind {
             EncoderKind::EfficientNet(b) => Box::new(EfficientNet::new(vb, b, drop_path)?),
             EncoderKind::Mit(b) => Box::new(Mit::new(vb, b, drop_path)?),
             EncoderKind::ConvNext(i) => Box::new(ConvNext::new(vb, convnext::SIZES[i].0, drop_path)?),
+            EncoderKind::EfficientNetV2(i) => Box::new(EfficientNetV2::new(vb, efficientnetv2::SIZES[i], drop_path)?),
         })
     }
 }

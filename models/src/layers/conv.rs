@@ -17,6 +17,9 @@ pub struct ConvCfg {
     pub dilation: usize,
     pub groups: usize,
     pub bias: bool,
+    /// TensorFlow's "SAME" padding (timm's `Conv2dSame`, ONNX's `SAME_UPPER`): the padding that
+    /// keeps ceil(size / stride) outputs, the odd pixel at the end; `padding` is then unused.
+    pub tf_same: bool,
 }
 
 impl ConvCfg {
@@ -28,6 +31,7 @@ impl ConvCfg {
             dilation: 1,
             groups: 1,
             bias: false,
+            tf_same: false,
         }
     }
 
@@ -49,6 +53,10 @@ impl ConvCfg {
 
     pub fn bias(self, bias: bool) -> ConvCfg {
         ConvCfg { bias, ..self }
+    }
+
+    pub fn tf_same(self) -> ConvCfg {
+        ConvCfg { tf_same: true, ..self }
     }
 }
 
@@ -111,6 +119,23 @@ impl Conv2d {
     /// The convolution of `x` by `weight` (this layer's, or a low-precision copy of it).
     fn convolve(&self, x: &Tensor, weight: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let c = self.cfg;
+        let padded;
+        let x = if c.tf_same {
+            let (k_h, k_w) = (weight.dim(2)?, weight.dim(3)?);
+            let mut t = x.clone();
+            for (axis, k) in [(2, k_h), (3, k_w)] {
+                let size = t.dim(axis)?;
+                let total = ((size.div_ceil(c.stride) - 1) * c.stride + (k - 1) * c.dilation + 1).saturating_sub(size);
+                if total > 0 {
+                    t = t.pad_with_zeros(axis, total / 2, total - total / 2)?;
+                }
+            }
+            padded = t;
+            &padded
+        } else {
+            x
+        };
+        let padding = if c.tf_same { 0 } else { c.padding };
         let c_in = x.dim(1)?;
         // On the CPU, ftu's own ops (forward and gradients): im2col + gemm for ordinary
         // convolutions, direct loops for depthwise ones. Elsewhere (`ops/conv/generic.rs`)
@@ -120,7 +145,7 @@ impl Conv2d {
         let on_cpu = ctx.cpu_ops(x);
         let spacing = Spacing {
             stride: c.stride,
-            padding: c.padding,
+            padding,
             dilation: c.dilation,
         };
         Ok(if on_cpu && c.groups == 1 {
@@ -156,13 +181,17 @@ impl Layer for Conv2d {
         let (k_h, k_w) = (self.weight.dims()[2] as i64, self.weight.dims()[3] as i64);
         let c = self.cfg;
         let p = c.padding as i64;
+        let padding = match c.tf_same {
+            true => ("auto_pad", Attr::Str("SAME_UPPER".into())),
+            false => ("pads", Attr::Ints(vec![p; 4])),
+        };
         Ok(e.op(
             "Conv",
             &inputs,
             &[
                 ("kernel_shape", Attr::Ints(vec![k_h, k_w])),
                 ("strides", Attr::Ints(vec![c.stride as i64; 2])),
-                ("pads", Attr::Ints(vec![p; 4])),
+                padding,
                 ("dilations", Attr::Ints(vec![c.dilation as i64; 2])),
                 ("group", Attr::Int(c.groups as i64)),
             ],

@@ -33,6 +33,11 @@ impl BatchNorm2d {
         })
     }
 
+    /// The same with epsilon `eps` (timm's `tf_*` models have TensorFlow's 1e-3).
+    pub fn with_eps(self, eps: f64) -> Self {
+        BatchNorm2d { eps, ..self }
+    }
+
     fn per_channel(t: &Tensor) -> Result<Tensor> {
         Ok(t.reshape((1, t.elem_count(), 1, 1))?)
     }

@@ -12,6 +12,10 @@ pub fn pretrained_source(encoder: EncoderKind) -> String {
         EncoderKind::EfficientNet(b) => format!("timm/efficientnet_b{b}.* (timm's efficientnet_b{b} layout)"),
         EncoderKind::Mit(b) => format!("nvidia/mit-b{b} (Hugging Face SegFormer names)"),
         EncoderKind::ConvNext(_) => format!("timm/{}.fb_in22k_ft_in1k (timm names)", encoder.name()),
+        EncoderKind::EfficientNetV2(_) => {
+            let size = encoder.name().trim_start_matches("efficientnetv2_").to_string();
+            format!("timm/tf_efficientnetv2_{size}.in21k_ft_in1k (timm's tf_efficientnetv2_{size} layout)")
+        }
     }
 }
 
