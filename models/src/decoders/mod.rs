@@ -14,6 +14,7 @@ pub use unetpp::UnetPlusPlus;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
+use crate::layers::{Interpolation, Upsample};
 use crate::{ArchConfig, Ctx, Exporter, ModelError, Result};
 
 pub struct DecoderOut {
@@ -115,6 +116,27 @@ impl DecoderKind {
             )?),
         })
     }
+}
+
+/// U-Net's and U-Net++'s upsampling between blocks.
+pub(crate) const NEAREST_X2: Upsample = Upsample {
+    scale: 2,
+    mode: Interpolation::Nearest,
+};
+
+/// The encoder's deepest stride, when the U-Net-style decoder `name`'s blocks, each doubling the
+/// resolution, bring it back to the input's.
+pub(crate) fn blocks_undo_stride(name: &str, strides: &[usize], widths: &[usize]) -> Result<usize> {
+    let deepest = *strides
+        .last()
+        .ok_or_else(|| ModelError::Config("encoder has no levels".into()))?;
+    if 1 << widths.len() != deepest {
+        return Err(ModelError::Config(format!(
+            "{name}: {} decoder blocks cannot undo stride {deepest}",
+            widths.len()
+        )));
+    }
+    Ok(deepest)
 }
 
 /// The last `n` entries.

@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 
 use super::{Decoder, DecoderOut};
 use crate::layers::{Activation, Conv2d, ConvBnAct, ConvCfg, Interpolation, Layer, Upsample};
-use crate::{ArchConfig, Ctx, Exporter, ModelError, Result};
+use crate::{ArchConfig, Ctx, Exporter, Result};
 
 struct Block {
     conv1: ConvBnAct,
@@ -22,10 +22,7 @@ pub struct Unet {
     aux: Vec<(Conv2d, Upsample)>,
 }
 
-const UP: Upsample = Upsample {
-    scale: 2,
-    mode: Interpolation::Nearest,
-};
+use super::NEAREST_X2 as UP;
 
 impl Unet {
     pub fn new(
@@ -35,15 +32,7 @@ impl Unet {
         widths: &[usize],
         config: &ArchConfig,
     ) -> Result<Unet> {
-        let deepest = *strides
-            .last()
-            .ok_or_else(|| ModelError::Config("encoder has no levels".into()))?;
-        if 1 << widths.len() != deepest {
-            return Err(ModelError::Config(format!(
-                "unet: {} decoder blocks cannot undo stride {deepest}",
-                widths.len()
-            )));
-        }
+        let deepest = super::blocks_undo_stride("unet", strides, widths)?;
         let d = vb.pp("decoder");
         let mut blocks = Vec::new();
         let mut aux = Vec::new();

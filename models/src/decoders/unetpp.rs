@@ -18,7 +18,7 @@ use candle_nn::VarBuilder;
 
 use super::{Decoder, DecoderOut};
 use crate::layers::{Activation, Conv2d, ConvBnAct, ConvCfg, Interpolation, Layer, Upsample};
-use crate::{ArchConfig, Ctx, Exporter, ModelError, Result};
+use crate::{ArchConfig, Ctx, Exporter, Result};
 
 struct Node {
     conv1: ConvBnAct,
@@ -67,10 +67,7 @@ pub struct UnetPlusPlus {
     aux: Vec<(Conv2d, Upsample)>,
 }
 
-const UP: Upsample = Upsample {
-    scale: 2,
-    mode: Interpolation::Nearest,
-};
+use super::NEAREST_X2 as UP;
 
 impl UnetPlusPlus {
     pub fn new(
@@ -80,15 +77,7 @@ impl UnetPlusPlus {
         widths: &[usize],
         config: &ArchConfig,
     ) -> Result<UnetPlusPlus> {
-        let deepest = *strides
-            .last()
-            .ok_or_else(|| ModelError::Config("encoder has no levels".into()))?;
-        if 1 << widths.len() != deepest {
-            return Err(ModelError::Config(format!(
-                "unetpp: {} decoder blocks cannot undo stride {deepest}",
-                widths.len()
-            )));
-        }
+        let deepest = super::blocks_undo_stride("unetpp", strides, widths)?;
         let mut features = vec![strides.len() - 1];
         let mut stride = deepest;
         while let Some(k) = strides.iter().position(|&s| 2 * s == stride) {
@@ -147,9 +136,9 @@ impl UnetPlusPlus {
     }
 
     /// Walks the nodes in an order that has every input ready: layer by layer, and within a
-    /// layer from the deepest node `x_l_l` to the top row's `x_0_l`. `node(l, d, input, skips)`
-    /// gets node `x_d_l`'s input and skips (`None` for an input F, `Some` for an earlier node's
-    /// output, which `get` reads), and returns its output; `top(x)` sees each top-row output.
+    /// layer from the deepest node `x_l_l` to the top row's `x_0_l`. `node(n, input, skips)` runs
+    /// node `n` on its input and skips (encoder levels or earlier nodes' outputs) and returns its
+    /// output; `top(l, x)` sees the top row's output `x` of layer `l`, tail blocks included.
     fn walk<T: Clone>(
         &self,
         levels: &[T],
