@@ -246,33 +246,15 @@ impl EfficientNetV2 {
 
 impl Encoder for EfficientNetV2 {
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Vec<Tensor>> {
-        let mut x = self
+        let x = self
             .bn1
             .forward_act(&self.conv_stem.forward(x, ctx)?, ctx, None, Activation::Silu)?;
-        let mut levels = Vec::new();
-        for (s, stage) in self.stages.iter().enumerate() {
-            for block in stage {
-                x = block.forward(&x, ctx)?;
-            }
-            if self.level_stages.contains(&s) {
-                levels.push(x.clone());
-            }
-        }
-        Ok(levels)
+        super::run_stages(&self.stages, &self.level_stages, x, |block, x| block.forward(x, ctx))
     }
 
     fn export(&self, e: &mut Exporter, x: &str) -> Result<Vec<String>> {
-        let mut x = crate::layers::export_all(&[&self.conv_stem, &self.bn1, &Activation::Silu], e, x)?;
-        let mut levels = Vec::new();
-        for (s, stage) in self.stages.iter().enumerate() {
-            for block in stage {
-                x = block.export(e, &x)?;
-            }
-            if self.level_stages.contains(&s) {
-                levels.push(x.clone());
-            }
-        }
-        Ok(levels)
+        let x = crate::layers::export_all(&[&self.conv_stem, &self.bn1, &Activation::Silu], e, x)?;
+        super::run_stages(&self.stages, &self.level_stages, x, |block, x| block.export(e, x))
     }
 
     fn channels(&self) -> Vec<usize> {

@@ -103,6 +103,26 @@ impl EncoderKind {
     }
 }
 
+/// `stages` of blocks run in order from `x` by `block` (a forward pass or an export), with the
+/// outputs of the stages listed in `levels`.
+pub(crate) fn run_stages<B, T: Clone>(
+    stages: &[Vec<B>],
+    levels: &[usize],
+    mut x: T,
+    mut block: impl FnMut(&B, &T) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for (s, stage) in stages.iter().enumerate() {
+        for b in stage {
+            x = block(b, &x)?;
+        }
+        if levels.contains(&s) {
+            out.push(x.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// The drop-path rate of block `index` of `count`, rising linearly to `max` as timm does.
 pub(crate) fn drop_path_rate(max: f64, index: usize, count: usize) -> f64 {
     if count <= 1 {
