@@ -5,7 +5,7 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use super::{Decoder, DecoderOut};
+use super::{Decoder, DecoderOut, NEAREST_X2 as UP};
 use crate::layers::{Activation, Conv2d, ConvBnAct, ConvCfg, Interpolation, Layer, Upsample};
 use crate::{ArchConfig, Ctx, Exporter, Result};
 
@@ -21,8 +21,6 @@ pub struct Unet {
     head: Conv2d,
     aux: Vec<(Conv2d, Upsample)>,
 }
-
-use super::NEAREST_X2 as UP;
 
 impl Unet {
     pub fn new(

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use super::{Decoder, DecoderOut};
+use super::{Decoder, DecoderOut, NEAREST_X2 as UP};
 use crate::layers::{Activation, Conv2d, ConvBnAct, ConvCfg, Interpolation, Layer, Upsample};
 use crate::{ArchConfig, Ctx, Exporter, Result};
 
@@ -66,8 +66,6 @@ pub struct UnetPlusPlus {
     /// Deep-supervision heads on the top row's nodes but the last, in order.
     aux: Vec<(Conv2d, Upsample)>,
 }
-
-use super::NEAREST_X2 as UP;
 
 impl UnetPlusPlus {
     pub fn new(

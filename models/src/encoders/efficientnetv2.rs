@@ -15,7 +15,7 @@ use crate::{Ctx, Exporter, ModelError, Result};
 const TF_EPS: f64 = 1e-3;
 
 #[derive(Clone, Copy, PartialEq)]
-enum Kind {
+pub(super) enum Kind {
     /// Conv 3×3 → BN → SiLU (`cn`).
     ConvBnAct,
     /// Fused MBConv (`er`): conv 3×3 expanding → BN → SiLU → conv 1×1 → BN.
@@ -25,10 +25,10 @@ enum Kind {
 }
 
 /// One stage: kind, repeats, stride, expansion, output channels (every kernel is 3×3).
-type StageDef = (Kind, usize, usize, usize, usize);
+pub(super) type StageDef = (Kind, usize, usize, usize, usize);
 
-/// timm's `_gen_efficientnetv2_{s,m,l}`: stem width and stages.
-const VARIANTS: [(&str, usize, &[StageDef]); 3] = [
+/// timm's `_gen_efficientnetv2_{s,m,l}`: size, stem width and stages, in `EncoderKind` order.
+pub(super) const VARIANTS: [(&str, usize, &[StageDef]); 3] = [
     (
         "s",
         24,
@@ -68,9 +68,6 @@ const VARIANTS: [(&str, usize, &[StageDef]); 3] = [
         ],
     ),
 ];
-
-/// The variants' names, in `EncoderKind` order.
-pub const SIZES: [&str; 3] = ["s", "m", "l"];
 
 /// A 3×3 convolution: TensorFlow "SAME" padding where it strides (timm's `Conv2dSame`),
 /// symmetric otherwise (the same numbers at stride 1).
@@ -207,6 +204,7 @@ pub struct EfficientNetV2 {
 }
 
 impl EfficientNetV2 {
+    /// The size `"s"`, `"m"` or `"l"`.
     pub fn new(vb: VarBuilder, size: &str, drop_path: f64) -> Result<EfficientNetV2> {
         let &(_, stem, defs) = VARIANTS
             .iter()

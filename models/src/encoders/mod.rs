@@ -35,7 +35,7 @@ pub enum EncoderKind {
     Mit(usize),
     /// An index into `convnext::SIZES`: tiny, small, base, large.
     ConvNext(usize),
-    /// An index into `efficientnetv2::SIZES`: s, m, l (timm's `tf_efficientnetv2_*`).
+    /// An index into `efficientnetv2::VARIANTS`: s, m, l (timm's `tf_efficientnetv2_*`).
     EfficientNetV2(usize),
 }
 
@@ -45,7 +45,7 @@ impl EncoderKind {
         all.extend((0..=7).map(EncoderKind::EfficientNet));
         all.extend((0..=5).map(EncoderKind::Mit));
         all.extend((0..convnext::SIZES.len()).map(EncoderKind::ConvNext));
-        all.extend((0..efficientnetv2::SIZES.len()).map(EncoderKind::EfficientNetV2));
+        all.extend((0..efficientnetv2::VARIANTS.len()).map(EncoderKind::EfficientNetV2));
         all
     }
 
@@ -55,7 +55,7 @@ impl EncoderKind {
             EncoderKind::EfficientNet(b) => format!("efficientnet_b{b}"),
             EncoderKind::Mit(b) => format!("mit_b{b}"),
             EncoderKind::ConvNext(i) => format!("convnext_{}", convnext::SIZES[i].0),
-            EncoderKind::EfficientNetV2(i) => format!("efficientnetv2_{}", efficientnetv2::SIZES[i]),
+            EncoderKind::EfficientNetV2(i) => format!("efficientnetv2_{}", efficientnetv2::VARIANTS[i].0),
         }
     }
 
@@ -98,7 +98,9 @@ impl EncoderKind {
             EncoderKind::EfficientNet(b) => Box::new(EfficientNet::new(vb, b, drop_path)?),
             EncoderKind::Mit(b) => Box::new(Mit::new(vb, b, drop_path)?),
             EncoderKind::ConvNext(i) => Box::new(ConvNext::new(vb, convnext::SIZES[i].0, drop_path)?),
-            EncoderKind::EfficientNetV2(i) => Box::new(EfficientNetV2::new(vb, efficientnetv2::SIZES[i], drop_path)?),
+            EncoderKind::EfficientNetV2(i) => {
+                Box::new(EfficientNetV2::new(vb, efficientnetv2::VARIANTS[i].0, drop_path)?)
+            }
         })
     }
 }
