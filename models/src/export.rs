@@ -49,6 +49,12 @@ impl Exporter {
         Ok(self.graph.initializer_i64(&name, &[data.len() as i64], data)?)
     }
 
+    /// An int64 scalar (rank 0) constant, as Range and Gather take.
+    pub fn int_scalar(&mut self, value: i64) -> Result<String> {
+        let name = self.graph.fresh("int");
+        Ok(self.graph.initializer_i64(&name, &[], &[value])?)
+    }
+
     pub fn op(&mut self, op: &str, inputs: &[&str], attrs: &[(&str, Attr)]) -> String {
         self.graph.node(op, inputs, attrs)
     }

@@ -1,5 +1,5 @@
 //! Architectures by name: `DECODER-ENCODER`, e.g. `unet-resnet34`, `fpn-efficientnet_b3`,
-//! `segformer-mit_b2`, `unetpp-resnet34`. Every decoder goes with every encoder; `Arch::all()`
+//! `segformer-mit_b2`, `unetpp-resnet34`, `upernet-convnext_tiny`. Every decoder goes with every encoder; `Arch::all()`
 //! lists them.
 
 use std::fmt;
@@ -65,9 +65,9 @@ impl FromStr for Arch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ArchConfig {
-    /// U-Net and U-Net++: 5 block widths (U-Net++'s top row); FPN: pyramid and segmentation widths; SegFormer: the MLP width.
+    /// U-Net and U-Net++: 5 block widths (U-Net++'s top row); FPN: pyramid and segmentation widths; SegFormer: the MLP width; UperNet: its one width.
     pub decoder_channels: Option<Vec<usize>>,
-    /// FPN only: ASPP on the deepest level.
+    /// FPN only: ASPP on the deepest level (UperNet has its pyramid pooling module there).
     pub aspp: bool,
     /// U-Net and U-Net++: a logits head on every decoder block (U-Net++: every top-row node)
     /// but the last, for auxiliary losses.
@@ -105,7 +105,7 @@ mod tests {
         for arch in Arch::all() {
             assert_eq!(arch.name().parse::<Arch>().unwrap(), arch);
         }
-        assert_eq!(Arch::all().len(), 4 * 24);
+        assert_eq!(Arch::all().len(), 5 * 27);
         let a: Arch = "segformer-mit_b2".parse().unwrap();
         assert_eq!((a.decoder, a.encoder), (DecoderKind::Segformer, EncoderKind::Mit(2)));
     }

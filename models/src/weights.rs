@@ -90,7 +90,11 @@ pub fn load(model: &Segmenter, path: &Path, scope: Scope) -> Result<LoadReport> 
     let mut extra: Vec<&String> = file.keys().filter(|k| !wanted.contains(k)).collect();
     extra.sort();
     for name in extra {
-        let is_counter = name.ends_with("num_batches_tracked");
+        // BatchNorm's step counter, and buffers older timm files carry that follow from the
+        // architecture (Swin's relative position index and shifted-window masks).
+        let is_counter = ["num_batches_tracked", "relative_position_index", "attn_mask"]
+            .iter()
+            .any(|b| name.ends_with(b));
         let is_classifier = classifier.iter().any(|p| name.starts_with(p));
         match scope {
             _ if is_counter => report.ignored.push(name.clone()),

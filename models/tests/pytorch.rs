@@ -2,12 +2,13 @@
 //! by one formula from the library's own name for it, the outputs stored in `fixtures/` by
 //! `fixtures/make_pytorch_fixtures.py` (so these tests need no Python).
 //!
-//! - `unetpp-resnet34` against segmentation_models_pytorch's `UnetPlusPlus("resnet34")`: the same
-//!   names and shapes (ftu's encoder keys are smp's without `encoder.`, the decoder's smp's own),
-//!   BatchNorm's running statistics included, and the same eval logits from Candle and from the
-//!   exported model through ONNX Runtime.
-//! - ConvNeXt-T's and EfficientNetV2-S's encoders against timm's `convnext_tiny` and
-//!   `tf_efficientnetv2_s` with `features_only`: a `model.safetensors` with timm's names
+//! - `unetpp-resnet34` and `upernet-resnet34` against segmentation_models_pytorch's
+//!   `UnetPlusPlus("resnet34")` and `UPerNet("resnet34")`: the same names and shapes (ftu's encoder
+//!   keys are smp's without `encoder.`, the decoder's smp's own), BatchNorm's running statistics
+//!   included, and the same eval logits from Candle and from the exported model through ONNX
+//!   Runtime.
+//! - ConvNeXt-T's, EfficientNetV2-S's and Swin-T's encoders against timm's `convnext_tiny`,
+//!   `tf_efficientnetv2_s` and `swin_tiny_patch4_window7_224` with `features_only`: a `model.safetensors` with timm's names
 //!   (classifier included) loads with `ignore_classifier`, and the encoder's levels, from Candle
 //!   and from the encoder-only export through ONNX Runtime, are timm's feature maps.
 
@@ -98,9 +99,10 @@ fn outputs(fixture: &str, shapes: &[Vec<usize>]) -> Vec<(Vec<usize>, Vec<f32>)> 
     cut
 }
 
-#[test]
-fn unetpp_resnet34_matches_segmentation_models_pytorch() {
-    let arch: Arch = "unetpp-resnet34".parse().unwrap();
+/// `arch` with smp's default widths and the fixture's weights by smp's names gives the fixture's
+/// logits on an h×w image, from Candle and through ONNX Runtime.
+fn matches_smp(fixture: &str, arch: &str, (h, w): (usize, usize)) {
+    let arch: Arch = arch.parse().unwrap();
     let model = Segmenter::new(arch, ArchConfig::default(), 0).unwrap();
     let encoder: std::collections::HashSet<String> = model.encoder_keys().iter().cloned().collect();
     let smp_name = |k: &str| match encoder.contains(k) {
@@ -115,7 +117,7 @@ fn unetpp_resnet34_matches_segmentation_models_pytorch() {
         .into_iter()
         .map(|(k, v)| (smp_name(&k), v.dims().to_vec()))
         .collect();
-    let theirs: BTreeMap<String, Vec<usize>> = names("smp_unetpp_resnet34").into_iter().collect();
+    let theirs: BTreeMap<String, Vec<usize>> = names(fixture).into_iter().collect();
     let only_ours: Vec<_> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
     let only_theirs: Vec<_> = theirs.keys().filter(|k| !ours.contains_key(*k)).collect();
     assert!(
@@ -127,32 +129,42 @@ fn unetpp_resnet34_matches_segmentation_models_pytorch() {
     for (k, var) in model.store().named_vars() {
         var.set(&value(&smp_name(&k), var.dims())).unwrap();
     }
-    let x = image(64, 96, 0.25);
+    let x = image(h, w, 0.25);
     let logits = model.forward(&x, &Ctx::eval()).unwrap().logits;
 
-    assert_eq!(logits.dims(), &[1, 1, 64, 96]);
-    let expected = outputs("smp_unetpp_resnet34", &[vec![1, 1, 64, 96]]).remove(0);
+    assert_eq!(logits.dims(), &[1, 1, h, w]);
+    let expected = outputs(fixture, &[vec![1, 1, h, w]]).remove(0);
     let scale = expected.1.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(scale > 0.05, "the fixture's logits are all near 0 (max {scale})");
     let candle = max_diff("Candle vs smp", &logits, &expected);
 
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("unetpp.onnx");
+    let path = dir.path().join("model.onnx");
     ftu_onnx::write(&model.export(&ExportMeta::default()).unwrap(), &path).unwrap();
     let onnx = run_onnx(&runtime(), &path, &x);
     let ort = Tensor::from_vec(onnx["logits"].1.clone(), onnx["logits"].0.as_slice(), &Device::Cpu).unwrap();
     let ort = max_diff("ONNX Runtime vs smp", &ort, &expected);
-    println!("max |logit| {scale:.3}; max |Candle − smp| {candle:.2e}, max |ORT − smp| {ort:.2e}");
+    println!("{arch}: max |logit| {scale:.3}; max |Candle − smp| {candle:.2e}, max |ORT − smp| {ort:.2e}");
     assert!(
         candle <= 1e-5 && ort <= 1e-5,
-        "Candle {candle:.3e}, ONNX Runtime {ort:.3e} from smp"
+        "{arch}: Candle {candle:.3e}, ONNX Runtime {ort:.3e} from smp"
     );
+}
+
+#[test]
+fn unetpp_resnet34_matches_segmentation_models_pytorch() {
+    matches_smp("smp_unetpp_resnet34", "unetpp-resnet34", (64, 96));
+}
+
+#[test]
+fn upernet_resnet34_matches_segmentation_models_pytorch() {
+    matches_smp("smp_upernet_resnet34", "upernet-resnet34", (160, 224));
 }
 
 /// A timm `model.safetensors` by the formula, classifier and all, loads into `arch`'s encoder
 /// with `ignore_classifier` (and is refused without), and the encoder's levels from Candle and
 /// from its encoder-only export through ONNX Runtime are timm's `features_only` outputs.
-fn matches_timms_features_only(fixture: &str, arch: &str, levels: &[(usize, usize)]) {
+fn matches_timms_features_only(fixture: &str, arch: &str, (h, w): (usize, usize), levels: &[(usize, usize)]) {
     let names = names(fixture);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("model.safetensors");
@@ -184,8 +196,8 @@ fn matches_timms_features_only(fixture: &str, arch: &str, levels: &[(usize, usiz
     assert_eq!(report.loaded, model.encoder_keys().len(), "{report}");
     assert_eq!(report.loaded + report.ignored.len(), names.len(), "{report}");
 
-    let x = image(64, 64, 0.25);
-    let shapes: Vec<Vec<usize>> = levels.iter().map(|&(c, s)| vec![1, c, 64 / s, 64 / s]).collect();
+    let x = image(h, w, 0.25);
+    let shapes: Vec<Vec<usize>> = levels.iter().map(|&(c, s)| vec![1, c, h / s, w / s]).collect();
     let expected = outputs(fixture, &shapes);
     let candle = model.encode(&x, &Ctx::eval()).unwrap();
     let path = dir.path().join("encoder.onnx");
@@ -213,11 +225,20 @@ fn matches_timms_features_only(fixture: &str, arch: &str, levels: &[(usize, usiz
 #[test]
 fn convnext_tiny_encoder_matches_timms_features_only() {
     let levels = [(96, 4), (192, 8), (384, 16), (768, 32)];
-    matches_timms_features_only("timm_convnext_tiny", "unet-convnext_tiny", &levels);
+    matches_timms_features_only("timm_convnext_tiny", "unet-convnext_tiny", (64, 64), &levels);
 }
 
 #[test]
 fn efficientnetv2_s_encoder_matches_timms_tf_efficientnetv2_s_features_only() {
     let levels = [(24, 2), (48, 4), (64, 8), (160, 16), (256, 32)];
-    matches_timms_features_only("timm_tf_efficientnetv2_s", "unet-efficientnetv2_s", &levels);
+    matches_timms_features_only("timm_tf_efficientnetv2_s", "unet-efficientnetv2_s", (64, 64), &levels);
+}
+
+/// timm with `always_partition=True, strict_img_size=False`, on 96×128: stages of 24×32, 12×16,
+/// 6×8 and 3×4 tokens, each padded to whole 7×7 windows, the 3×4 one rolled by 3 mod its side.
+#[test]
+fn swin_tiny_encoder_matches_timms_features_only() {
+    let levels = [(96, 4), (192, 8), (384, 16), (768, 32)];
+    let fixture = "timm_swin_tiny_patch4_window7_224";
+    matches_timms_features_only(fixture, "upernet-swin_tiny_patch4_window7", (96, 128), &levels);
 }

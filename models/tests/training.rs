@@ -69,7 +69,7 @@ fn config(arch: Arch) -> ArchConfig {
 fn one_step_lowers_the_loss_for_every_architecture() {
     let (image, mask, organ, pixel) = batch();
     let mut failures = Vec::new();
-    for arch in under_test() {
+    for arch in under_test(Scope::Training) {
         let model = Segmenter::new(arch, config(arch), 5).unwrap();
         let before = loss(&model, &image, &mask, &organ, &pixel);
         let again = loss(&model, &image, &mask, &organ, &pixel);
@@ -148,7 +148,7 @@ fn norm(t: &Tensor) -> f64 {
 #[test]
 fn cpu_ops_are_as_accurate_as_the_generic_path_for_every_architecture() {
     let mut failures = Vec::new();
-    for arch in under_test() {
+    for arch in under_test(Scope::Training) {
         let f32_model = Segmenter::new(arch, config(arch), 5).unwrap();
         let f64_model = Segmenter::with_dtype(arch, config(arch), 5, DType::F64).unwrap();
         let (l_truth, truth) = loss_and_gradients(&f64_model, &Ctx::train(1), DType::F64);

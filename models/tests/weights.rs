@@ -214,6 +214,10 @@ fn encoder_sizes_match_timm() {
         ("efficientnet_b0", 5_288_548, effnet_head),
         // convnext: head.norm (LayerNorm2d over 768) and head.fc.
         ("convnext_tiny", 28_589_128, 2 * 768 + classifier(768)),
+        // swin: the final LayerNorm (`norm`) and head.fc.
+        ("swin_tiny_patch4_window7", 28_288_354, 2 * 768 + classifier(768)),
+        ("swin_small_patch4_window7", 49_606_258, 2 * 768 + classifier(768)),
+        ("swin_base_patch4_window7", 87_768_224, 2 * 1024 + classifier(1024)),
     ] {
         let model = Segmenter::new(format!("unet-{encoder}").parse().unwrap(), ArchConfig::default(), 0).unwrap();
         let vars: HashMap<String, candle_core::Var> = model.store().named_vars().into_iter().collect();

@@ -5,11 +5,13 @@ mod fpn;
 mod segformer;
 mod unet;
 mod unetpp;
+mod upernet;
 
 pub use fpn::Fpn;
 pub use segformer::SegformerHead;
 pub use unet::Unet;
 pub use unetpp::UnetPlusPlus;
+pub use upernet::UperNet;
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -34,15 +36,17 @@ pub enum DecoderKind {
     Fpn,
     Segformer,
     UnetPlusPlus,
+    UperNet,
 }
 
 impl DecoderKind {
-    pub fn all() -> [DecoderKind; 4] {
+    pub fn all() -> [DecoderKind; 5] {
         [
             DecoderKind::Unet,
             DecoderKind::Fpn,
             DecoderKind::Segformer,
             DecoderKind::UnetPlusPlus,
+            DecoderKind::UperNet,
         ]
     }
 
@@ -52,6 +56,7 @@ impl DecoderKind {
             DecoderKind::Fpn => "fpn",
             DecoderKind::Segformer => "segformer",
             DecoderKind::UnetPlusPlus => "unetpp",
+            DecoderKind::UperNet => "upernet",
         }
     }
 
@@ -60,12 +65,12 @@ impl DecoderKind {
     }
 
     /// smp's defaults: U-Net and U-Net++ 256-128-64-32-16; FPN pyramid 256 and segmentation 128;
-    /// SegFormer 256.
+    /// SegFormer and UperNet 256.
     pub fn default_channels(self) -> Vec<usize> {
         match self {
             DecoderKind::Unet | DecoderKind::UnetPlusPlus => vec![256, 128, 64, 32, 16],
             DecoderKind::Fpn => vec![256, 128],
-            DecoderKind::Segformer => vec![256],
+            DecoderKind::Segformer | DecoderKind::UperNet => vec![256],
         }
     }
 
@@ -101,13 +106,20 @@ impl DecoderKind {
                 self.name()
             )));
         }
-        // FPN and SegFormer read the four levels at strides 4 to 32.
+        // FPN, SegFormer and UperNet read the four levels at strides 4 to 32.
         let deepest4 = |v: &[usize]| v[v.len().saturating_sub(4)..].to_vec();
         Ok(match self {
             DecoderKind::Unet => Box::new(Unet::new(vb, channels, strides, &widths, config)?),
             DecoderKind::UnetPlusPlus => Box::new(UnetPlusPlus::new(vb, channels, strides, &widths, config)?),
             DecoderKind::Fpn => Box::new(Fpn::new(vb, &deepest4(channels), &deepest4(strides), &widths, config)?),
             DecoderKind::Segformer => Box::new(SegformerHead::new(
+                vb,
+                &deepest4(channels),
+                &deepest4(strides),
+                widths[0],
+                config,
+            )?),
+            DecoderKind::UperNet => Box::new(UperNet::new(
                 vb,
                 &deepest4(channels),
                 &deepest4(strides),
@@ -159,7 +171,7 @@ mod tests {
             deep_supervision: true,
             ..ArchConfig::default()
         };
-        for arch in ["fpn-resnet18", "segformer-mit_b0"] {
+        for arch in ["fpn-resnet18", "segformer-mit_b0", "upernet-convnext_tiny"] {
             let err = build(arch, deep.clone()).err().unwrap_or_default();
             assert!(
                 err.contains("deep_supervision") && err.contains(arch.split('-').next().unwrap()),
@@ -170,8 +182,13 @@ mod tests {
             aspp: true,
             ..ArchConfig::default()
         };
-        let err = build("unetpp-resnet18", aspp).err().unwrap_or_default();
-        assert!(err.contains("aspp") && err.contains("unetpp"), "{err}");
+        for arch in ["unetpp-resnet18", "upernet-resnet18"] {
+            let err = build(arch, aspp.clone()).err().unwrap_or_default();
+            assert!(
+                err.contains("aspp") && err.contains(arch.split('-').next().unwrap()),
+                "{arch}: {err}"
+            );
+        }
         let wide = ArchConfig {
             decoder_channels: Some(vec![8, 8]),
             deep_supervision: true,

@@ -12,7 +12,7 @@ use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
 use super::{drop_path_rate, Encoder};
-use crate::layers::{Activation, Conv2d, ConvCfg, DropPath, Layer, LayerNorm, Linear};
+use crate::layers::{Activation, ChannelNorm, Conv2d, ConvCfg, DropPath, Layer, LayerNorm, Linear};
 use crate::{Ctx, Exporter, ModelError, Result};
 
 const EPS: f64 = 1e-6;
@@ -26,34 +26,6 @@ pub const SIZES: [(&str, [usize; 4], [usize; 4]); 4] = [
     ("base", [128, 256, 512, 1024], [3, 3, 27, 3]),
     ("large", [192, 384, 768, 1536], [3, 3, 27, 3]),
 ];
-
-/// A LayerNorm over the channels of N×C×H×W (timm's `LayerNorm2d`).
-struct ChannelNorm {
-    norm: LayerNorm,
-    channels: usize,
-}
-
-impl ChannelNorm {
-    fn new(vb: VarBuilder, channels: usize) -> Result<ChannelNorm> {
-        Ok(ChannelNorm {
-            norm: LayerNorm::new(vb, channels, EPS)?,
-            channels,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
-        let tokens = x.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
-        let tokens = self.norm.forward(&tokens, ctx)?;
-        Ok(tokens.transpose(1, 2)?.reshape((n, c, h, w))?)
-    }
-
-    fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {
-        let tokens = e.to_tokens(x)?;
-        let tokens = self.norm.export(e, &tokens)?;
-        e.to_spatial(&tokens, self.channels, x)
-    }
-}
 
 struct Block {
     name: String,
@@ -143,7 +115,7 @@ impl ConvNext {
             4,
             ConvCfg::same(4).padding(0).stride(4).bias(true),
         )?;
-        let stem_norm = ChannelNorm::new(vb.pp("stem").pp(1), widths[0])?;
+        let stem_norm = ChannelNorm::new(vb.pp("stem").pp(1), widths[0], EPS)?;
         let mut index = 0;
         let mut stages = Vec::new();
         for i in 0..4 {
@@ -153,7 +125,7 @@ impl ConvNext {
             } else {
                 let down = vb_stage.pp("downsample");
                 Some((
-                    ChannelNorm::new(down.pp(0), widths[i - 1])?,
+                    ChannelNorm::new(down.pp(0), widths[i - 1], EPS)?,
                     Conv2d::new(
                         down.pp(1),
                         widths[i - 1],

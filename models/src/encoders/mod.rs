@@ -6,12 +6,14 @@ mod efficientnet;
 mod efficientnetv2;
 mod mit;
 mod resnet;
+mod swin;
 
 pub use convnext::ConvNext;
 pub use efficientnet::EfficientNet;
 pub use efficientnetv2::EfficientNetV2;
 pub use mit::Mit;
 pub use resnet::ResNet;
+pub use swin::Swin;
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -37,6 +39,8 @@ pub enum EncoderKind {
     ConvNext(usize),
     /// An index into `efficientnetv2::VARIANTS`: s, m, l (timm's `tf_efficientnetv2_*`).
     EfficientNetV2(usize),
+    /// An index into `swin::SIZES`: tiny, small, base (timm's `swin_*_patch4_window7_224`).
+    Swin(usize),
 }
 
 impl EncoderKind {
@@ -46,6 +50,7 @@ impl EncoderKind {
         all.extend((0..=5).map(EncoderKind::Mit));
         all.extend((0..convnext::SIZES.len()).map(EncoderKind::ConvNext));
         all.extend((0..efficientnetv2::VARIANTS.len()).map(EncoderKind::EfficientNetV2));
+        all.extend((0..swin::SIZES.len()).map(EncoderKind::Swin));
         all
     }
 
@@ -56,6 +61,7 @@ impl EncoderKind {
             EncoderKind::Mit(b) => format!("mit_b{b}"),
             EncoderKind::ConvNext(i) => format!("convnext_{}", convnext::SIZES[i].0),
             EncoderKind::EfficientNetV2(i) => format!("efficientnetv2_{}", efficientnetv2::VARIANTS[i].0),
+            EncoderKind::Swin(i) => format!("swin_{}_patch4_window7", swin::SIZES[i].0),
         }
     }
 
@@ -79,6 +85,7 @@ impl EncoderKind {
             EncoderKind::EfficientNet(_) | EncoderKind::EfficientNetV2(_) => &["conv_head.", "bn2.", "classifier."],
             EncoderKind::Mit(_) => &["classifier.", "decode_head."],
             EncoderKind::ConvNext(_) => &["head."],
+            EncoderKind::Swin(_) => &["head.", "norm."],
         }
     }
 
@@ -87,7 +94,7 @@ impl EncoderKind {
         match self {
             EncoderKind::ResNet(_) => 0.0,
             EncoderKind::EfficientNet(_) | EncoderKind::EfficientNetV2(_) => 0.2,
-            EncoderKind::Mit(_) | EncoderKind::ConvNext(_) => 0.1,
+            EncoderKind::Mit(_) | EncoderKind::ConvNext(_) | EncoderKind::Swin(_) => 0.1,
         }
     }
 
@@ -101,6 +108,7 @@ impl EncoderKind {
             EncoderKind::EfficientNetV2(i) => {
                 Box::new(EfficientNetV2::new(vb, efficientnetv2::VARIANTS[i].0, drop_path)?)
             }
+            EncoderKind::Swin(i) => Box::new(Swin::new(vb, swin::SIZES[i].0, drop_path)?),
         })
     }
 }

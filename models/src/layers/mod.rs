@@ -18,9 +18,9 @@ pub use conv::{Conv2d, ConvBnAct, ConvCfg};
 pub use drop::{DropPath, Dropout};
 pub use linear::Linear;
 pub use mix_ffn::MixFfn;
-pub use norm::{BatchNorm2d, LayerNorm};
-pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
-pub use resample::{Interpolation, Upsample};
+pub use norm::{BatchNorm2d, ChannelNorm, LayerNorm};
+pub use pool::{AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool, MaxPool2d};
+pub use resample::{Interpolation, ResizeLike, Upsample};
 pub use se::SqueezeExcite;
 
 use candle_core::Tensor;

@@ -1,5 +1,6 @@
 //! Normalisation: BatchNorm2d (batch statistics and running-statistic updates in training,
-//! running statistics in eval and in ONNX) and LayerNorm over the last axis.
+//! running statistics in eval and in ONNX), LayerNorm over the last axis, and LayerNorm over the
+//! channels of N×C×H×W.
 
 use candle_core::{Tensor, Var, D};
 use candle_nn::{Init, VarBuilder};
@@ -170,6 +171,38 @@ impl Layer for LayerNorm {
             &[x, &scale, &bias],
             &[("axis", Attr::Int(-1)), ("epsilon", Attr::Float(self.eps as f32))],
         ))
+    }
+}
+
+/// A LayerNorm over the channels of N×C×H×W (timm's and smp's `LayerNorm2d`), run on the
+/// N×(H·W)×C token view, so that it is the same LayerNormalization node in ONNX as a
+/// transformer's.
+pub struct ChannelNorm {
+    norm: LayerNorm,
+    channels: usize,
+}
+
+impl ChannelNorm {
+    pub fn new(vb: VarBuilder, channels: usize, eps: f64) -> Result<ChannelNorm> {
+        Ok(ChannelNorm {
+            norm: LayerNorm::new(vb, channels, eps)?,
+            channels,
+        })
+    }
+}
+
+impl Layer for ChannelNorm {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let tokens = x.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        let tokens = self.norm.forward(&tokens, ctx)?;
+        Ok(tokens.transpose(1, 2)?.reshape((n, c, h, w))?)
+    }
+
+    fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {
+        let tokens = e.to_tokens(x)?;
+        let tokens = self.norm.export(e, &tokens)?;
+        e.to_spatial(&tokens, self.channels, x)
     }
 }
 

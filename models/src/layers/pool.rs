@@ -131,6 +131,79 @@ impl Layer for GlobalAvgPool {
     }
 }
 
+/// PyTorch's `AdaptiveAvgPool2d(bins)`: N×C×H×W → N×C×bins×bins, bin i of a side of n covering
+/// [⌊i·n/bins⌋, ⌈(i+1)·n/bins⌉), so bins overlap where n is not a multiple and repeat where
+/// n < bins. Both sides are an averaging matrix product, P_h · x · P_wᵀ; in ONNX the matrices
+/// are built from the input's shape at run time, so any input size runs.
+pub struct AdaptiveAvgPool2d {
+    pub bins: usize,
+}
+
+/// The bins×n averaging matrix of one side.
+fn pool_matrix(n: usize, bins: usize) -> Vec<f32> {
+    let mut p = vec![0f32; bins * n];
+    for i in 0..bins {
+        let (start, end) = (i * n / bins, ((i + 1) * n).div_ceil(bins));
+        for j in start..end {
+            p[i * n + j] = 1.0 / (end - start) as f32;
+        }
+    }
+    p
+}
+
+impl AdaptiveAvgPool2d {
+    /// The averaging matrix of dimension `axis` of `x` in the graph: bins × n, float.
+    fn export_matrix(&self, e: &mut Exporter, x: &str, axis: i64) -> Result<String> {
+        let shape = e.op("Shape", &[x], &[]);
+        let index = e.int_scalar(axis)?;
+        let n = e.op("Gather", &[&shape, &index], &[("axis", Attr::Int(0))]);
+        let b = self.bins as i64;
+        let bins = e.int_scalar(b)?;
+        let rows = e.graph().fresh("bins");
+        let rows = e.graph().initializer_i64(&rows, &[b, 1], &(0..b).collect::<Vec<_>>())?;
+        let start = e.mul(&rows, &n);
+        let start = e.op("Div", &[&start, &bins], &[]);
+        let one = e.int_scalar(1)?;
+        let next = e.add(&rows, &one);
+        let end = e.mul(&next, &n);
+        let round_up = e.int_scalar(b - 1)?;
+        let end = e.add(&end, &round_up);
+        let end = e.op("Div", &[&end, &bins], &[]);
+        let zero = e.int_scalar(0)?;
+        let j = e.op("Range", &[&zero, &n, &one], &[]);
+        let after_start = e.op("GreaterOrEqual", &[&j, &start], &[]);
+        let before_end = e.op("Less", &[&j, &end], &[]);
+        let inside = e.op("And", &[&after_start, &before_end], &[]);
+        let float = [("to", Attr::Int(1))];
+        let inside = e.op("Cast", &[&inside], &float);
+        let count = e.op("Sub", &[&end, &start], &[]);
+        let count = e.op("Cast", &[&count], &float);
+        Ok(e.op("Div", &[&inside, &count], &[]))
+    }
+}
+
+impl Layer for AdaptiveAvgPool2d {
+    fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let dev = x.device();
+        let p_h = Tensor::from_vec(pool_matrix(h, self.bins), (self.bins, h), dev)?.to_dtype(x.dtype())?;
+        let p_w = Tensor::from_vec(pool_matrix(w, self.bins), (self.bins, w), dev)?.to_dtype(x.dtype())?;
+        let rows = x.contiguous()?.broadcast_matmul(&p_w.t()?)?;
+        Ok(p_h.broadcast_matmul(&rows)?)
+    }
+
+    fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {
+        if self.bins == 1 {
+            return GlobalAvgPool.export(e, x);
+        }
+        let p_h = self.export_matrix(e, x, 2)?;
+        let p_w = self.export_matrix(e, x, 3)?;
+        let p_w_t = e.op("Transpose", &[&p_w], &[("perm", Attr::Ints(vec![1, 0]))]);
+        let rows = e.op("MatMul", &[x, &p_w_t], &[]);
+        Ok(e.op("MatMul", &[&p_h, &rows], &[]))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +279,30 @@ mod tests {
                 "each output passes its gradient to one input"
             );
         }
+    }
+
+    /// Values from PyTorch 2.15: `F.adaptive_avg_pool1d(torch.arange(n), bins)`, on each side.
+    #[test]
+    fn adaptive_pooling_matches_pytorch_where_bins_overlap_and_repeat() {
+        let x = Tensor::arange(0f32, 5.0, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 1, 5))
+            .unwrap();
+        let x = x.broadcast_as((1, 1, 4, 5)).unwrap().contiguous().unwrap();
+        let y = AdaptiveAvgPool2d { bins: 3 }.forward(&x, &Ctx::eval()).unwrap();
+        assert_eq!(y.dims(), &[1, 1, 3, 3]);
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap()[..3], [0.5, 2.0, 3.5]);
+        let y = AdaptiveAvgPool2d { bins: 6 }
+            .forward(&x.t().unwrap(), &Ctx::eval())
+            .unwrap();
+        let column: Vec<f32> = y
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .step_by(6)
+            .collect();
+        assert_eq!(column, [0.0, 0.5, 1.5, 2.5, 3.5, 4.0]);
     }
 }

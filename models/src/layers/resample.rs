@@ -1,7 +1,8 @@
-//! Upsampling by an integer factor: nearest (ONNX Resize, asymmetric + floor, as PyTorch's
-//! `nearest`) and bilinear (half-pixel, as `align_corners=False`). Both are built from ops whose
-//! gradients Candle gets right: nearest as a broadcast, bilinear as two small interpolation
-//! matrices (Candle has no backward for its bilinear op).
+//! Resampling: upsampling by an integer factor, nearest (ONNX Resize, asymmetric + floor, as
+//! PyTorch's `nearest`) or bilinear (half-pixel, as `align_corners=False`, or corner-aligned, as
+//! `nn.UpsamplingBilinear2d`), and bilinear resizing to another value's size. All are built from
+//! ops whose gradients Candle gets right: nearest as a broadcast, bilinear as two small
+//! interpolation matrices (Candle has no backward for its bilinear op).
 
 use candle_core::Tensor;
 use ftu_onnx::Attr;
@@ -12,7 +13,10 @@ use crate::{Ctx, Exporter, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interpolation {
     Nearest,
+    /// Half-pixel centres: PyTorch's `interpolate(mode="bilinear", align_corners=False)`.
     Bilinear,
+    /// Corner pixels map to corner pixels: `align_corners=True`, smp's segmentation-head upsampling.
+    BilinearAlignCorners,
 }
 
 pub struct Upsample {
@@ -20,12 +24,21 @@ pub struct Upsample {
     pub mode: Interpolation,
 }
 
-/// The m×n matrix that maps n samples to m = n·scale by half-pixel linear interpolation.
-fn bilinear_matrix(n: usize, scale: usize) -> Vec<f32> {
-    let m = n * scale;
+/// The m×n matrix that maps n samples to m by linear interpolation, half-pixel or corner-aligned,
+/// with PyTorch's indexing (the source clamped at 0, the right neighbour at n − 1; no antialiasing
+/// when m < n).
+fn linear_matrix(n: usize, m: usize, align_corners: bool) -> Vec<f32> {
     let mut a = vec![0f32; m * n];
     for i in 0..m {
-        let src = ((i as f64 + 0.5) / scale as f64 - 0.5).max(0.0);
+        let src = if align_corners {
+            if m > 1 {
+                i as f64 * (n - 1) as f64 / (m - 1) as f64
+            } else {
+                0.0
+            }
+        } else {
+            ((i as f64 + 0.5) * n as f64 / m as f64 - 0.5).max(0.0)
+        };
         let i0 = (src.floor() as usize).min(n - 1);
         let i1 = (i0 + 1).min(n - 1);
         let frac = (src - i0 as f64) as f32;
@@ -33,6 +46,47 @@ fn bilinear_matrix(n: usize, scale: usize) -> Vec<f32> {
         a[i * n + i1] += frac;
     }
     a
+}
+
+/// `x` (N×C×H×W) bilinearly resized to h×w: A_h · x · A_wᵀ.
+fn resize_linear(x: &Tensor, h: usize, w: usize, align_corners: bool) -> Result<Tensor> {
+    let (_, _, h0, w0) = x.dims4()?;
+    if (h0, w0) == (h, w) {
+        return Ok(x.clone());
+    }
+    let dev = x.device();
+    let a_w = Tensor::from_vec(linear_matrix(w0, w, align_corners), (w, w0), dev)?.to_dtype(x.dtype())?;
+    let a_h = Tensor::from_vec(linear_matrix(h0, h, align_corners), (h, h0), dev)?.to_dtype(x.dtype())?;
+    let rows = x.contiguous()?.broadcast_matmul(&a_w.t()?)?;
+    Ok(a_h.broadcast_matmul(&rows)?)
+}
+
+/// Bilinear resizing (half-pixel, `align_corners=False`) to another value's height and width, as
+/// `F.interpolate(x, size=like.shape[2:], mode="bilinear")`.
+pub struct ResizeLike;
+
+impl ResizeLike {
+    pub fn forward(&self, x: &Tensor, like: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = like.dims4()?;
+        resize_linear(x, h, w, false)
+    }
+
+    /// The ONNX Resize to `like`'s H×W; the sizes are read from the graph, so any input size runs.
+    pub fn export(&self, e: &mut Exporter, x: &str, like: &str) -> Result<String> {
+        let shape = e.op("Shape", &[x], &[]);
+        let (start, end) = (e.ints(&[0])?, e.ints(&[2])?);
+        let nc = e.op("Slice", &[&shape, &start, &end], &[]);
+        let hw = e.spatial_dims(like)?;
+        let sizes = e.concat(&[&nc, &hw], 0);
+        Ok(e.op(
+            "Resize",
+            &[x, "", "", &sizes],
+            &[
+                ("mode", Attr::Str("linear".into())),
+                ("coordinate_transformation_mode", Attr::Str("half_pixel".into())),
+            ],
+        ))
+    }
 }
 
 impl Upsample {
@@ -66,12 +120,9 @@ impl Upsample {
                     .broadcast_as((n_c[0], n_c[1], h, s, w, s))?
                     .reshape((n_c[0], n_c[1], h * s, w * s))?
             }
-            Interpolation::Bilinear => {
-                let dev = x.device();
-                let a_w = Tensor::from_vec(bilinear_matrix(w, s), (w * s, w), dev)?.to_dtype(x.dtype())?;
-                let a_h = Tensor::from_vec(bilinear_matrix(h, s), (h * s, h), dev)?.to_dtype(x.dtype())?;
-                let rows = x.contiguous()?.broadcast_matmul(&a_w.t()?)?;
-                a_h.broadcast_matmul(&rows)?
+            Interpolation::Bilinear | Interpolation::BilinearAlignCorners => {
+                let align = self.mode == Interpolation::BilinearAlignCorners;
+                resize_linear(x, h * s, w * s, align)?
             }
         })
     }
@@ -100,6 +151,10 @@ impl Layer for Upsample {
             Interpolation::Bilinear => vec![
                 ("mode", Attr::Str("linear".into())),
                 ("coordinate_transformation_mode", Attr::Str("half_pixel".into())),
+            ],
+            Interpolation::BilinearAlignCorners => vec![
+                ("mode", Attr::Str("linear".into())),
+                ("coordinate_transformation_mode", Attr::Str("align_corners".into())),
             ],
         };
         Ok(e.op("Resize", &[x, "", &scales], &attrs))
@@ -215,11 +270,42 @@ mod tests {
 
     #[test]
     fn every_row_of_the_interpolation_matrix_sums_to_one() {
-        for (n, s) in [(1, 2), (3, 4), (7, 8)] {
-            let a = bilinear_matrix(n, s);
-            for row in a.chunks(n) {
-                assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        for (n, m) in [(1, 2), (3, 12), (7, 56), (6, 3), (2, 5), (5, 1)] {
+            for align in [false, true] {
+                let a = linear_matrix(n, m, align);
+                for row in a.chunks(n) {
+                    assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{n} → {m}, {align}");
+                }
             }
         }
+    }
+
+    fn line(values: &[f32]) -> Tensor {
+        Tensor::from_vec(values.to_vec(), (1, 1, 1, values.len()), &Device::Cpu).unwrap()
+    }
+
+    fn assert_values(y: &Tensor, expected: &[f32]) {
+        let v = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(v.len(), expected.len(), "{v:?}");
+        for (a, b) in v.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-6, "{v:?} against {expected:?}");
+        }
+    }
+
+    /// Values from PyTorch 2.15: `F.interpolate(x, size=…, mode="linear", align_corners=…)`.
+    #[test]
+    fn resizing_matches_pytorch_up_down_and_corner_aligned() {
+        let x = line(&[0.0, 1.0, 2.0]);
+        let up = Upsample {
+            scale: 2,
+            mode: Interpolation::BilinearAlignCorners,
+        };
+        let line_up = [0.0, 0.4, 0.8, 1.2, 1.6, 2.0];
+        assert_values(&up.forward(&x, &Ctx::eval()).unwrap(), &[line_up, line_up].concat());
+        let like = Tensor::zeros((1, 1, 1, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert_values(&ResizeLike.forward(&x, &like).unwrap(), &[0.0, 0.4, 1.0, 1.6, 2.0]);
+        let like = Tensor::zeros((1, 1, 1, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let six = line(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_values(&ResizeLike.forward(&six, &like).unwrap(), &[0.5, 2.5, 4.5]);
     }
 }

@@ -16,34 +16,48 @@ pub fn runtime() -> Runtime {
         .expect("ONNX Runtime must be installed for these tests (see scripts/test.sh)")
 }
 
-/// The architectures the per-architecture tests check: those whose name contains `FTU_ARCH` when
-/// it is set (`FTU_ARCH=-` matches every one), else a default set. It has every encoder with
-/// U-Net, and with FPN and SegFormer every one but ConvNeXt-base and -large and EfficientNetV2,
-/// and U-Net++ with one encoder of each kind of first level: ResNet-18 and EfficientNet-B0
-/// (stride 2, smp's layout) and MiT-b0 (stride 4). ConvNeXt-base and -large run the tiny and small
-/// ConvNeXt's code with wider and deeper stages (88 M and 198 M parameters), EfficientNetV2's
-/// blocks are the same with every decoder, and U-Net++ runs the same nodes with every encoder;
-/// with every decoder they would add about ten minutes each to the tests on two cores. No match
-/// is an error, not a vacuous pass.
-pub fn under_test() -> Vec<Arch> {
-    use ftu_models::decoders::DecoderKind;
+/// Which per-architecture test asks: the forward parity test, or the training tests (a gradient
+/// step, and every gradient against a float64 reference, the slowest checks per architecture).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Forward,
+    Training,
+}
+
+/// One encoder of each family and block kind: ResNet's basic (18) and bottleneck (50) blocks,
+/// EfficientNet, MiT, ConvNeXt, EfficientNetV2 and Swin at their smallest. The larger sizes of a family
+/// run the same code with other widths and depths, and their parameter names and shapes are
+/// checked against the pretrained files in `weights.rs`.
+pub fn family_representative(encoder: ftu_models::encoders::EncoderKind) -> bool {
     use ftu_models::encoders::EncoderKind;
+    matches!(
+        encoder,
+        EncoderKind::ResNet(18 | 50)
+            | EncoderKind::EfficientNet(0)
+            | EncoderKind::Mit(0)
+            | EncoderKind::ConvNext(0)
+            | EncoderKind::EfficientNetV2(0)
+            | EncoderKind::Swin(0)
+    )
+}
+
+/// The architectures a per-architecture test checks: those whose name contains `FTU_ARCH` when
+/// it is set (`FTU_ARCH=-` matches every one), else a default set. By default every decoder runs
+/// with each family's representative encoder, and the forward parity test also runs every other
+/// encoder with U-Net, so that each size's export is compared with ONNX Runtime. A decoder sees
+/// an encoder only through its levels' widths and strides, and an encoder's code is the same
+/// under every decoder; the whole grid (`FTU_ARCH=-`) takes several times as long. No match
+/// is an error, not a vacuous pass.
+pub fn under_test(scope: Scope) -> Vec<Arch> {
+    use ftu_models::decoders::DecoderKind;
     let filter = std::env::var("FTU_ARCH").ok();
     let archs: Vec<Arch> = Arch::all()
         .into_iter()
         .filter(|arch| match filter.as_deref() {
             Some(f) => arch.name().contains(f),
-            None => match (arch.decoder, arch.encoder) {
-                (DecoderKind::Fpn | DecoderKind::Segformer, EncoderKind::ConvNext(2 | 3)) => false,
-                (d, EncoderKind::EfficientNetV2(_)) => d == DecoderKind::Unet,
-                (DecoderKind::UnetPlusPlus, e) => {
-                    matches!(
-                        e,
-                        EncoderKind::ResNet(18) | EncoderKind::EfficientNet(0) | EncoderKind::Mit(0)
-                    )
-                }
-                _ => true,
-            },
+            None => {
+                family_representative(arch.encoder) || (scope == Scope::Forward && arch.decoder == DecoderKind::Unet)
+            }
         })
         .collect();
     assert!(!archs.is_empty(), "FTU_ARCH={filter:?} matches no architecture");
@@ -56,7 +70,7 @@ pub fn small_config(arch: Arch) -> ArchConfig {
     let channels = match arch.decoder {
         DecoderKind::Unet | DecoderKind::UnetPlusPlus => vec![32, 16, 16, 8, 8],
         DecoderKind::Fpn => vec![32, 16],
-        DecoderKind::Segformer => vec![32],
+        DecoderKind::Segformer | DecoderKind::UperNet => vec![32],
     };
     ArchConfig {
         decoder_channels: Some(channels),

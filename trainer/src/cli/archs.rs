@@ -16,6 +16,7 @@ pub fn pretrained_source(encoder: EncoderKind) -> String {
             let size = encoder.name().trim_start_matches("efficientnetv2_").to_string();
             format!("timm/tf_efficientnetv2_{size}.in21k_ft_in1k (timm's tf_efficientnetv2_{size} layout)")
         }
+        EncoderKind::Swin(_) => format!("timm/{}_224.ms_in22k_ft_in1k (timm names)", encoder.name()),
     }
 }
 
@@ -28,7 +29,7 @@ pub fn listing() -> String {
     }
     s.push_str("\nencoders, and the pretrained model.safetensors --pretrained takes:\n");
     for e in EncoderKind::all() {
-        s.push_str(&format!("  {:<16} {}\n", e.name(), pretrained_source(e)));
+        s.push_str(&format!("  {:<25} {}\n", e.name(), pretrained_source(e)));
     }
     let all = Arch::all();
     s.push_str(&format!(
