@@ -193,7 +193,7 @@ struct WindowAttention {
 
 impl WindowAttention {
     fn new(vb: VarBuilder, channels: usize, heads: usize) -> Result<WindowAttention> {
-        if channels % heads != 0 {
+        if !channels.is_multiple_of(heads) {
             return Err(ModelError::Config(format!(
                 "{}: {channels} channels do not split into {heads} heads",
                 vb.prefix()
