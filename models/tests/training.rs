@@ -200,7 +200,11 @@ fn cpu_ops_are_as_accurate_as_the_generic_path_for_every_architecture() {
                 ));
             }
         }
-        if all_fast > (2.0 * all_generic).max(1e-5) {
+        // Either path's float32 rounding alone reaches 3e-5 of the whole gradient on correct ops
+        // (unetpp-resnet18: CPU ops 3.1e-5, generic 2.9e-5), and which of the two happens to land
+        // nearer float64 varies (unetpp-swin_tiny: 1.1e-5 against 2.5e-6); a wrong backward pass
+        // is off by 1e-2 and more.
+        if all_fast > (2.0 * all_generic).max(5e-5) {
             failures.push(format!(
                 "{arch}: whole gradient off by {all_fast:.1e} (generic path {all_generic:.1e})"
             ));

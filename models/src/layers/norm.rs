@@ -155,12 +155,23 @@ impl LayerNorm {
     }
 }
 
-impl Layer for LayerNorm {
-    fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<Tensor> {
+impl LayerNorm {
+    /// From candle ops: the path on other devices and in other precisions, and the reference the
+    /// CPU op is tested against.
+    fn composed(&self, x: &Tensor) -> Result<Tensor> {
         let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
         Ok(normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+}
+
+impl Layer for LayerNorm {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        if ctx.cpu_ops(x) && self.weight.dtype() == candle_core::DType::F32 {
+            return crate::ops::layer_norm::layer_norm(x, &self.weight, &self.bias, self.eps);
+        }
+        self.composed(x)
     }
 
     fn export(&self, e: &mut Exporter, x: &str) -> Result<String> {

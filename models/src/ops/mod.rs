@@ -5,6 +5,7 @@ pub mod adamw;
 pub(crate) mod batch_norm;
 pub(crate) mod conv;
 mod cpu_values;
+pub(crate) mod layer_norm;
 pub(crate) mod pool;
 mod precomputed;
 pub(crate) mod upsample;
