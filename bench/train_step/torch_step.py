@@ -3,7 +3,9 @@
 U-Net layout), unet-efficientnet_b0 (timm's EfficientNet-B0, drop path 0.2) and segformer-mit_b0
 (Hugging Face's MiT-b0 and all-MLP head, drop path 0.1, dropout 0.1). Written out in plain torch
 so that neither smp, timm, transformers nor torchvision is needed; the parameter counts printed
-match ftu's for the same architecture. --profile prints torch.profiler's CPU table."""
+match ftu's for the same architecture. Other architectures (e.g. upernet-swin_tiny_patch4_window7)
+come from segmentation_models_pytorch and timm when they are installed. --profile prints
+torch.profiler's CPU table."""
 
 import argparse
 import statistics
@@ -258,7 +260,28 @@ def build(arch):
         return Unet(EfficientNetB0(), EfficientNetB0.channels)
     if arch == "segformer-mit_b0":
         return Segformer(MitB0(), MitB0.channels)
-    raise SystemExit(f"unknown --arch {arch}: unet-resnet34, unet-efficientnet_b0 or segformer-mit_b0")
+    return smp_model(arch)
+
+
+def smp_model(arch):
+    """Any other ftu architecture as segmentation_models_pytorch builds it, timm encoders through
+    smp's `tu-` prefix (both must be installed): the decoder's smp class, the encoder's timm name;
+    Swin with always_partition and strict_img_size=False, as ftu's runs."""
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        raise SystemExit(f"--arch {arch} needs segmentation-models-pytorch and timm (pip install segmentation-models-pytorch timm)")
+    decoder, encoder = arch.split("-", 1)
+    classes = {"unet": smp.Unet, "unetpp": smp.UnetPlusPlus, "fpn": smp.FPN, "upernet": smp.UPerNet, "segformer": smp.Segformer}
+    if decoder not in classes:
+        raise SystemExit(f"unknown decoder in --arch {arch}: {', '.join(classes)}")
+    kwargs = {}
+    if encoder.startswith("swin_"):
+        encoder = f"tu-{encoder}_224"
+        kwargs = {"always_partition": True, "strict_img_size": False}
+    elif encoder.startswith("convnext_") or encoder.startswith("efficientnetv2_"):
+        encoder = "tu-" + encoder.replace("efficientnetv2_", "tf_efficientnetv2_")
+    return classes[decoder](encoder, encoder_weights=None, classes=1, **kwargs)
 
 
 def main():
