@@ -1,4 +1,4 @@
-//! UperNet decoder (Xiao et al. 2018; mmseg's `UPerHead`), in smp 0.6's `UPerNetDecoder` layout
+//! UperNet decoder (the unified perceptual parsing head, mmseg's `UPerHead`), in smp 0.6's `UPerNetDecoder` layout
 //! and names (`decoder.feature_norms`, `decoder.psp`, `decoder.fpn_lateral_blocks`,
 //! `decoder.fpn_conv_blocks`, `decoder.fusion_block`, `segmentation_head.0`), so an smp `UPerNet`
 //! state dict loads as it is.
