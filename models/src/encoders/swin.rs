@@ -14,7 +14,7 @@
 //! pixels and more, where the deepest stage is wider than a window, that is also timm's default
 //! model at that input size. Inputs must be multiples of 32.
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 use ftu_onnx::Attr;
 
@@ -241,7 +241,7 @@ impl WindowAttention {
                 .broadcast_add(&mask)?
                 .reshape((b, self.heads, AREA, AREA))?;
         }
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let probs = crate::layers::softmax_last_dim(&scores, ctx)?;
         let out = ctx.low_precision(&[&probs, &v], |t| Ok(t[0].matmul(&t[1])?))?;
         let out = out.transpose(1, 2)?.reshape((b, l, c))?;
         self.proj.forward(&out, ctx)

@@ -1,7 +1,7 @@
 //! Pointwise activations. ONNX opset 17 has no SiLU or GELU op, so they are written as PyTorch
 //! exports them: x·σ(x) and 0.5·x·(1 + erf(x/√2)).
 
-use candle_core::Tensor;
+use candle_core::{Tensor, D};
 
 use super::Layer;
 use crate::{Ctx, Exporter, Result};
@@ -17,9 +17,12 @@ pub enum Activation {
 }
 
 impl Layer for Activation {
-    fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         if *self == Activation::Identity {
             return Ok(x.clone());
+        }
+        if *self == Activation::Gelu && ctx.cpu_ops(x) {
+            return crate::ops::pointwise::gelu(x);
         }
         crate::profile::scope("activation (candle op)", 2 * x.elem_count(), || self.apply(x))
     }
@@ -57,4 +60,12 @@ impl Activation {
             Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
         })
     }
+}
+
+/// The softmax over the last axis (attention's): on the CPU one op with its own backward.
+pub fn softmax_last_dim(x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    if ctx.cpu_ops(x) {
+        return crate::ops::pointwise::softmax_last_dim(x);
+    }
+    Ok(candle_nn::ops::softmax(x, D::Minus1)?)
 }

@@ -2,7 +2,7 @@
 //! tokens (a stride-`sr` conv and LayerNorm), so attention costs L·L/sr² instead of L².
 //! Parameter names are Hugging Face SegFormer's (`attention.self.query`, `attention.output.dense`).
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use ftu_onnx::Attr;
 
@@ -73,7 +73,7 @@ impl EfficientSelfAttention {
         let scale = 1.0 / ((c / self.heads) as f64).sqrt();
         let k_t = k.t()?.contiguous()?;
         let scores = (ctx.low_precision(&[&q, &k_t], |t| Ok(t[0].matmul(&t[1])?))? * scale)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let probs = crate::layers::softmax_last_dim(&scores, ctx)?;
         let out = ctx.low_precision(&[&probs, &v], |t| Ok(t[0].matmul(&t[1])?))?;
         let out = out.transpose(1, 2)?.reshape((n, l, c))?;
         self.dense.forward(&out, ctx)

@@ -12,7 +12,7 @@ mod pool;
 mod resample;
 mod se;
 
-pub use activation::Activation;
+pub use activation::{softmax_last_dim, Activation};
 pub use attention::EfficientSelfAttention;
 pub use conv::{Conv2d, ConvBnAct, ConvCfg};
 pub use drop::{DropPath, Dropout};

@@ -6,6 +6,7 @@ pub(crate) mod batch_norm;
 pub(crate) mod conv;
 mod cpu_values;
 pub(crate) mod layer_norm;
+pub(crate) mod pointwise;
 pub(crate) mod pool;
 mod precomputed;
 pub(crate) mod upsample;
