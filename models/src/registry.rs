@@ -76,7 +76,7 @@ pub struct ArchConfig {
     pub organ_head: bool,
     /// A `pixel_size` output (N×1) from the deepest level.
     pub pixel_size_head: bool,
-    /// Dropout before the FPN and SegFormer heads, in training.
+    /// Dropout before the FPN, SegFormer and UperNet heads, in training.
     pub dropout: f64,
     /// Stochastic depth in the encoder, in training; the encoder's usual rate when unset.
     pub drop_path: Option<f64>,

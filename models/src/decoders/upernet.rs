@@ -12,7 +12,8 @@
 //! One width, `decoder_channels` (smp's default 256), runs through all of it.
 //!
 //! The 1×1 pooled map has one value per channel and image, so its BatchNorm needs a training
-//! batch of two or more images (PyTorch refuses batch 1; here its output is zero).
+//! batch of two or more images: a batch of one is refused, by name, as PyTorch refuses it. In
+//! training, `dropout` (ftu's 0.1 by default; smp's `UPerNet` has none) runs before the head.
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;

@@ -169,7 +169,10 @@ mod tests {
                 let ours = op(&x).unwrap();
                 let theirs = reference(name, &x64);
                 let top = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
-                assert!(max_diff(&ours, &theirs) <= 1e-6 * top.max(1.0), "{name} {dims:?}: values");
+                assert!(
+                    max_diff(&ours, &theirs) <= 1e-6 * top.max(1.0),
+                    "{name} {dims:?}: values"
+                );
                 let w = Tensor::randn(0f32, 1.0, dims, &dev).unwrap();
                 let g = (&ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
                 let w64 = w.to_dtype(DType::F64).unwrap();
