@@ -170,6 +170,7 @@ impl CustomOp3 for LayerNormOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::max_diff_f64;
     use candle_core::{DType, Device, Var, D};
 
     /// The composed candle ops in f64: the reference.
@@ -178,11 +179,6 @@ mod tests {
         let var = centred.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
         let normed = centred.broadcast_div(&(var + eps).unwrap().sqrt().unwrap()).unwrap();
         normed.broadcast_mul(w).unwrap().broadcast_add(b).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        let d = (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap();
-        d.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap()
     }
 
     /// Values and the three gradients against the composed ops in f64, for rows fewer and more
@@ -204,7 +200,7 @@ mod tests {
                 .map(|v| Var::from_tensor(&v.to_dtype(DType::F64).unwrap()).unwrap())
                 .collect();
             let reference = composed(&f64s[0], &f64s[1], &f64s[2], eps);
-            assert!(max_diff(&ours, &reference) < 1e-5, "{rows}×{c}: values");
+            assert!(max_diff_f64(&ours, &reference) < 1e-5, "{rows}×{c}: values");
             let weights = Tensor::randn(0f32, 1.0, (rows, c), &dev).unwrap();
             let g_ours = (&ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();
             let g_ref = (&reference * weights.to_dtype(DType::F64).unwrap())
@@ -220,7 +216,7 @@ mod tests {
             ] {
                 let (a, r) = (g_ours.get(ours).unwrap(), g_ref.get(theirs).unwrap());
                 let scale = r.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
-                let diff = max_diff(a, r);
+                let diff = max_diff_f64(a, r);
                 assert!(
                     diff <= 1e-5 * scale.max(1.0),
                     "{rows}×{c}: {name} gradient off by {diff:.2e}"

@@ -142,12 +142,8 @@ impl CustomOp1 for Softmax {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::max_diff_f64;
     use candle_core::{DType, Device, Var, D};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        let d = (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap();
-        d.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap()
-    }
 
     /// Values and gradients against candle's own ops in f64 (`gelu_erf`; the composed softmax),
     /// on rows with a large offset (softmax must subtract the maximum) and more elements than a chunk.
@@ -170,7 +166,7 @@ mod tests {
                 let theirs = reference(name, &x64);
                 let top = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
                 assert!(
-                    max_diff(&ours, &theirs) <= 1e-6 * top.max(1.0),
+                    max_diff_f64(&ours, &theirs) <= 1e-6 * top.max(1.0),
                     "{name} {dims:?}: values"
                 );
                 let w = Tensor::randn(0f32, 1.0, dims, &dev).unwrap();
@@ -179,7 +175,7 @@ mod tests {
                 let g64 = (&theirs * &w64).unwrap().sum_all().unwrap().backward().unwrap();
                 let (a, b) = (g.get(&x).unwrap(), g64.get(&x64).unwrap());
                 let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
-                let diff = max_diff(a, b);
+                let diff = max_diff_f64(a, b);
                 // candle's f64 GELU gradient uses 0.398942 for 1/√(2π) (relative error 7e-7).
                 assert!(
                     diff <= 2e-6 * scale.max(1.0),
