@@ -31,14 +31,16 @@ pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -
         .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?)
 }
 
+/// Per row, its mean and 1/σ (set by the forward).
+type RowStats = Option<Vec<(f32, f32)>>;
+
 struct LayerNormOp {
     eps: f32,
-    /// Per row, its mean and 1/σ (set by the forward).
-    stats: Arc<Mutex<Option<Vec<(f32, f32)>>>>,
+    stats: Arc<Mutex<RowStats>>,
 }
 
 impl LayerNormOp {
-    fn lock(&self) -> candle_core::Result<std::sync::MutexGuard<'_, Option<Vec<(f32, f32)>>>> {
+    fn lock(&self) -> candle_core::Result<std::sync::MutexGuard<'_, RowStats>> {
         self.stats
             .lock()
             .map_err(|_| candle_core::Error::Msg(format!("{OP}: statistics lock poisoned")))
