@@ -85,8 +85,10 @@ impl CustomOp3 for LayerNormOp {
                 .zip(x.par_chunks(c))
                 .zip(stats.par_iter_mut())
                 .for_each(|((out, row), stat)| {
-                    let mean = row.iter().sum::<f32>() / c as f32;
-                    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+                    // Sums in f64: over the widest rows (1536), an f32 sum drifts by 1e-5.
+                    let mean = (row.iter().map(|&v| v as f64).sum::<f64>() / c as f64) as f32;
+                    let var = row.iter().map(|&v| ((v - mean) as f64).powi(2)).sum::<f64>() / c as f64;
+                    let var = var as f32;
                     let rstd = 1.0 / (var + eps).sqrt();
                     for (((o, &v), &g), &s) in out.iter_mut().zip(row).zip(w).zip(b) {
                         *o = (v - mean) * rstd * g + s;
@@ -134,16 +136,16 @@ impl CustomOp3 for LayerNormOp {
                     {
                         // With x̂ = (x − mean)/σ and g = dy·weight:
                         // dx = (g − mean(g) − x̂·mean(g·x̂)) / σ.
-                        let (mut sum_g, mut sum_gx) = (0f32, 0f32);
+                        let (mut sum_g, mut sum_gx) = (0f64, 0f64);
                         for i in 0..c {
                             let xhat = (x[i] - mean) * rstd;
                             let g = dy[i] * w[i];
-                            sum_g += g;
-                            sum_gx += g * xhat;
+                            sum_g += g as f64;
+                            sum_gx += (g * xhat) as f64;
                             dw[i] += dy[i] * xhat;
                             db[i] += dy[i];
                         }
-                        let (mean_g, mean_gx) = (sum_g / c as f32, sum_gx / c as f32);
+                        let (mean_g, mean_gx) = ((sum_g / c as f64) as f32, (sum_gx / c as f64) as f32);
                         for i in 0..c {
                             let xhat = (x[i] - mean) * rstd;
                             dx[i] = (dy[i] * w[i] - mean_g - xhat * mean_gx) * rstd;

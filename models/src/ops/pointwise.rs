@@ -5,7 +5,8 @@
 //! the `zeros + grad` accumulation. Here the backward is one pass: dy·(Φ(x) + x·φ(x)).
 //! `candle_nn::ops::softmax` is five composed ops forward (max, subtract, exp, sum, divide) and
 //! their gradients backward, and `softmax_last_dim` has no backward at all. Here the forward is one
-//! pass per row and the backward one, dx = y·(dy − Σ dy·y), from the output the op keeps.
+//! pass per row and the backward one, dx = y·(dy − Σ dy·y), from the output the op keeps; both
+//! sum in f64.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -95,12 +96,13 @@ impl CustomOp1 for Softmax {
         profile::scope("softmax forward", 2 * x.len(), || {
             y.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(y, x)| {
                 let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
+                // Sums in f64: over thousands of keys, an f32 sum is off by 1e-4.
+                let mut sum = 0f64;
                 for (y, &v) in y.iter_mut().zip(x) {
                     *y = (v - max).exp();
-                    sum += *y;
+                    sum += *y as f64;
                 }
-                let inv = 1.0 / sum;
+                let inv = (1.0 / sum) as f32;
                 for y in y.iter_mut() {
                     *y *= inv;
                 }
@@ -129,7 +131,7 @@ impl CustomOp1 for Softmax {
                 .zip(y.par_chunks(c))
                 .zip(dy.par_chunks(c))
                 .for_each(|((dx, y), dy)| {
-                    let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
+                    let dot = y.iter().zip(dy).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32;
                     for ((dx, &p), &g) in dx.iter_mut().zip(y).zip(dy) {
                         *dx = p * (g - dot);
                     }
