@@ -87,6 +87,15 @@ impl Exporter {
         Ok(self.op("Reshape", &[&chw, &shape], &[]))
     }
 
+    /// The shape [N, C, H, W] of `x`'s N and C with `like`'s H and W, as an int64 vector.
+    pub fn shape_with_spatial_of(&mut self, x: &str, like: &str) -> Result<String> {
+        let shape = self.op("Shape", &[x], &[]);
+        let (start, end) = (self.ints(&[0])?, self.ints(&[2])?);
+        let nc = self.op("Slice", &[&shape, &start, &end], &[]);
+        let hw = self.spatial_dims(like)?;
+        Ok(self.concat(&[&nc, &hw], 0))
+    }
+
     /// The [H, W] of an N×C×H×W value, as an int64 vector.
     pub fn spatial_dims(&mut self, x: &str) -> Result<String> {
         let shape = self.op("Shape", &[x], &[]);

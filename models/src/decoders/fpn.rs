@@ -53,11 +53,7 @@ impl Aspp {
         }
         let pooled = GlobalAvgPool.export(e, x)?;
         let pooled = self.pooled.export(e, &pooled)?;
-        let shape = e.op("Shape", &[&pooled], &[]);
-        let (start, end) = (e.ints(&[0])?, e.ints(&[2])?);
-        let nc = e.op("Slice", &[&shape, &start, &end], &[]);
-        let hw = e.spatial_dims(x)?;
-        let target = e.concat(&[&nc, &hw], 0);
+        let target = e.shape_with_spatial_of(&pooled, x)?;
         outs.push(e.op("Expand", &[&pooled, &target], &[]));
         let refs: Vec<&str> = outs.iter().map(String::as_str).collect();
         let cat = e.concat(&refs, 1);

@@ -73,11 +73,7 @@ impl ResizeLike {
 
     /// The ONNX Resize to `like`'s H×W; the sizes are read from the graph, so any input size runs.
     pub fn export(&self, e: &mut Exporter, x: &str, like: &str) -> Result<String> {
-        let shape = e.op("Shape", &[x], &[]);
-        let (start, end) = (e.ints(&[0])?, e.ints(&[2])?);
-        let nc = e.op("Slice", &[&shape, &start, &end], &[]);
-        let hw = e.spatial_dims(like)?;
-        let sizes = e.concat(&[&nc, &hw], 0);
+        let sizes = e.shape_with_spatial_of(x, like)?;
         Ok(e.op(
             "Resize",
             &[x, "", "", &sizes],
