@@ -34,7 +34,7 @@ if [ "${FTU_REBUILD:-0}" != 1 ] && [ -x "$portable/ftu-infer" ] && [ -x "$portab
   newer=$(find infer/src formats/src trainer/src models/src -name '*.rs' -newer "$portable/ftu-infer" 2>/dev/null | wc -l)
   [ "$newer" = 0 ] || echo "note: $newer source files are newer than that build"
 else
-  echo "building with scripts/portable.sh (about 7 minutes on 2 cores)"
+  echo "building with scripts/portable.sh (about 10 minutes on 2 cores)"
   bash scripts/portable.sh
 fi
 

@@ -9,7 +9,7 @@
 # need Python 3.10 or newer, and Debian 11 has 3.9 (scripts/wheels.sh checks that wheel on the host).
 # Needs root (debootstrap, chroot, mount) and the network for debootstrap only.
 #
-#   scripts/old-linux-check.sh     # builds what is missing: portable binaries, the wheels, the root
+#   scripts/old-linux-check.sh     # builds what is missing: the portable binaries and wheels, the root
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "scripts/old-linux-check.sh needs root (debootstrap, chroot, mount)" >&2; exit 1; }
@@ -18,8 +18,8 @@ command -v debootstrap >/dev/null || { echo "== apt-get install debootstrap"; ap
 root=target/debian11
 dist=target/portable/x86_64-unknown-linux-gnu/dist
 start=$(date +%s)
-[ -x "$dist/ftu-infer" ] && [ -x "$dist/ftu-train" ] || bash scripts/portable.sh
-ls target/wheels/ftu_train-*.whl >/dev/null 2>&1 || bash scripts/wheels.sh
+[ -x "$dist/ftu-infer" ] && [ -x "$dist/ftu-train" ] && ls target/wheels/ftu_train-*.whl >/dev/null 2>&1 ||
+  bash scripts/portable.sh
 if [ ! -x "$root/usr/bin/python3" ]; then
   echo "== debootstrap bullseye into $root"
   rm -rf "$root"

@@ -11,6 +11,9 @@
 # (afterok); its oof.csv, manifest.toml and chosen weights, thresholds and postprocessing must
 # equal those of the same runs and ensemble made in one process. Stops everything it started. Needs root (daemons, apt-get).
 #   bash scripts/slurm-check.sh          # SHARDS=4 SLIDES=12 by default
+#   FTU_BIN_DIR=target/portable/x86_64-unknown-linux-gnu/dist bash scripts/slurm-check.sh
+# FTU_BIN_DIR runs binaries built already (CI: scripts/portable.sh's, the ones people are given);
+# without it the script builds the release binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARDS=${SHARDS:-4}
@@ -24,9 +27,17 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null
 fi
 source scripts/ort.sh >/dev/null
-echo "== build"
-cargo build --release --quiet -p ftu-infer -p ftu-trainer -p ftu-onnx
-bin=$(realpath target/release)
+if [ -n "${FTU_BIN_DIR:-}" ]; then
+  bin=$(realpath "$FTU_BIN_DIR")
+else
+  echo "== build"
+  cargo build --release --quiet -p ftu-infer -p ftu-trainer
+  bin=$(realpath target/release)
+fi
+for b in ftu-infer ftu-train; do
+  [ -x "$bin/$b" ] || { echo "FAIL: no $b in $bin" >&2; exit 1; }
+done
+echo "== binaries: $bin"
 
 host=$(hostname -s)
 cpus=$(nproc)
@@ -90,9 +101,9 @@ done
 sinfo
 sinfo -h -o %T | grep -qE "idle|mixed" || { echo "FAIL: the node did not come up"; cat "$work/log/"*.log; exit 1; }
 
-echo "== generated slides and a model"
+echo "== generated slides and a model (the PyTorch export of tests/fixtures)"
 "$bin/ftu-train" synth --out "$work/data" --train 2 --test "$SLIDES" --size 256 --seed 5 >/dev/null
-"$bin/ftu-onnx-samples" conv-net --width 8 --depth 2 --seed 1 --out "$work/net.onnx" 2>/dev/null
+cp tests/fixtures/pytorch_two_head.onnx "$work/net.onnx"
 cat > "$work/ensemble.toml" <<TOML
 [tta]
 mode = "flips"
@@ -100,7 +111,11 @@ mode = "flips"
 size = 128
 [[group.model]]
 path = "net.onnx"
-norm = "imagenet"
+channels = "bgr"
+mean = [103.53, 116.28, 123.675]
+std = [57.375, 57.12, 58.395]
+output = "mask"
+activation = "sigmoid"
 TOML
 echo "== one process"
 "$bin/ftu-infer" predict --manifest "$work/ensemble.toml" --data "$work/data" --threads 1 \

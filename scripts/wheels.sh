@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Builds the ftu-infer and ftu-train wheels (maturin, bindings = "bin": each wheel carries its
-# binary, installed into the environment's bin/) for manylinux_2_28 with zig, then checks them
-# as an offline Kaggle notebook would install them: a fresh virtualenv, `pip install --no-index
-# --find-links` from a folder holding the wheels and their dependencies (onnxruntime,
+# The ftu-infer and ftu-train wheels (scripts/portable.sh builds them with maturin, `bindings =
+# "bin"`: each wheel carries its binary, installed into the environment's bin/, manylinux_2_28),
+# checked as an offline Kaggle notebook would install them: a fresh virtualenv, `pip install
+# --no-index --find-links` from a folder holding the wheels and their dependencies (onnxruntime,
 # openslide-bin and theirs, downloaded here), and the binaries run from that environment's
 # bin/ with nothing activated and no ORT_DYLIB_PATH.
 #
@@ -13,27 +13,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MATURIN_VERSION=1.16.0
-ZIGLANG_VERSION=0.17.1
 ORT_VERSION=1.31.1
 OPENSLIDE_BIN_VERSION=4.0.1.2
 venv=.venv-portable
-if ! "$venv/bin/maturin" --version 2>/dev/null | grep -q "$MATURIN_VERSION"; then
-  echo "== pip install maturin==$MATURIN_VERSION ziglang==$ZIGLANG_VERSION into $venv"
-  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet "maturin==$MATURIN_VERSION" "ziglang==$ZIGLANG_VERSION"
-fi
-rustup target list --installed | grep -qx x86_64-unknown-linux-gnu || rustup target add x86_64-unknown-linux-gnu
-
-rm -rf target/wheels
-for crate in infer trainer; do
-  echo "== maturin build $crate/ (manylinux_2_28, zig, profile dist)"
-  start=$(date +%s)
-  PATH="$(pwd)/$venv/bin:$PATH" maturin build --quiet --zig --compatibility manylinux_2_28 \
-    --target x86_64-unknown-linux-gnu --profile dist -m "$crate/Cargo.toml" \
-    --target-dir target/portable --out target/wheels
-  echo "== built in $(( ($(date +%s) - start) / 60 )) min"
-done
+# Builds (or, when nothing changed, only repacks) both wheels and checks their binaries.
+bash scripts/portable.sh
 ls -l target/wheels
 
 echo "== dependencies into target/wheelhouse"
