@@ -8,6 +8,7 @@ come from segmentation_models_pytorch and timm when they are installed. --profil
 torch.profiler's CPU table."""
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -279,7 +280,7 @@ def smp_model(arch):
     if encoder.startswith("swin_"):
         encoder = f"tu-{encoder}_224"
         kwargs = {"always_partition": True, "strict_img_size": False}
-    elif encoder.startswith("convnext_") or encoder.startswith("efficientnetv2_"):
+    elif encoder.startswith(("convnext_", "efficientnetv2_", "efficientnet_")):
         encoder = "tu-" + encoder.replace("efficientnetv2_", "tf_efficientnetv2_")
     return classes[decoder](encoder, encoder_weights=None, classes=1, **kwargs)
 
@@ -328,6 +329,8 @@ def main():
     print(f"torch {torch.__version__} {a.arch} {a.precision} batch {a.batch} {a.size}²: median {median:.0f} ms/step "
           f"({params:.1f} M parameters, {torch.get_num_threads()} threads{peak})")
     print(f"TORCH_MS {median:.1f}")
+    # ru_maxrss is in KiB on Linux: the process's peak resident memory, PyTorch's libraries included.
+    print(f"TORCH_PEAK_RSS_MIB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -1,6 +1,6 @@
 //! One training step (forward, BCE loss, backward, the trainer's AdamW) of unet-resnet34 on the
-//! CPU: batch 4, 256². Prints the median over the timed steps; `bench/train_step/run.sh` sets it
-//! beside the same step in PyTorch.
+//! CPU: batch 4, 256². Prints the median over the timed steps and the process's peak resident
+//! memory; `bench/train_step/run.sh` sets them beside the same step in PyTorch.
 //!
 //! `cargo bench -p ftu-trainer --bench train_step [-- --steps N --batch B --size S --arch A --device D --precision P --profile]`
 //!
@@ -111,7 +111,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     );
     println!("CANDLE_MS {median:.1}");
+    if let Some(mib) = peak_rss_mib() {
+        println!("CANDLE_PEAK_RSS_MIB {mib:.0}");
+    }
     Ok(())
+}
+
+/// The process's peak resident memory so far (`VmHWM` in /proc/self/status), in MiB; None where
+/// that file is not there (not Linux).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// Adds one step's profile to `table` (name, ms, share of step, bytes): ftu's ops and candle

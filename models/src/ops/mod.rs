@@ -2,6 +2,7 @@
 //! trainer's optimiser call, apart from the layers themselves.
 
 pub mod adamw;
+pub(crate) mod attention;
 pub(crate) mod batch_norm;
 pub(crate) mod conv;
 mod cpu_values;

@@ -21,7 +21,7 @@ mod compute;
 mod depthwise;
 pub(crate) mod generic;
 mod geometry;
-mod matmul;
+pub(crate) mod matmul;
 #[cfg(test)]
 mod tests;
 

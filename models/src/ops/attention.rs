@@ -1,0 +1,335 @@
+//! Scaled dot-product attention, softmax(q·kᵀ·scale)·v, as one CPU op with its own backward pass.
+//!
+//! Composed from candle ops, the forward copies the keys transposed, multiplies, scales, takes the
+//! softmax op and multiplies again; the backward walks the five back, each matmul's gradient
+//! through transposed copies of its operands. Here each slice (one image's head) is two `gemm`
+//! products around one softmax pass per row, on the operands as they lie, and the backward is
+//! four products around one pass: dv = pᵀ·dy, dp = dy·vᵀ, ds = p ⊙ (dp − Σ dp⊙p)·scale,
+//! dq = ds·k, dk = dsᵀ·q. The forward keeps the probabilities p for the backward instead of
+//! recomputing them: batch·heads·L·M values (at MiT-b0's first stage, batch 4 at 256²: 4·4096·64,
+//! 4 MiB), which the composed ops keep too.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::conv::matmul::{matmul, Mat, MatRef};
+use super::cpu_values::{f32s, storage_f32s};
+use crate::{profile, Result};
+
+const OP: &str = "ftu-attention";
+
+/// softmax(q·kᵀ·scale)·v over the last two axes: q is …×L×d, k …×M×d and v …×M×e, with the same
+/// leading axes (batch, heads); the result is …×L×e.
+pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let op = AttentionOp {
+        scale: scale as f32,
+        probs: Arc::new(Mutex::new(None)),
+    };
+    Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
+}
+
+/// The softmax probabilities of every slice, L×M each (set by the forward).
+type Probs = Option<Vec<f32>>;
+
+struct AttentionOp {
+    scale: f32,
+    probs: Arc<Mutex<Probs>>,
+}
+
+/// The slices and the sizes of one call: `slices` matrices of L×d queries, M×d keys, M×e values.
+#[derive(Clone, Copy)]
+struct Sizes {
+    slices: usize,
+    l: usize,
+    m: usize,
+    d: usize,
+    e: usize,
+}
+
+/// (leading product, rows, columns) of a shape of rank ≥ 3.
+fn split(shape: &Shape, what: &str) -> candle_core::Result<(Vec<usize>, usize, usize)> {
+    let dims = shape.dims();
+    if dims.len() < 3 {
+        candle_core::bail!("{OP}: the {what} must have a batch axis and rows and columns, not shape {dims:?}")
+    }
+    let (lead, last) = dims.split_at(dims.len() - 2);
+    Ok((lead.to_vec(), last[0], last[1]))
+}
+
+fn sizes(q: &Shape, k: &Shape, v: &Shape) -> candle_core::Result<Sizes> {
+    let (lead, l, d) = split(q, "queries")?;
+    let (k_lead, m, dk) = split(k, "keys")?;
+    let (v_lead, mv, e) = split(v, "values")?;
+    if k_lead != lead || v_lead != lead {
+        candle_core::bail!(
+            "{OP}: queries {:?}, keys {:?} and values {:?} must share their leading axes",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )
+    }
+    if dk != d || mv != m {
+        candle_core::bail!(
+            "{OP}: queries {:?} need keys of {d} columns and as many values as keys; keys {:?}, values {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )
+    }
+    Ok(Sizes {
+        slices: lead.iter().product(),
+        l,
+        m,
+        d,
+        e,
+    })
+}
+
+impl AttentionOp {
+    fn lock(&self) -> candle_core::Result<std::sync::MutexGuard<'_, Probs>> {
+        self.probs
+            .lock()
+            .map_err(|_| candle_core::Error::Msg(format!("{OP}: probabilities lock poisoned")))
+    }
+}
+
+/// Runs `f` on every slice index: slices in parallel with single-threaded products when there
+/// are at least as many slices as threads, else one slice at a time with parallel products.
+fn each_slice<T: Send>(items: Vec<T>, f: impl Fn(T, bool) + Sync) {
+    if items.len() >= rayon::current_num_threads() {
+        items.into_par_iter().for_each(|t| f(t, false));
+    } else {
+        items.into_iter().for_each(|t| f(t, true));
+    }
+}
+
+/// In place over each row of `s` (M values): p = softmax(scale·s), the sum in f64.
+fn softmax_rows(s: &mut [f32], m: usize, scale: f32) {
+    for row in s.chunks_mut(m) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) * scale;
+        let mut sum = 0f64;
+        for x in row.iter_mut() {
+            *x = (*x * scale - max).exp();
+            sum += *x as f64;
+        }
+        let inv = (1.0 / sum) as f32;
+        row.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            f32s(qs, ql, OP, "queries")?,
+            f32s(ks, kl, OP, "keys")?,
+            f32s(vs, vl, OP, "values")?,
+        );
+        let z = sizes(ql.shape(), kl.shape(), vl.shape())?;
+        if self.scale <= 0.0 {
+            candle_core::bail!("{OP}: the scale must be positive, not {}", self.scale)
+        }
+        let mut probs = vec![0f32; z.slices * z.l * z.m];
+        let mut out = vec![0f32; z.slices * z.l * z.e];
+        let work = z.slices * (2 * z.l * z.m + z.l * z.d + z.m * (z.d + z.e) + z.l * z.e);
+        profile::scope("attention forward", work, || {
+            let items: Vec<_> = probs
+                .chunks_mut(z.l * z.m)
+                .zip(out.chunks_mut(z.l * z.e))
+                .enumerate()
+                .collect();
+            each_slice(items, |(i, (p, o)), parallel| {
+                let qi = MatRef::rows(&q[i * z.l * z.d..][..z.l * z.d], z.l, z.d);
+                let ki = MatRef::rows(&k[i * z.m * z.d..][..z.m * z.d], z.m, z.d);
+                let vi = MatRef::rows(&v[i * z.m * z.e..][..z.m * z.e], z.m, z.e);
+                matmul(Mat::rows(p, z.l, z.m), false, qi, ki.t(), parallel);
+                softmax_rows(p, z.m, self.scale);
+                matmul(Mat::rows(o, z.l, z.e), false, MatRef::rows(p, z.l, z.m), vi, parallel);
+            });
+        });
+        *self.lock()? = Some(probs);
+        let mut shape = ql.shape().dims().to_vec();
+        *shape.last_mut().expect("rank ≥ 3") = z.e;
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let guard = self.lock()?;
+        let Some(probs) = guard.as_ref() else {
+            candle_core::bail!("{OP}: backward before forward")
+        };
+        let z = sizes(q.shape(), k.shape(), v.shape())?;
+        let grad = grad.contiguous()?;
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let (qv, kv, vv, dy) = (
+            storage_f32s(&qs, ql, OP, "queries")?,
+            storage_f32s(&ks, kl, OP, "keys")?,
+            storage_f32s(&vs, vl, OP, "values")?,
+            storage_f32s(&gs, gl, OP, "gradient")?,
+        );
+        if dy.len() != z.slices * z.l * z.e || probs.len() != z.slices * z.l * z.m {
+            candle_core::bail!(
+                "{OP}: a gradient of {} values for an output of {}",
+                dy.len(),
+                z.slices * z.l * z.e
+            )
+        }
+        let (mut dq, mut dk, mut dv) = (vec![0f32; qv.len()], vec![0f32; kv.len()], vec![0f32; vv.len()]);
+        let scale = self.scale;
+        let work = z.slices * (3 * z.l * z.m + 2 * z.l * (z.d + z.e) + 2 * z.m * (z.d + z.e));
+        profile::scope("attention backward", work, || {
+            let items: Vec<_> = dq
+                .chunks_mut(z.l * z.d)
+                .zip(dk.chunks_mut(z.m * z.d))
+                .zip(dv.chunks_mut(z.m * z.e))
+                .enumerate()
+                .collect();
+            each_slice(items, |(i, ((dqi, dki), dvi)), parallel| {
+                let p = &probs[i * z.l * z.m..][..z.l * z.m];
+                let pi = MatRef::rows(p, z.l, z.m);
+                let qi = MatRef::rows(&qv[i * z.l * z.d..][..z.l * z.d], z.l, z.d);
+                let ki = MatRef::rows(&kv[i * z.m * z.d..][..z.m * z.d], z.m, z.d);
+                let vi = MatRef::rows(&vv[i * z.m * z.e..][..z.m * z.e], z.m, z.e);
+                let dyi = MatRef::rows(&dy[i * z.l * z.e..][..z.l * z.e], z.l, z.e);
+                matmul(Mat::rows(dvi, z.m, z.e), false, pi.t(), dyi, parallel);
+                // ds = p ⊙ (dp − Σ dp⊙p) · scale, row by row, from dp = dy·vᵀ.
+                let mut ds = vec![0f32; z.l * z.m];
+                matmul(Mat::rows(&mut ds, z.l, z.m), false, dyi, vi.t(), parallel);
+                for (dsr, pr) in ds.chunks_mut(z.m).zip(p.chunks(z.m)) {
+                    let dot = dsr.iter().zip(pr).map(|(&g, &p)| (g * p) as f64).sum::<f64>() as f32;
+                    for (g, &p) in dsr.iter_mut().zip(pr) {
+                        *g = p * (*g - dot) * scale;
+                    }
+                }
+                let dsi = MatRef::rows(&ds, z.l, z.m);
+                matmul(Mat::rows(dqi, z.l, z.d), false, dsi, ki, parallel);
+                matmul(Mat::rows(dki, z.m, z.d), false, dsi.t(), qi, parallel);
+            });
+        });
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+        ))
+    }
+}
+
+/// The same attention from candle ops (any device and type): the generic twin.
+pub(crate) fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    Ok(probs.matmul(v)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::max_diff_f64;
+    use candle_core::{DType, Device, Var, D};
+
+    /// The composed candle ops in f64 (softmax with its gradient): the reference.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
+        let s = (q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap() * scale).unwrap();
+        let e = s
+            .broadcast_sub(&s.max_keepdim(D::Minus1).unwrap())
+            .unwrap()
+            .exp()
+            .unwrap();
+        let p = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
+        p.matmul(v).unwrap()
+    }
+
+    /// Values and the three gradients against the composed ops in f64: one slice (parallel
+    /// products) and many (parallel slices), keys fewer and more than queries, values of another
+    /// width than the keys, scores far from 0.
+    #[test]
+    fn values_and_gradients_match_the_composed_ops_in_f64() {
+        let dev = Device::Cpu;
+        for (lead, l, m, d, e) in [
+            (vec![1, 1], 37, 5, 8, 8),
+            (vec![3, 2], 64, 64, 16, 24),
+            (vec![2, 3], 9, 130, 32, 7),
+        ] {
+            let shape = |r: usize, c: usize| [lead.clone(), vec![r, c]].concat();
+            let var = |r, c, std| Var::from_tensor(&Tensor::randn(0f32, std, shape(r, c), &dev).unwrap()).unwrap();
+            let (q, k, v) = (var(l, d, 2.0), var(m, d, 2.0), var(m, e, 1.0));
+            let scale = 1.0 / (d as f64).sqrt();
+            let ours = attention(&q, &k, &v, scale).unwrap();
+            assert_eq!(ours.dims(), shape(l, e).as_slice());
+            let f64s: Vec<Var> = [&q, &k, &v]
+                .iter()
+                .map(|t| Var::from_tensor(&t.to_dtype(DType::F64).unwrap()).unwrap())
+                .collect();
+            let theirs = reference(&f64s[0], &f64s[1], &f64s[2], scale);
+            assert!(max_diff_f64(&ours, &theirs) < 1e-5, "{lead:?}×{l}×{m}: values");
+            let composed = attention_composed(&q, &k, &v, scale).unwrap();
+            assert!(
+                max_diff_f64(&composed, &theirs) < 1e-5,
+                "{lead:?}×{l}×{m}: the generic twin"
+            );
+            let weights = Tensor::randn(0f32, 1.0, shape(l, e), &dev).unwrap();
+            let g_ours = (&ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_ref = (&theirs * weights.to_dtype(DType::F64).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (name, ours, theirs) in [
+                ("queries", &q, &f64s[0]),
+                ("keys", &k, &f64s[1]),
+                ("values", &v, &f64s[2]),
+            ] {
+                let (a, r) = (g_ours.get(ours).unwrap(), g_ref.get(theirs).unwrap());
+                let top = r.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+                let diff = max_diff_f64(a, r);
+                assert!(
+                    diff <= 1e-5 * top.max(1.0),
+                    "{lead:?}×{l}×{m}: {name} gradient off by {diff:.2e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn mismatched_operands_are_refused() {
+        let dev = Device::Cpu;
+        let t = |s: &[usize]| Tensor::zeros(s, DType::F32, &dev).unwrap();
+        let err = attention(&t(&[2, 4, 8]), &t(&[2, 5, 6]), &t(&[2, 5, 3]), 1.0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("need keys of 8 columns"), "{err}");
+        let err = attention(&t(&[2, 4, 8]), &t(&[3, 5, 8]), &t(&[3, 5, 3]), 1.0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("share their leading axes"), "{err}");
+        let err = attention(&t(&[4, 8]), &t(&[5, 8]), &t(&[5, 3]), 1.0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a batch axis"), "{err}");
+    }
+}
