@@ -1,5 +1,6 @@
 //! Fully connected layer over the last axis (PyTorch layout: weight out×in), exported as MatMul
-//! with the transposed weight plus Add, which serves both N×C and N×L×C inputs.
+//! with the transposed weight plus Add, which serves both N×C and N×L×C inputs. On the CPU in
+//! float32 a layer with bias is one op (`ops::linear`).
 
 use candle_core::Tensor;
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
@@ -49,10 +50,17 @@ impl Layer for Linear {
         let c_in = dims[dims.len() - 1];
         let rows = x.elem_count() / c_in;
         let x = x.reshape((rows, c_in))?;
-        let y = ctx.low_precision(&[&x, &self.weight], |t| Ok(t[0].matmul(&t[1].t()?)?))?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+            Some(b) if ctx.cpu_ops(&x) && ctx.precision().low().is_none() => {
+                crate::ops::linear::linear(&x, &self.weight, b)?
+            }
+            bias => {
+                let y = ctx.low_precision(&[&x, &self.weight], |t| Ok(t[0].matmul(&t[1].t()?)?))?;
+                match bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                }
+            }
         };
         let mut out_dims = dims;
         *out_dims.last_mut().expect("rank ≥ 1") = self.weight.dims()[0];

@@ -7,6 +7,7 @@ pub(crate) mod batch_norm;
 pub(crate) mod conv;
 mod cpu_values;
 pub(crate) mod layer_norm;
+pub(crate) mod linear;
 pub(crate) mod pointwise;
 pub(crate) mod pool;
 mod precomputed;
