@@ -248,7 +248,7 @@ pub(crate) fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::max_diff_f64;
+    use crate::ops::{assert_gradients_match, f64_vars, max_diff_f64};
     use candle_core::{DType, Device, Var, D};
 
     /// The composed candle ops in f64 (softmax with its gradient): the reference.
@@ -280,10 +280,7 @@ mod tests {
             let scale = 1.0 / (d as f64).sqrt();
             let ours = attention(&q, &k, &v, scale).unwrap();
             assert_eq!(ours.dims(), shape(l, e).as_slice());
-            let f64s: Vec<Var> = [&q, &k, &v]
-                .iter()
-                .map(|t| Var::from_tensor(&t.to_dtype(DType::F64).unwrap()).unwrap())
-                .collect();
+            let f64s = f64_vars(&[&q, &k, &v]);
             let theirs = reference(&f64s[0], &f64s[1], &f64s[2], scale);
             assert!(max_diff_f64(&ours, &theirs) < 1e-5, "{lead:?}×{l}×{m}: values");
             let composed = attention_composed(&q, &k, &v, scale).unwrap();
@@ -291,27 +288,12 @@ mod tests {
                 max_diff_f64(&composed, &theirs) < 1e-5,
                 "{lead:?}×{l}×{m}: the generic twin"
             );
-            let weights = Tensor::randn(0f32, 1.0, shape(l, e), &dev).unwrap();
-            let g_ours = (&ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-            let g_ref = (&theirs * weights.to_dtype(DType::F64).unwrap())
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for (name, ours, theirs) in [
+            let vars = [
                 ("queries", &q, &f64s[0]),
                 ("keys", &k, &f64s[1]),
                 ("values", &v, &f64s[2]),
-            ] {
-                let (a, r) = (g_ours.get(ours).unwrap(), g_ref.get(theirs).unwrap());
-                let top = r.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
-                let diff = max_diff_f64(a, r);
-                assert!(
-                    diff <= 1e-5 * top.max(1.0),
-                    "{lead:?}×{l}×{m}: {name} gradient off by {diff:.2e}"
-                );
-            }
+            ];
+            assert_gradients_match(&ours, &theirs, &vars, &format!("{lead:?}×{l}×{m}"));
         }
     }
 

@@ -174,7 +174,7 @@ impl CustomOp3 for LayerNormOp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::max_diff_f64;
+    use crate::ops::{assert_gradients_match, f64_vars, max_diff_f64};
     use candle_core::{DType, Device, Var, D};
 
     /// The composed candle ops in f64: the reference.
@@ -199,33 +199,15 @@ mod tests {
             );
             let eps = 1e-5;
             let ours = layer_norm(&x, &w, &b, eps).unwrap();
-            let f64s: Vec<Var> = [&x, &w, &b]
-                .iter()
-                .map(|v| Var::from_tensor(&v.to_dtype(DType::F64).unwrap()).unwrap())
-                .collect();
+            let f64s = f64_vars(&[&x, &w, &b]);
             let reference = composed(&f64s[0], &f64s[1], &f64s[2], eps);
             assert!(max_diff_f64(&ours, &reference) < 1e-5, "{rows}×{c}: values");
-            let weights = Tensor::randn(0f32, 1.0, (rows, c), &dev).unwrap();
-            let g_ours = (&ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-            let g_ref = (&reference * weights.to_dtype(DType::F64).unwrap())
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for (name, ours, theirs) in [
+            let vars = [
                 ("input", &x, &f64s[0]),
                 ("scale", &w, &f64s[1]),
                 ("shift", &b, &f64s[2]),
-            ] {
-                let (a, r) = (g_ours.get(ours).unwrap(), g_ref.get(theirs).unwrap());
-                let scale = r.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
-                let diff = max_diff_f64(a, r);
-                assert!(
-                    diff <= 1e-5 * scale.max(1.0),
-                    "{rows}×{c}: {name} gradient off by {diff:.2e}"
-                );
-            }
+            ];
+            assert_gradients_match(&ours, &reference, &vars, &format!("{rows}×{c}"));
         }
     }
 

@@ -136,7 +136,7 @@ impl CustomOp3 for LinearOp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::max_diff_f64;
+    use crate::ops::{assert_gradients_match, f64_vars, max_diff_f64};
     use candle_core::{DType, Device, Var};
 
     /// Values and the three gradients against candle's matmul and broadcast addition in f64,
@@ -149,10 +149,7 @@ mod tests {
             let (x, w) = (var((rows, c_in), 2.0), var((c_out, c_in), 0.3));
             let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, c_out, &dev).unwrap()).unwrap();
             let ours = linear(&x, &w, &b).unwrap();
-            let f64s: Vec<Var> = [&x, &w, &b]
-                .iter()
-                .map(|t| Var::from_tensor(&t.to_dtype(DType::F64).unwrap()).unwrap())
-                .collect();
+            let f64s = f64_vars(&[&x, &w, &b]);
             let theirs = f64s[0]
                 .matmul(&f64s[1].t().unwrap())
                 .unwrap()
@@ -163,27 +160,12 @@ mod tests {
                 max_diff_f64(&ours, &theirs) < 1e-5 * top.max(1.0),
                 "{rows}×{c_in}→{c_out}: values"
             );
-            let weights = Tensor::randn(0f32, 1.0, (rows, c_out), &dev).unwrap();
-            let g_ours = (&ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-            let g_ref = (&theirs * weights.to_dtype(DType::F64).unwrap())
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for (name, ours, theirs) in [
+            let vars = [
                 ("input", &x, &f64s[0]),
                 ("weight", &w, &f64s[1]),
                 ("bias", &b, &f64s[2]),
-            ] {
-                let (a, r) = (g_ours.get(ours).unwrap(), g_ref.get(theirs).unwrap());
-                let top = r.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
-                let diff = max_diff_f64(a, r);
-                assert!(
-                    diff <= 1e-5 * top.max(1.0),
-                    "{rows}×{c_in}→{c_out}: {name} gradient off by {diff:.2e}"
-                );
-            }
+            ];
+            assert_gradients_match(&ours, &theirs, &vars, &format!("{rows}×{c_in}→{c_out}"));
         }
     }
 
