@@ -36,12 +36,12 @@ mkdir -p target/wheels
 start=$(date +%s)
 for b in "${bins[@]}"; do
   case "$b" in
-    ftu-infer) crate=infer wheel=ftu_infer ;;
-    ftu-train) crate=trainer wheel=ftu_train ;;
+    ftu-infer) crate=infer ;;
+    ftu-train) crate=trainer ;;
     *) echo "unknown binary $b: expected ftu-infer or ftu-train" >&2; exit 2 ;;
   esac
   echo "== maturin build $crate/ (manylinux_2_28, zig, profile dist)"
-  rm -f target/wheels/"$wheel"-*.whl
+  rm -f target/wheels/"${b/-/_}"-*.whl
   PATH="$(pwd)/$venv/bin:$PATH" maturin build --quiet --zig --compatibility "manylinux_${GLIBC/./_}" \
     --target "$TARGET" --profile dist -m "$crate/Cargo.toml" --target-dir target/portable --out target/wheels
 done
@@ -55,6 +55,7 @@ for b in "${bins[@]}"; do
   newest=$(objdump -T "$bin" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
   size=$(stat -c %s "$bin")
   whl=$(ls target/wheels/"${b/-/_}"-*.whl)
+  whl_size=$(stat -c %s "$whl")
   if [ "$(printf '%s\n%s\n' "$newest" "$GLIBC" | sort -V | tail -n 1)" != "$GLIBC" ]; then
     echo "$bin needs GLIBC_$newest, newer than $GLIBC:" >&2
     objdump -T "$bin" | grep -E "GLIBC_$newest\b" >&2
@@ -73,7 +74,7 @@ PY
     echo "$whl does not carry $bin" >&2
     status=1
   else
-    echo "== $bin: newest glibc symbol GLIBC_$newest (at most $GLIBC), stripped, $(( size / 1000000 )).$(( size / 100000 % 10 )) MB; in $whl ($(( $(stat -c %s "$whl") / 100000 / 10 )).$(( $(stat -c %s "$whl") / 100000 % 10 )) MB)"
+    echo "== $bin: newest glibc symbol GLIBC_$newest (at most $GLIBC), stripped, $(( size / 1000000 )).$(( size / 100000 % 10 )) MB; in $whl ($(( whl_size / 1000000 )).$(( whl_size / 100000 % 10 )) MB)"
   fi
 done
 exit $status

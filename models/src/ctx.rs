@@ -160,6 +160,12 @@ impl Ctx {
         !self.generic && x.device().is_cpu() && x.dtype() == candle_core::DType::F32
     }
 
+    /// Whether `x` takes the CPU ops that run in float32 only (attention, Linear): [`Ctx::cpu_ops`]
+    /// and no low precision; in bf16/f16 those layers take their composed path.
+    pub fn cpu_ops_f32(&self, x: &Tensor) -> bool {
+        self.cpu_ops(x) && self.precision.low().is_none()
+    }
+
     /// Dropout and drop-path are active.
     pub fn is_train(&self) -> bool {
         self.train

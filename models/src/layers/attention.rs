@@ -71,13 +71,10 @@ impl EfficientSelfAttention {
         let k = self.split_heads(&self.key.forward(&kv_source, ctx)?)?;
         let v = self.split_heads(&self.value.forward(&kv_source, ctx)?)?;
         let scale = 1.0 / ((c / self.heads) as f64).sqrt();
-        let out = if ctx.cpu_ops(&q) && ctx.precision().low().is_none() {
+        let out = if ctx.cpu_ops_f32(&q) {
             crate::ops::attention::attention(&q, &k, &v, scale)?
         } else {
-            let k_t = k.t()?.contiguous()?;
-            let scores = (ctx.low_precision(&[&q, &k_t], |t| Ok(t[0].matmul(&t[1])?))? * scale)?;
-            let probs = crate::layers::softmax_last_dim(&scores, ctx)?;
-            ctx.low_precision(&[&probs, &v], |t| Ok(t[0].matmul(&t[1])?))?
+            crate::ops::attention::attention_generic(&q, &k, &v, scale, ctx)?
         };
         let out = out.transpose(1, 2)?.reshape((n, l, c))?;
         self.dense.forward(&out, ctx)

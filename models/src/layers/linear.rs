@@ -51,9 +51,7 @@ impl Layer for Linear {
         let rows = x.elem_count() / c_in;
         let x = x.reshape((rows, c_in))?;
         let y = match &self.bias {
-            Some(b) if ctx.cpu_ops(&x) && ctx.precision().low().is_none() => {
-                crate::ops::linear::linear(&x, &self.weight, b)?
-            }
+            Some(b) if ctx.cpu_ops_f32(&x) => crate::ops::linear::linear(&x, &self.weight, b)?,
             bias => {
                 let y = ctx.low_precision(&[&x, &self.weight], |t| Ok(t[0].matmul(&t[1].t()?)?))?;
                 match bias {

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::conv::matmul::{matmul, Mat, MatRef};
 use super::cpu_values::{f32s, storage_f32s};
-use crate::{profile, Result};
+use crate::{profile, Ctx, Result};
 
 const OP: &str = "ftu-attention";
 
@@ -238,11 +238,13 @@ impl CustomOp3 for AttentionOp {
     }
 }
 
-/// The same attention from candle ops (any device and type): the generic twin.
-pub(crate) fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-    Ok(probs.matmul(v)?)
+/// The same attention from candle ops, in the context's precision: the path on other devices,
+/// in other types and for `Ctx::generic` (the generic twin).
+pub(crate) fn attention_generic(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, ctx: &Ctx) -> Result<Tensor> {
+    let k_t = k.t()?.contiguous()?;
+    let scores = (ctx.low_precision(&[q, &k_t], |t| Ok(t[0].matmul(&t[1])?))? * scale)?;
+    let probs = crate::layers::softmax_last_dim(&scores, ctx)?;
+    ctx.low_precision(&[&probs, v], |t| Ok(t[0].matmul(&t[1])?))
 }
 
 #[cfg(test)]
@@ -283,7 +285,7 @@ mod tests {
             let f64s = f64_vars(&[&q, &k, &v]);
             let theirs = reference(&f64s[0], &f64s[1], &f64s[2], scale);
             assert!(max_diff_f64(&ours, &theirs) < 1e-5, "{lead:?}×{l}×{m}: values");
-            let composed = attention_composed(&q, &k, &v, scale).unwrap();
+            let composed = attention_generic(&q, &k, &v, scale, &Ctx::eval().generic()).unwrap();
             assert!(
                 max_diff_f64(&composed, &theirs) < 1e-5,
                 "{lead:?}×{l}×{m}: the generic twin"
