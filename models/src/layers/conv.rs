@@ -166,7 +166,8 @@ impl Layer for Conv2d {
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let y = ctx.low_precision(&[x, &self.weight], |t| self.convolve(&t[0], &t[1], ctx))?;
         Ok(match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?,
+            Some(b) if ctx.cpu_ops(&y) && b.dtype() == y.dtype() => crate::ops::bias::add_channel_bias(&y, b)?,
+            Some(b) => crate::ops::bias::add_channel_bias_generic(&y, b)?,
             None => y,
         })
     }

@@ -4,6 +4,7 @@
 pub mod adamw;
 pub(crate) mod attention;
 pub(crate) mod batch_norm;
+pub(crate) mod bias;
 pub(crate) mod conv;
 mod cpu_values;
 pub(crate) mod layer_norm;
