@@ -12,6 +12,7 @@ pub(crate) mod linear;
 pub(crate) mod pointwise;
 pub(crate) mod pool;
 mod precomputed;
+pub mod simd;
 pub(crate) mod upsample;
 
 /// max |a − b| in float64, for the ops' tests against their references.
