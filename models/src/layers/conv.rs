@@ -113,6 +113,30 @@ impl Conv2d {
     pub fn out_channels(&self) -> usize {
         self.weight.dims()[0]
     }
+
+    /// This convolution over tokens N×(h·w)×C (channels last), giving tokens. A depthwise
+    /// convolution with bias, stride 1 and "same" padding runs on the CPU in float32 as one op
+    /// on the tokens as they lie; anything else goes through planes N×C×h×w and back.
+    pub(crate) fn forward_tokens(&self, tokens: &Tensor, h: usize, w: usize, ctx: &Ctx) -> Result<Tensor> {
+        let c = self.cfg;
+        let (n, _, channels) = tokens.dims3()?;
+        let k = self.weight.dim(2)?;
+        let tokens_op = c.groups == channels
+            && self.weight.dims()[..2] == [channels, 1]
+            && self.weight.dim(3)? == k
+            && k % 2 == 1
+            && (c.stride, c.padding, c.dilation, c.tf_same) == (1, k / 2, 1, false);
+        match &self.bias {
+            Some(b) if tokens_op && ctx.cpu_ops_f32(tokens) => {
+                crate::ops::conv::depthwise_conv_tokens(tokens, &self.weight, b, h, w)
+            }
+            _ => {
+                let planes = tokens.transpose(1, 2)?.reshape((n, channels, h, w))?;
+                let y = self.forward(&planes, ctx)?;
+                Ok(y.flatten_from(2)?.transpose(1, 2)?.contiguous()?)
+            }
+        }
+    }
 }
 
 impl Conv2d {

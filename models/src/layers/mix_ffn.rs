@@ -33,10 +33,8 @@ impl MixFfn {
 
     pub fn forward(&self, tokens: &Tensor, h: usize, w: usize, ctx: &Ctx) -> Result<Tensor> {
         let x = self.dense1.forward(tokens, ctx)?;
-        let n = x.dims()[0];
-        let spatial = x.transpose(1, 2)?.reshape((n, self.hidden, h, w))?;
-        let x = self.dwconv.forward(&spatial, ctx)?.flatten_from(2)?.transpose(1, 2)?;
-        let x = Activation::Gelu.forward(&x.contiguous()?, ctx)?;
+        let x = self.dwconv.forward_tokens(&x, h, w, ctx)?;
+        let x = Activation::Gelu.forward(&x, ctx)?;
         self.dense2.forward(&x, ctx)
     }
 

@@ -19,6 +19,7 @@
 
 mod compute;
 mod depthwise;
+mod depthwise_tokens;
 pub(crate) mod generic;
 mod geometry;
 pub(crate) mod matmul;
@@ -29,6 +30,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
 use compute::{forward, input_gradient, kernel_gradient};
 pub(crate) use depthwise::depthwise_conv2d;
+pub(crate) use depthwise_tokens::depthwise_conv_tokens;
 use geometry::Geometry;
 
 use crate::ops::cpu_values::f32s;
