@@ -44,6 +44,24 @@ fn band_patches(x: &[f32], g: Geometry, (n, r0, r1): (usize, usize, usize), cols
     (width, ld)
 }
 
+/// The patches of a band as a matrix of C·k_h·k_w rows: for a 1×1 kernel at stride 1 without
+/// padding they are the image's own rows, viewed in place (a pointwise convolution, most of
+/// EfficientNet's); otherwise [`band_patches`] gathers them into `cols`.
+fn band_patch_matrix<'a>(x: &'a [f32], g: Geometry, band: (usize, usize, usize), cols: &'a mut Vec<f32>) -> MatRef<'a> {
+    let (n, r0, r1) = band;
+    if (g.k_h, g.k_w, g.s.stride, g.s.padding) == (1, 1, 1, 0) {
+        let start = n * g.c * g.plane() + r0 * g.w;
+        return MatRef::strided(
+            &x[start..(n + 1) * g.c * g.plane()],
+            g.c,
+            (r1 - r0) * g.out_w,
+            g.plane(),
+        );
+    }
+    let (width, ld) = band_patches(x, g, band, cols);
+    MatRef::strided(cols, g.rows(), width, ld)
+}
+
 /// `Y_n[:, band] = W · patches(band)` for every band of every image, bands in parallel, each
 /// with its own patch buffer and a single-threaded product.
 pub(super) fn forward(x: &[f32], w: &[f32], g: Geometry) -> Vec<f32> {
@@ -56,19 +74,14 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: Geometry) -> Vec<f32> {
     g.bands(FORWARD_BAND)
         .into_par_iter()
         .for_each_init(Vec::new, |cols, (n, r0, r1)| {
-            let (width, ld) = band_patches(x, g, (n, r0, r1), cols);
+            let width = (r1 - r0) * g.out_w;
+            let patches = band_patch_matrix(x, g, (n, r0, r1), cols);
             let start = n * g.c_out * len + r0 * g.out_w;
             // SAFETY: the band's entries are `start + o·len .. + width` for o < C_out: bands of
             // one image cover disjoint output rows and images disjoint planes, so no two tasks
             // share an entry, and nothing reads `y` until all have finished.
             let dst = unsafe { out.band(start, g.c_out, width, len) };
-            matmul(
-                dst,
-                false,
-                MatRef::rows(w, g.c_out, rows),
-                MatRef::strided(cols, rows, width, ld),
-                false,
-            );
+            matmul(dst, false, MatRef::rows(w, g.c_out, rows), patches, false);
         });
     y
 }
@@ -138,13 +151,14 @@ pub(super) fn kernel_gradient(dy: &[f32], x: &[f32], g: Geometry) -> Vec<f32> {
             let mut cols = Vec::new();
             let mine = &bands[t * bands.len() / shares..(t + 1) * bands.len() / shares];
             for (i, &(n, r0, r1)) in mine.iter().enumerate() {
-                let (width, ld) = band_patches(x, g, (n, r0, r1), &mut cols);
+                let width = (r1 - r0) * g.out_w;
+                let patches = band_patch_matrix(x, g, (n, r0, r1), &mut cols);
                 let start = n * g.c_out * len + r0 * g.out_w;
                 let grad = &dy[start..start + (g.c_out - 1) * len + width];
                 matmul(
                     Mat::rows(&mut dw, rows, g.c_out),
                     i > 0,
-                    MatRef::strided(&cols, rows, width, ld),
+                    patches,
                     MatRef::strided(grad, g.c_out, width, len).t(),
                     false,
                 );

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use super::geometry::Geometry;
 use super::Spacing;
 use crate::ops::cpu_values::{f32s, storage_f32s};
+use crate::ops::simd;
 use crate::{profile, Result};
 
 /// `x` (N, C, H, W) convolved per channel with `weight` (C, 1, k_h, k_w): a depthwise
@@ -62,9 +63,18 @@ impl CustomOp2 for DepthwiseOp {
                 .enumerate()
                 .for_each(|(nc, (out, src))| {
                     let kernel = &w[(nc % c) * taps..][..taps];
-                    g.runs((0, g.out_h), |tap, o, i, count| {
-                        axpy(kernel[tap], src, i, g.s.stride, &mut out[o..o + count]);
-                    });
+                    simd::widest(
+                        #[inline(always)]
+                        || {
+                            g.runs(
+                                (0, g.out_h),
+                                #[inline(always)]
+                                |tap, o, i, count| {
+                                    axpy(kernel[tap], src, i, g.s.stride, &mut out[o..o + count]);
+                                },
+                            )
+                        },
+                    )
                 });
         });
         Ok((CpuStorage::F32(y), (n, c, g.out_h, g.out_w).into()))
@@ -104,12 +114,27 @@ impl CustomOp2 for DepthwiseOp {
                     .enumerate()
                     .for_each(|(nc, (dst, src))| {
                         let kernel = &w[(nc % c) * taps..][..taps];
-                        g.runs((0, g.out_h), |tap, o, i, count| {
-                            let k = kernel[tap];
-                            for (j, &v) in src[o..o + count].iter().enumerate() {
-                                dst[i + j * s] += k * v;
-                            }
-                        });
+                        simd::widest(
+                            #[inline(always)]
+                            || {
+                                g.runs(
+                                    (0, g.out_h),
+                                    #[inline(always)]
+                                    |tap, o, i, count| {
+                                        let k = kernel[tap];
+                                        if s == 1 {
+                                            for (d, &v) in dst[i..i + count].iter_mut().zip(&src[o..o + count]) {
+                                                *d += k * v;
+                                            }
+                                        } else {
+                                            for (j, &v) in src[o..o + count].iter().enumerate() {
+                                                dst[i + j * s] += k * v;
+                                            }
+                                        }
+                                    },
+                                )
+                            },
+                        )
                     });
             });
             Some(Tensor::from_vec(dx, x.shape(), x.device())?)
@@ -123,13 +148,22 @@ impl CustomOp2 for DepthwiseOp {
                 for img in 0..n {
                     let nc = img * c + ch;
                     let (src, grad) = (&xv[nc * g.plane()..][..g.plane()], &dy[nc * g.len()..][..g.len()]);
-                    g.runs((0, g.out_h), |tap, o, i, count| {
-                        dst[tap] += grad[o..o + count]
-                            .iter()
-                            .enumerate()
-                            .map(|(j, &v)| v * src[i + j * s])
-                            .sum::<f32>();
-                    });
+                    simd::widest(
+                        #[inline(always)]
+                        || {
+                            g.runs(
+                                (0, g.out_h),
+                                #[inline(always)]
+                                |tap, o, i, count| {
+                                    dst[tap] += if s == 1 {
+                                        simd::dot(&grad[o..o + count], &src[i..i + count])
+                                    } else {
+                                        simd::strided_dot(&grad[o..o + count], &src[i..], s)
+                                    };
+                                },
+                            )
+                        },
+                    );
                 }
             });
         });
@@ -138,6 +172,7 @@ impl CustomOp2 for DepthwiseOp {
 }
 
 /// `out[j] += a·src[start + j·stride]` for every j.
+#[inline(always)]
 fn axpy(a: f32, src: &[f32], start: usize, stride: usize, out: &mut [f32]) {
     if stride == 1 {
         let len = out.len();

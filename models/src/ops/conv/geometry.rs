@@ -106,6 +106,7 @@ impl Geometry {
     /// Calls `f(tap, out_start, in_start, count)` for every run of outputs of rows `band` that
     /// read an input plane: `count` outputs from `out_start` (counted from the band's first
     /// output) read `in_start`, `in_start + stride`, …
+    #[inline(always)]
     pub(super) fn runs(&self, band: (usize, usize), mut f: impl FnMut(usize, usize, usize, usize)) {
         let s = self.s.stride;
         for i in 0..self.k_h {
