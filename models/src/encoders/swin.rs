@@ -224,26 +224,15 @@ impl WindowAttention {
 
     /// `windows` is (N·windows)×49×C; `mask`, when the windows are shifted, windows×49×49.
     fn forward(&self, windows: &Tensor, mask: Option<&Tensor>, ctx: &Ctx) -> Result<Tensor> {
-        let (b, l, c) = windows.dims3()?;
-        let d = c / self.heads;
-        let qkv = self.qkv.forward(windows, ctx)?.reshape((b, l, 3, self.heads, d))?;
-        let qkv = qkv.permute((2, 0, 3, 1, 4))?;
-        let (q, k, v) = (qkv.get(0)?.contiguous()?, qkv.get(1)?, qkv.get(2)?.contiguous()?);
-        let q = (q * (1.0 / (d as f64).sqrt()))?;
-        let k_t = k.transpose(2, 3)?.contiguous()?;
-        let scores = ctx.low_precision(&[&q, &k_t], |t| Ok(t[0].matmul(&t[1])?))?;
-        let mut scores = scores.broadcast_add(&self.bias()?.to_dtype(scores.dtype())?)?;
-        if let Some(mask) = mask {
-            let count = mask.dims()[0];
-            let mask = mask.reshape((1, count, 1, AREA, AREA))?.to_dtype(scores.dtype())?;
-            scores = scores
-                .reshape((b / count, count, self.heads, AREA, AREA))?
-                .broadcast_add(&mask)?
-                .reshape((b, self.heads, AREA, AREA))?;
-        }
-        let probs = crate::layers::softmax_last_dim(&scores, ctx)?;
-        let out = ctx.low_precision(&[&probs, &v], |t| Ok(t[0].matmul(&t[1])?))?;
-        let out = out.transpose(1, 2)?.reshape((b, l, c))?;
+        let c = windows.dim(2)?;
+        let scale = 1.0 / ((c / self.heads) as f64).sqrt();
+        let qkv = self.qkv.forward(windows, ctx)?;
+        let bias = self.bias()?;
+        let out = if ctx.cpu_ops_f32(&qkv) {
+            crate::ops::window_attention::window_attention(&qkv, &bias, mask, self.heads, scale)?
+        } else {
+            crate::ops::window_attention::window_attention_generic(&qkv, &bias, mask, self.heads, scale, ctx)?
+        };
         self.proj.forward(&out, ctx)
     }
 

@@ -14,6 +14,7 @@ pub(crate) mod pool;
 mod precomputed;
 pub mod simd;
 pub(crate) mod upsample;
+pub(crate) mod window_attention;
 
 /// max |a − b| in float64, for the ops' tests against their references.
 #[cfg(test)]
