@@ -67,16 +67,19 @@ impl EfficientSelfAttention {
             }
             None => tokens.clone(),
         };
-        let q = self.split_heads(&self.query.forward(tokens, ctx)?)?;
-        let k = self.split_heads(&self.key.forward(&kv_source, ctx)?)?;
-        let v = self.split_heads(&self.value.forward(&kv_source, ctx)?)?;
+        let q = self.query.forward(tokens, ctx)?;
+        let k = self.key.forward(&kv_source, ctx)?;
+        let v = self.value.forward(&kv_source, ctx)?;
         let scale = 1.0 / ((c / self.heads) as f64).sqrt();
+        // On the CPU the op reads each head's columns where the Linears put them; the composed
+        // path splits the heads out and merges them back.
         let out = if ctx.cpu_ops_f32(&q) {
-            crate::ops::attention::attention(&q, &k, &v, scale)?
+            crate::ops::attention::attention(&q, &k, &v, self.heads, scale)?
         } else {
-            crate::ops::attention::attention_generic(&q, &k, &v, scale, ctx)?
+            let (q, k, v) = (self.split_heads(&q)?, self.split_heads(&k)?, self.split_heads(&v)?);
+            let out = crate::ops::attention::attention_generic(&q, &k, &v, scale, ctx)?;
+            out.transpose(1, 2)?.reshape((n, l, c))?
         };
-        let out = out.transpose(1, 2)?.reshape((n, l, c))?;
         self.dense.forward(&out, ctx)
     }
 

@@ -1,9 +1,11 @@
-//! Scaled dot-product attention, softmax(q·kᵀ·scale)·v, as one CPU op with its own backward pass.
+//! Scaled dot-product attention, softmax(q·kᵀ·scale)·v, as one CPU op with its own backward pass,
+//! on the query, key and value Linears' outputs as they lie (each head's columns read in place).
 //!
 //! Composed from candle ops, the forward copies the keys transposed, multiplies, scales, takes the
 //! softmax op and multiplies again; the backward walks the five back, each matmul's gradient
-//! through transposed copies of its operands. Here each slice (one image's head) is two `gemm`
-//! products around one softmax pass per row, on the operands as they lie, and the backward is
+//! through transposed copies of its operands, and the heads are split out and merged back by
+//! copies. Here each slice (one image's head) is two `gemm` products on strided views around one
+//! softmax pass per row, the result written into its head's columns, and the backward is
 //! four products around one pass: dv = pᵀ·dy, dp = dy·vᵀ, ds = p ⊙ (dp − Σ dp⊙p)·scale,
 //! dq = ds·k, dk = dsᵀ·q. The forward keeps the probabilities p for the backward instead of
 //! recomputing them: batch·heads·L·M values (at MiT-b0's first stage, batch 4 at 256²: 4·4096·64,
@@ -20,10 +22,13 @@ use crate::{profile, Ctx, Result};
 
 const OP: &str = "ftu-attention";
 
-/// softmax(q·kᵀ·scale)·v over the last two axes: q is …×L×d, k …×M×d and v …×M×e, with the same
-/// leading axes (batch, heads); the result is …×L×e.
-pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+/// softmax(q·kᵀ·scale)·v per head: q is …×L×(heads·d), k …×M×(heads·d) and v …×M×(heads·e),
+/// with the same leading axes and each head's columns side by side (as the query, key and value
+/// Linears give them); the result is …×L×(heads·e), heads side by side. With one head this is
+/// attention over the last two axes of any batch of slices.
+pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
     let op = AttentionOp {
+        heads,
         scale: scale as f32,
         probs: Arc::new(Mutex::new(None)),
     };
@@ -34,18 +39,28 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
 type Probs = Option<Vec<f32>>;
 
 struct AttentionOp {
+    heads: usize,
     scale: f32,
     probs: Arc<Mutex<Probs>>,
 }
 
-/// The slices and the sizes of one call: `slices` matrices of L×d queries, M×d keys, M×e values.
+/// The sizes of one call: `batch` entries of `heads` heads, each L×d queries, M×d keys and M×e
+/// values.
 #[derive(Clone, Copy)]
 struct Sizes {
-    slices: usize,
+    batch: usize,
+    heads: usize,
     l: usize,
     m: usize,
     d: usize,
     e: usize,
+}
+
+impl Sizes {
+    /// Query, key and value columns of a batch entry (all heads).
+    fn widths(&self) -> (usize, usize) {
+        (self.heads * self.d, self.heads * self.e)
+    }
 }
 
 /// (leading product, rows, columns) of a shape of rank ≥ 3.
@@ -58,10 +73,18 @@ fn split(shape: &Shape, what: &str) -> candle_core::Result<(Vec<usize>, usize, u
     Ok((lead.to_vec(), last[0], last[1]))
 }
 
-fn sizes(q: &Shape, k: &Shape, v: &Shape) -> candle_core::Result<Sizes> {
-    let (lead, l, d) = split(q, "queries")?;
-    let (k_lead, m, dk) = split(k, "keys")?;
-    let (v_lead, mv, e) = split(v, "values")?;
+fn sizes(q: &Shape, k: &Shape, v: &Shape, heads: usize) -> candle_core::Result<Sizes> {
+    let (lead, l, qc) = split(q, "queries")?;
+    let (k_lead, m, kc) = split(k, "keys")?;
+    let (v_lead, mv, vc) = split(v, "values")?;
+    if heads == 0 || qc % heads != 0 || vc % heads != 0 {
+        candle_core::bail!(
+            "{OP}: queries {:?} and values {:?} do not split into {heads} heads",
+            q.dims(),
+            v.dims()
+        )
+    }
+    let (d, e) = (qc / heads, vc / heads);
     if k_lead != lead || v_lead != lead {
         candle_core::bail!(
             "{OP}: queries {:?}, keys {:?} and values {:?} must share their leading axes",
@@ -70,16 +93,17 @@ fn sizes(q: &Shape, k: &Shape, v: &Shape) -> candle_core::Result<Sizes> {
             v.dims()
         )
     }
-    if dk != d || mv != m {
+    if kc != qc || mv != m {
         candle_core::bail!(
-            "{OP}: queries {:?} need keys of {d} columns and as many values as keys; keys {:?}, values {:?}",
+            "{OP}: queries {:?} need keys of {qc} columns and as many values as keys; keys {:?}, values {:?}",
             q.dims(),
             k.dims(),
             v.dims()
         )
     }
     Ok(Sizes {
-        slices: lead.iter().product(),
+        batch: lead.iter().product(),
+        heads,
         l,
         m,
         d,
@@ -95,9 +119,9 @@ impl AttentionOp {
     }
 }
 
-/// Runs `f` on every slice index: slices in parallel with single-threaded products when there
-/// are at least as many slices as threads, else one slice at a time with parallel products.
-fn each_slice<T: Send>(items: Vec<T>, f: impl Fn(T, bool) + Sync) {
+/// Runs `f` on every batch entry: entries in parallel with single-threaded products when there
+/// are at least as many as threads, else one at a time with parallel products.
+fn each_entry<T: Send>(items: Vec<T>, f: impl Fn(T, bool) + Sync) {
     if items.len() >= rayon::current_num_threads() {
         items.into_par_iter().for_each(|t| f(t, false));
     } else {
@@ -138,31 +162,42 @@ impl CustomOp3 for AttentionOp {
             f32s(ks, kl, OP, "keys")?,
             f32s(vs, vl, OP, "values")?,
         );
-        let z = sizes(ql.shape(), kl.shape(), vl.shape())?;
+        let z = sizes(ql.shape(), kl.shape(), vl.shape(), self.heads)?;
         if self.scale <= 0.0 {
             candle_core::bail!("{OP}: the scale must be positive, not {}", self.scale)
         }
-        let mut probs = vec![0f32; z.slices * z.l * z.m];
-        let mut out = vec![0f32; z.slices * z.l * z.e];
-        let work = z.slices * (2 * z.l * z.m + z.l * z.d + z.m * (z.d + z.e) + z.l * z.e);
+        let (qc, vc) = z.widths();
+        let (h, l, m, d, e) = (z.heads, z.l, z.m, z.d, z.e);
+        let mut probs = vec![0f32; z.batch * h * l * m];
+        let mut out = vec![0f32; z.batch * l * vc];
+        let work = z.batch * h * (2 * l * m + l * d + m * (d + e) + l * e);
         profile::scope("attention forward", work, || {
             let items: Vec<_> = probs
-                .chunks_mut(z.l * z.m)
-                .zip(out.chunks_mut(z.l * z.e))
+                .chunks_mut(h * l * m)
+                .zip(out.chunks_mut(l * vc))
                 .enumerate()
                 .collect();
-            each_slice(items, |(i, (p, o)), parallel| {
-                let qi = MatRef::rows(&q[i * z.l * z.d..][..z.l * z.d], z.l, z.d);
-                let ki = MatRef::rows(&k[i * z.m * z.d..][..z.m * z.d], z.m, z.d);
-                let vi = MatRef::rows(&v[i * z.m * z.e..][..z.m * z.e], z.m, z.e);
-                matmul(Mat::rows(p, z.l, z.m), false, qi, ki.t(), parallel);
-                softmax_rows(p, z.m, self.scale);
-                matmul(Mat::rows(o, z.l, z.e), false, MatRef::rows(p, z.l, z.m), vi, parallel);
+            each_entry(items, |(b, (p, o)), parallel| {
+                let (qb, kb, vb) = (
+                    &q[b * l * qc..][..l * qc],
+                    &k[b * m * qc..][..m * qc],
+                    &v[b * m * vc..][..m * vc],
+                );
+                for head in 0..h {
+                    let qi = MatRef::strided(&qb[head * d..], l, d, qc);
+                    let ki = MatRef::strided(&kb[head * d..], m, d, qc);
+                    let vi = MatRef::strided(&vb[head * e..], m, e, vc);
+                    let p = &mut p[head * l * m..][..l * m];
+                    matmul(Mat::rows(p, l, m), false, qi, ki.t(), parallel);
+                    softmax_rows(p, m, self.scale);
+                    let dst = Mat::strided(&mut o[head * e..], l, e, vc);
+                    matmul(dst, false, MatRef::rows(p, l, m), vi, parallel);
+                }
             });
         });
         *self.lock()? = Some(probs);
         let mut shape = ql.shape().dims().to_vec();
-        *shape.last_mut().expect("rank ≥ 3") = z.e;
+        *shape.last_mut().expect("rank ≥ 3") = vc;
         Ok((CpuStorage::F32(out), Shape::from(shape)))
     }
 
@@ -178,7 +213,7 @@ impl CustomOp3 for AttentionOp {
         let Some(probs) = guard.as_ref() else {
             candle_core::bail!("{OP}: backward before forward")
         };
-        let z = sizes(q.shape(), k.shape(), v.shape())?;
+        let z = sizes(q.shape(), k.shape(), v.shape(), self.heads)?;
         let grad = grad.contiguous()?;
         let (qs, ql) = q.storage_and_layout();
         let (ks, kl) = k.storage_and_layout();
@@ -190,43 +225,65 @@ impl CustomOp3 for AttentionOp {
             storage_f32s(&vs, vl, OP, "values")?,
             storage_f32s(&gs, gl, OP, "gradient")?,
         );
-        if dy.len() != z.slices * z.l * z.e || probs.len() != z.slices * z.l * z.m {
+        let (qc, vc) = z.widths();
+        let (h, l, m, d, e) = (z.heads, z.l, z.m, z.d, z.e);
+        if dy.len() != z.batch * l * vc || probs.len() != z.batch * h * l * m {
             candle_core::bail!(
                 "{OP}: a gradient of {} values for an output of {}",
                 dy.len(),
-                z.slices * z.l * z.e
+                z.batch * l * vc
             )
         }
         let (mut dq, mut dk, mut dv) = (vec![0f32; qv.len()], vec![0f32; kv.len()], vec![0f32; vv.len()]);
         let scale = self.scale;
-        let work = z.slices * (3 * z.l * z.m + 2 * z.l * (z.d + z.e) + 2 * z.m * (z.d + z.e));
+        let work = z.batch * h * (3 * l * m + 2 * l * (d + e) + 2 * m * (d + e));
         profile::scope("attention backward", work, || {
             let items: Vec<_> = dq
-                .chunks_mut(z.l * z.d)
-                .zip(dk.chunks_mut(z.m * z.d))
-                .zip(dv.chunks_mut(z.m * z.e))
+                .chunks_mut(l * qc)
+                .zip(dk.chunks_mut(m * qc))
+                .zip(dv.chunks_mut(m * vc))
                 .enumerate()
                 .collect();
-            each_slice(items, |(i, ((dqi, dki), dvi)), parallel| {
-                let p = &probs[i * z.l * z.m..][..z.l * z.m];
-                let pi = MatRef::rows(p, z.l, z.m);
-                let qi = MatRef::rows(&qv[i * z.l * z.d..][..z.l * z.d], z.l, z.d);
-                let ki = MatRef::rows(&kv[i * z.m * z.d..][..z.m * z.d], z.m, z.d);
-                let vi = MatRef::rows(&vv[i * z.m * z.e..][..z.m * z.e], z.m, z.e);
-                let dyi = MatRef::rows(&dy[i * z.l * z.e..][..z.l * z.e], z.l, z.e);
-                matmul(Mat::rows(dvi, z.m, z.e), false, pi.t(), dyi, parallel);
-                // ds = p ⊙ (dp − Σ dp⊙p) · scale, row by row, from dp = dy·vᵀ.
-                let mut ds = vec![0f32; z.l * z.m];
-                matmul(Mat::rows(&mut ds, z.l, z.m), false, dyi, vi.t(), parallel);
-                for (dsr, pr) in ds.chunks_mut(z.m).zip(p.chunks(z.m)) {
-                    let dot = dsr.iter().zip(pr).map(|(&g, &p)| (g * p) as f64).sum::<f64>() as f32;
-                    for (g, &p) in dsr.iter_mut().zip(pr) {
-                        *g = p * (*g - dot) * scale;
+            each_entry(items, |(b, ((dqb, dkb), dvb)), parallel| {
+                let (qb, kb, vb) = (
+                    &qv[b * l * qc..][..l * qc],
+                    &kv[b * m * qc..][..m * qc],
+                    &vv[b * m * vc..][..m * vc],
+                );
+                let dyb = &dy[b * l * vc..][..l * vc];
+                let mut ds = vec![0f32; l * m];
+                for head in 0..h {
+                    let p = &probs[(b * h + head) * l * m..][..l * m];
+                    let pi = MatRef::rows(p, l, m);
+                    let qi = MatRef::strided(&qb[head * d..], l, d, qc);
+                    let ki = MatRef::strided(&kb[head * d..], m, d, qc);
+                    let vi = MatRef::strided(&vb[head * e..], m, e, vc);
+                    let dyi = MatRef::strided(&dyb[head * e..], l, e, vc);
+                    matmul(
+                        Mat::strided(&mut dvb[head * e..], m, e, vc),
+                        false,
+                        pi.t(),
+                        dyi,
+                        parallel,
+                    );
+                    // ds = p ⊙ (dp − Σ dp⊙p) · scale, row by row, from dp = dy·vᵀ.
+                    matmul(Mat::rows(&mut ds, l, m), false, dyi, vi.t(), parallel);
+                    for (dsr, pr) in ds.chunks_mut(m).zip(p.chunks(m)) {
+                        let dot = dsr.iter().zip(pr).map(|(&g, &p)| (g * p) as f64).sum::<f64>() as f32;
+                        for (g, &p) in dsr.iter_mut().zip(pr) {
+                            *g = p * (*g - dot) * scale;
+                        }
                     }
+                    let dsi = MatRef::rows(&ds, l, m);
+                    matmul(Mat::strided(&mut dqb[head * d..], l, d, qc), false, dsi, ki, parallel);
+                    matmul(
+                        Mat::strided(&mut dkb[head * d..], m, d, qc),
+                        false,
+                        dsi.t(),
+                        qi,
+                        parallel,
+                    );
                 }
-                let dsi = MatRef::rows(&ds, z.l, z.m);
-                matmul(Mat::rows(dqi, z.l, z.d), false, dsi, ki, parallel);
-                matmul(Mat::rows(dki, z.m, z.d), false, dsi.t(), qi, parallel);
             });
         });
         let dev = q.device();
@@ -280,7 +337,7 @@ mod tests {
             let var = |r, c, std| Var::from_tensor(&Tensor::randn(0f32, std, shape(r, c), &dev).unwrap()).unwrap();
             let (q, k, v) = (var(l, d, 2.0), var(m, d, 2.0), var(m, e, 1.0));
             let scale = 1.0 / (d as f64).sqrt();
-            let ours = attention(&q, &k, &v, scale).unwrap();
+            let ours = attention(&q, &k, &v, 1, scale).unwrap();
             assert_eq!(ours.dims(), shape(l, e).as_slice());
             let f64s = f64_vars(&[&q, &k, &v]);
             let theirs = reference(&f64s[0], &f64s[1], &f64s[2], scale);
@@ -299,19 +356,57 @@ mod tests {
         }
     }
 
+    /// Heads side by side (the Linears' layout) against the composed ops on heads split out, in
+    /// f64: values and the three gradients, few entries (parallel products) and many.
+    #[test]
+    fn heads_side_by_side_match_the_composed_ops_in_f64() {
+        let dev = Device::Cpu;
+        for (n, l, m, heads, d, e) in [(1, 37, 20, 3, 8, 5), (4, 16, 9, 2, 4, 4)] {
+            let var = |r: usize, c: usize, std| {
+                Var::from_tensor(&Tensor::randn(0f32, std, (n, r, c), &dev).unwrap()).unwrap()
+            };
+            let (q, k, v) = (var(l, heads * d, 2.0), var(m, heads * d, 2.0), var(m, heads * e, 1.0));
+            let scale = 1.0 / (d as f64).sqrt();
+            let ours = attention(&q, &k, &v, heads, scale).unwrap();
+            let f64s = f64_vars(&[&q, &k, &v]);
+            let split = |t: &Tensor| {
+                let (n, r, c) = t.dims3().unwrap();
+                t.reshape((n, r, heads, c / heads))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+            };
+            let theirs = reference(&split(&f64s[0]), &split(&f64s[1]), &split(&f64s[2]), scale)
+                .transpose(1, 2)
+                .unwrap()
+                .reshape((n, l, heads * e))
+                .unwrap();
+            let what = format!("{n}×{l}×{m}, {heads} heads");
+            assert!(max_diff_f64(&ours, &theirs) < 1e-5, "{what}: values");
+            let vars = [
+                ("queries", &q, &f64s[0]),
+                ("keys", &k, &f64s[1]),
+                ("values", &v, &f64s[2]),
+            ];
+            assert_gradients_match(&ours, &theirs, &vars, &what);
+        }
+    }
+
     #[test]
     fn mismatched_operands_are_refused() {
         let dev = Device::Cpu;
         let t = |s: &[usize]| Tensor::zeros(s, DType::F32, &dev).unwrap();
-        let err = attention(&t(&[2, 4, 8]), &t(&[2, 5, 6]), &t(&[2, 5, 3]), 1.0)
+        let err = attention(&t(&[2, 4, 8]), &t(&[2, 5, 6]), &t(&[2, 5, 3]), 1, 1.0)
             .unwrap_err()
             .to_string();
         assert!(err.contains("need keys of 8 columns"), "{err}");
-        let err = attention(&t(&[2, 4, 8]), &t(&[3, 5, 8]), &t(&[3, 5, 3]), 1.0)
+        let err = attention(&t(&[2, 4, 8]), &t(&[3, 5, 8]), &t(&[3, 5, 3]), 1, 1.0)
             .unwrap_err()
             .to_string();
         assert!(err.contains("share their leading axes"), "{err}");
-        let err = attention(&t(&[4, 8]), &t(&[5, 8]), &t(&[5, 3]), 1.0)
+        let err = attention(&t(&[4, 8]), &t(&[5, 8]), &t(&[5, 3]), 1, 1.0)
             .unwrap_err()
             .to_string();
         assert!(err.contains("a batch axis"), "{err}");

@@ -4,13 +4,15 @@
 //! addition of the bias; the backward gives the weight its gradient through the transpose (a
 //! strided view, copied before it is stored) and the bias its gradient through the broadcast's
 //! reduction. Here the forward is one `gemm` product accumulated onto rows of the bias, and the
-//! backward two products on the operands as they lie (dx = dy·w, dw = dyᵀ·x) and one pass of
-//! column sums for db, in f64.
+//! backward two products on the operands as they lie (dx = dy·w, dw = dyᵀ·x, its rows of pixels
+//! cut into one share per thread: `gemm` alone keeps one thread busy on so small a result) and
+//! one pass of column sums for db, in f64.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::conv::matmul::{matmul, Mat, MatRef};
+use super::conv::matmul::{matmul, matmul_long_inner, Mat, MatRef};
 use super::cpu_values::{f32s, storage_f32s};
+use super::simd;
 use crate::{profile, Result};
 
 const OP: &str = "ftu-linear";
@@ -110,18 +112,17 @@ impl CustomOp3 for LinearOp {
                 MatRef::rows(wv, c_out, c_in),
                 true,
             );
-            matmul(
-                Mat::rows(&mut dw, c_out, c_in),
-                false,
-                dym.t(),
-                MatRef::rows(xv, rows, c_in),
-                true,
+            matmul_long_inner(&mut dw, dym.t(), MatRef::rows(xv, rows, c_in));
+            simd::widest(
+                #[inline(always)]
+                || {
+                    for row in dy.chunks(c_out) {
+                        for (s, &g) in sums.iter_mut().zip(row) {
+                            *s += g as f64;
+                        }
+                    }
+                },
             );
-            for row in dy.chunks(c_out) {
-                for (s, &g) in sums.iter_mut().zip(row) {
-                    *s += g as f64;
-                }
-            }
         });
         let db: Vec<f32> = sums.into_iter().map(|s| s as f32).collect();
         let dev = x.device();

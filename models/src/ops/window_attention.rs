@@ -143,16 +143,6 @@ impl WindowAttention {
     }
 }
 
-/// The mutable `rows × cols` matrix at the start of `data`, rows `stride` apart.
-fn strided(data: &mut [f32], rows: usize, cols: usize, stride: usize) -> Mat<'_> {
-    assert!(
-        rows == 0 || (rows - 1) * stride + cols <= data.len(),
-        "{OP}: a matrix past its data"
-    );
-    // SAFETY: the matrix borrows `data` mutably for its whole life and stays within it.
-    unsafe { Mat::from_raw(data.as_mut_ptr(), data.len(), rows, cols, stride) }
-}
-
 impl CustomOp2 for WindowAttention {
     fn name(&self) -> &'static str {
         OP
@@ -199,7 +189,7 @@ impl CustomOp2 for WindowAttention {
                             let inv = (1.0 / sum) as f32;
                             row.iter_mut().for_each(|s| *s *= inv);
                         }
-                        let dst = strided(&mut o[head * d..], l, d, c);
+                        let dst = Mat::strided(&mut o[head * d..], l, d, c);
                         matmul(dst, false, MatRef::rows(p, l, l), v, false);
                     }
                 });
@@ -256,7 +246,7 @@ impl CustomOp2 for WindowAttention {
                         let dyh = MatRef::strided(&dyb[head * d..], l, d, c);
                         let pm = MatRef::rows(p, l, l);
                         matmul(
-                            strided(&mut dx[2 * c + head * d..], l, d, 3 * c),
+                            Mat::strided(&mut dx[2 * c + head * d..], l, d, 3 * c),
                             false,
                             pm.t(),
                             dyh,
@@ -273,8 +263,14 @@ impl CustomOp2 for WindowAttention {
                             }
                         }
                         let dsm = MatRef::rows(&ds, l, l);
-                        matmul(strided(&mut dx[head * d..], l, d, 3 * c), false, dsm, k, false);
-                        matmul(strided(&mut dx[c + head * d..], l, d, 3 * c), false, dsm.t(), q, false);
+                        matmul(Mat::strided(&mut dx[head * d..], l, d, 3 * c), false, dsm, k, false);
+                        matmul(
+                            Mat::strided(&mut dx[c + head * d..], l, d, 3 * c),
+                            false,
+                            dsm.t(),
+                            q,
+                            false,
+                        );
                     }
                 });
         });

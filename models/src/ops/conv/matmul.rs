@@ -38,6 +38,21 @@ impl<'a> MatRef<'a> {
         }
     }
 
+    /// Columns `c0..c1`, without moving anything.
+    fn columns(self, c0: usize, c1: usize) -> MatRef<'a> {
+        let start = (c0 * self.cs).min(self.data.len());
+        MatRef {
+            data: &self.data[start..],
+            cols: c1 - c0,
+            ..self
+        }
+    }
+
+    /// Rows `r0..r1`, without moving anything.
+    fn row_range(self, r0: usize, r1: usize) -> MatRef<'a> {
+        self.t().columns(r0, r1).t()
+    }
+
     fn fits(&self) -> bool {
         self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
     }
@@ -60,6 +75,18 @@ impl<'a> Mat<'a> {
     pub(crate) fn rows(data: &'a mut [f32], rows: usize, cols: usize) -> Mat<'a> {
         // SAFETY: the matrix borrows `data` mutably for its whole life.
         unsafe { Self::from_raw(data.as_mut_ptr(), data.len(), rows, cols, cols) }
+    }
+
+    /// The `rows × cols` matrix at the start of `data`, rows `stride` apart (a head's columns of
+    /// a wider matrix).
+    pub(crate) fn strided(data: &'a mut [f32], rows: usize, cols: usize, stride: usize) -> Mat<'a> {
+        assert!(
+            rows == 0 || cols == 0 || (rows - 1) * stride + cols <= data.len(),
+            "matmul: a {rows}×{cols} destination, rows {stride} apart, past its {} values",
+            data.len()
+        );
+        // SAFETY: the matrix borrows `data` mutably for its whole life and stays within it.
+        unsafe { Self::from_raw(data.as_mut_ptr(), data.len(), rows, cols, stride) }
     }
 
     /// The matrix at `ptr`, which reaches `len` values.
@@ -139,5 +166,46 @@ pub(crate) fn matmul(dst: Mat, accumulate: bool, lhs: MatRef, rhs: MatRef, paral
             false,
             parallelism,
         );
+    }
+}
+
+/// `dst = lhs · rhs` (row-major, `lhs.rows × rhs.cols`) for an inner dimension long against the
+/// result, as a weight's gradient over every pixel of a batch is: `gemm` splits a product over
+/// the result's blocks, which such a result has too few of to keep the threads busy. Here the
+/// inner dimension is cut into one share per thread, each share's product goes into its own
+/// matrix and the shares are added in order (so the result does not depend on scheduling).
+/// Other shapes take [`matmul`] in parallel.
+pub(crate) fn matmul_long_inner(dst: &mut [f32], lhs: MatRef, rhs: MatRef) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert!(
+        rhs.rows == k && dst.len() == m * n,
+        "matmul: {m}×{k} · {}×{n} into {} values",
+        rhs.rows,
+        dst.len()
+    );
+    let shares = rayon::current_num_threads().min(k / 256).max(1);
+    if shares == 1 || k < 2 * (m + n) {
+        matmul(Mat::rows(dst, m, n), false, lhs, rhs, true);
+        return;
+    }
+    use rayon::prelude::*;
+    let partial: Vec<Vec<f32>> = (0..shares)
+        .into_par_iter()
+        .map(|t| {
+            let (k0, k1) = (t * k / shares, (t + 1) * k / shares);
+            let mut p = vec![0f32; m * n];
+            matmul(
+                Mat::rows(&mut p, m, n),
+                false,
+                lhs.columns(k0, k1),
+                rhs.row_range(k0, k1),
+                false,
+            );
+            p
+        })
+        .collect();
+    dst.copy_from_slice(&partial[0]);
+    for p in &partial[1..] {
+        dst.iter_mut().zip(p).for_each(|(a, b)| *a += b);
     }
 }
