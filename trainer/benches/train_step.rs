@@ -34,7 +34,12 @@ fn arg(name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_string())
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    // Errors read as sentences, as the ftu binaries print them.
+    ftu_formats::exit::run(bench)
+}
+
+fn bench() -> anyhow::Result<()> {
     // `cargo test --all-targets` runs this too, without `--bench`: then one small step, untimed
     // in spirit, just to prove the benchmark still runs.
     let bench = std::env::args().any(|a| a == "--bench");
@@ -43,7 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batch: usize = arg("--batch", batch).parse()?;
     let size: usize = arg("--size", size).parse()?;
     let arch: Arch = arg("--arch", "unet-resnet34").parse()?;
-    let precision: Precision = arg("--precision", "f32").parse()?;
+    let precision: Precision = arg("--precision", "f32").parse().map_err(anyhow::Error::msg)?;
     let mut loss_scale = LossScale::for_precision(precision);
     let profiling = std::env::args().any(|a| a == "--profile");
     let generic = std::env::args().any(|a| a == "--generic");

@@ -6,7 +6,8 @@
 //! the backward pass, and a bias gradient summed across planes. Channels last, each output pixel
 //! is its bias plus k² products of contiguous channel vectors, vectorised over the channels
 //! ([`simd`]); rows of output pixels run in parallel. Backward, the input gradient is the same
-//! loop with the kernel flipped, and the kernel and bias gradients are row sums folded in f64.
+//! loop with the kernel flipped, and the kernel and bias gradients are row sums added in f64 in
+//! a fixed order.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -224,13 +225,17 @@ impl CustomOp3 for DepthwiseTokens {
         } else {
             None
         };
+        // One contiguous share of output rows per thread, each summed in order into its own
+        // f64 accumulators, the shares added in order: the result does not depend on scheduling.
         let len = (g.k * g.k + 1) * g.c;
+        let rows = g.n * g.h;
+        let shares = rayon::current_num_threads().min(rows).max(1);
         let sums = profile::scope("depthwise conv (tokens) kernel gradient", xv.len() + dy.len(), || {
-            (0..g.n * g.h)
+            let partial: Vec<Vec<f64>> = (0..shares)
                 .into_par_iter()
-                .fold(
-                    || (vec![0f64; len], vec![0f32; len]),
-                    |(mut total, mut part), row| {
+                .map(|t| {
+                    let (mut total, mut part) = (vec![0f64; len], vec![0f32; len]);
+                    for row in t * rows / shares..(t + 1) * rows / shares {
                         let (img, oy) = (row / g.h, row % g.h);
                         let image = &xv[img * g.image()..][..g.image()];
                         let dy_row = &dy[row * g.row()..][..g.row()];
@@ -242,17 +247,15 @@ impl CustomOp3 for DepthwiseTokens {
                         for (t, &p) in total.iter_mut().zip(&part) {
                             *t += p as f64;
                         }
-                        (total, part)
-                    },
-                )
-                .map(|(total, _)| total)
-                .reduce(
-                    || vec![0f64; len],
-                    |mut a, b| {
-                        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                        a
-                    },
-                )
+                    }
+                    total
+                })
+                .collect();
+            let mut sums = vec![0f64; len];
+            for p in &partial {
+                sums.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+            }
+            sums
         });
         // Tap-major back to the kernel's C×1×k×k.
         let kk = g.k * g.k;
