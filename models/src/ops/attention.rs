@@ -119,6 +119,17 @@ impl AttentionOp {
     }
 }
 
+/// In place over each row of `ds` (M values), from dp in it and the row's probabilities p:
+/// ds = p ⊙ (dp − Σ dp⊙p) · scale, the softmax's gradient (the dot product in f64).
+pub(super) fn softmax_gradient_rows(ds: &mut [f32], p: &[f32], m: usize, scale: f32) {
+    for (dsr, pr) in ds.chunks_mut(m).zip(p.chunks(m)) {
+        let dot = dsr.iter().zip(pr).map(|(&g, &p)| (g * p) as f64).sum::<f64>() as f32;
+        for (g, &p) in dsr.iter_mut().zip(pr) {
+            *g = p * (*g - dot) * scale;
+        }
+    }
+}
+
 /// Runs `f` on every batch entry: entries in parallel with single-threaded products when there
 /// are at least as many as threads, else one at a time with parallel products.
 fn each_entry<T: Send>(items: Vec<T>, f: impl Fn(T, bool) + Sync) {
@@ -130,7 +141,7 @@ fn each_entry<T: Send>(items: Vec<T>, f: impl Fn(T, bool) + Sync) {
 }
 
 /// In place over each row of `s` (M values): p = softmax(scale·s), the sum in f64.
-fn softmax_rows(s: &mut [f32], m: usize, scale: f32) {
+pub(super) fn softmax_rows(s: &mut [f32], m: usize, scale: f32) {
     for row in s.chunks_mut(m) {
         let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) * scale;
         let mut sum = 0f64;
@@ -268,12 +279,7 @@ impl CustomOp3 for AttentionOp {
                     );
                     // ds = p ⊙ (dp − Σ dp⊙p) · scale, row by row, from dp = dy·vᵀ.
                     matmul(Mat::rows(&mut ds, l, m), false, dyi, vi.t(), parallel);
-                    for (dsr, pr) in ds.chunks_mut(m).zip(p.chunks(m)) {
-                        let dot = dsr.iter().zip(pr).map(|(&g, &p)| (g * p) as f64).sum::<f64>() as f32;
-                        for (g, &p) in dsr.iter_mut().zip(pr) {
-                            *g = p * (*g - dot) * scale;
-                        }
-                    }
+                    softmax_gradient_rows(&mut ds, p, m, scale);
                     let dsi = MatRef::rows(&ds, l, m);
                     matmul(Mat::strided(&mut dqb[head * d..], l, d, qc), false, dsi, ki, parallel);
                     matmul(

@@ -94,7 +94,7 @@ pub(crate) fn at<R>(level: SimdLevel, f: impl FnOnce() -> R) -> R {
 
 /// f32 lanes of the sums below: one AVX-512 register (two AVX2 ones). A plain f32 sum is one
 /// sequential chain, which LLVM may not reorder into vector lanes.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// Σ a·b, in [`LANES`] f32 partial sums.
 #[inline(always)]

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::attention::{softmax_gradient_rows, softmax_rows};
 use super::conv::matmul::{matmul, Mat, MatRef};
 use super::cpu_values::{f32s, storage_f32s};
 use crate::{profile, Ctx, Result};
@@ -180,15 +181,8 @@ impl CustomOp2 for WindowAttention {
                             for (j, s) in row.iter_mut().enumerate() {
                                 *s = *s * self.scale + br[j] + mr.map_or(0.0, |m| m[j]);
                             }
-                            let max = row.iter().fold(f32::NEG_INFINITY, |a, &s| a.max(s));
-                            let mut sum = 0f64;
-                            for s in row.iter_mut() {
-                                *s = (*s - max).exp();
-                                sum += *s as f64;
-                            }
-                            let inv = (1.0 / sum) as f32;
-                            row.iter_mut().for_each(|s| *s *= inv);
                         }
+                        softmax_rows(p, l, 1.0);
                         let dst = Mat::strided(&mut o[head * d..], l, d, c);
                         matmul(dst, false, MatRef::rows(p, l, l), v, false);
                     }
@@ -252,16 +246,11 @@ impl CustomOp2 for WindowAttention {
                             dyh,
                             false,
                         );
-                        // dz = p ⊙ (dp − Σ dp⊙p) from dp = dy·vᵀ, row by row.
+                        // dz = p ⊙ (dp − Σ dp⊙p) from dp = dy·vᵀ, kept for the bias; ds = dz·scale.
                         matmul(Mat::rows(&mut ds, l, l), false, dyh, v.t(), false);
-                        let dzh = &mut dzb[head * l * l..][..l * l];
-                        for ((dsr, pr), dzr) in ds.chunks_mut(l).zip(p.chunks(l)).zip(dzh.chunks_mut(l)) {
-                            let dot = dsr.iter().zip(pr).map(|(&g, &p)| (g * p) as f64).sum::<f64>() as f32;
-                            for ((g, &p), dz) in dsr.iter_mut().zip(pr).zip(dzr.iter_mut()) {
-                                *dz = p * (*g - dot);
-                                *g = *dz * scale;
-                            }
-                        }
+                        softmax_gradient_rows(&mut ds, p, l, 1.0);
+                        dzb[head * l * l..][..l * l].copy_from_slice(&ds);
+                        ds.iter_mut().for_each(|g| *g *= scale);
                         let dsm = MatRef::rows(&ds, l, l);
                         matmul(Mat::strided(&mut dx[head * d..], l, d, 3 * c), false, dsm, k, false);
                         matmul(

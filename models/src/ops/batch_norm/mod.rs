@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::ops::cpu_values::{f32s, storage_f32s};
-use crate::ops::simd;
+use crate::ops::simd::{self, LANES};
 use crate::profile;
 use crate::Result;
 
@@ -99,9 +99,6 @@ fn per_channel(partial: &[(f64, f64)], c: usize) -> Vec<(f64, f64)> {
     }
     sums
 }
-
-/// f32 lanes per partial sum: one AVX-512 register (two AVX2 ones).
-const LANES: usize = 16;
 
 /// `Σ a` and `Σ b` over the pairs (a, b) = `f(x, y)` of `xs` and `ys` side by side: [`LANES`]
 /// f32 lanes within blocks of 1024 values (so the loop vectorises; a plain f32 sum is
@@ -580,14 +577,11 @@ mod tests {
         )
         .unwrap();
         let x64 = x.to_dtype(DType::F64).unwrap();
-        let mean = x64.mean_keepdim((0, 2, 3)).unwrap();
-        let var = x64
-            .broadcast_sub(&mean)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .mean_keepdim((0, 2, 3))
-            .unwrap();
+        let (ones, zeros) = (
+            Tensor::ones(3, DType::F64, &dev).unwrap(),
+            Tensor::zeros(3, DType::F64, &dev).unwrap(),
+        );
+        let (_, mean, var) = composed(&x64, &ones, &zeros, 1e-5, None, Act::Identity);
         let (mean, var) = (
             mean.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
             var.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
