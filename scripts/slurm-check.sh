@@ -201,7 +201,7 @@ $bin/ftu-train ensemble --runs $work/array/unet $work/array/fpn --out $work/arra
 SH
 job_unet=$(RUN=unet ARCH_ARGS="$unet" sbatch --parsable --export=ALL "$work/train.sh")
 job_fpn=$(RUN=fpn ARCH_ARGS="$fpn" sbatch --parsable --export=ALL "$work/train.sh")
-job_ens=$(sbatch --parsable --dependency=afterok:"$job_unet":"$job_fpn" "$work/ensemble.sh")
+job_ens=$(sbatch --parsable --dependency=afterok:"$job_unet":"$job_fpn" --kill-on-invalid-dep=yes "$work/ensemble.sh")
 echo "fold arrays $job_unet and $job_fpn, ensemble job $job_ens"
 wait_for "$job_unet"
 wait_for "$job_fpn"

@@ -95,13 +95,19 @@ pub fn claim(cfg: &TrainConfig, mode: RunMode) -> Result<()> {
         if !out.is_dir() {
             return refuse("is a file, not a folder".into());
         }
+        // Another job of the run may create config.toml (whole: `create_new`) between the look
+        // for it and the listing, as the folds of an array job starting at once do: the folder
+        // holds no run only if config.toml is still absent once the files are listed.
         if !config_path.exists() {
             let foreign = entries(out)?.into_iter().find(|n| !is_tmp_name(n));
-            if let Some(name) = foreign {
+            if let Some(name) = foreign.filter(|_| !config_path.exists()) {
                 return refuse(format!(
                     "holds files but no ftu run (no config.toml; e.g. {name}); give an empty or new folder"
                 ));
             }
+        }
+        if !config_path.exists() {
+            // Empty: this job starts the run (below).
         } else if mode.overwrite {
             remove_run(out)?;
         } else {
@@ -353,6 +359,38 @@ mod tests {
         other.seed = 9;
         let e = err(claim(&other, RunMode::default()));
         assert!(e.contains("seed: 0 in the run, 9 given"), "{e}");
+    }
+
+    /// The folds of an array job start at once on a fresh folder: every one joins the run,
+    /// however their looks at the folder and their writes of config.toml interleave.
+    #[test]
+    fn fold_jobs_starting_at_once_all_join_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        for attempt in 0..200 {
+            let out = dir.path().join(format!("run{attempt}"));
+            let barrier = std::sync::Barrier::new(4);
+            let results: Vec<Result<()>> = std::thread::scope(|scope| {
+                let jobs: Vec<_> = (0..4)
+                    .map(|k| {
+                        let (out, barrier) = (&out, &barrier);
+                        scope.spawn(move || {
+                            let job = TrainConfig {
+                                fold: Some(k),
+                                folds: 4,
+                                ..cfg(out)
+                            };
+                            barrier.wait();
+                            claim(&job, RunMode::default())
+                        })
+                    })
+                    .collect();
+                jobs.into_iter().map(|j| j.join().unwrap()).collect()
+            });
+            for (k, r) in results.into_iter().enumerate() {
+                assert!(r.is_ok(), "attempt {attempt}, fold {k}: {}", err(r));
+            }
+            assert!(out.join("config.toml").exists());
+        }
     }
 
     #[test]

@@ -92,33 +92,9 @@ pub(crate) fn at<R>(level: SimdLevel, f: impl FnOnce() -> R) -> R {
     level.arch().unwrap_or(Arch::Scalar).dispatch(f)
 }
 
-/// f32 lanes of the sums below: one AVX-512 register (two AVX2 ones). A plain f32 sum is one
-/// sequential chain, which LLVM may not reorder into vector lanes.
+/// f32 lanes of a sum kept in vector registers: one AVX-512 register (two AVX2 ones). A plain f32
+/// sum is one sequential chain, which LLVM may not reorder into vector lanes.
 pub(crate) const LANES: usize = 16;
-
-/// Σ a·b, in [`LANES`] f32 partial sums.
-#[inline(always)]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; LANES];
-    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(&x, &y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..LANES {
-            lanes[l] += x[l] * y[l];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// Σⱼ a[j]·b[j·stride] over a, in [`LANES`] f32 partial sums.
-#[inline(always)]
-pub(crate) fn strided_dot(a: &[f32], b: &[f32], stride: usize) -> f32 {
-    let mut lanes = [0f32; LANES];
-    for (j, &x) in a.iter().enumerate() {
-        lanes[j % LANES] += x * b[j * stride];
-    }
-    lanes.iter().sum()
-}
 
 /// 1.5·2²³: a float of this size has no fractional bits, so adding it rounds to an integer, which
 /// then sits in the low bits of the sum's representation.
@@ -225,38 +201,6 @@ mod tests {
                 sum += term / (2 * n + 1) as f64;
             }
             1.0 - sum * 2.0 / std::f64::consts::PI.sqrt()
-        }
-    }
-
-    /// The dot products at every level against f64, over lengths around the lane count.
-    #[test]
-    fn dots_match_f64_at_every_level() {
-        let b: Vec<f32> = (0..200).map(|i| ((i * 29 % 41) as f32 - 20.0) / 7.0).collect();
-        for len in [0, 1, 15, 16, 17, 33, 64] {
-            let a = &b[3..3 + len];
-            let want = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>();
-            let want2 = a
-                .iter()
-                .enumerate()
-                .map(|(j, &x)| x as f64 * b[2 * j] as f64)
-                .sum::<f64>();
-            for level in SimdLevel::available() {
-                let (d, d2) = at(
-                    level,
-                    #[inline(always)]
-                    || (dot(a, &b[..len]), strided_dot(a, &b, 2)),
-                );
-                assert!(
-                    (d as f64 - want).abs() < 1e-4,
-                    "{}: dot of {len}: {d} against {want}",
-                    level.name()
-                );
-                assert!(
-                    (d2 as f64 - want2).abs() < 1e-4,
-                    "{}: strided dot of {len}: {d2} against {want2}",
-                    level.name()
-                );
-            }
         }
     }
 

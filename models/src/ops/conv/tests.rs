@@ -166,7 +166,7 @@ fn gradients_are_exact_directional_derivatives_on_non_square_inputs() {
 }
 
 /// The depthwise op equals candle's grouped conv2d in values and both gradients, at the
-/// kernels and strides EfficientNet and MiT use, on odd and even sides (square: candle's own
+/// kernels and strides EfficientNet, MiT and ConvNeXt use, on odd and even sides (square: candle's own
 /// backward fails on non-square strided inputs).
 #[test]
 fn depthwise_matches_candles_grouped_conv2d() {
@@ -176,6 +176,7 @@ fn depthwise_matches_candles_grouped_conv2d() {
         (3, spacing(2, 1, 1)),
         (5, spacing(1, 2, 1)),
         (5, spacing(2, 2, 1)),
+        (7, spacing(1, 3, 1)),
     ];
     for ((k, s), side) in cases
         .into_iter()
@@ -197,16 +198,24 @@ fn depthwise_matches_candles_grouped_conv2d() {
             &format!("generic: k {k} {s:?} side {side}"),
         );
     }
-    // Non-square, dilated (candle's own backward fails on non-square strided inputs, so the
-    // generic path is held to ftu's CPU op there).
-    for (k, s) in [(3, spacing(2, 1, 1)), (5, spacing(2, 2, 1)), (3, spacing(1, 2, 2))] {
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 6, 13, 20), &dev).unwrap()).unwrap();
+    // Non-square, dilated, and rows wide enough for every chunk of outputs the op sums at once
+    // (candle's own backward fails on non-square strided inputs, so the generic path is held to
+    // ftu's CPU op there).
+    for (k, s, (rows, cols)) in [
+        (3, spacing(2, 1, 1), (13, 20)),
+        (5, spacing(2, 2, 1), (13, 20)),
+        (3, spacing(1, 2, 2), (13, 20)),
+        (3, spacing(1, 1, 1), (5, 128)),
+        (5, spacing(2, 2, 1), (6, 64)),
+        (7, spacing(1, 3, 1), (9, 70)),
+    ] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 6, rows, cols), &dev).unwrap()).unwrap();
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (6, 1, k, k), &dev).unwrap()).unwrap();
         let (fast, generic) = (
             depthwise_conv2d(&x, &w, s).unwrap(),
             generic::depthwise_conv2d(&x, &w, s).unwrap(),
         );
-        assert_same(&x, &w, &fast, &generic, 1.0, &format!("k {k} {s:?}"));
+        assert_same(&x, &w, &fast, &generic, 1.0, &format!("k {k} {s:?} {rows}×{cols}"));
     }
 }
 
