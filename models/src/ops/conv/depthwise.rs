@@ -7,8 +7,9 @@
 //! phases ([`Padded`]), so that every tap of every output row reads one contiguous run, whatever
 //! the stride, with no bounds to test: the forward sums all k_h·k_w taps of a chunk of outputs
 //! (8 to 64, by the plane's width) in an array LLVM keeps in vector registers, and stores it
-//! once. The input gradient is its adjoint (each tap's products added into the padded layout,
-//! then gathered back), the kernel gradient one chunk-wide dot product per tap.
+//! once. The input gradient at stride 1 is the same forward of the output gradient with the
+//! kernel flipped; strided, its adjoint (each tap's products added into the padded layout, then
+//! gathered back). The kernel gradient is one chunk-wide dot product per tap.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -165,6 +166,24 @@ impl Padded {
     }
 }
 
+/// At stride 1, `dx[y][x] = Σ k[i][j]·dy[y + p − i·d][x + p − j·d]`: the forward of `dy` (out_h ×
+/// out_w) with the kernel flipped, padded by (k − 1)·d − p, whose output is the input's plane.
+/// The geometry of that forward where it exists: stride 1, a square kernel (one padding serves
+/// both axes), and a padding of at most (k − 1)·d.
+fn flipped_geometry(g: Geometry) -> candle_core::Result<Option<Geometry>> {
+    let reach = (g.k_w - 1) * g.s.dilation;
+    if g.s.stride != 1 || g.k_h != g.k_w || g.s.padding > reach {
+        return Ok(None);
+    }
+    let s = Spacing {
+        stride: 1,
+        padding: reach - g.s.padding,
+        dilation: g.s.dilation,
+    };
+    let flipped = Geometry::new(&(1, 1, g.out_h, g.out_w).into(), &(1, 1, g.k_h, g.k_w).into(), s)?;
+    Ok((flipped.out_h == g.h && flipped.out_w == g.w).then_some(flipped))
+}
+
 /// `CH` values of `buf` from `at`.
 #[inline(always)]
 fn lanes<const CH: usize>(buf: &[f32], at: usize) -> &[f32; CH] {
@@ -306,7 +325,35 @@ impl CustomOp2 for DepthwiseOp {
         let n = planes / c.max(1);
         let ch = chunk(g.out_w);
         let pad = Padded::new(g, ch);
-        let grad_x = if x.track_op() {
+        let grad_x = if !x.track_op() {
+            None
+        } else if let Some(flipped) = flipped_geometry(g)? {
+            // At stride 1 the input gradient is the forward of `dy` with the kernel flipped,
+            // summed in registers like it; the adjoint scatter below adds into memory per tap.
+            let flipped_w: Vec<f32> = w.chunks_exact(taps).flat_map(|k| k.iter().rev().copied()).collect();
+            let flipped_ch = chunk(flipped.out_w);
+            let flipped_pad = Padded::new(flipped, flipped_ch);
+            let mut dx = vec![0f32; planes * g.plane()];
+            profile::scope("depthwise conv2d input gradient", dx.len() + dy.len(), || {
+                dx.par_chunks_mut(g.plane())
+                    .zip(dy.par_chunks(g.len()))
+                    .enumerate()
+                    .for_each_init(
+                        || vec![0f32; flipped_pad.len()],
+                        |buf, (nc, (dst, src))| {
+                            let kernel = &flipped_w[(nc % c) * taps..][..taps];
+                            simd::widest(
+                                #[inline(always)]
+                                || {
+                                    flipped_pad.fill(src, buf);
+                                    with_chunk!(flipped_ch, forward_plane(&flipped_pad, buf, kernel, dst))
+                                },
+                            )
+                        },
+                    );
+            });
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?)
+        } else {
             let mut dx = vec![0f32; planes * g.plane()];
             profile::scope("depthwise conv2d input gradient", dx.len() + dy.len(), || {
                 dx.par_chunks_mut(g.plane())
@@ -327,8 +374,6 @@ impl CustomOp2 for DepthwiseOp {
                     );
             });
             Some(Tensor::from_vec(dx, x.shape(), x.device())?)
-        } else {
-            None
         };
         // Per channel, its taps' partial sums over the images in order, then summed.
         let mut dw = vec![0f32; c * taps];

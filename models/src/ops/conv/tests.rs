@@ -208,6 +208,7 @@ fn depthwise_matches_candles_grouped_conv2d() {
         (3, spacing(1, 1, 1), (5, 128)),
         (5, spacing(2, 2, 1), (6, 64)),
         (7, spacing(1, 3, 1), (9, 70)),
+        (3, spacing(1, 3, 1), (13, 20)),
     ] {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 6, rows, cols), &dev).unwrap()).unwrap();
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (6, 1, k, k), &dev).unwrap()).unwrap();
