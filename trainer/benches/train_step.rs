@@ -35,6 +35,8 @@ fn arg(name: &str, default: &str) -> String {
 }
 
 fn main() -> std::process::ExitCode {
+    // glibc's malloc as ftu-train sets it.
+    ftu_trainer::memory::keep_freed_memory();
     // Errors read as sentences, as the ftu binaries print them.
     ftu_formats::exit::run(bench)
 }

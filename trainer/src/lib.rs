@@ -13,6 +13,7 @@ pub mod export;
 pub mod fold;
 pub mod hub;
 pub mod losses;
+pub mod memory;
 pub mod optim;
 pub mod plots;
 pub mod run_dir;

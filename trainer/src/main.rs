@@ -39,6 +39,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Training frees and allocates the same large tensors every step.
+    ftu_trainer::memory::keep_freed_memory();
     ftu_formats::exit::run(|| dispatch(parse()))
 }
 

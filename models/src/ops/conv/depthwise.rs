@@ -257,6 +257,28 @@ fn kernel_gradient_plane<const CH: usize>(pad: &Padded, buf: &[f32], dy: &[f32],
     }
 }
 
+/// The forward over every plane of `x` (planes of `pad`'s input, channel `nc % c` taking its
+/// kernel from `kernels`) into `out`, in parallel over planes.
+fn forward_planes(pad: &Padded, ch: usize, x: &[f32], kernels: &[f32], c: usize, out: &mut [f32]) {
+    let taps = pad.g.k_h * pad.g.k_w;
+    out.par_chunks_mut(pad.g.len())
+        .zip(x.par_chunks(pad.g.plane()))
+        .enumerate()
+        .for_each_init(
+            || vec![0f32; pad.len()],
+            |buf, (nc, (dst, src))| {
+                let kernel = &kernels[(nc % c) * taps..][..taps];
+                simd::widest(
+                    #[inline(always)]
+                    || {
+                        pad.fill(src, buf);
+                        with_chunk!(ch, forward_plane(pad, buf, kernel, dst))
+                    },
+                )
+            },
+        );
+}
+
 impl CustomOp2 for DepthwiseOp {
     fn name(&self) -> &'static str {
         "ftu-depthwise-conv2d"
@@ -273,27 +295,11 @@ impl CustomOp2 for DepthwiseOp {
         let w = f32s(s2, l2, self.name(), "kernel")?;
         let (g, planes) = self.plane_geometry(l1.shape(), l2.shape())?;
         let (n, c, _, _) = l1.shape().dims4()?;
-        let taps = g.k_h * g.k_w;
         let ch = chunk(g.out_w);
         let pad = Padded::new(g, ch);
         let mut y = vec![0f32; planes * g.len()];
         profile::scope("depthwise conv2d forward", x.len() + y.len(), || {
-            y.par_chunks_mut(g.len())
-                .zip(x.par_chunks(g.plane()))
-                .enumerate()
-                .for_each_init(
-                    || vec![0f32; pad.len()],
-                    |buf, (nc, (out, src))| {
-                        let kernel = &w[(nc % c) * taps..][..taps];
-                        simd::widest(
-                            #[inline(always)]
-                            || {
-                                pad.fill(src, buf);
-                                with_chunk!(ch, forward_plane(&pad, buf, kernel, out))
-                            },
-                        )
-                    },
-                );
+            forward_planes(&pad, ch, x, w, c, &mut y)
         });
         Ok((CpuStorage::F32(y), (n, c, g.out_h, g.out_w).into()))
     }
@@ -335,22 +341,7 @@ impl CustomOp2 for DepthwiseOp {
             let flipped_pad = Padded::new(flipped, flipped_ch);
             let mut dx = vec![0f32; planes * g.plane()];
             profile::scope("depthwise conv2d input gradient", dx.len() + dy.len(), || {
-                dx.par_chunks_mut(g.plane())
-                    .zip(dy.par_chunks(g.len()))
-                    .enumerate()
-                    .for_each_init(
-                        || vec![0f32; flipped_pad.len()],
-                        |buf, (nc, (dst, src))| {
-                            let kernel = &flipped_w[(nc % c) * taps..][..taps];
-                            simd::widest(
-                                #[inline(always)]
-                                || {
-                                    flipped_pad.fill(src, buf);
-                                    with_chunk!(flipped_ch, forward_plane(&flipped_pad, buf, kernel, dst))
-                                },
-                            )
-                        },
-                    );
+                forward_planes(&flipped_pad, flipped_ch, dy, &flipped_w, c, &mut dx)
             });
             Some(Tensor::from_vec(dx, x.shape(), x.device())?)
         } else {
