@@ -99,6 +99,8 @@ mod tests {
                 0,
             );
             assert_ne!(map, libc::MAP_FAILED, "mmap of 16 MiB failed");
+            // 4 KiB pages even where transparent huge pages are always on.
+            libc::madvise(map, bytes, libc::MADV_NOHUGEPAGE);
             std::ptr::write_bytes(map.cast::<u8>(), 1, bytes);
             libc::munmap(map, bytes);
         }
