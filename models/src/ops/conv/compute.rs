@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::geometry::{col2im, im2col, patch_stride, Geometry, FORWARD_BAND, KERNEL_GRADIENT_BAND};
+use super::geometry::{col2im, im2col, im2col_over, patch_stride, Geometry, FORWARD_BAND, KERNEL_GRADIENT_BAND};
 use super::matmul::{matmul, Mat, MatRef};
 use super::Spacing;
 
@@ -137,11 +137,124 @@ pub(super) fn input_gradient(dy: &[f32], w: &[f32], g: Geometry) -> Vec<f32> {
     dx
 }
 
-/// `dW = Σ_bands dY_n[:, band] · patches(band)ᵀ`. The bands are cut into one contiguous share per
-/// thread, each summed into its own matrix, and the shares added in order, so the result does
-/// not depend on scheduling.
+/// Whether a kernel gradient's products are short: the batch's output positions N·L are few
+/// (1024 at 16² and batch 4), so the kernel-sized result is large against each product.
+fn short_products(g: Geometry) -> bool {
+    g.n * g.len() <= 2048
+}
+
+/// One band's share of a kernel gradient: `dst (+)= grad · patchesᵀ`, or its transpose
+/// `patches · gradᵀ` when `transposed`; `grad` is C_out × width, `patches` rows × width.
+fn kernel_product(dst: Mat, accumulate: bool, grad: MatRef, patches: MatRef, transposed: bool) {
+    if transposed {
+        matmul(dst, accumulate, patches, grad.t(), false);
+    } else {
+        matmul(dst, accumulate, grad, patches.t(), false);
+    }
+}
+
+/// `dW` from `dWᵀ` (`rows × c_out`).
+fn untranspose(dw_t: &[f32], rows: usize, c_out: usize) -> Vec<f32> {
+    let mut dw = vec![0f32; c_out * rows];
+    for (r, row) in dw_t.chunks_exact(c_out).enumerate() {
+        for (o, &v) in row.iter().enumerate() {
+            dw[o * rows + r] = v;
+        }
+    }
+    dw
+}
+
+/// `dW = Σ_n dY_n · im2col(X_n)ᵀ`.
+///
+/// Where the batch's output positions are few ([`short_products`], the deep layers), each task
+/// owns the kernel entries of a share of the input channels and sums over the whole batch into
+/// them, several whole images side by side per product, straight into `dW`. Elsewhere, and for
+/// inputs of fewer channels than twice the threads, [`kernel_gradient_split`].
 pub(super) fn kernel_gradient(dy: &[f32], x: &[f32], g: Geometry) -> Vec<f32> {
+    let (rows, len, taps) = (g.rows(), g.len(), g.k_h * g.k_w);
+    let threads = rayon::current_num_threads();
+    if g.c < 2 * threads || !short_products(g) {
+        return kernel_gradient_split(dy, x, g);
+    }
+    // dY with the batch inside each channel's row: (C_out, N·L).
+    let total = g.n * len;
+    let gathered;
+    let dyc: &[f32] = if g.n == 1 {
+        dy
+    } else {
+        let mut t = vec![0f32; g.c_out * total];
+        t.par_chunks_exact_mut(total).enumerate().for_each(|(o, row)| {
+            for n in 0..g.n {
+                row[n * len..(n + 1) * len].copy_from_slice(&dy[(n * g.c_out + o) * len..][..len]);
+            }
+        });
+        gathered = t;
+        &gathered
+    };
+    let share = g.c.div_ceil(threads);
+    let mut dw = vec![0f32; g.c_out * rows];
+    let out = SharedOut {
+        ptr: dw.as_mut_ptr(),
+        len: dw.len(),
+    };
+    (0..g.c.div_ceil(share)).into_par_iter().for_each(|t| {
+        let c0 = t * share;
+        let sub = Geometry {
+            c: share.min(g.c - c0),
+            ..g
+        };
+        let sub_rows = sub.rows();
+        // SAFETY: the task's entries are those of channels c0 .. c0 + sub.c, columns c0·taps ..
+        // + sub_rows of every row of dW. The tasks' channel shares are disjoint, and nothing
+        // reads `dw` until all have finished.
+        let mut dst = unsafe { out.band(c0 * taps, g.c_out, sub_rows, rows) };
+        let band_rows = sub.band_rows(KERNEL_GRADIENT_BAND);
+        let images = if band_rows >= g.out_h {
+            (KERNEL_GRADIENT_BAND / (sub_rows * len).max(1)).clamp(1, g.n)
+        } else {
+            1
+        };
+        let image = |n: usize| &x[(n * g.c + c0) * g.plane()..][..sub.c * g.plane()];
+        let mut cols = Vec::new();
+        let mut first = true;
+        for n0 in (0..g.n).step_by(images) {
+            let n1 = (n0 + images).min(g.n);
+            for r0 in (0..g.out_h).step_by(band_rows.min(g.out_h)) {
+                let r1 = (r0 + band_rows).min(g.out_h);
+                let per = (r1 - r0) * g.out_w;
+                let width = (n1 - n0) * per;
+                let pointwise = (g.k_h, g.k_w, g.s.stride, g.s.padding) == (1, 1, 1, 0);
+                let patches = if pointwise && n1 - n0 == 1 {
+                    MatRef::strided(&image(n0)[r0 * g.w..], sub.c, per, g.plane())
+                } else {
+                    let ld = patch_stride(width);
+                    // Slack past the last row: each image's patches start `per` further in.
+                    cols.resize(sub_rows * ld + width, 0.0);
+                    if g.s.padding > 0 {
+                        cols.fill(0.0);
+                    }
+                    for n in n0..n1 {
+                        im2col_over(image(n), sub, (r0, r1), &mut cols[(n - n0) * per..], ld);
+                    }
+                    MatRef::strided(&cols, sub_rows, width, ld)
+                };
+                let grad = MatRef::strided(&dyc[n0 * len + r0 * g.out_w..], g.c_out, width, total);
+                matmul(dst.reborrow(), !first, grad, patches.t(), false);
+                first = false;
+            }
+        }
+    });
+    dw
+}
+
+/// `dW = Σ_bands dY_n[:, band] · patches(band)ᵀ` with the bands cut into one contiguous share
+/// per thread, each summed into its own matrix, and the shares added in order, so the result
+/// does not depend on scheduling. The products run into `dWᵀ` (C·k_h·k_w × C_out, transposed at
+/// the end), which `gemm` runs faster for the few output channels of large planes; where the
+/// products are short, the transpose's strided writes would cost more than that gains.
+fn kernel_gradient_split(dy: &[f32], x: &[f32], g: Geometry) -> Vec<f32> {
     let (rows, len) = (g.rows(), g.len());
+    let transposed = !short_products(g);
     let bands = g.bands(KERNEL_GRADIENT_BAND);
     let shares = rayon::current_num_threads().min(bands.len()).max(1);
     let partial: Vec<Vec<f32>> = (0..shares)
@@ -154,28 +267,25 @@ pub(super) fn kernel_gradient(dy: &[f32], x: &[f32], g: Geometry) -> Vec<f32> {
                 let width = (r1 - r0) * g.out_w;
                 let patches = band_patch_matrix(x, g, (n, r0, r1), &mut cols);
                 let start = n * g.c_out * len + r0 * g.out_w;
-                let grad = &dy[start..start + (g.c_out - 1) * len + width];
-                matmul(
-                    Mat::rows(&mut dw, rows, g.c_out),
-                    i > 0,
-                    patches,
-                    MatRef::strided(grad, g.c_out, width, len).t(),
-                    false,
-                );
+                let grad = MatRef::strided(&dy[start..start + (g.c_out - 1) * len + width], g.c_out, width, len);
+                let dst = if transposed {
+                    Mat::rows(&mut dw, rows, g.c_out)
+                } else {
+                    Mat::rows(&mut dw, g.c_out, rows)
+                };
+                kernel_product(dst, i > 0, grad, patches, transposed);
             }
             dw
         })
         .collect();
     let mut partial = partial.into_iter();
-    let mut dw_t = partial.next().unwrap_or_else(|| vec![0f32; g.c_out * rows]);
+    let mut dw = partial.next().unwrap_or_else(|| vec![0f32; g.c_out * rows]);
     for p in partial {
-        dw_t.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+        dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
     }
-    let mut dw = vec![0f32; g.c_out * rows];
-    for (r, row) in dw_t.chunks_exact(g.c_out).enumerate() {
-        for (o, &v) in row.iter().enumerate() {
-            dw[o * rows + r] = v;
-        }
+    if transposed {
+        untranspose(&dw, rows, g.c_out)
+    } else {
+        dw
     }
-    dw
 }

@@ -72,6 +72,15 @@ pub(crate) struct Mat<'a> {
 }
 
 impl<'a> Mat<'a> {
+    /// The same matrix, borrowed for one product.
+    pub(crate) fn reborrow(&mut self) -> Mat<'_> {
+        Mat {
+            ptr: self.ptr,
+            _data: std::marker::PhantomData,
+            ..*self
+        }
+    }
+
     pub(crate) fn rows(data: &'a mut [f32], rows: usize, cols: usize) -> Mat<'a> {
         // SAFETY: the matrix borrows `data` mutably for its whole life.
         unsafe { Self::from_raw(data.as_mut_ptr(), data.len(), rows, cols, cols) }

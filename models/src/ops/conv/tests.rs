@@ -125,6 +125,29 @@ fn many_bands_match_candles_conv2d() {
     }
 }
 
+/// The kernel gradient of the deep layers, each thread summing a share of the input channels
+/// over the whole batch: several whole images per product (with and without padding, a 1×1
+/// kernel among them), and images cut into bands of rows where one image's patches are too
+/// many; channel counts that the threads do not divide.
+#[test]
+fn kernel_gradients_by_channel_shares_match_candles_conv2d() {
+    let dev = Device::Cpu;
+    for (n, c_in, c_out, k, s, side) in [
+        (4, 33, 12, 3, spacing(1, 1, 1), 8),
+        (3, 40, 16, 3, spacing(2, 1, 1), 17),
+        (4, 64, 24, 1, spacing(1, 0, 1), 16),
+        (3, 7, 5, 3, spacing(1, 0, 1), 12),
+        (2, 193, 8, 3, spacing(1, 1, 1), 32),
+    ] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, c_in, side, side), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (c_out, c_in, k, k), &dev).unwrap()).unwrap();
+        let g = Geometry::new(x.shape(), w.shape(), s).unwrap();
+        assert!(g.n * g.len() <= 2048, "{c_in}→{c_out}: few output positions");
+        let fast = conv2d(&x, &w, s).unwrap();
+        assert_matches_candle(&x, &w, s, 1, &fast, 0.0, &format!("{n}×{c_in}→{c_out}, {side}²"));
+    }
+}
+
 /// On non-square inputs (where candle's own backward fails on strided convs) the gradients
 /// predict the change of a loss that is linear in the input and in the kernel exactly.
 #[test]
