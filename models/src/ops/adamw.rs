@@ -2,9 +2,16 @@
 //!
 //! Composed from candle ops the update allocates and walks about a dozen full-size tensors per
 //! parameter; on unet-resnet34 (24 M parameters) that was 0.4–0.5 s of a 3 s training step.
-//! Here nothing is allocated: `m` and `v` are updated where they are, then the parameter.
+//! Here nothing is allocated: `m` and `v` are updated where they are, then the parameter, each
+//! pass in chunks on the rayon pool at the CPU's widest instruction set.
 
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
+use rayon::prelude::*;
+
+use super::simd;
+
+/// Values per task of a pass.
+const CHUNK: usize = 1 << 15;
 
 /// The constants of one update.
 #[derive(Debug, Clone, Copy)]
@@ -93,11 +100,21 @@ impl InplaceOp2 for Moment {
         let moment = values_mut(s1, l1, "moment")?;
         let grad = values(s2, l2, "gradient")?;
         same_length(moment.len(), grad.len(), "gradient")?;
-        let (keep, take) = (self.decay, 1.0 - self.decay);
-        for (m, &g) in moment.iter_mut().zip(grad) {
-            let g = g * self.scale;
-            *m = *m * keep + if self.square { g * g } else { g } * take;
-        }
+        let (keep, take, scale, square) = (self.decay, 1.0 - self.decay, self.scale, self.square);
+        moment
+            .par_chunks_mut(CHUNK)
+            .zip(grad.par_chunks(CHUNK))
+            .for_each(|(moment, grad)| {
+                simd::widest(
+                    #[inline(always)]
+                    || {
+                        for (m, &g) in moment.iter_mut().zip(grad) {
+                            let g = g * scale;
+                            *m = *m * keep + if square { g * g } else { g } * take;
+                        }
+                    },
+                )
+            });
         Ok(())
     }
 }
@@ -124,10 +141,19 @@ impl InplaceOp3 for Parameter {
         same_length(p.len(), m.len(), "first moment")?;
         same_length(p.len(), v.len(), "second moment")?;
         let decay = 1.0 - u.lr * u.weight_decay;
-        for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
-            let update = (m / u.correction1) / ((v / u.correction2).sqrt() + u.eps);
-            *p = *p * decay - update * u.lr;
-        }
+        p.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
+            .for_each(|(p, (m, v))| {
+                simd::widest(
+                    #[inline(always)]
+                    || {
+                        for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                            let update = (m / u.correction1) / ((v / u.correction2).sqrt() + u.eps);
+                            *p = *p * decay - update * u.lr;
+                        }
+                    },
+                )
+            });
         Ok(())
     }
 }

@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::matmul::{matmul, Mat, MatRef};
-use super::cpu_values::{f32s, storage_f32s};
+use super::cpu_values::{f32s, storage_f32s, zeros};
 use crate::{profile, Ctx, Result};
 
 const OP: &str = "ftu-attention";
@@ -179,8 +179,8 @@ impl CustomOp3 for AttentionOp {
         }
         let (qc, vc) = z.widths();
         let (h, l, m, d, e) = (z.heads, z.l, z.m, z.d, z.e);
-        let mut probs = vec![0f32; z.batch * h * l * m];
-        let mut out = vec![0f32; z.batch * l * vc];
+        let mut probs = zeros(z.batch * h * l * m);
+        let mut out = zeros(z.batch * l * vc);
         let work = z.batch * h * (2 * l * m + l * d + m * (d + e) + l * e);
         profile::scope("attention forward", work, || {
             let items: Vec<_> = probs
@@ -245,7 +245,7 @@ impl CustomOp3 for AttentionOp {
                 z.batch * l * vc
             )
         }
-        let (mut dq, mut dk, mut dv) = (vec![0f32; qv.len()], vec![0f32; kv.len()], vec![0f32; vv.len()]);
+        let (mut dq, mut dk, mut dv) = (zeros(qv.len()), zeros(kv.len()), zeros(vv.len()));
         let scale = self.scale;
         let work = z.batch * h * (3 * l * m + 2 * l * (d + e) + 2 * m * (d + e));
         profile::scope("attention backward", work, || {

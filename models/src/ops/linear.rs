@@ -9,13 +9,17 @@
 //! one pass of column sums for db, in f64.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
 use super::conv::matmul::{matmul, matmul_long_inner, Mat, MatRef};
-use super::cpu_values::{f32s, storage_f32s};
+use super::cpu_values::{f32s, storage_f32s, zeros};
 use super::simd;
 use crate::{profile, Result};
 
 const OP: &str = "ftu-linear";
+
+/// Rows per block of the bias gradient's sums.
+const BIAS_ROWS: usize = 1024;
 
 /// x·wᵀ + b for x of rows × in, w of out × in (PyTorch's layout) and b of out values.
 pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
@@ -101,7 +105,7 @@ impl CustomOp3 for LinearOp {
                 rows * c_out
             )
         }
-        let (mut dx, mut dw) = (vec![0f32; rows * c_in], vec![0f32; c_out * c_in]);
+        let (mut dx, mut dw) = (zeros(rows * c_in), vec![0f32; c_out * c_in]);
         let mut sums = vec![0f64; c_out];
         profile::scope("linear backward", 2 * (xv.len() + wv.len() + dy.len()), || {
             let dym = MatRef::rows(dy, rows, c_out);
@@ -113,16 +117,27 @@ impl CustomOp3 for LinearOp {
                 true,
             );
             matmul_long_inner(&mut dw, dym.t(), MatRef::rows(xv, rows, c_in));
-            simd::widest(
-                #[inline(always)]
-                || {
-                    for row in dy.chunks(c_out) {
-                        for (s, &g) in sums.iter_mut().zip(row) {
-                            *s += g as f64;
-                        }
-                    }
-                },
-            );
+            // The bias gradient: f64 column sums of blocks of rows on the pool, added in order.
+            let blocks: Vec<Vec<f64>> = dy
+                .par_chunks(BIAS_ROWS * c_out.max(1))
+                .map(|block| {
+                    let mut part = vec![0f64; c_out];
+                    simd::widest(
+                        #[inline(always)]
+                        || {
+                            for row in block.chunks(c_out) {
+                                for (s, &g) in part.iter_mut().zip(row) {
+                                    *s += g as f64;
+                                }
+                            }
+                        },
+                    );
+                    part
+                })
+                .collect();
+            for part in blocks {
+                sums.iter_mut().zip(part).for_each(|(s, p)| *s += p);
+            }
         });
         let db: Vec<f32> = sums.into_iter().map(|s| s as f32).collect();
         let dev = x.device();

@@ -13,7 +13,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::ops::cpu_values::{f32s, storage_f32s};
+use crate::ops::cpu_values::{f32s, storage_f32s, zeros};
 use crate::ops::simd;
 use crate::{profile, Result};
 
@@ -69,7 +69,7 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32s(storage, layout, self.name(), "input")?;
-        let mut y = vec![0f32; x.len()];
+        let mut y = zeros(x.len());
         profile::scope("gelu forward", 2 * x.len(), || {
             y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
                 simd::widest(
@@ -94,7 +94,7 @@ impl CustomOp1 for Gelu {
                 x.len()
             )
         }
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = zeros(x.len());
         profile::scope("gelu backward", 3 * x.len(), || {
             dx.par_chunks_mut(CHUNK)
                 .zip(x.par_chunks(CHUNK))
@@ -123,7 +123,7 @@ impl CustomOp1 for Softmax {
         if c == 0 {
             candle_core::bail!("ftu-softmax: the last axis is empty")
         }
-        let mut y = vec![0f32; x.len()];
+        let mut y = zeros(x.len());
         profile::scope("softmax forward", 2 * x.len(), || {
             y.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(y, x)| {
                 let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -156,7 +156,7 @@ impl CustomOp1 for Softmax {
                 y.len()
             )
         }
-        let mut dx = vec![0f32; y.len()];
+        let mut dx = zeros(y.len());
         profile::scope("softmax backward", 3 * y.len(), || {
             dx.par_chunks_mut(c)
                 .zip(y.par_chunks(c))
@@ -189,7 +189,7 @@ mod tests {
             t.erf().unwrap().to_vec1::<f64>().unwrap()[0]
         };
         for level in simd::SimdLevel::available() {
-            let (mut y, mut dx) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+            let (mut y, mut dx) = (zeros(x.len()), zeros(x.len()));
             simd::at(
                 level,
                 #[inline(always)]

@@ -6,6 +6,7 @@ use rayon::prelude::*;
 use super::geometry::{col2im, im2col, im2col_over, patch_stride, Geometry, FORWARD_BAND, KERNEL_GRADIENT_BAND};
 use super::matmul::{matmul, Mat, MatRef};
 use super::Spacing;
+use crate::ops::cpu_values::zeros;
 
 /// The output buffer shared by the tasks of `forward`, each of which writes its own entries.
 struct SharedOut {
@@ -66,7 +67,7 @@ fn band_patch_matrix<'a>(x: &'a [f32], g: Geometry, band: (usize, usize, usize),
 /// with its own patch buffer and a single-threaded product.
 pub(super) fn forward(x: &[f32], w: &[f32], g: Geometry) -> Vec<f32> {
     let (rows, len) = (g.rows(), g.len());
-    let mut y = vec![0f32; g.n * g.c_out * len];
+    let mut y = zeros(g.n * g.c_out * len);
     let out = SharedOut {
         ptr: y.as_mut_ptr(),
         len: y.len(),
@@ -133,7 +134,7 @@ pub(super) fn input_gradient(dy: &[f32], w: &[f32], g: Geometry) -> Vec<f32> {
         return forward(dy, &flipped, transposed);
     }
     let (rows, len) = (g.rows(), g.len());
-    let mut dx = vec![0f32; g.n * g.c * g.plane()];
+    let mut dx = zeros(g.n * g.c * g.plane());
     let w_t = MatRef::rows(w, g.c_out, rows).t();
     let parallel_products = g.n < rayon::current_num_threads();
     dx.par_chunks_exact_mut(g.c * g.plane())

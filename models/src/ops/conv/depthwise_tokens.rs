@@ -12,7 +12,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::ops::cpu_values::{f32s, storage_f32s};
+use crate::ops::cpu_values::{f32s, storage_f32s, zeros};
 use crate::ops::simd;
 use crate::{profile, Result};
 
@@ -153,7 +153,7 @@ fn gradient_row(acc: &mut [f32], image: &[f32], dy: &[f32], oy: usize, g: Grid) 
 
 /// The convolution of every image of `x` by `taps`, plus `bias`.
 fn convolve(x: &[f32], taps: &[f32], bias: Option<&[f32]>, g: Grid) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
+    let mut y = zeros(x.len());
     if g.row() == 0 {
         return y;
     }
