@@ -1,5 +1,5 @@
-//! The f32 values behind a contiguous CPU tensor, as ftu's custom ops read them; the error names
-//! the op and the argument.
+//! The f32 values behind a contiguous CPU tensor, as ftu's custom ops read them (the error names
+//! the op and the argument), and the zeroed buffers they write their outputs into.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Storage};
