@@ -50,7 +50,7 @@ fn band_patches(x: &[f32], g: Geometry, (n, r0, r1): (usize, usize, usize), cols
 /// EfficientNet's); otherwise [`band_patches`] gathers them into `cols`.
 fn band_patch_matrix<'a>(x: &'a [f32], g: Geometry, band: (usize, usize, usize), cols: &'a mut Vec<f32>) -> MatRef<'a> {
     let (n, r0, r1) = band;
-    if (g.k_h, g.k_w, g.s.stride, g.s.padding) == (1, 1, 1, 0) {
+    if g.pointwise() {
         let start = n * g.c * g.plane() + r0 * g.w;
         return MatRef::strided(
             &x[start..(n + 1) * g.c * g.plane()],
@@ -234,8 +234,7 @@ pub(super) fn kernel_gradient(dy: &[f32], x: &[f32], g: Geometry) -> Vec<f32> {
                 let r1 = (r0 + band_rows).min(g.out_h);
                 let per = (r1 - r0) * g.out_w;
                 let width = (n1 - n0) * per;
-                let pointwise = (g.k_h, g.k_w, g.s.stride, g.s.padding) == (1, 1, 1, 0);
-                let patches = if pointwise && n1 - n0 == 1 {
+                let patches = if g.pointwise() && n1 - n0 == 1 {
                     MatRef::strided(&image(n0)[r0 * g.w..], sub.c, per, g.plane())
                 } else {
                     let ld = patch_stride(width);

@@ -72,6 +72,11 @@ impl Geometry {
         self.n * (self.c * self.plane() + self.c_out * self.len()) + self.c_out * self.rows() + patches
     }
 
+    /// A 1×1 kernel at stride 1 without padding: its patches are the image's own rows.
+    pub(super) fn pointwise(&self) -> bool {
+        (self.k_h, self.k_w, self.s.stride, self.s.padding) == (1, 1, 1, 0)
+    }
+
     /// Rows of the patch matrix: C·k_h·k_w.
     pub(super) fn rows(&self) -> usize {
         self.c * self.k_h * self.k_w
